@@ -1,0 +1,52 @@
+//! The flow hash: which Maglev slot a packet's 5-tuple lands in.
+//!
+//! Fixed and seedless on purpose: every load-balancer node computes the same value for
+//! the same flow, so a flow that moves to another node after a failover finds the same
+//! backend there. Built from MurmurHash3's 32-bit mixing steps over the address words
+//! (as on the wire), the ports word and the protocol; no loops the verifier must bound
+//! beyond four fixed iterations.
+
+const C1: u32 = 0xcc9e_2d51;
+const C2: u32 = 0x1b87_3593;
+const SEED: u32 = 0x6261_7363; // "basc"
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Hash of a flow. `ports` is the source and destination port words exactly as read from
+/// the L4 header (`u32::from_ne_bytes([sport_hi, sport_lo, dport_hi, dport_lo])`).
+#[inline(always)]
+pub fn flow_hash(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8) -> u32 {
+    let mut h = SEED;
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, dst[0]);
+    h = mix(h, dst[1]);
+    h = mix(h, dst[2]);
+    h = mix(h, dst[3]);
+    h = mix(h, ports);
+    h = mix(h, proto as u32);
+    finish(h ^ 40)
+}
+
+/// The ports word `flow_hash` expects, from ports in network order as stored in `FlowKey`.
+#[inline(always)]
+pub fn ports_word(sport_be: u16, dport_be: u16) -> u32 {
+    let s = sport_be.to_ne_bytes();
+    let d = dport_be.to_ne_bytes();
+    u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
+}

@@ -1,0 +1,240 @@
+//! Types and constants shared by the XDP datapath (`lb-ebpf`) and the controller
+//! (`lb-userspace`). Every map key and value is `#[repr(C)]` and defined once, here,
+//! so the kernel and userspace sides cannot disagree about a layout.
+//!
+//! Addresses are stored as four `u32` words holding the address bytes exactly as they
+//! appear on the wire (network order, read with native endianness). An IPv4 address
+//! uses word 0 and leaves words 1..3 zero.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+pub mod hash;
+#[cfg(feature = "std")]
+pub mod maglev;
+
+/// Outer size of the Maglev array-of-maps: the most services one node can hold.
+pub const MAX_SERVICES: u32 = 1024;
+/// Size of the backend array: every backend of every service has one slot.
+pub const MAX_BACKENDS: u32 = 65536;
+/// Entries of each service's Maglev lookup table (inner map). A prime, so that every
+/// backend's `skip` is coprime with it and each permutation visits every slot. A service
+/// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
+pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Default connection-table capacity (total across CPUs); `conntrack.max_entries` overrides it.
+pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 1_000_000;
+/// Backend slot value meaning "no backend": an empty table or a removed backend.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Hop limit / TTL of the outer header added by `tun` forwarding.
+pub const TUNNEL_TTL: u8 = 64;
+
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// How a backend receives the packets of its flows.
+pub const FORWARD_DR: u8 = 1;
+pub const FORWARD_TUN: u8 = 2;
+
+/// `BackendInfo::flags`: the backend takes flows. Cleared when it is removed, so
+/// established flows pinned to it are rescheduled.
+pub const BACKEND_ACTIVE: u8 = 1;
+
+/// Key of the service map: (VIP, port, protocol). Port 0 means every port of the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    pub addr: [u32; 4],
+    /// Network byte order, as on the wire.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceInfo {
+    /// Index into the Maglev array-of-maps and the per-service counters.
+    pub id: u32,
+    /// Entries of this service's Maglev table actually used (a prime <= MAGLEV_TABLE_SIZE).
+    pub table_size: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendInfo {
+    pub addr: [u32; 4],
+    /// Destination MAC for `dr`.
+    pub mac: [u8; 6],
+    pub family: u8,
+    /// FORWARD_DR or FORWARD_TUN.
+    pub forward: u8,
+    /// BACKEND_* bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Connection-table key: the flow's 5-tuple as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Source and destination ports in network order (0 for port-less protocols).
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowState {
+    pub backend: u32,
+    pub service: u32,
+}
+
+/// Per-CPU traffic counters of one service or one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows that had no connection-table entry and were scheduled.
+    pub new_flows: u64,
+}
+
+/// Node-wide settings the datapath reads from slot 0 of the `SETTINGS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// Outer source address of IPv4 tunnels (0: tunnel to IPv4 backends is disabled).
+    pub tunnel_src_v4: u32,
+    /// Outer source address of IPv6 tunnels (all zero: disabled).
+    pub tunnel_src_v6: [u32; 4],
+}
+
+/// What the datapath did with a packet, for `bascule_xdp_packets_total{action}`.
+/// Indexed by the XDP action code (XDP_ABORTED = 0 .. XDP_REDIRECT = 4).
+pub const XDP_ACTION_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redirect"];
+
+/// Why a packet was dropped, or passed to the kernel instead of being balanced.
+/// Each reason is one slot of the `REASONS` per-CPU array and one label value of
+/// `bascule_xdp_drops_total{reason}` (for drops) or of the pass counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Frame shorter than an Ethernet header: dropped.
+    TruncatedEthernet = 0,
+    /// IPv4/IPv6 header cut short: dropped (the kernel would drop it too).
+    TruncatedIp = 1,
+    /// IPv4 header with IHL < 5 or a total length shorter than the header: dropped.
+    BadIpHeader = 2,
+    /// TCP/UDP header cut short: dropped.
+    TruncatedL4 = 3,
+    /// IP fragment to a VIP: passed to the kernel (fragment steering is not built yet).
+    Fragment = 4,
+    /// IPv6 extension header chain too long or unsupported: passed to the kernel.
+    Ipv6Extension = 5,
+    /// Service has no usable backend: passed to the kernel.
+    NoBackend = 6,
+    /// `bpf_fib_lookup` found no route or no neighbour for a tunnel: passed to the kernel.
+    FibLookupFailed = 7,
+    /// Growing the packet for encapsulation failed: dropped.
+    EncapFailed = 8,
+    /// Tunnel needed but no tunnel source address of that family is set: dropped.
+    NoTunnelSource = 9,
+    /// Second VLAN tag (QinQ): passed untouched.
+    StackedVlan = 10,
+}
+
+pub const REASON_COUNT: u32 = 11;
+
+/// Label value and whether the packet was dropped, per `Reason` slot.
+pub const REASON_NAMES: [(&str, bool); REASON_COUNT as usize] = [
+    ("truncated_ethernet", true),
+    ("truncated_ip", true),
+    ("bad_ip_header", true),
+    ("truncated_l4", true),
+    ("fragment", false),
+    ("ipv6_extension", false),
+    ("no_backend", false),
+    ("fib_lookup_failed", false),
+    ("encap_failed", true),
+    ("no_tunnel_source", true),
+    ("stacked_vlan", false),
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for BackendInfo {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+#[cfg(feature = "std")]
+mod addr {
+    use super::*;
+    use std::net::IpAddr;
+
+    /// The four-word wire form of an address, and its family.
+    pub fn addr_words(ip: IpAddr) -> ([u32; 4], u8) {
+        match ip {
+            IpAddr::V4(v4) => ([u32::from_ne_bytes(v4.octets()), 0, 0, 0], FAMILY_V4),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+                ([w(0), w(4), w(8), w(12)], FAMILY_V6)
+            }
+        }
+    }
+
+    pub fn words_addr(words: [u32; 4], family: u8) -> IpAddr {
+        if family == FAMILY_V4 {
+            IpAddr::from(words[0].to_ne_bytes())
+        } else {
+            let mut o = [0u8; 16];
+            for (i, w) in words.iter().enumerate() {
+                o[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+            }
+            IpAddr::from(o)
+        }
+    }
+
+    impl ServiceKey {
+        pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+            let (addr, family) = addr_words(vip);
+            ServiceKey { addr, port: port.to_be(), proto, family }
+        }
+    }
+
+    impl FlowKey {
+        pub fn new(src: std::net::SocketAddr, dst: std::net::SocketAddr, proto: u8) -> Self {
+            let (s, family) = addr_words(src.ip());
+            let (d, _) = addr_words(dst.ip());
+            FlowKey {
+                src: s,
+                dst: d,
+                sport: src.port().to_be(),
+                dport: dst.port().to_be(),
+                proto,
+                family,
+                _pad: [0; 2],
+            }
+        }
+    }
+}
+#[cfg(feature = "std")]
+pub use addr::{addr_words, words_addr};
