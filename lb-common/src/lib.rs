@@ -101,6 +101,15 @@ pub struct FlowState {
     pub service: u32,
 }
 
+/// Key of the backend-side decapsulation map: a VIP this host serves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DecapVip {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
 /// Per-CPU traffic counters of one service or one backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -139,7 +148,7 @@ pub enum Reason {
     BadIpHeader = 2,
     /// TCP/UDP header cut short: dropped.
     TruncatedL4 = 3,
-    /// IP fragment to a VIP: passed to the kernel (fragment steering is not built yet).
+    /// TCP/UDP IP fragment: passed to the kernel (fragment steering is not built yet).
     Fragment = 4,
     /// IPv6 extension header chain too long or unsupported: passed to the kernel.
     Ipv6Extension = 5,
@@ -182,6 +191,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for DecapVip {}
 }
 
 #[cfg(feature = "std")]
@@ -216,7 +226,12 @@ mod addr {
     impl ServiceKey {
         pub fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
             let (addr, family) = addr_words(vip);
-            ServiceKey { addr, port: port.to_be(), proto, family }
+            ServiceKey {
+                addr,
+                port: port.to_be(),
+                proto,
+                family,
+            }
         }
     }
 

@@ -77,7 +77,11 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     if order.is_empty() {
         return table;
     }
-    let w_max = order.iter().map(|&i| u64::from(backends[i].weight)).max().unwrap_or(1);
+    let w_max = order
+        .iter()
+        .map(|&i| u64::from(backends[i].weight))
+        .max()
+        .unwrap_or(1);
 
     struct Perm {
         index: u32,
@@ -96,7 +100,14 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
             let offset = stable_hash(&k) % m;
             *k.last_mut().expect("pushed") = 1;
             let skip = stable_hash(&k) % (m - 1) + 1;
-            Perm { index: i as u32, offset, skip, next: 0, weight: u64::from(b.weight), taken: 0 }
+            Perm {
+                index: i as u32,
+                offset,
+                skip,
+                next: 0,
+                weight: u64::from(b.weight),
+                taken: 0,
+            }
         })
         .collect();
 
@@ -142,8 +153,14 @@ mod tests {
         let a = backends(10);
         let mut b = a.clone();
         b.reverse();
-        let ta: Vec<&[u8]> = build_table(&a, 65537).iter().map(|&i| a[i as usize].key.as_slice()).collect();
-        let tb: Vec<&[u8]> = build_table(&b, 65537).iter().map(|&i| b[i as usize].key.as_slice()).collect();
+        let ta: Vec<&[u8]> = build_table(&a, 65537)
+            .iter()
+            .map(|&i| a[i as usize].key.as_slice())
+            .collect();
+        let tb: Vec<&[u8]> = build_table(&b, 65537)
+            .iter()
+            .map(|&i| b[i as usize].key.as_slice())
+            .collect();
         assert_eq!(ta, tb);
     }
 
@@ -160,7 +177,11 @@ mod tests {
         }
         for (i, w) in [1.0, 2.0, 5.0].iter().enumerate() {
             let share = f64::from(count[i]) / 65537.0;
-            assert!((share - w / 8.0).abs() < 0.01, "backend {i}: share {share}, expected {}", w / 8.0);
+            assert!(
+                (share - w / 8.0).abs() < 0.01,
+                "backend {i}: share {share}, expected {}",
+                w / 8.0
+            );
         }
     }
 
@@ -177,8 +198,12 @@ mod tests {
         let all = backends(100);
         let before = build_table(&all, 65537);
         let gone = 37usize;
-        let rest: Vec<MaglevBackend> =
-            all.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, b)| b.clone()).collect();
+        let rest: Vec<MaglevBackend> = all
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != gone)
+            .map(|(_, b)| b.clone())
+            .collect();
         let after = build_table(&rest, 65537);
         let key = |t: &[u32], v: &[MaglevBackend], s: usize| v[t[s] as usize].key.clone();
         let mut others_moved = 0u32;
@@ -196,7 +221,11 @@ mod tests {
             }
         }
         let share = f64::from(others_moved) / f64::from(others);
-        assert!(share <= 0.01, "{:.3}% of other backends' slots moved", share * 100.0);
+        assert!(
+            share <= 0.01,
+            "{:.3}% of other backends' slots moved",
+            share * 100.0
+        );
     }
 
     #[test]

@@ -1,0 +1,178 @@
+//! Sending a packet to its backend: direct routing (MAC rewrite) and IP-in-IP tunnels.
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{
+    BackendInfo, Reason, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP, IPPROTO_IPV6, TUNNEL_TTL,
+};
+
+use crate::{
+    csum,
+    maps::SETTINGS,
+    parse::{ptr_at, Packet, Stop, IPV4_LEN, IPV6_LEN},
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+const FIB_SUCCESS: i64 = 0;
+
+/// `dr`: the backend holds the VIP itself and shares our L2 segment, so only the
+/// Ethernet addresses change. The new source is the address the frame was sent to (ours).
+#[inline(always)]
+pub fn direct(ctx: &XdpContext, backend: &BackendInfo) -> Result<u32, Stop> {
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return Err(Stop::counted(
+            xdp_action::XDP_DROP,
+            Reason::TruncatedEthernet,
+        ));
+    };
+    unsafe {
+        let old = eth.read_unaligned();
+        let mut new = [0u8; 12];
+        new[..6].copy_from_slice(&backend.mac);
+        new[6..].copy_from_slice(&old[..6]);
+        eth.write_unaligned(new);
+    }
+    Ok(xdp_action::XDP_TX)
+}
+
+/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
+/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
+#[inline(always)]
+pub fn tunnel(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    hash: u32,
+) -> Result<u32, Stop> {
+    let Some(settings) = SETTINGS.get(0) else {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+    };
+    let outer_v4 = backend.family == FAMILY_V4;
+    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
+    let inner_proto = if pkt.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    let outer_len = pkt.l3_len as u32 + grow as u32;
+    if outer_len > 0xffff {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
+    }
+
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.ifindex = ctx.ingress_ifindex() as u32;
+    if outer_v4 {
+        if settings.tunnel_src_v4 == 0 {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+        }
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = outer_len as u16;
+        fib.__bindgen_anon_3.ipv4_src = settings.tunnel_src_v4;
+        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+    } else {
+        if settings.tunnel_src_v6 == [0; 4] {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+        }
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = outer_len as u16;
+        fib.__bindgen_anon_3.ipv6_src = settings.tunnel_src_v6;
+        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
+    }
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != FIB_SUCCESS {
+        return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
+    }
+
+    // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
+    let vlan = if pkt.l3_off > 14 {
+        ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { p.read_unaligned() })
+    } else {
+        None
+    };
+    if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -(grow as i32)) } != 0 {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
+    }
+    let outer_type = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 };
+    let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
+        return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
+    };
+    let mut l2 = [0u8; 14];
+    l2[..6].copy_from_slice(&fib.dmac);
+    l2[6..12].copy_from_slice(&fib.smac);
+    match vlan {
+        Some(tag) => {
+            l2[12..14].copy_from_slice(&tag[..2]);
+            unsafe { eth.write_unaligned(l2) };
+            let Some(rest) = ptr_at::<[u8; 4]>(ctx, 14) else {
+                return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
+            };
+            let t = outer_type.to_be_bytes();
+            unsafe { rest.write_unaligned([tag[2], tag[3], t[0], t[1]]) };
+        }
+        None => {
+            l2[12..14].copy_from_slice(&outer_type.to_be_bytes());
+            unsafe { eth.write_unaligned(l2) };
+        }
+    }
+
+    if outer_v4 {
+        let Some(ip) = ptr_at::<[u16; 10]>(ctx, pkt.l3_off) else {
+            return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
+        };
+        let src = settings.tunnel_src_v4.to_ne_bytes();
+        let dst = backend.addr[0].to_ne_bytes();
+        let mut h = [
+            u16::from_ne_bytes([0x45, pkt.tos]),
+            (outer_len as u16).to_be(),
+            0,
+            0,
+            u16::from_ne_bytes([TUNNEL_TTL, inner_proto]),
+            0,
+            u16::from_ne_bytes([src[0], src[1]]),
+            u16::from_ne_bytes([src[2], src[3]]),
+            u16::from_ne_bytes([dst[0], dst[1]]),
+            u16::from_ne_bytes([dst[2], dst[3]]),
+        ];
+        h[5] = csum::ipv4_header(&h);
+        unsafe { ip.write_unaligned(h) };
+    } else {
+        let Some(ip) = ptr_at::<[u32; 10]>(ctx, pkt.l3_off) else {
+            return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
+        };
+        // Version 6, the inner traffic class, and a flow label from the flow hash so
+        // that backends spread tunnelled flows over their receive queues.
+        let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | (hash & 0x000f_ffff);
+        let len = (pkt.l3_len as u16).to_be_bytes();
+        let h = [
+            first.to_be(),
+            u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]),
+            settings.tunnel_src_v6[0],
+            settings.tunnel_src_v6[1],
+            settings.tunnel_src_v6[2],
+            settings.tunnel_src_v6[3],
+            backend.addr[0],
+            backend.addr[1],
+            backend.addr[2],
+            backend.addr[3],
+        ];
+        unsafe { ip.write_unaligned(h) };
+    }
+
+    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+        Ok(xdp_action::XDP_TX)
+    } else {
+        Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
+    }
+}

@@ -1,0 +1,7 @@
+//! bascule's controller: configuration, the datapath's maps, the daemon.
+pub mod config;
+pub mod daemon;
+pub mod datapath;
+pub mod decap;
+pub mod netinfo;
+pub mod plan;

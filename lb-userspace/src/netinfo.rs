@@ -1,0 +1,175 @@
+//! What the kernel knows about the node's network: neighbour (ARP/NDP) entries and
+//! interface addresses. Read through iproute2's JSON output (`ip -j`), which every
+//! target host has.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+fn ip_json(args: &[&str]) -> Result<Value> {
+    let out = Command::new("ip")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (iproute2): install it, or run `cargo xtask setup`")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Array(Vec::new()));
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("ip {}: unexpected output", args.join(" ")))
+}
+
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in mac.iter_mut() {
+        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The neighbour entry's MAC for `addr`, if the kernel has a usable one.
+pub fn neighbour_mac(addr: IpAddr) -> Result<Option<[u8; 6]>> {
+    let v = ip_json(&["neigh", "show", "to", &addr.to_string()])?;
+    for entry in v.as_array().into_iter().flatten() {
+        let failed = entry["state"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == "FAILED" || x == "INCOMPLETE"));
+        if let (Some(mac), false) = (entry["lladdr"].as_str().and_then(parse_mac), failed) {
+            return Ok(Some(mac));
+        }
+    }
+    Ok(None)
+}
+
+/// Makes the kernel resolve `addr`'s neighbour entry: one empty UDP datagram to the
+/// discard port. The datagram itself is harmless; the ARP/NDP exchange is the point.
+pub fn provoke_resolution(addr: IpAddr) {
+    let bind: SocketAddr = match addr {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    if let Ok(sock) = UdpSocket::bind(bind) {
+        let _ = sock.send_to(&[], (addr, 9));
+    }
+}
+
+/// Resolves the MACs of `addrs`, provoking resolution for the missing ones and waiting at
+/// most `wait`. Returns what was found; the caller decides what a missing MAC means.
+pub fn resolve_macs(addrs: &[IpAddr], wait: Duration) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    let deadline = Instant::now() + wait;
+    let mut found = Vec::new();
+    let mut missing: Vec<IpAddr> = Vec::new();
+    for &a in addrs {
+        match neighbour_mac(a)? {
+            Some(mac) => found.push((a, mac)),
+            None => missing.push(a),
+        }
+    }
+    let mut provoked = false;
+    while !missing.is_empty() && Instant::now() < deadline {
+        if !provoked {
+            missing.iter().for_each(|&a| provoke_resolution(a));
+            provoked = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut still = Vec::new();
+        for a in missing {
+            match neighbour_mac(a)? {
+                Some(mac) => found.push((a, mac)),
+                None => still.push(a),
+            }
+        }
+        missing = still;
+    }
+    Ok(found)
+}
+
+/// Global-scope addresses of an interface, IPv4 first.
+pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
+    let v = ip_json(&["addr", "show", "dev", interface])?;
+    let mut out = Vec::new();
+    for link in v.as_array().into_iter().flatten() {
+        for a in link["addr_info"].as_array().into_iter().flatten() {
+            if a["scope"] != "global" && a["scope"] != "host" {
+                continue;
+            }
+            if let Some(ip) = a["local"].as_str().and_then(|s| s.parse::<IpAddr>().ok()) {
+                out.push(ip);
+            }
+        }
+    }
+    out.sort_by_key(|a| a.is_ipv6());
+    Ok(out)
+}
+
+/// Addresses held on `lo` other than loopback's own: the VIPs a backend serves.
+pub fn loopback_vips() -> Result<Vec<IpAddr>> {
+    Ok(interface_addresses("lo")?
+        .into_iter()
+        .filter(|a| !a.is_loopback())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
+}
+
+/// Turns on forwarding for `interface` (per family). `bpf_fib_lookup`, which `tun` uses
+/// to find the tunnel's next hop, answers "forwarding disabled" without it. For IPv6,
+/// `accept_ra` 1 is raised to 2 first so the interface keeps taking router advertisements.
+/// Returns the settings it changed.
+pub fn enable_forwarding(interface: &str, v4: bool, v6: bool) -> Result<Vec<String>> {
+    let mut changed = Vec::new();
+    let mut set = |path: String, value: &str, only_if: Option<&str>| -> Result<()> {
+        let now = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+        let now = now.trim();
+        if now != value && only_if.is_none_or(|o| o == now) {
+            std::fs::write(&path, value)
+                .with_context(|| format!("cannot write {value} to {path}"))?;
+            changed.push(format!("{path}={value}"));
+        }
+        Ok(())
+    };
+    if v4 {
+        set(
+            format!("/proc/sys/net/ipv4/conf/{interface}/forwarding"),
+            "1",
+            None,
+        )?;
+    }
+    if v6 {
+        set(
+            format!("/proc/sys/net/ipv6/conf/{interface}/accept_ra"),
+            "2",
+            Some("1"),
+        )?;
+        set(
+            format!("/proc/sys/net/ipv6/conf/{interface}/forwarding"),
+            "1",
+            None,
+        )?;
+    }
+    Ok(changed)
+}

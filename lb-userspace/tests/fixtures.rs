@@ -1,0 +1,772 @@
+//! The fixture harness: each case is a description, an input frame, the expected verdict
+//! and the expected output frame, run through BPF_PROG_TEST_RUN against the real XDP
+//! object with maps programmed exactly as `bascule run` programs them (config -> plan ->
+//! maps). A mismatch names the fields that differ. Runs as root.
+//!
+//! Each test gets its own network namespace holding the LB's interface (`eth0`, with the
+//! addresses and static neighbour entries of the fixture lab), because `tun` asks the
+//! kernel's FIB for the next hop of the outer header.
+
+mod common;
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use bascule::{
+    config::Config,
+    daemon,
+    datapath::Datapath,
+    plan::{self, MacTable, Plan},
+};
+use common::{
+    packet::{self, eth, outer_ipv4, outer_ipv6, Frame, LB_MAC},
+    Netns,
+};
+use lb_common::{hash, FlowKey};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const CONFIG: &str = r#"
+node:
+  interfaces: [{ name: eth0 }]
+services:
+  - name: web4
+    vip: 10.112.0.100
+    port: 80
+    backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }]
+  - name: dns4
+    vip: 10.112.0.100
+    port: 53
+    protocol: udp
+    backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }]
+  - name: web6
+    vip: fd00:112::100
+    port: 80
+    backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }]
+  - name: dns6
+    vip: fd00:112::100
+    port: 53
+    protocol: udp
+    backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }]
+  - name: tun4
+    vip: 10.112.0.101
+    port: 0
+    forwarding: tun
+    backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }]
+  - name: tun6
+    vip: fd00:112::101
+    port: 80
+    forwarding: tun
+    backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }]
+  - name: tun46
+    vip: 10.112.0.102
+    port: 80
+    forwarding: tun
+    backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }]
+  - name: weighted
+    vip: 10.112.0.103
+    port: 80
+    backends:
+      - { address: 10.111.0.11, weight: 1 }
+      - { address: 10.111.0.12, weight: 2 }
+      - { address: 10.111.0.13, weight: 3 }
+"#;
+
+const LB_V4: [u8; 4] = [10, 111, 0, 2];
+const LB_V6: &str = "fd00:111::2";
+
+/// MAC of a lab backend: 02:00:00:00:00:<last address byte>.
+fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0, last]
+}
+
+struct Harness {
+    ns: Netns,
+    datapath: Datapath,
+    plan: Plan,
+    config: Config,
+    ifindex: u32,
+    eth0_mac: [u8; 6],
+}
+
+impl Harness {
+    fn new(config_text: &str) -> Harness {
+        let config = Config::parse(config_text, "fixtures.yaml").expect("fixture config");
+        let ns = Netns::new("fx");
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ns.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"]);
+        ns.ip(&["link", "set", "peer0", "up"]);
+        ns.ip(&["addr", "add", "10.111.0.2/24", "dev", "eth0"]);
+        ns.ip(&["addr", "add", "fd00:111::2/64", "dev", "eth0", "nodad"]);
+        let mut macs = MacTable::new();
+        for svc in &config.services {
+            for b in &svc.backends {
+                let mac = backend_mac(b.address);
+                let m = mac
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    &b.address.to_string(),
+                    "lladdr",
+                    &m,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+                macs.insert(b.address, mac);
+            }
+        }
+        ns.enter();
+        let ifindex = ns.ifindex("eth0");
+        daemon::prepare_interfaces(&config).expect("forwarding sysctls");
+        let mut datapath = Datapath::load(65536).expect("load the XDP program");
+        let tunnel = daemon::tunnel_sources(&config).expect("tunnel sources from eth0");
+        let plan = plan::plan(&config, &macs, tunnel, None).expect("plan");
+        datapath.apply(&plan).expect("program the maps");
+        Harness {
+            ns,
+            datapath,
+            plan,
+            config,
+            ifindex,
+            eth0_mac: LB_MAC,
+        }
+    }
+
+    /// Runs one frame through the program; returns the verdict and the output frame.
+    fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let ctx = xdp_md(input.len() as u32, self.ifindex);
+        let res = self
+            .datapath
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// The backend the plan says this frame's flow goes to (as `bascule simulate` will).
+    fn predicted(&self, f: &Frame) -> IpAddr {
+        let (_, id) = plan::predict(&self.plan, &flow_key(f)).expect("flow maps to a backend");
+        self.plan
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .unwrap()
+            .address
+    }
+
+    fn apply(&mut self, config_text: &str) {
+        self.config = Config::parse(config_text, "fixtures.yaml").unwrap();
+        let macs: MacTable = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (b.address, backend_mac(b.address)))
+            })
+            .collect();
+        let tunnel = daemon::tunnel_sources(&self.config).unwrap();
+        self.plan = plan::plan(&self.config, &macs, tunnel, Some(&self.plan)).unwrap();
+        self.datapath.apply(&self.plan).unwrap();
+    }
+}
+
+fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
+    [0u32, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
+fn flow_key(f: &Frame) -> FlowKey {
+    FlowKey::new((f.src, f.sport).into(), (f.dst, f.dport).into(), f.proto())
+}
+
+enum Expect {
+    Unchanged,
+    Frame(Vec<u8>),
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<u8>,
+    verdict: u32,
+    expect: Expect,
+}
+
+fn check(h: &mut Harness, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let (verdict, out) = h.run(&c.input);
+        let expected = match &c.expect {
+            Expect::Unchanged => c.input.clone(),
+            Expect::Frame(f) => f.clone(),
+        };
+        let mut problems = Vec::new();
+        if verdict != c.verdict {
+            problems.push(format!("verdict: expected {}, got {}", c.verdict, verdict));
+        }
+        problems.extend(packet::diff(&expected, &out));
+        if !problems.is_empty() {
+            failures.push(format!(
+                "case '{}':\n    {}",
+                c.name,
+                problems.join("\n    ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// `dr`: same frame, destination MAC := backend's, source MAC := the LB's.
+fn dr_expected(h: &Harness, f: &Frame) -> Expect {
+    let mut out = f.bytes();
+    out[0..6].copy_from_slice(&backend_mac(h.predicted(f)));
+    out[6..12].copy_from_slice(&LB_MAC);
+    Expect::Frame(out)
+}
+
+/// `tun`: Ethernet to the backend's MAC (the FIB's next hop), outer header from the LB.
+fn tun_expected(h: &Harness, f: &Frame) -> Expect {
+    let backend = h.predicted(f);
+    let inner = f.ip_bytes();
+    let tos = inner[if f.src.is_ipv4() { 1 } else { 0 }];
+    let (ethertype, outer) = match (backend, f.src) {
+        (IpAddr::V4(b), IpAddr::V4(_)) => {
+            (0x0800, outer_ipv4(LB_V4, b.octets(), tos, 4, inner.len()))
+        }
+        (IpAddr::V6(b), src) => {
+            let k = flow_key(f);
+            let label =
+                hash::flow_hash(&k.src, &k.dst, hash::ports_word(k.sport, k.dport), k.proto);
+            let lb: std::net::Ipv6Addr = LB_V6.parse().unwrap();
+            let (next, tclass) = if src.is_ipv4() {
+                (4, inner[1])
+            } else {
+                (41, ((inner[0] << 4) | (inner[1] >> 4)))
+            };
+            (
+                0x86dd,
+                outer_ipv6(lb.octets(), b.octets(), tclass, label, next, inner.len()),
+            )
+        }
+        _ => unreachable!(),
+    };
+    let _ = tos;
+    let mut payload = outer;
+    payload.extend_from_slice(&inner);
+    Expect::Frame(eth(
+        backend_mac(backend),
+        h.eth0_mac,
+        f.vlan,
+        ethertype,
+        &payload,
+    ))
+}
+
+#[test]
+fn forwarding_fixtures() {
+    let mut h = Harness::new(CONFIG);
+    let client4 = "10.111.0.10";
+    let client6 = "fd00:111::10";
+    let dr_tcp4 = Frame::tcp(client4, 40000, "10.112.0.100", 80);
+    let dr_udp4 = Frame::udp(client4, 40001, "10.112.0.100", 53);
+    let dr_tcp6 = Frame::tcp(client6, 40002, "fd00:112::100", 80);
+    let dr_udp6 = Frame::udp(client6, 40003, "fd00:112::100", 53);
+    let tun44 = Frame::tcp(client4, 40004, "10.112.0.101", 443);
+    let tun44_udp = Frame::udp(client4, 40005, "10.112.0.101", 5000);
+    let tun66 = Frame::tcp(client6, 40006, "fd00:112::101", 80);
+    let tun46 = Frame::tcp(client4, 40007, "10.112.0.102", 80);
+    let vlan_dr = Frame {
+        vlan: Some(0x0064),
+        ..Frame::tcp(client4, 40008, "10.112.0.100", 80)
+    };
+    let vlan_tun = Frame {
+        vlan: Some(0x2064),
+        ..Frame::tcp(client4, 40009, "10.112.0.101", 80)
+    };
+    let options4 = Frame {
+        options: vec![1, 1, 1, 0],
+        ..Frame::tcp(client4, 40010, "10.112.0.100", 80)
+    };
+    let hop_by_hop6 = Frame {
+        options: vec![0],
+        ..Frame::tcp(client6, 40011, "fd00:112::100", 80)
+    };
+    let mut tos = Frame::tcp(client4, 40012, "10.112.0.101", 80);
+    tos.payload = vec![0xab; 300];
+    let tos_bytes = {
+        let mut b = tos.bytes();
+        b[15] = 0xb8; // DSCP EF, carried to the outer header
+        let c = packet::ipv4_checksum(&{
+            let mut hdr = b[14..34].to_vec();
+            hdr[10] = 0;
+            hdr[11] = 0;
+            hdr
+        });
+        b[24..26].copy_from_slice(&c.to_be_bytes());
+        b
+    };
+    let tos_expected = {
+        let backend = h.predicted(&tos);
+        let inner = tos_bytes[14..].to_vec();
+        let mut p = outer_ipv4(
+            LB_V4,
+            match backend {
+                IpAddr::V4(b) => b.octets(),
+                _ => unreachable!(),
+            },
+            0xb8,
+            4,
+            inner.len(),
+        );
+        p.extend_from_slice(&inner);
+        eth(backend_mac(backend), LB_MAC, None, 0x0800, &p)
+    };
+
+    let full = dr_tcp4.bytes();
+    let mut bad_ihl = full.clone();
+    bad_ihl[14] = 0x44;
+    let mut fragment = full.clone();
+    fragment[20] = 0x20; // more fragments
+    let mut stacked = eth(
+        LB_MAC,
+        packet::CLIENT_MAC,
+        Some(5),
+        0x8100,
+        &[0, 6, 0x08, 0],
+    );
+    stacked.extend_from_slice(&dr_tcp4.ip_bytes());
+    let arp = eth([0xff; 6], packet::CLIENT_MAC, None, 0x0806, &[0u8; 28]);
+
+    let cases = vec![
+        Case {
+            name: "dr v4 tcp",
+            input: dr_tcp4.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &dr_tcp4),
+        },
+        Case {
+            name: "dr v4 udp",
+            input: dr_udp4.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &dr_udp4),
+        },
+        Case {
+            name: "dr v6 tcp",
+            input: dr_tcp6.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &dr_tcp6),
+        },
+        Case {
+            name: "dr v6 udp",
+            input: dr_udp6.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &dr_udp6),
+        },
+        Case {
+            name: "tun 4in4 tcp (all-ports service)",
+            input: tun44.bytes(),
+            verdict: XDP_TX,
+            expect: tun_expected(&h, &tun44),
+        },
+        Case {
+            name: "tun 4in4 udp (all-ports service)",
+            input: tun44_udp.bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "tun 6in6",
+            input: tun66.bytes(),
+            verdict: XDP_TX,
+            expect: tun_expected(&h, &tun66),
+        },
+        Case {
+            name: "tun 4in6",
+            input: tun46.bytes(),
+            verdict: XDP_TX,
+            expect: tun_expected(&h, &tun46),
+        },
+        Case {
+            name: "tun 4in4 keeps the inner TOS in the outer header",
+            input: tos_bytes,
+            verdict: XDP_TX,
+            expect: Expect::Frame(tos_expected),
+        },
+        Case {
+            name: "dr behind a VLAN tag",
+            input: vlan_dr.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &vlan_dr),
+        },
+        Case {
+            name: "tun behind a VLAN tag keeps the tag",
+            input: vlan_tun.bytes(),
+            verdict: XDP_TX,
+            expect: tun_expected(&h, &vlan_tun),
+        },
+        Case {
+            name: "dr with IPv4 options",
+            input: options4.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &options4),
+        },
+        Case {
+            name: "dr v6 behind a hop-by-hop header",
+            input: hop_by_hop6.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &hop_by_hop6),
+        },
+        Case {
+            name: "not a VIP: passed untouched",
+            input: Frame::tcp(client4, 1, "10.111.0.2", 80).bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "VIP, wrong port: passed untouched",
+            input: Frame::tcp(client4, 1, "10.112.0.100", 8080).bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "VIP, wrong protocol: passed untouched",
+            input: Frame::udp(client4, 1, "10.112.0.100", 80).bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "v6 not a VIP: passed untouched",
+            input: Frame::tcp(client6, 1, "fd00:111::2", 80).bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "ARP: passed untouched",
+            input: arp,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never deliver them.)
+        Case {
+            name: "truncated Ethernet: VLAN type, no tag",
+            input: eth(LB_MAC, packet::CLIENT_MAC, None, 0x8100, &[]),
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "truncated IPv4 header",
+            input: full[..14 + 12].to_vec(),
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "truncated IPv6 header",
+            input: dr_tcp6.bytes()[..14 + 30].to_vec(),
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "truncated TCP header",
+            input: full[..14 + 20 + 10].to_vec(),
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "truncated UDP header",
+            input: dr_udp4.bytes()[..14 + 20 + 6].to_vec(),
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "IPv4 IHL below 5",
+            input: bad_ihl,
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "IPv4 fragment to a VIP: passed untouched",
+            input: fragment,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "two VLAN tags: passed untouched",
+            input: stacked,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+    ];
+    check(&mut h, cases);
+
+    let reasons = h.datapath.reasons().unwrap();
+    assert_eq!(reasons["truncated_ethernet"], 1);
+    assert_eq!(reasons["truncated_ip"], 2);
+    assert_eq!(reasons["truncated_l4"], 2);
+    assert_eq!(reasons["bad_ip_header"], 1);
+    assert_eq!(reasons["fragment"], 1);
+    assert_eq!(reasons["stacked_vlan"], 1);
+    drop(h.ns);
+}
+
+#[test]
+fn same_flow_same_backend_and_counters() {
+    let mut h = Harness::new(CONFIG);
+    let f = Frame::tcp("10.111.0.10", 41000, "10.112.0.100", 80);
+    let (_, first) = h.run(&f.bytes());
+    for i in 0..20 {
+        if i % 5 == 0 {
+            h.datapath.clear_conntrack().unwrap();
+        }
+        let (v, out) = h.run(&f.bytes());
+        assert_eq!(v, XDP_TX);
+        assert_eq!(
+            out, first,
+            "run {i}: the same 5-tuple reached another backend"
+        );
+    }
+    let web4 = h
+        .plan
+        .services
+        .iter()
+        .find(|s| s.name == "web4")
+        .unwrap()
+        .info
+        .id;
+    let c = h.datapath.service_counters(web4).unwrap();
+    assert_eq!(c.packets, 21);
+    assert_eq!(c.bytes, 21 * f.bytes().len() as u64);
+    assert_eq!(
+        c.new_flows, 5,
+        "one new flow, then one after each of the 4 clears"
+    );
+    let backend = h.predicted(&f);
+    let id = h
+        .plan
+        .backends
+        .iter()
+        .find(|b| b.service == "web4" && b.address == backend)
+        .unwrap()
+        .id;
+    assert_eq!(h.datapath.backend_counters(id).unwrap().packets, 21);
+}
+
+#[test]
+fn distribution_over_100k_flows_follows_weights() {
+    let mut h = Harness::new(CONFIG);
+    let mut seen = std::collections::HashMap::<[u8; 6], u32>::new();
+    let flows = 100_000u32;
+    for i in 0..flows {
+        let src = format!("10.{}.{}.{}", 120 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+        let f = Frame::tcp(&src, 1024 + (i % 50_000) as u16, "10.112.0.103", 80);
+        let (v, out) = h.run(&f.bytes());
+        assert_eq!(v, XDP_TX);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&out[0..6]);
+        *seen.entry(mac).or_default() += 1;
+    }
+    for (last, weight) in [(11u8, 1.0), (12, 2.0), (13, 3.0)] {
+        let got =
+            f64::from(seen.get(&[2, 0, 0, 0, 0, last]).copied().unwrap_or(0)) / f64::from(flows);
+        let want = weight / 6.0;
+        let off = (got - want).abs() / want;
+        println!(
+            "backend .{last}: {:.2}% of flows, weight share {:.2}% ({:.2}% off)",
+            got * 100.0,
+            want * 100.0,
+            off * 100.0
+        );
+        assert!(
+            off < 0.02,
+            "backend .{last}: {:.3} of flows, expected {:.3} within 2%",
+            got,
+            want
+        );
+    }
+}
+
+#[test]
+fn established_flows_keep_their_backend_when_the_table_changes() {
+    let mut h = Harness::new(CONFIG);
+    let grown = CONFIG.replace(
+        "backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }]\n  - name: dns4",
+        "backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }, { address: 10.111.0.13 }]\n  - name: dns4",
+    );
+    assert_ne!(grown, CONFIG);
+    let after = {
+        let cfg = Config::parse(&grown, "x").unwrap();
+        let macs: MacTable = [
+            ("10.111.0.11", 11u8),
+            ("10.111.0.12", 12),
+            ("10.111.0.13", 13),
+        ]
+        .iter()
+        .map(|(a, l)| (a.parse().unwrap(), [2, 0, 0, 0, 0, *l]))
+        .collect();
+        plan::plan(&cfg, &macs, Default::default(), Some(&h.plan)).unwrap()
+    };
+    // Flows that the new table would send to the new backend .13.
+    let moved: Vec<Frame> = (0..2000u16)
+        .map(|p| Frame::tcp("10.111.0.10", 20000 + p, "10.112.0.100", 80))
+        .filter(|f| {
+            let (_, id) = plan::predict(&after, &flow_key(f)).unwrap();
+            after
+                .backends
+                .iter()
+                .any(|b| b.id == id && b.address.to_string() == "10.111.0.13")
+        })
+        .take(20)
+        .collect();
+    assert_eq!(moved.len(), 20);
+    let before: Vec<Vec<u8>> = moved.iter().map(|f| h.run(&f.bytes()).1).collect();
+    h.apply(&grown);
+    for (f, old) in moved.iter().zip(&before) {
+        let (v, out) = h.run(&f.bytes());
+        assert_eq!(v, XDP_TX);
+        assert_eq!(
+            &out, old,
+            "established flow from port {} changed backend",
+            f.sport
+        );
+    }
+    // A new flow with the same choice goes to the new backend.
+    h.datapath.clear_conntrack().unwrap();
+    let (_, out) = h.run(&moved[0].bytes());
+    assert_eq!(out[0..6], [2, 0, 0, 0, 0, 13]);
+
+    // Removing a backend moves its established flows (and only those).
+    let f = &moved[1];
+    let _ = h.run(&f.bytes());
+    h.apply(&CONFIG.replace(
+        "{ address: 10.111.0.11 }, { address: 10.111.0.12 }]\n  - name: dns4",
+        "{ address: 10.111.0.11 }]\n  - name: dns4",
+    ));
+    let (_, out) = h.run(&f.bytes());
+    assert_eq!(
+        out[0..6],
+        [2, 0, 0, 0, 0, 11],
+        "flow of a removed backend rescheduled"
+    );
+}
+
+#[test]
+fn ns_per_packet_with_repeat() {
+    let mut h = Harness::new(CONFIG);
+    let f = Frame::tcp("10.111.0.10", 42000, "10.112.0.100", 80);
+    let input = f.bytes();
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(input.len() as u32, h.ifindex);
+    let repeat = 100_000;
+    let res = h
+        .datapath
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(&input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..TestRunOptions::new()
+        })
+        .unwrap();
+    assert_eq!(res.return_value, XDP_TX);
+    let ns = res.duration.as_nanos();
+    println!("dr v4 established: {ns} ns/packet over {repeat} runs");
+    assert!(
+        ns > 0 && ns < 100_000,
+        "implausible per-packet time {ns} ns"
+    );
+    let web4 = h
+        .plan
+        .services
+        .iter()
+        .find(|s| s.name == "web4")
+        .unwrap()
+        .info
+        .id;
+    assert_eq!(
+        h.datapath.service_counters(web4).unwrap().packets,
+        u64::from(repeat)
+    );
+}
+
+#[test]
+fn maglev_tables_identical_across_processes() {
+    let bin = std::env::var("CARGO_BIN_EXE_bascule").unwrap();
+    let dir = std::env::temp_dir().join(format!("bascule-tables-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("c.yaml");
+    std::fs::write(&file, CONFIG).unwrap();
+    let digests = |path: &std::path::Path| {
+        let out = std::process::Command::new(&bin)
+            .args(["check", "-c"])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("digest"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let a = digests(&file);
+    let b = digests(&file);
+    assert_eq!(a.len(), 8);
+    assert_eq!(a, b);
+    // Backends listed in another order: the same tables.
+    let reordered = CONFIG.replace(
+        "      - { address: 10.111.0.11, weight: 1 }\n      - { address: 10.111.0.12, weight: 2 }\n",
+        "      - { address: 10.111.0.12, weight: 2 }\n      - { address: 10.111.0.11, weight: 1 }\n",
+    );
+    assert_ne!(reordered, CONFIG);
+    let file2 = dir.join("d.yaml");
+    std::fs::write(&file2, reordered).unwrap();
+    assert_eq!(digests(&file2), a);
+    // And this process computes the same digest as the binary did.
+    let cfg = Config::parse(CONFIG, "x").unwrap();
+    let macs: MacTable = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(|b| (b.address, [0; 6])))
+        .collect();
+    let p = plan::plan(&cfg, &macs, Default::default(), None).unwrap();
+    let here = format!(
+        "service web4: maglev 65537 slots, digest {:016x}",
+        plan::table_digest(&p, &p.services[0])
+    );
+    assert_eq!(a[0], here);
+    let _ = std::fs::remove_dir_all(&dir);
+}
