@@ -218,12 +218,7 @@ pub fn decap(interface: &str, vips: &[IpAddr]) -> Result<()> {
     let decap = crate::decap::Decap::attach(interface, &vips)?;
     tracing::info!(interface, vips = ?vips, "decap attached");
     let signals = signal_channel()?;
-    loop {
-        match signals.recv() {
-            Ok(SIGHUP) => continue,
-            _ => break,
-        }
-    }
+    while let Ok(SIGHUP) = signals.recv() {}
     tracing::info!(
         decapsulated = decap.decapsulated().unwrap_or(0),
         "decap detached"

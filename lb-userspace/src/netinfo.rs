@@ -123,19 +123,6 @@ pub fn loopback_vips() -> Result<Vec<IpAddr>> {
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs() {
-        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
-        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
-        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
-        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
-    }
-}
-
 /// Turns on forwarding for `interface` (per family). `bpf_fib_lookup`, which `tun` uses
 /// to find the tunnel's next hop, answers "forwarding disabled" without it. For IPv6,
 /// `accept_ra` 1 is raised to 2 first so the interface keeps taking router advertisements.
@@ -172,4 +159,17 @@ pub fn enable_forwarding(interface: &str, v4: bool, v6: bool) -> Result<Vec<Stri
         )?;
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("02:00:0a:ff:00:01"), Some([2, 0, 10, 255, 0, 1]));
+        assert_eq!(parse_mac("02:00:0a:ff:00"), None);
+        assert_eq!(parse_mac("02:00:0a:ff:00:01:02"), None);
+        assert_eq!(parse_mac("zz:00:0a:ff:00:01"), None);
+    }
 }

@@ -206,6 +206,44 @@ impl IdAllocator {
     }
 }
 
+/// A node-independent fingerprint of a service's Maglev table: the hash of the backend
+/// address and port in every slot (ids differ between nodes, addresses do not).
+pub fn table_digest(plan: &Plan, svc: &PlannedService) -> u64 {
+    let names: HashMap<u32, String> = plan
+        .backends
+        .iter()
+        .map(|b| (b.id, b.address.to_string()))
+        .collect();
+    let mut bytes = Vec::with_capacity(svc.table.len() * 12);
+    for id in &svc.table {
+        bytes.extend_from_slice(names.get(id).map_or("-", String::as_str).as_bytes());
+        bytes.push(b',');
+    }
+    lb_common::maglev::stable_hash(&bytes)
+}
+
+/// The backend a new flow gets: the same computation as the datapath's (flow hash, then
+/// the service's Maglev slot), for `bascule simulate` and for tests that predict the
+/// datapath's choice. Returns the service and the backend id, if any.
+pub fn predict<'a>(plan: &'a Plan, flow: &lb_common::FlowKey) -> Option<(&'a PlannedService, u32)> {
+    let exact = ServiceKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    let any_port = ServiceKey { port: 0, ..exact };
+    let svc = plan
+        .services
+        .iter()
+        .find(|s| s.key == exact)
+        .or_else(|| plan.services.iter().find(|s| s.key == any_port))?;
+    let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
+    let hash = lb_common::hash::flow_hash(&flow.src, &flow.dst, ports, flow.proto);
+    let id = *svc.table.get((hash % svc.info.table_size) as usize)?;
+    (id != NO_BACKEND).then_some((svc, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,42 +362,4 @@ services:
         let b = plan(&config(), &macs, TunnelSources::default(), None).unwrap();
         assert_eq!(a, b);
     }
-}
-
-/// A node-independent fingerprint of a service's Maglev table: the hash of the backend
-/// address and port in every slot (ids differ between nodes, addresses do not).
-pub fn table_digest(plan: &Plan, svc: &PlannedService) -> u64 {
-    let names: HashMap<u32, String> = plan
-        .backends
-        .iter()
-        .map(|b| (b.id, b.address.to_string()))
-        .collect();
-    let mut bytes = Vec::with_capacity(svc.table.len() * 12);
-    for id in &svc.table {
-        bytes.extend_from_slice(names.get(id).map_or("-", String::as_str).as_bytes());
-        bytes.push(b',');
-    }
-    lb_common::maglev::stable_hash(&bytes)
-}
-
-/// The backend a new flow gets: the same computation as the datapath's (flow hash, then
-/// the service's Maglev slot), for `bascule simulate` and for tests that predict the
-/// datapath's choice. Returns the service and the backend id, if any.
-pub fn predict<'a>(plan: &'a Plan, flow: &lb_common::FlowKey) -> Option<(&'a PlannedService, u32)> {
-    let exact = ServiceKey {
-        addr: flow.dst,
-        port: flow.dport,
-        proto: flow.proto,
-        family: flow.family,
-    };
-    let any_port = ServiceKey { port: 0, ..exact };
-    let svc = plan
-        .services
-        .iter()
-        .find(|s| s.key == exact)
-        .or_else(|| plan.services.iter().find(|s| s.key == any_port))?;
-    let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
-    let hash = lb_common::hash::flow_hash(&flow.src, &flow.dst, ports, flow.proto);
-    let id = *svc.table.get((hash % svc.info.table_size) as usize)?;
-    (id != NO_BACKEND).then_some((svc, id))
 }

@@ -1,1 +1,23 @@
+//! Network-namespace labs for bascule's end-to-end tests and for `cargo xtask demo`.
+//!
+//! A [`Lab`] is a set of network namespaces joined by one bridge: every host gets an
+//! `eth0` whose peer sits on bridge `br0` inside the lab's own "switch" namespace, so
+//! nothing ever touches the root namespace's links, addresses or routes. Dropping the
+//! lab kills what it spawned and deletes its namespaces (which deletes their veths).
+//!
+//! [`Topology`] builds the standard lab used everywhere (client, load-balancer nodes,
+//! backends holding the VIPs on `lo`), and writes bascule configs for it.
+//! [`http_server`] and [`http_get`] run a tiny HTTP/1.0 server and client *in-process*,
+//! on threads that entered a namespace with `setns(2)`.
+//!
+//! Everything here is bounded: each wait has a deadline, each loop a count.
+//! Requires root and iproute2 (`ip`).
 
+pub mod http;
+pub mod interrupt;
+pub mod lab;
+pub mod topology;
+
+pub use http::{http_get, http_get_from, http_server, HttpServer};
+pub use lab::{cleanup_stale, in_netns, Host, Lab, Spawned};
+pub use topology::{Forwarding, Topology, TopologySpec};

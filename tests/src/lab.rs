@@ -1,0 +1,566 @@
+//! The lab: namespaces on one bridge, processes spawned inside them, and teardown.
+
+use std::{
+    collections::HashMap,
+    fs::{self, File},
+    io,
+    net::IpAddr,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Mutex, Once,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+/// Every lab namespace starts with this, followed by `{pid}x{n}`: the pid says whether the
+/// run that made it is still alive (see [`cleanup_stale`]).
+const NETNS_PREFIX: &str = "bsc";
+/// Where the `ip netns` names live; a namespace is entered by opening its file here.
+const NETNS_RUN_DIR: &str = "/run/netns";
+/// How long a spawned process gets to exit after SIGTERM before it is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// Linux limit on interface names (IFNAMSIZ - 1).
+const IFNAME_MAX: usize = 15;
+
+/// Like `eprintln!`, but never panics: it runs in `Drop` during unwinding, where a
+/// second panic (stderr closed, say) would abort before the namespaces are deleted.
+macro_rules! warn {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
+static STALE_SWEEP: Once = Once::new();
+
+/// One host of a lab: a network namespace with `eth0` on the lab's bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// Short name given by the caller: `client`, `lb1`, `b1`...
+    pub role: String,
+    /// The `ip netns` name: `{lab prefix}-{role}`.
+    pub netns: String,
+    /// MAC address of the host's `eth0`.
+    pub mac: String,
+    /// Addresses on `eth0` (IPv4 as /24, IPv6 as /64).
+    pub addrs: Vec<IpAddr>,
+}
+
+impl Host {
+    /// The host's first IPv4 address on `eth0`.
+    pub fn ipv4(&self) -> Option<IpAddr> {
+        self.addrs.iter().copied().find(IpAddr::is_ipv4)
+    }
+
+    /// The host's first IPv6 address on `eth0`.
+    pub fn ipv6(&self) -> Option<IpAddr> {
+        self.addrs.iter().copied().find(IpAddr::is_ipv6)
+    }
+}
+
+/// A process started in a lab namespace; its stdout and stderr go to [`Spawned::log`].
+#[derive(Clone, Debug)]
+pub struct Spawned {
+    pub pid: u32,
+    /// Short label used in messages and as the log file's name.
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Spawned {
+    /// Everything the process printed so far (stdout and stderr interleaved).
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_else(|err| format!("(no log: {err})"))
+    }
+}
+
+/// A set of network namespaces on one bridge. See the crate documentation.
+///
+/// Drop order matters for in-process servers: drop [`crate::HttpServer`] handles before the
+/// lab (declare them after it), so their threads leave the namespaces being deleted.
+pub struct Lab {
+    prefix: String,
+    tag: String,
+    switch: String,
+    hosts: Vec<Host>,
+    children: Mutex<HashMap<u32, (Child, Spawned)>>,
+    dir: PathBuf,
+    spawned_count: AtomicUsize,
+}
+
+impl Lab {
+    /// Creates an empty lab: its switch namespace with bridge `br0`, and a scratch
+    /// directory for configs and logs. `tag` only names the scratch directory.
+    ///
+    /// The first lab of a process also removes labs left behind by dead processes.
+    pub fn new(tag: &str) -> Result<Lab> {
+        STALE_SWEEP.call_once(|| {
+            if let Err(err) = cleanup_stale() {
+                warn!("lab: could not remove stale labs: {err:#}");
+            }
+        });
+        let n = NEXT_LAB.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("{NETNS_PREFIX}{}x{n}", std::process::id());
+        let dir = std::env::temp_dir().join(format!("bascule-lab-{prefix}-{tag}"));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut lab = Lab {
+            switch: format!("{prefix}-sw"),
+            prefix,
+            tag: tag.to_string(),
+            hosts: Vec::new(),
+            children: Mutex::new(HashMap::new()),
+            dir,
+            spawned_count: AtomicUsize::new(0),
+        };
+        lab.create_switch()?;
+        Ok(lab)
+    }
+
+    fn create_switch(&mut self) -> Result<()> {
+        let sw = self.switch.clone();
+        create_netns(&sw)?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        Ok(())
+    }
+
+    /// Namespace prefix of this lab, `bsc{pid}x{n}`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The tag given to [`Lab::new`].
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// Scratch directory for configs and logs; removed with the lab.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Every namespace of this lab, hosts then the switch.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hosts.iter().map(|h| h.netns.clone()).collect();
+        names.push(self.switch.clone());
+        names
+    }
+
+    /// The hosts added so far, in order.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    /// The host with this role.
+    pub fn host(&self, role: &str) -> Result<&Host> {
+        self.hosts
+            .iter()
+            .find(|h| h.role == role)
+            .ok_or_else(|| anyhow!("lab {} has no host `{role}`", self.prefix))
+    }
+
+    /// Adds host `{prefix}-{role}`: `eth0` plugged into the bridge, up, with `addrs`
+    /// (IPv4 as /24, IPv6 as /64 without duplicate address detection), `lo` up,
+    /// reverse-path filtering off.
+    pub fn add_host(&mut self, role: &str, addrs: &[IpAddr]) -> Result<Host> {
+        let port = format!("v{role}");
+        if port.len() > IFNAME_MAX || role.is_empty() {
+            bail!(
+                "host role `{role}` must be 1..{} characters",
+                IFNAME_MAX - 1
+            );
+        }
+        if self.hosts.iter().any(|h| h.role == role) {
+            bail!("lab {} already has a host `{role}`", self.prefix);
+        }
+        let ns = format!("{}-{role}", self.prefix);
+        create_netns(&ns)?;
+        // Registered before configuring, so that a failure below still deletes it.
+        self.hosts.push(Host {
+            role: role.to_string(),
+            netns: ns.clone(),
+            mac: String::new(),
+            addrs: addrs.to_vec(),
+        });
+        // New interfaces copy `default`: no DAD on link-local either, no 1 s wait.
+        sysctl(
+            &ns,
+            &[
+                ("net.ipv6.conf.default.accept_dad", "0"),
+                ("net.ipv6.conf.all.accept_dad", "0"),
+            ],
+        )?;
+        ip(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.switch,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        for addr in addrs {
+            match addr {
+                IpAddr::V4(a) => {
+                    ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?
+                }
+                IpAddr::V6(a) => ip(&[
+                    "-n",
+                    &ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{a}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ])?,
+            };
+        }
+        sysctl(
+            &ns,
+            &[
+                ("net.ipv4.conf.all.rp_filter", "0"),
+                ("net.ipv4.conf.default.rp_filter", "0"),
+                ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ],
+        )?;
+        let mac = mac_of(&ns, "eth0")?;
+        let host = self.hosts.last_mut().expect("pushed above");
+        host.mac = mac;
+        Ok(host.clone())
+    }
+
+    /// Runs `ip netns exec NS args...` to completion and returns its output, whatever
+    /// its exit status.
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<Output> {
+        netns_exec(ns, args)
+    }
+
+    /// Like [`Lab::exec`], but a non-zero exit is an error carrying stderr.
+    pub fn exec_ok(&self, ns: &str, args: &[&str]) -> Result<String> {
+        checked(
+            netns_exec(ns, args)?,
+            &format!("ip netns exec {ns} {}", args.join(" ")),
+        )
+    }
+
+    /// Starts `ip netns exec NS args...` in the background, in its own process group (a
+    /// Ctrl-C in the terminal reaches only the caller, which tears down in order).
+    /// Output goes to a log file in [`Lab::dir`]. Killed when the lab is dropped.
+    pub fn spawn(&self, ns: &str, name: &str, args: &[&str]) -> Result<Spawned> {
+        let n = self.spawned_count.fetch_add(1, Ordering::Relaxed);
+        let safe: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let log = self.dir.join(format!("{n:02}-{safe}.log"));
+        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start `ip netns exec {ns} {}`", args.join(" ")))?;
+        let spawned = Spawned {
+            pid: child.id(),
+            name: name.to_string(),
+            log,
+        };
+        self.children
+            .lock()
+            .expect("lab children lock")
+            .insert(spawned.pid, (child, spawned.clone()));
+        Ok(spawned)
+    }
+
+    /// `Some(status)` once the process has exited (it stays reaped and tracked).
+    pub fn exit_status(&self, process: &Spawned) -> Option<ExitStatus> {
+        let mut children = self.children.lock().expect("lab children lock");
+        let (child, _) = children.get_mut(&process.pid)?;
+        child.try_wait().ok().flatten()
+    }
+
+    /// Sends SIGTERM, waits up to 5 s, then SIGKILL. Returns the exit status and whether
+    /// it exited on its own within the grace period.
+    pub fn terminate(&self, process: &Spawned) -> Result<(ExitStatus, bool)> {
+        let entry = self
+            .children
+            .lock()
+            .expect("lab children lock")
+            .remove(&process.pid);
+        let Some((mut child, _)) = entry else {
+            bail!(
+                "{} (pid {}) is not a process of this lab",
+                process.name,
+                process.pid
+            );
+        };
+        terminate_child(&mut child)
+    }
+
+    fn terminate_all(&self) {
+        let children: Vec<(Child, Spawned)> = self
+            .children
+            .lock()
+            .map(|mut c| c.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for (mut child, spawned) in children {
+            if thread::panicking() {
+                warn!(
+                    "---- log of {} (pid {}) ----\n{}",
+                    spawned.name,
+                    spawned.pid,
+                    spawned.log_text()
+                );
+            }
+            if let Err(err) = terminate_child(&mut child) {
+                warn!("lab: cannot stop {}: {err:#}", spawned.name);
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.terminate_all();
+        for ns in self.namespaces() {
+            if let Err(err) = delete_netns(&ns) {
+                warn!("lab: {err:#}");
+            }
+        }
+        if thread::panicking() {
+            warn!("lab {}: logs kept in {}", self.prefix, self.dir.display());
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn terminate_child(child: &mut Child) -> Result<(ExitStatus, bool)> {
+    if let Some(status) = child.try_wait()? {
+        return Ok((status, true));
+    }
+    // SAFETY: kill(2) on a child we still own (not yet reaped, so the pid is not reused).
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + TERMINATE_GRACE;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, true));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.kill()?;
+    Ok((child.wait()?, false))
+}
+
+/// Deletes lab namespaces (`bsc{pid}x{n}-*`) whose creating process is gone, after killing
+/// whatever still runs in them, and their scratch directories. Labs of live processes,
+/// and every namespace not named like a lab, are left alone. Returns what it deleted.
+pub fn cleanup_stale() -> Result<Vec<String>> {
+    let mut deleted = Vec::new();
+    for ns in list_netns()? {
+        let Some(pid) = lab_owner_pid(&ns) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        kill_netns_processes(&ns);
+        delete_netns(&ns)?;
+        deleted.push(ns);
+    }
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix("bascule-lab-") {
+                if lab_owner_pid(rest)
+                    .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+                {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// The pid in a lab name `bsc{pid}x{n}-...`, or None if `name` is not a lab's.
+fn lab_owner_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(NETNS_PREFIX)?;
+    let (pid, rest) = rest.split_once('x')?;
+    let (n, _) = rest.split_once('-')?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+fn kill_netns_processes(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    let pids: Vec<libc::pid_t> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for signal in [libc::SIGTERM, libc::SIGKILL] {
+        for &pid in &pids {
+            // SAFETY: plain kill(2); these are processes inside a dead run's namespace.
+            unsafe { libc::kill(pid, signal) };
+        }
+        thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Names of all `ip netns` namespaces.
+pub fn list_netns() -> Result<Vec<String>> {
+    let out = checked(
+        Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .context("cannot run ip")?,
+        "ip netns list",
+    )?;
+    Ok(out
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_string)
+        .collect())
+}
+
+/// Runs `f` on a new thread that has entered network namespace `ns` (only that thread
+/// does), and returns its result. Sockets created inside belong to `ns`.
+pub fn in_netns<T, F>(ns: &str, f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    let ns_owned = ns.to_string();
+    thread::Builder::new()
+        .name(format!("netns-{ns}"))
+        .spawn(move || {
+            enter_netns(&ns_owned)?;
+            f()
+        })
+        .context("cannot spawn a thread")?
+        .join()
+        .map_err(|_| anyhow!("thread in netns {ns} panicked"))?
+}
+
+/// Moves the calling thread into network namespace `ns` (setns(2) with CLONE_NEWNET).
+pub fn enter_netns(ns: &str) -> Result<()> {
+    let path = Path::new(NETNS_RUN_DIR).join(ns);
+    let file = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: setns(2) on a valid namespace fd; affects the calling thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("setns into {ns}"));
+    }
+    Ok(())
+}
+
+fn create_netns(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns])?;
+    Ok(())
+}
+
+fn delete_netns(ns: &str) -> Result<()> {
+    if !Path::new(NETNS_RUN_DIR).join(ns).exists() {
+        return Ok(());
+    }
+    ip(&["netns", "del", ns]).map(drop)
+}
+
+/// Sets sysctls inside a namespace (`ip netns exec NS sysctl -q -w k=v ...`).
+pub fn sysctl(ns: &str, settings: &[(&str, &str)]) -> Result<()> {
+    let assignments: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut args = vec!["sysctl", "-q", "-w"];
+    args.extend(assignments.iter().map(String::as_str));
+    checked(netns_exec(ns, &args)?, &format!("sysctl in {ns}")).map(drop)
+}
+
+/// Runs `ip ARGS...`; a non-zero exit is an error carrying its stderr.
+pub fn ip(args: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("cannot run `ip` (iproute2): is it installed?")?;
+    checked(out, &format!("ip {}", args.join(" ")))
+}
+
+fn netns_exec(ns: &str, args: &[&str]) -> Result<Output> {
+    Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run `ip netns exec {ns} {}`", args.join(" ")))
+}
+
+fn checked(out: Output, what: &str) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`{what}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn mac_of(ns: &str, ifname: &str) -> Result<String> {
+    let out = ip(&["-n", ns, "-o", "link", "show", "dev", ifname])?;
+    let mut words = out.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "link/ether" {
+            if let Some(mac) = words.next() {
+                return Ok(mac.to_string());
+            }
+        }
+    }
+    bail!("no MAC address for {ifname} in {ns}: {out}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_names_carry_their_owner_pid() {
+        assert_eq!(lab_owner_pid("bsc1234x0-client"), Some(1234));
+        assert_eq!(lab_owner_pid("bsc1234x17-sw"), Some(1234));
+        assert_eq!(lab_owner_pid("bsc1234x17-demo"), Some(1234));
+        assert_eq!(lab_owner_pid("bscfoo"), None);
+        assert_eq!(lab_owner_pid("bsc12x-sw"), None);
+        assert_eq!(lab_owner_pid("other1234x0-sw"), None);
+        assert_eq!(lab_owner_pid("bsc1234x0"), None);
+    }
+}
