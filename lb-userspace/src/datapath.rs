@@ -10,7 +10,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    BackendInfo, Counters, ServiceInfo, ServiceKey, Settings, MAGLEV_TABLE_SIZE, REASON_COUNT,
+    BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey, Settings,
+    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
 };
 
 use crate::plan::Plan;
@@ -160,6 +161,34 @@ impl Datapath {
                 .set(svc.info.id, &table, 0)
                 .with_context(|| format!("service {}: Maglev table swap", svc.name))?;
         }
+        {
+            let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
+                p.services
+                    .iter()
+                    .map(|s| (s.key.family, s.key.addr))
+                    .collect()
+            };
+            let (new, old) = (vips(plan), vips(previous));
+            let mut map: HashMap<_, VipKey, u32> = HashMap::try_from(self.map("VIPS")?)?;
+            for &(family, addr) in new.difference(&old) {
+                map.insert(
+                    VipKey {
+                        addr,
+                        family,
+                        _pad: [0; 3],
+                    },
+                    1,
+                    0,
+                )?;
+            }
+            for &(family, addr) in old.difference(&new) {
+                let _ = map.remove(&VipKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                });
+            }
+        }
         let mut services: HashMap<_, ServiceKey, ServiceInfo> =
             HashMap::try_from(self.map("SERVICES")?)?;
         for svc in &plan.services {
@@ -227,6 +256,112 @@ impl Datapath {
             let _ = m.remove(&k);
         }
         Ok(())
+    }
+}
+
+/// `bpf_ktime_get_ns()`'s clock, seen from userspace.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one reconciliation pass found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Connection-table entries still live.
+    pub live: usize,
+    /// Entries idle past their timeout, removed (with their `nat` reply entries).
+    pub expired: usize,
+    /// Active connections per backend id, as written to `ACTIVE`.
+    pub active: StdHashMap<u32, u64>,
+}
+
+impl Datapath {
+    /// Walks the connection table: removes flows idle past their protocol's timeout (and
+    /// their `nat` reply entries), counts each backend's active flows (from the first
+    /// packet until FIN/RST or the idle timeout) and writes those counts to `ACTIVE`, so
+    /// the datapath's own increments and decrements cannot drift (a flow evicted from the
+    /// LRU or that ended without FIN stops counting here).
+    pub fn reconcile(&mut self, tcp_timeout_ns: u64, udp_timeout_ns: u64) -> Result<Reconciled> {
+        let now = monotonic_ns();
+        let mut result = Reconciled::default();
+        let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
+        {
+            let ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
+            for entry in ct.iter() {
+                let Ok((k, v)) = entry else { continue };
+                let timeout = if k.proto == IPPROTO_TCP {
+                    tcp_timeout_ns
+                } else {
+                    udp_timeout_ns
+                };
+                if timeout != 0 && now.saturating_sub(v.last_seen) > timeout {
+                    expired.push((k, v));
+                    continue;
+                }
+                result.live += 1;
+                if v.flags & FLOW_ACTIVE != 0 {
+                    *result.active.entry(v.backend).or_default() += 1;
+                }
+            }
+        }
+        {
+            let mut ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
+            for (k, _) in &expired {
+                let _ = ct.remove(k);
+            }
+        }
+        let nat_keys: Vec<NatKey> = {
+            let backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
+            expired
+                .iter()
+                .filter_map(|(k, v)| {
+                    let b = backends.get(&v.backend, 0).ok()?;
+                    (b.forward == lb_common::FORWARD_NAT).then(|| NatKey {
+                        backend: b.addr,
+                        client: k.src,
+                        backend_port: if b.port == 0 { k.dport } else { b.port },
+                        client_port: k.sport,
+                        proto: k.proto,
+                        family: k.family,
+                        _pad: [0; 2],
+                    })
+                })
+                .collect()
+        };
+        {
+            let mut nat: HashMap<_, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
+            for k in &nat_keys {
+                let _ = nat.remove(k);
+            }
+        }
+        result.expired = expired.len();
+        let ids: Vec<u32> = self
+            .applied
+            .as_ref()
+            .map(|p| p.backends.iter().map(|b| b.id).collect())
+            .unwrap_or_default();
+        let mut active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        for id in ids {
+            active.set(id, result.active.get(&id).copied().unwrap_or(0), 0)?;
+        }
+        Ok(result)
+    }
+
+    /// The datapath's active-connection count of a backend (what the load schedulers see).
+    pub fn active_connections(&mut self, backend_id: u32) -> Result<u64> {
+        let active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        Ok(active.get(&backend_id, 0)?)
+    }
+
+    /// Sets a backend's active-connection count (tests preset loads to check the formulas).
+    pub fn set_active_connections(&mut self, backend_id: u32, count: u64) -> Result<()> {
+        let mut active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        Ok(active.set(backend_id, count, 0)?)
     }
 }
 
