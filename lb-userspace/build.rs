@@ -1,9 +1,9 @@
 //! Builds the eBPF programs (crate `lb-ebpf`, nightly, bpf-linker) into OUT_DIR, where
 //! `src/datapath.rs` embeds them: one binary is the whole product.
 //!
-//! Written out instead of calling aya-build because the datapath needs BPF ISA v3
-//! (`-C target-cpu=v3`: atomic fetch-and-add for the rr/wrr cursor), and aya-build fixes
-//! the eBPF crate's rustflags.
+//! Written out instead of calling aya-build so that the eBPF crate is built for BPF ISA
+//! v3 (`-C target-cpu=v3`: 32-bit jumps and ALU, atomics; every kernel with `bpf_loop`
+//! has it), which aya-build's fixed rustflags do not allow.
 
 use std::{
     env,

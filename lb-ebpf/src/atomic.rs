@@ -4,9 +4,10 @@
 
 use core::intrinsics::{atomic_xadd, atomic_xsub, AtomicOrdering};
 
+/// Adds without reading the old value back (BPF's plain atomic add).
 #[inline(always)]
-pub fn fetch_add(p: *mut u64, v: u64) -> u64 {
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) }
+pub fn add(p: *mut u64, v: u64) {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
 
 #[inline(always)]

@@ -37,7 +37,7 @@ pub fn serving(id: u32) -> Option<BackendInfo> {
 #[inline(always)]
 fn add_active(id: u32) {
     if let Some(p) = ACTIVE.get_ptr_mut(id) {
-        crate::atomic::fetch_add(p, 1);
+        crate::atomic::add(p, 1);
     }
 }
 

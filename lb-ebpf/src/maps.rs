@@ -92,6 +92,8 @@ pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICES as usize }> = HashMap::new(
 #[btf_map]
 pub static ACTIVE: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
 
-/// rr/wrr cursor per service (shared by all CPUs, atomic increment).
+/// rr/wrr cursor per service and CPU: each CPU steps through the cycle in order (no
+/// shared cache line to fight over; with RSS spreading flows evenly over CPUs the
+/// overall split is the same).
 #[btf_map]
-pub static CURSORS: Array<u64, { MAX_SERVICES as usize }> = Array::new();
+pub static CURSORS: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();

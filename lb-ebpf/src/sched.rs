@@ -52,14 +52,15 @@ fn slot(service: &ServiceInfo, hash: u32) -> Option<u32> {
 }
 
 /// rr: the service's backends in order; wrr: the precomputed weighted cycle (IPVS's
-/// interleaving). A shared cursor advances once per new flow.
+/// interleaving). The CPU's cursor advances once per new flow.
 #[inline(always)]
 fn next_in_cycle(service: &ServiceInfo) -> Option<u32> {
     if service.table_size == 0 {
         return None;
     }
     let cursor = CURSORS.get_ptr_mut(service.id)?;
-    let n = crate::atomic::fetch_add(cursor, 1);
+    let n = unsafe { *cursor };
+    unsafe { *cursor = n + 1 };
     entry(service, (n % service.table_size as u64) as u32)
 }
 

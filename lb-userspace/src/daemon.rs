@@ -22,6 +22,9 @@ use crate::{
 const RESOLVE_WAIT: Duration = Duration::from_secs(3);
 /// How often MACs are re-read (faster while some `dr` backend still has none).
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// How often the connection table is walked: idle flows expire, active-connection
+/// counts are rewritten (see `Datapath::reconcile`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
@@ -102,20 +105,21 @@ fn current_plan(
     ))
 }
 
-/// `tun` needs forwarding on the XDP interfaces for the families it tunnels over (see
-/// `netinfo::enable_forwarding`).
+/// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
+/// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
 pub fn prepare_interfaces(config: &Config) -> Result<()> {
-    let tunnelled = |v6: bool| {
+    let routed = |v6: bool| {
         config.services.iter().any(|s| {
-            s.backends
-                .iter()
-                .any(|b| b.effective_forwarding(s) == Forwarding::Tun && b.address.is_ipv6() == v6)
+            s.backends.iter().any(|b| {
+                matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat)
+                    && b.address.is_ipv6() == v6
+            })
         })
     };
-    let (v4, v6) = (tunnelled(false), tunnelled(true));
+    let (v4, v6) = (routed(false), routed(true));
     for iface in &config.node.interfaces {
         for change in netinfo::enable_forwarding(&iface.name, v4, v6)? {
-            tracing::info!(interface = %iface.name, "tun next hops need forwarding: set {change}");
+            tracing::info!(interface = %iface.name, "tun/nat next hops need forwarding: set {change}");
         }
     }
     Ok(())
@@ -143,12 +147,14 @@ pub fn run(path: &Path) -> Result<()> {
     );
 
     let signals = signal_channel()?;
+    let mut last_reconcile = std::time::Instant::now();
     loop {
         let wait = if missing.is_empty() {
             REFRESH_EVERY
         } else {
             REFRESH_MISSING_EVERY
-        };
+        }
+        .min(RECONCILE_EVERY);
         match signals.recv_timeout(wait) {
             Ok(SIGHUP) => match reload(path, &config) {
                 Ok(new) => {
@@ -160,6 +166,22 @@ pub fn run(path: &Path) -> Result<()> {
             },
             Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            let c = &config.conntrack;
+            match datapath.reconcile(
+                c.tcp_timeout.as_nanos() as u64,
+                c.udp_timeout.as_nanos() as u64,
+            ) {
+                Ok(r) if r.expired > 0 => tracing::debug!(
+                    live = r.live,
+                    expired = r.expired,
+                    "connection table reconciled"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot reconcile the connection table: {e:#}"),
+            }
+            last_reconcile = std::time::Instant::now();
         }
         let (next, still) = current_plan(&config, Duration::ZERO, Some(&current))?;
         if next != current {
