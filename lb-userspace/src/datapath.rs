@@ -321,7 +321,7 @@ impl Datapath {
                 .iter()
                 .filter_map(|(k, v)| {
                     let b = backends.get(&v.backend, 0).ok()?;
-                    (b.forward == lb_common::FORWARD_NAT).then(|| NatKey {
+                    (b.forward == lb_common::FORWARD_NAT).then_some(NatKey {
                         backend: b.addr,
                         client: k.src,
                         backend_port: if b.port == 0 { k.dport } else { b.port },

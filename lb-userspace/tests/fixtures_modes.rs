@@ -434,7 +434,7 @@ fn drain_keeps_established_flows_and_takes_no_new_ones() {
     let f = Frame::tcp(CLIENT4, 47000, "10.112.0.131", 80);
     let owner = to(&h.run(&f.bytes()).1);
     let drained = CONFIG.replace(
-        &format!("{{ name: web, vip: 10.112.0.131, port: 80,\n      backends: [{{ address: 10.111.0.11 }}, {{ address: 10.111.0.12 }}, {{ address: 10.111.0.13 }}] }}"),
+        "{ name: web, vip: 10.112.0.131, port: 80,\n      backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }, { address: 10.111.0.13 }] }",
         &format!(
             "{{ name: web, vip: 10.112.0.131, port: 80,\n      backends: [{}] }}",
             [11u8, 12, 13]
