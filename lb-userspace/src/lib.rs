@@ -3,5 +3,6 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod decap;
+pub mod health;
 pub mod netinfo;
 pub mod plan;
