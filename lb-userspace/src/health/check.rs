@@ -98,7 +98,7 @@ impl Deadline {
     }
 
     /// Runs `step`; its error becomes `"{doing}: {error}"`, running out of time
-    /// `"no answer within 1s {doing}"`.
+    /// `"{doing}: no answer within 1s"`.
     pub async fn run<T, E: fmt::Display>(
         &self,
         doing: impl Fn() -> String,
@@ -107,7 +107,11 @@ impl Deadline {
         match tokio::time::timeout_at(self.at, step).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(format!("{}: {e}", doing())),
-            Err(_) => Err(self.expired(&doing())),
+            Err(_) => Err(format!(
+                "{}: no answer within {}",
+                doing(),
+                format_duration(self.timeout)
+            )),
         }
     }
 

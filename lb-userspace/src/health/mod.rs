@@ -25,6 +25,8 @@ mod supervisor;
 mod tcp;
 mod udp;
 
+use crate::config::HealthCheck;
+
 use std::{
     collections::HashMap,
     fmt,
@@ -47,6 +49,19 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .thread_name(RUNTIME_THREAD)
         .enable_all()
         .build()
+}
+
+/// One attempt of `check` against `backend` (no retries, no rise/fall), bounded by the
+/// check's `timeout`: what `bascule` would conclude from a single try. Must run inside a
+/// tokio runtime.
+pub async fn probe(check: &HealthCheck, backend: &BackendKey) -> Outcome {
+    let shared = check::Shared {
+        pinger: Default::default(),
+    };
+    match check::Checker::new(check, backend) {
+        Ok(checker) => checker.attempt(&shared, check.timeout).await,
+        Err(why) => Outcome::Down(why),
+    }
 }
 
 /// Which backend: the service's name and the backend's address and port, as in

@@ -315,8 +315,9 @@ impl Drop for Listeners {
 }
 
 /// Moves this thread (and threads it starts later) into a new network namespace, with
-/// its loopback up.
-fn enter_private_netns() -> Result<()> {
+/// its loopback up. Needs CAP_SYS_ADMIN. (Also used by tests that need a loopback of
+/// their own.)
+pub fn enter_private_netns() -> Result<()> {
     // SAFETY: unshare(2) affects only the calling thread here (CLONE_NEWNET).
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!(
