@@ -950,7 +950,7 @@ pub fn parse_bytes(s: &str) -> Result<Vec<u8>, String> {
         return Ok(s.as_bytes().to_vec());
     };
     let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err("an odd number of hex digits".into());
     }
     (0..hex.len())

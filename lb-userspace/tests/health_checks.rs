@@ -732,11 +732,13 @@ async fn wait_up(
     }
 }
 
+/// The status a test server answers to its n-th request.
+type Script = Box<dyn Fn(usize) -> u16 + Send>;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rise_and_fall_against_a_flapping_server() {
     // The server's answers: a script per request number.
-    let script: Arc<Mutex<Box<dyn Fn(usize) -> u16 + Send>>> =
-        Arc::new(Mutex::new(Box::new(|_| 200)));
+    let script: Arc<Mutex<Script>> = Arc::new(Mutex::new(Box::new(|_| 200)));
     let s = script.clone();
     let (server, heads) = http_server(move |n, _| http_response((s.lock().unwrap())(n), "")).await;
     let cfg = one_backend_config(

@@ -301,7 +301,7 @@ mod tests {
     fn flapping_shorter_than_rise_and_fall_changes_nothing() {
         let t0 = Instant::now();
         let mut m = Machine::new(rules(3, 3, 0), InitialState::Up, t0);
-        let flap = |t: Duration| (t.as_millis() / 1500) % 2 == 0;
+        let flap = |t: Duration| (t.as_millis() / 1500).is_multiple_of(2);
         let log = simulate(&mut m, t0, 60 * S, Duration::from_millis(2), S / 2, flap);
         assert_eq!(log, vec![], "flapping changed the state");
         // With rise 1 and fall 1 the same flapping shows every flap.
