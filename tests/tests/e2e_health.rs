@@ -76,20 +76,27 @@ fn wait_for_log(daemon: &Spawned, needle: &str, limit: Duration) {
     );
 }
 
-/// Polls (bounded) until the daemon's log has `first` and, after it, `then`.
-fn wait_for_log_after(daemon: &Spawned, first: &str, then: &str, limit: Duration) {
+/// Where the daemon's log ends now: [`wait_for_log_after`] looks only past it.
+fn log_mark(daemon: &Spawned) -> usize {
+    daemon.log_text().len()
+}
+
+/// Polls (bounded) until the daemon's log, past `mark`, has `first` and, after it, one of
+/// `then`.
+fn wait_for_log_after(daemon: &Spawned, mark: usize, first: &str, then: &[&str], limit: Duration) {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         let log = daemon.log_text();
-        if let Some(at) = log.find(first) {
-            if log[at..].contains(then) {
+        let recent = log.get(mark..).unwrap_or_default();
+        if let Some(at) = recent.find(first) {
+            if then.iter().any(|t| recent[at..].contains(t)) {
                 return;
             }
         }
         thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "no {first:?} followed by {then:?} in the daemon's log within {limit:?}:\n{}",
+        "no {first:?} followed by {then:?} in the daemon's log (past byte {mark}) within {limit:?}:\n{}",
         daemon.log_text()
     );
 }
@@ -329,8 +336,9 @@ fn misc_dynamic_weights_change_the_split() {
     );
     wait_for_log_after(
         &daemon,
+        0,
         &format!("web: backend {b2} is up (1 successful checks, weight 1)"),
-        "bascule ready",
+        &["bascule ready", DATAPATH_UPDATED],
         Duration::from_secs(10),
     );
 
@@ -348,11 +356,13 @@ fn misc_dynamic_weights_change_the_split() {
     );
 
     // b1 reports weight 9: about 90% of new connections.
+    let mark = log_mark(&daemon);
     set_weight("b1", 9);
     wait_for_log_after(
         &daemon,
+        mark,
         &format!("web: backend {b1} weight 9"),
-        DATAPATH_UPDATED,
+        &[DATAPATH_UPDATED],
         Duration::from_secs(10),
     );
     let heavy = share(100);
@@ -360,11 +370,13 @@ fn misc_dynamic_weights_change_the_split() {
     assert!(heavy >= 75, "weights 9:1 but b1 got {heavy} of 100");
 
     // Weight 0: drained, no new connection (it stays up).
+    let mark = log_mark(&daemon);
     set_weight("b1", 0);
     wait_for_log_after(
         &daemon,
+        mark,
         &format!("web: backend {b1} weight 0"),
-        DATAPATH_UPDATED,
+        &[DATAPATH_UPDATED],
         Duration::from_secs(10),
     );
     let drained = share(50);
@@ -373,6 +385,98 @@ fn misc_dynamic_weights_change_the_split() {
         drained, 0,
         "b1 has weight 0 but got {drained} of 50 new connections"
     );
+
+    let (status, in_time) = topo.lab.terminate(&daemon).expect("stop bascule");
+    assert!(
+        in_time && status.success(),
+        "bascule run: {status}; log:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn sorry_server_takes_over_when_every_backend_is_down() {
+    require_root();
+    let bin = bascule_bin();
+    let topo = Topology::new(
+        "health-sorry",
+        TopologySpec {
+            lbs: 1,
+            backends: 3,
+        },
+    )
+    .expect("build the lab");
+    let mut servers = topo.start_backend_servers().expect("start backend servers");
+    // b1 and b2 are the backends; b3 (which also holds the VIPs) is the sorry server.
+    let b3 = topo.backend("b3").unwrap();
+    let mut yaml = config_with_check(
+        &topo,
+        "{type: tcp, interval: 300ms, timeout: 300ms, rise: 1, fall: 1}",
+    );
+    for a in &b3.addrs {
+        yaml = yaml.replace(&format!("      - address: {a}\n        weight: 1\n"), "");
+        let sorry = SocketAddr::new(*a, VIP_PORT);
+        let family_vip = if a.is_ipv4() {
+            "10.112.0.100"
+        } else {
+            "fd00:112::100"
+        };
+        yaml = yaml.replace(
+            &format!("    vip: {family_vip}\n"),
+            &format!("    vip: {family_vip}\n    sorry_server: \"{sorry}\"\n"),
+        );
+    }
+    assert_eq!(yaml.matches("sorry_server").count(), 2, "{yaml}");
+    let config = topo
+        .write_config("bascule-sorry.yaml", &yaml)
+        .expect("write config");
+    let daemon = topo
+        .start_bascule(&bin, &topo.lbs[0], &config)
+        .expect("start bascule run");
+    topo.wait_for_vip(vip4(), &[&daemon], READY_ATTEMPTS, READY_INTERVAL)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let b2 = SocketAddr::new(topo.backend("b2").unwrap().ipv4().unwrap(), VIP_PORT);
+    wait_for_log(
+        &daemon,
+        &format!("web: backend {b2} is up"),
+        Duration::from_secs(10),
+    );
+    let (seen, failed) = spread(&topo, 20);
+    assert_eq!(failed, 0, "{seen:?}");
+    assert!(
+        !seen.contains_key("b3"),
+        "the sorry server took traffic while backends were up: {seen:?}"
+    );
+
+    // Both backends stop: every new connection goes to the sorry server.
+    let mark = log_mark(&daemon);
+    servers.remove(0).stop();
+    servers.remove(0).stop();
+    let sorry = SocketAddr::new(b3.ipv4().unwrap(), VIP_PORT);
+    wait_for_log_after(
+        &daemon,
+        mark,
+        &format!("web: no backend is up; new connections go to the sorry server {sorry}"),
+        &[DATAPATH_UPDATED],
+        Duration::from_secs(10),
+    );
+    let (seen, failed) = spread(&topo, 20);
+    assert_eq!((failed, seen.get("b3").copied()), (0, Some(20)), "{seen:?}");
+
+    // b2 comes back: the sorry server leaves.
+    let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), VIP_PORT);
+    let b2_host = topo.backend("b2").unwrap();
+    let mark = log_mark(&daemon);
+    let _b2 = http_server(&b2_host.netns, any, "b2").expect("restart b2's server");
+    wait_for_log_after(
+        &daemon,
+        mark,
+        &format!("web: backend {b2} is up"),
+        &[DATAPATH_UPDATED],
+        Duration::from_secs(10),
+    );
+    let (seen, failed) = spread(&topo, 20);
+    assert_eq!((failed, seen.get("b2").copied()), (0, Some(20)), "{seen:?}");
 
     let (status, in_time) = topo.lab.terminate(&daemon).expect("stop bascule");
     assert!(
