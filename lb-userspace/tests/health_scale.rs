@@ -11,6 +11,9 @@ use bascule::health::scale::{run, ScaleOptions};
 /// Resident memory the checks may add, far above what they need (a few tens of MiB):
 /// a leak per check (10,000 a second) would cross it.
 const RSS_BOUND: u64 = 256 * 1024 * 1024;
+/// Growth allowed while checking steadily (50,000 attempts in the window): a leak of a
+/// few hundred bytes per attempt would cross it.
+const RSS_GROWTH_BOUND: u64 = 16 * 1024 * 1024;
 /// File descriptors that may stay open after stopping (the runtime's own, lazily made).
 const FD_SLACK: usize = 8;
 
@@ -28,6 +31,10 @@ fn ten_thousand_backends_every_second() {
     assert!(
         report.rss_during.saturating_sub(report.rss_before) < RSS_BOUND,
         "{report}"
+    );
+    assert!(
+        report.rss_during.saturating_sub(report.rss_window_start) < RSS_GROWTH_BOUND,
+        "memory grew while checking: {report}"
     );
     assert!(
         report.fds_after <= report.fds_before + FD_SLACK,

@@ -70,8 +70,10 @@ pub struct ScaleReport {
     /// (checkers, listeners, the rest), during the window.
     pub checker_cpu: Duration,
     pub process_cpu: Duration,
-    /// Resident memory before starting, at the end of the window, and the peak.
+    /// Resident memory before starting, at the start and the end of the window, and the
+    /// peak.
     pub rss_before: u64,
+    pub rss_window_start: u64,
     pub rss_during: u64,
     pub rss_peak: u64,
     /// Open file descriptors before, during (end of the window) and after stopping.
@@ -121,10 +123,11 @@ impl std::fmt::Display for ScaleReport {
         )?;
         writeln!(
             f,
-            "  memory (RSS): {:.1} MiB before, {:.1} MiB while checking (+{:.1} MiB), peak {:.1} MiB",
+            "  memory (RSS): {:.1} MiB before, {:.1} MiB while checking (+{:.1} MiB; {:+.1} MiB over the window), peak {:.1} MiB",
             mib(self.rss_before),
             mib(self.rss_during),
             mib(self.rss_during.saturating_sub(self.rss_before)),
+            (self.rss_during as f64 - self.rss_window_start as f64) / (1024.0 * 1024.0),
             mib(self.rss_peak)
         )?;
         write!(
@@ -182,6 +185,7 @@ fn measure(o: &ScaleOptions) -> Result<ScaleReport> {
             .fold((0, 0), |(a, f), h| (a + h.attempts, f + h.failed_attempts))
     };
     let (a0, f0) = totals(&supervisor);
+    let rss_window_start = rss_bytes().0;
     let (checker0, process0, t0) = (thread_cpu(RUNTIME_THREAD), process_cpu(), Instant::now());
     thread::sleep(o.measure);
     let (checker1, process1, window) = (thread_cpu(RUNTIME_THREAD), process_cpu(), t0.elapsed());
@@ -204,6 +208,7 @@ fn measure(o: &ScaleOptions) -> Result<ScaleReport> {
         checker_cpu: checker1.saturating_sub(checker0),
         process_cpu: process1.saturating_sub(process0),
         rss_before,
+        rss_window_start,
         rss_during,
         rss_peak,
         fds_before,
