@@ -15,7 +15,6 @@
 //! (it checks that every figure is produced, not how fast).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::{net::IpAddr, time::Instant};
@@ -59,7 +58,11 @@ struct Figure {
 
 impl Figure {
     fn new(name: &str, unit: &'static str) -> Self {
-        Figure { name: name.into(), unit, ..Default::default() }
+        Figure {
+            name: name.into(),
+            unit,
+            ..Default::default()
+        }
     }
     fn median(&self) -> f64 {
         let mut s = self.samples.clone();
@@ -69,7 +72,13 @@ impl Figure {
 }
 
 /// Mean kernel-measured ns per run of `prog` over `frames` (cycled), one run per call.
-fn measure(prog: &mut Xdp, ifindex: u32, frames: &mut dyn FnMut(u32) -> Vec<u8>, runs: u32, verdict: u32) -> f64 {
+fn measure(
+    prog: &mut Xdp,
+    ifindex: u32,
+    frames: &mut dyn FnMut(u32) -> Vec<u8>,
+    runs: u32,
+    verdict: u32,
+) -> f64 {
     let mut total = 0u128;
     let mut out = vec![0u8; 2048];
     for i in 0..runs {
@@ -91,7 +100,17 @@ fn measure(prog: &mut Xdp, ifindex: u32, frames: &mut dyn FnMut(u32) -> Vec<u8>,
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let s = if quick { Settings { rounds: 2, runs: 200 } } else { Settings { rounds: 7, runs: 20_000 } };
+    let s = if quick {
+        Settings {
+            rounds: 2,
+            runs: 200,
+        }
+    } else {
+        Settings {
+            rounds: 7,
+            runs: 20_000,
+        }
+    };
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     xdp_figures(&s, &mut figures);
@@ -131,24 +150,47 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
     for round in 0..s.rounds {
         {
             let p: &mut Xdp = floor.program_mut("floor_drop").unwrap().try_into().unwrap();
-            fig_drop.samples.push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 1));
+            fig_drop
+                .samples
+                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 1));
         }
         {
-            let p: &mut Xdp = floor.program_mut("floor_swapmac").unwrap().try_into().unwrap();
-            fig_swap.samples.push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 3));
+            let p: &mut Xdp = floor
+                .program_mut("floor_swapmac")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            fig_swap
+                .samples
+                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 3));
         }
         for ((_, fam, vip, verdict), (est, new)) in cases.iter().zip(per_case.iter_mut()) {
-            let client = if *fam == "v4" { "10.111.0.10" } else { "fd00:111::10" };
+            let client = if *fam == "v4" {
+                "10.111.0.10"
+            } else {
+                "fd00:111::10"
+            };
             let established = Frame::tcp(client, 999, vip, 80).bytes();
             h.run(&established); // creates the connection-table entry
             let prog = h.datapath.program();
-            est.samples.push(measure(prog, ifindex, &mut |_| established.clone(), s.runs, *verdict));
+            est.samples.push(measure(
+                prog,
+                ifindex,
+                &mut |_| established.clone(),
+                s.runs,
+                *verdict,
+            ));
             // Distinct 5-tuples: source port, then source address, unique per round.
             let r = round as u32;
             let mut fresh = |i: u32| {
                 let n = r * s.runs + i;
                 let src = if *fam == "v4" {
-                    format!("10.{}.{}.{}", 120 + (n >> 16) % 100, (n >> 8) & 0xff, n & 0xff)
+                    format!(
+                        "10.{}.{}.{}",
+                        120 + (n >> 16) % 100,
+                        (n >> 8) & 0xff,
+                        n & 0xff
+                    )
                 } else {
                     format!("fd00:120::{:x}:{:x}", n >> 16, n & 0xffff)
                 };
@@ -156,7 +198,8 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 f.bytes()
             };
             let prog = h.datapath.program();
-            new.samples.push(measure(prog, ifindex, &mut fresh, s.runs, *verdict));
+            new.samples
+                .push(measure(prog, ifindex, &mut fresh, s.runs, *verdict));
         }
         h.datapath.clear_conntrack().ok();
     }
@@ -170,7 +213,13 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
     (0..n)
-        .map(|i| MaglevBackend::new(IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]), 80, 1))
+        .map(|i| {
+            MaglevBackend::new(
+                IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                80,
+                1,
+            )
+        })
         .collect()
 }
 
@@ -184,14 +233,20 @@ fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
         let before = build_table(&all, 65537);
         for r in 0..rounds.max(3) {
             let gone = (r as u32 * 7919 + 1) % n;
-            let rest: Vec<MaglevBackend> = all.iter().enumerate().filter(|(i, _)| *i as u32 != gone).map(|(_, b)| b.clone()).collect();
+            let rest: Vec<MaglevBackend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != gone)
+                .map(|(_, b)| b.clone())
+                .collect();
             let after = build_table(&rest, 65537);
             let moved = before
                 .iter()
                 .zip(&after)
                 .filter(|(b, a)| all[**b as usize].key != rest[**a as usize].key)
                 .count();
-            f.samples.push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
+            f.samples
+                .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
         }
         figures.push(f);
     }
@@ -209,14 +264,22 @@ fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
     for s in 0..services {
         yaml.push_str(&format!("  - name: s{s}\n    vip: 10.{}.{}.1\n    port: 80\n    maglev_table_size: 65537\n    backends:\n", 100 + s / 250, s % 250));
         for b in 0..per {
-            yaml.push_str(&format!("      - address: 10.200.{}.{}\n", b / 250, b % 250 + 1));
+            yaml.push_str(&format!(
+                "      - address: 10.200.{}.{}\n",
+                b / 250,
+                b % 250 + 1
+            ));
         }
     }
     let mut f = Figure::new("control.load_1000x100.seconds", "s");
     for _ in 0..rounds {
         let t = Instant::now();
         let config = Config::parse(&yaml, "bench.yaml").expect("generated config");
-        let macs: plan::MacTable = config.services[0].backends.iter().map(|b| (b.address, [2, 0, 0, 0, 0, 1])).collect();
+        let macs: plan::MacTable = config.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.address, [2, 0, 0, 0, 0, 1]))
+            .collect();
         std::hint::black_box(plan::plan(&config, &macs, Default::default(), None).expect("plan"));
         f.samples.push(t.elapsed().as_secs_f64());
     }
@@ -224,8 +287,14 @@ fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
 }
 
 fn report(figures: &[Figure], seconds: f64, quick: bool) {
-    let floor = figures.iter().find(|f| f.name == "xdp.floor.swapmac").map(Figure::median);
-    println!("{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}", "figure", "median", "min", "max", "ratio", "Mpps/core");
+    let floor = figures
+        .iter()
+        .find(|f| f.name == "xdp.floor.swapmac")
+        .map(Figure::median);
+    println!(
+        "{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}",
+        "figure", "median", "min", "max", "ratio", "Mpps/core"
+    );
     let mut out = Vec::new();
     for f in figures {
         let (value, min, max) = (
@@ -262,7 +331,15 @@ fn report(figures: &[Figure], seconds: f64, quick: bool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
     let doc: Value = json!({"machine": machine, "figures": out});
-    let path = dir.join(if quick { "results-quick.json" } else { "results.json" });
+    let path = dir.join(if quick {
+        "results-quick.json"
+    } else {
+        "results.json"
+    });
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).expect("write results");
-    println!("{} figures in {seconds:.1} s, written to {}", figures.len(), path.display());
+    println!(
+        "{} figures in {seconds:.1} s, written to {}",
+        figures.len(),
+        path.display()
+    );
 }

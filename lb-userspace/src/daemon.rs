@@ -4,7 +4,10 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
     time::Duration,
 };
 
@@ -14,8 +17,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::{
     config::{Config, Forwarding, XdpMode},
     datapath::{AttachMode, Datapath},
+    health::{self, plan_with_health, HealthMap, HealthSupervisor},
     netinfo,
-    plan::{plan, MacTable, Plan, TunnelSources},
+    plan::{MacTable, Plan, TunnelSources},
 };
 
 /// How long to wait for the kernel to resolve backends' MACs at start.
@@ -63,8 +67,9 @@ fn is_link_local(a: std::net::Ipv6Addr) -> bool {
     (a.segments()[0] & 0xffc0) == 0xfe80
 }
 
-/// Addresses of `dr` backends: their MACs are needed to forward to them. (`tun` and `nat`
-/// next hops are looked up per packet by the kernel's FIB; `local` is this node.)
+/// Addresses whose MACs are needed: `dr` backends and sorry servers (a sorry server is
+/// reached like its service's backends). (`tun` and `nat` next hops are looked up per
+/// packet by the kernel's FIB; `local` is this node.)
 fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
@@ -73,8 +78,9 @@ fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
             s.backends
                 .iter()
                 .filter(move |b| b.effective_forwarding(s) == Forwarding::Dr)
+                .map(|b| b.address)
+                .chain(s.sorry_server.map(|a| a.ip()))
         })
-        .map(|b| b.address)
         .collect();
     v.sort();
     v.dedup();
@@ -98,11 +104,16 @@ fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
         .services
         .iter()
         .flat_map(|s| {
+            let sorry = s
+                .sorry_server
+                .filter(|_| s.forwarding == Forwarding::Dr)
+                .map(|a| a.ip());
             s.backends
                 .iter()
                 .filter(move |b| b.effective_forwarding(s) == Forwarding::Dr)
+                .map(|b| b.address)
+                .chain(sorry)
         })
-        .map(|b| b.address)
         .filter(|a| !macs.contains_key(a))
         .collect()
 }
@@ -111,6 +122,7 @@ fn current_plan(
     config: &Config,
     wait: Duration,
     previous: Option<&Plan>,
+    health: &HealthMap,
 ) -> Result<(Plan, Vec<IpAddr>)> {
     if !wait.is_zero() {
         warm_routed_backends(config);
@@ -120,10 +132,66 @@ fn current_plan(
         .collect();
     let missing = missing_dr_macs(config, &macs);
     Ok((
-        plan(config, &macs, tunnel_sources(config)?, previous)?,
+        plan_with_health(config, &macs, tunnel_sources(config)?, previous, health)?,
         missing,
     ))
 }
+
+// ---- Health checks (issue 5): a minimal bridge for this synchronous daemon. -------------
+// The supervisor runs on its own tokio runtime thread; when what the datapath should do
+// changes (a backend up or down, a dynamic weight), it wakes the loop in `run` through the
+// same channel as signals, with `HEALTH_CHANGED`, and the loop re-plans with the new
+// health. The tokio daemon (issue 4) replaces this with a task awaiting
+// `HealthSupervisor::subscribe()` on its own runtime.
+
+/// Not a signal number: "health changed" on the daemon's wake-up channel.
+const HEALTH_CHANGED: i32 = -1;
+
+struct Health {
+    supervisor: HealthSupervisor,
+    /// A wake-up is queued and not yet handled (so a burst of changes queues one).
+    pending: Arc<AtomicBool>,
+    /// Last, so the supervisor's tasks stop before their runtime does.
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Health {
+    fn start(config: &Config, wake: mpsc::Sender<i32>) -> Result<Health> {
+        let runtime = health::runtime().context("cannot start the health-check runtime")?;
+        let supervisor = HealthSupervisor::start(runtime.handle().clone(), &config.services);
+        let pending = Arc::new(AtomicBool::new(false));
+        let mut changes = supervisor.subscribe();
+        let queued = pending.clone();
+        runtime.spawn(async move {
+            while changes.changed().await.is_ok() {
+                if !queued.swap(true, Ordering::SeqCst) && wake.send(HEALTH_CHANGED).is_err() {
+                    break;
+                }
+            }
+        });
+        if supervisor.checked() > 0 {
+            tracing::info!(backends = supervisor.checked(), "health checks started");
+        }
+        Ok(Health {
+            supervisor,
+            pending,
+            runtime,
+        })
+    }
+
+    /// The health to plan with; clears the queued wake-up first, so a change that lands
+    /// while planning wakes the loop again.
+    fn current(&self) -> HealthMap {
+        self.pending.store(false, Ordering::SeqCst);
+        self.supervisor.snapshot()
+    }
+
+    fn stop(self) {
+        drop(self.supervisor);
+        self.runtime.shutdown_timeout(Duration::from_secs(2));
+    }
+}
+// ---- end of the health-check bridge -------------------------------------------------------
 
 /// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
 /// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
@@ -149,7 +217,10 @@ pub fn run(path: &Path) -> Result<()> {
     let mut config = load_config(path)?;
     prepare_interfaces(&config)?;
     let mut datapath = Datapath::load(config.conntrack.max_entries)?;
-    let (mut current, mut missing) = current_plan(&config, RESOLVE_WAIT, None)?;
+    let (wake, signals) = mpsc::channel();
+    forward_signals(wake.clone())?;
+    let health = Health::start(&config, wake)?;
+    let (mut current, mut missing) = current_plan(&config, RESOLVE_WAIT, None, &health.current())?;
     report_missing(&missing);
     datapath.apply(&current)?;
     for iface in &config.node.interfaces {
@@ -166,7 +237,6 @@ pub fn run(path: &Path) -> Result<()> {
         "bascule ready"
     );
 
-    let signals = signal_channel()?;
     let mut last_reconcile = std::time::Instant::now();
     loop {
         let wait = if missing.is_empty() {
@@ -175,17 +245,19 @@ pub fn run(path: &Path) -> Result<()> {
             REFRESH_MISSING_EVERY
         }
         .min(RECONCILE_EVERY);
-        match signals.recv_timeout(wait) {
+        let woken = signals.recv_timeout(wait);
+        match woken {
             Ok(SIGHUP) => match reload(path, &config) {
                 Ok(new) => {
                     prepare_interfaces(&new)?;
+                    health.supervisor.update(&new.services);
                     config = new;
                     tracing::info!(file = %path.display(), "configuration reloaded");
                 }
                 Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
             },
+            Ok(HEALTH_CHANGED) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if last_reconcile.elapsed() >= RECONCILE_EVERY {
             let c = &config.conntrack;
@@ -203,11 +275,20 @@ pub fn run(path: &Path) -> Result<()> {
             }
             last_reconcile = std::time::Instant::now();
         }
-        let (next, still) = current_plan(&config, Duration::ZERO, Some(&current))?;
-        if next != current {
+        let (next, still) =
+            current_plan(&config, Duration::ZERO, Some(&current), &health.current())?;
+        let changed = next != current;
+        if changed {
             datapath
                 .apply(&next)
                 .context("cannot update the datapath maps")?;
+        }
+        // Only when no newer health change came in while planning: the line then means
+        // "the datapath holds every health change logged before it" (tests wait for it).
+        if woken == Ok(HEALTH_CHANGED) && !health.pending.load(Ordering::SeqCst) {
+            tracing::info!("datapath updated for backend health");
+        }
+        if changed {
             if still.len() < missing.len() {
                 tracing::info!(
                     "learnt MAC addresses of {} backend(s)",
@@ -219,6 +300,7 @@ pub fn run(path: &Path) -> Result<()> {
         missing = still;
     }
     tracing::info!("stopping");
+    health.stop();
     datapath.detach_all();
     Ok(())
 }
@@ -239,6 +321,12 @@ fn report_missing(missing: &[IpAddr]) {
 
 fn signal_channel() -> Result<mpsc::Receiver<i32>> {
     let (tx, rx) = mpsc::channel();
+    forward_signals(tx)?;
+    Ok(rx)
+}
+
+/// Sends SIGINT, SIGTERM and SIGHUP, as they arrive, into `tx`.
+fn forward_signals(tx: mpsc::Sender<i32>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::spawn(move || {
         for s in signals.forever() {
@@ -247,7 +335,7 @@ fn signal_channel() -> Result<mpsc::Receiver<i32>> {
             }
         }
     });
-    Ok(rx)
+    Ok(())
 }
 
 /// `bascule decap`: attach and wait for SIGINT/SIGTERM.

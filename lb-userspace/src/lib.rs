@@ -3,6 +3,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod decap;
+pub mod health;
 pub mod netinfo;
 pub mod plan;
 pub mod tables;
