@@ -5,3 +5,4 @@ pub mod datapath;
 pub mod decap;
 pub mod netinfo;
 pub mod plan;
+pub mod vrrp;

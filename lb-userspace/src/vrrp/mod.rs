@@ -1,0 +1,3 @@
+//! VRRP.
+pub mod packet;
+pub mod state;
