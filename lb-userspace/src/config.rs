@@ -399,7 +399,7 @@ const SUPPORTED_FORWARDING: &[Forwarding] = &[Forwarding::Dr, Forwarding::Tun];
 const SUPPORTS_PERSISTENCE: bool = false;
 const SUPPORTS_SORRY_SERVER: bool = false;
 const SUPPORTS_HEALTH_CHECKS: bool = false;
-const SUPPORTS_VRRP: bool = false;
+const SUPPORTED_VRRP_AUTH: &[VrrpAuthType] = &[VrrpAuthType::Pass];
 
 impl Config {
     /// Reads, parses and validates a configuration file.
@@ -515,14 +515,20 @@ impl Config {
                 }
             }
         }
-        if !SUPPORTS_VRRP {
-            for (k, inst) in self.vrrp.iter().enumerate() {
-                let at = o.vrrp.get(k).copied().unwrap_or_default();
+        for (k, inst) in self.vrrp.iter().enumerate() {
+            if let Some(auth) = inst
+                .authentication
+                .as_ref()
+                .filter(|a| !SUPPORTED_VRRP_AUTH.contains(&a.kind))
+            {
+                let at = o.vrrp_auth.get(k).or(o.vrrp.get(k)).copied();
+                let at = at.unwrap_or_default();
                 out.push(err(
                     at,
                     format!(
-                        "vrrp[{k}]: VRRP is not supported yet (instance \"{}\"; remove the vrrp list)",
-                        inst.name
+                        "vrrp[{k}].authentication.type: \"{}\" is not supported (this build supports: {}, as keepalived's auth_type PASS)",
+                        auth.kind,
+                        join(SUPPORTED_VRRP_AUTH)
                     ),
                 ));
             }
@@ -538,6 +544,7 @@ pub struct Origin {
     file: String,
     services: Vec<ServiceLoc>,
     vrrp: Vec<Pos>,
+    vrrp_auth: Vec<Pos>,
 }
 
 impl fmt::Debug for Origin {
@@ -965,6 +972,7 @@ struct VrrpDraft {
     item: Pos,
     name_pos: Pos,
     vrid_pos: Pos,
+    auth_pos: Pos,
 }
 
 const ROOT_KEYS: &[&str] = &["node", "http", "conntrack", "services", "vrrp"];
@@ -1479,6 +1487,7 @@ impl<'t> Cx<'t> {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
             vrrp: vrrp.iter().map(|d| d.item).collect(),
+            vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
         };
         Some(Config {
             node,
@@ -2080,6 +2089,7 @@ impl<'t> Cx<'t> {
             item: o.pos,
             name_pos: o.pos("name"),
             vrid_pos: o.pos("virtual_router_id"),
+            auth_pos: o.pos("authentication"),
             inst,
         })
     }
@@ -2827,6 +2837,8 @@ vrrp:
   - name: VI_1
     interface: eth0
     virtual_router_id: 51
+    version: 2
+    authentication: {type: ah, password: x}
     virtual_addresses: [10.0.0.1/24]
 ",
         ));
@@ -2840,7 +2852,7 @@ vrrp:
                 "t.yaml:11:19: services[0].sorry_server: 10.0.0.9:80: sorry servers are not supported yet (remove the key)",
                 "t.yaml:14:21: services[0].backends[0].forwarding: \"local\" is not supported yet (this build supports: dr, tun)",
                 "t.yaml:17:19: services[0].health_check: health checks are not supported yet (remove the key; backends are then always up)",
-                "t.yaml:23:5: vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)",
+                "t.yaml:27:21: vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)",
             ]
         );
         assert!(ok(NODE).unsupported().is_empty());
@@ -2850,7 +2862,7 @@ vrrp:
         built.vrrp = c.vrrp.clone();
         assert_eq!(
             built.unsupported()[0].to_string(),
-            "vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)"
+            "vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)"
         );
     }
 

@@ -162,10 +162,7 @@ impl Advert {
     /// config forbids both.
     pub fn encode(&self, source: IpAddr, destination: IpAddr) -> Vec<u8> {
         let v6 = source.is_ipv6();
-        assert!(
-            !(v6 && self.version == Version::V2),
-            "VRRPv2 is IPv4 only"
-        );
+        assert!(!(v6 && self.version == Version::V2), "VRRPv2 is IPv4 only");
         let mut out = Vec::with_capacity(HEADER_LEN + 16 * self.addresses.len() + AUTH_DATA_LEN);
         out.push((self.version.number() << 4) | TYPE_ADVERTISEMENT);
         out.push(self.vrid);

@@ -48,7 +48,12 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Initialize, State::Backup, State::Master, State::Fault];
+    pub const ALL: [State; 4] = [
+        State::Initialize,
+        State::Backup,
+        State::Master,
+        State::Fault,
+    ];
 
     /// Lower case, for metric labels and logs: `initialize`, `backup`, `master`, `fault`.
     pub fn label(self) -> &'static str {
@@ -86,7 +91,9 @@ pub enum Event {
     Shutdown,
     Advert(Received),
     /// Whether every link the instance depends on is up (its interface and the tracked ones).
-    Links { up: bool },
+    Links {
+        up: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -378,7 +385,10 @@ mod tests {
         }
 
         fn at(&mut self, offset: Duration) -> &mut Self {
-            assert!(self.t0 + offset >= self.now, "the fake clock only moves forward");
+            assert!(
+                self.t0 + offset >= self.now,
+                "the fake clock only moves forward"
+            );
             self.now = self.t0 + offset;
             self
         }
@@ -479,7 +489,11 @@ mod tests {
         assert_eq!(r.run_until(ms(2000)), vec![SendAdvert { priority: 255 }]);
         // Refresh: one more every 10 s after the last of the burst.
         let acts = r.run_until(ms(11_000));
-        assert_eq!(acts.iter().filter(|a| **a == SendGarp).count(), 1, "{acts:?}");
+        assert_eq!(
+            acts.iter().filter(|a| **a == SendGarp).count(),
+            1,
+            "{acts:?}"
+        );
         assert_eq!(acts.len(), 10, "9 adverts and a refresh: {acts:?}");
     }
 
@@ -492,7 +506,10 @@ mod tests {
             assert_eq!(r.advert("10.0.0.3", 150), vec![]);
         }
         assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
-        assert_eq!(r.run_until(SEC * 10 + r.m.master_down_interval() - ms(1)), vec![]);
+        assert_eq!(
+            r.run_until(SEC * 10 + r.m.master_down_interval() - ms(1)),
+            vec![]
+        );
         assert_eq!(r.m.state(), State::Backup);
         // The master dies: Master_Down_Interval after its last advert.
         let deadline = SEC * 10 + r.m.master_down_interval();
@@ -525,7 +542,10 @@ mod tests {
         assert_eq!(r.advert("10.0.0.3", 0), vec![]);
         let skew = r.m.skew_time();
         assert_eq!(r.m.next_deadline(), Some(r.t0 + SEC * 2 + skew));
-        assert_eq!(r.run_until(SEC * 2 + skew), becoming_master(100, State::Backup));
+        assert_eq!(
+            r.run_until(SEC * 2 + skew),
+            becoming_master(100, State::Backup)
+        );
     }
 
     #[test]
@@ -577,7 +597,10 @@ mod tests {
         let mdi = r.m.master_down_interval();
         assert_eq!(r.run_until(SEC * 9 + mdi - ms(1)), vec![]);
         assert_eq!(r.m.state(), State::Backup);
-        assert_eq!(r.run_until(SEC * 9 + mdi), becoming_master(200, State::Backup));
+        assert_eq!(
+            r.run_until(SEC * 9 + mdi),
+            becoming_master(200, State::Backup)
+        );
     }
 
     #[test]
@@ -608,7 +631,11 @@ mod tests {
         r.event(Event::Startup);
         r.run_until(r.m.master_down_interval());
         r.at(SEC * 5);
-        assert_eq!(r.advert("10.0.0.1", 100), vec![], "lower address: discarded");
+        assert_eq!(
+            r.advert("10.0.0.1", 100),
+            vec![],
+            "lower address: discarded"
+        );
         assert_eq!(
             r.advert("10.0.0.9", 100),
             vec![RemoveAddresses, t(State::Master, State::Backup)]
@@ -620,10 +647,7 @@ mod tests {
         let mut r = Rig::new(settings(255));
         r.event(Event::Startup);
         r.at(ms(400));
-        assert_eq!(
-            r.advert("10.0.0.3", 0),
-            vec![SendAdvert { priority: 255 }]
-        );
+        assert_eq!(r.advert("10.0.0.3", 0), vec![SendAdvert { priority: 255 }]);
         // The advert timer restarted from now.
         assert_eq!(
             r.run_until(ms(1399)),
@@ -684,7 +708,10 @@ mod tests {
             vec![t(State::Fault, State::Backup)]
         );
         let mdi = r.m.master_down_interval();
-        assert_eq!(r.run_until(SEC * 20 + mdi), becoming_master(200, State::Backup));
+        assert_eq!(
+            r.run_until(SEC * 20 + mdi),
+            becoming_master(200, State::Backup)
+        );
         // A backup faults too, silently.
         let mut r = Rig::new(settings(100));
         r.event(Event::Startup);
@@ -724,7 +751,11 @@ mod tests {
         r.event(Event::Links { up: true });
         r.at(SEC * 101);
         r.advert("10.0.0.3", 100);
-        assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()), "accepted within the delay");
+        assert_eq!(
+            r.m.master(),
+            Some("10.0.0.3".parse().unwrap()),
+            "accepted within the delay"
+        );
     }
 
     #[test]
