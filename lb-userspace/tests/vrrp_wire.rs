@@ -209,11 +209,26 @@ fn scapy_decodes_what_bascule_sends_with_correct_checksums() {
     for (c, line) in cases.iter().zip(lines) {
         let a = &c.advert;
         println!("{}: {line}", c.name);
-        assert_eq!(field(line, "chksum"), field(line, "recomputed"), "{}: checksum", c.name);
-        assert_eq!(field(line, "version"), a.version.number().to_string(), "{}", c.name);
+        assert_eq!(
+            field(line, "chksum"),
+            field(line, "recomputed"),
+            "{}: checksum",
+            c.name
+        );
+        assert_eq!(
+            field(line, "version"),
+            a.version.number().to_string(),
+            "{}",
+            c.name
+        );
         assert_eq!(field(line, "type"), "1", "{}", c.name);
         assert_eq!(field(line, "vrid"), a.vrid.to_string(), "{}", c.name);
-        assert_eq!(field(line, "priority"), a.priority.to_string(), "{}", c.name);
+        assert_eq!(
+            field(line, "priority"),
+            a.priority.to_string(),
+            "{}",
+            c.name
+        );
         assert_eq!(field(line, "ttl"), "255", "{}", c.name);
         assert_eq!(
             field(line, "ipcount"),
@@ -231,7 +246,12 @@ fn scapy_decodes_what_bascule_sends_with_correct_checksums() {
                 c.name
             ),
             Version::V2 => {
-                assert_eq!(field(line, "adv"), a.interval.as_secs().to_string(), "{}", c.name);
+                assert_eq!(
+                    field(line, "adv"),
+                    a.interval.as_secs().to_string(),
+                    "{}",
+                    c.name
+                );
                 let (authtype, data) = match a.auth {
                     Auth::None => ("0", [0u8; 8]),
                     Auth::Pass(d) => ("1", d),

@@ -1,7 +1,7 @@
 //! The kernel side of an instance, through rtnetlink: interface lookups, the virtual
 //! addresses added and removed, and link state watched for `track_interfaces`.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use anyhow::{anyhow, Context, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -14,7 +14,7 @@ use rtnetlink::{
     },
     Handle, MulticastGroup,
 };
-use tokio::sync::watch;
+use tokio::sync::{watch, Mutex};
 
 use crate::config::IpPrefix;
 
@@ -47,10 +47,13 @@ fn link_of(msg: &LinkMessage) -> Option<Link> {
     })
 }
 
-/// A netlink connection (its I/O runs as a task on the current tokio runtime).
+/// A netlink connection (its I/O runs as a task on the current tokio runtime), shared by
+/// the instances. Its requests take turns: the kernel refuses a dump on a socket that is
+/// still dumping (EBUSY), and listing addresses is a dump.
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    turn: Arc<Mutex<()>>,
 }
 
 impl Netlink {
@@ -58,11 +61,15 @@ impl Netlink {
         let (connection, handle, _) =
             rtnetlink::new_connection().context("cannot open a netlink socket")?;
         tokio::spawn(connection);
-        Ok(Netlink { handle })
+        Ok(Netlink {
+            handle,
+            turn: Arc::default(),
+        })
     }
 
     /// Every interface of this network namespace.
     pub async fn links(&self) -> Result<Vec<Link>> {
+        let _turn = self.turn.lock().await;
         let msgs: Vec<LinkMessage> = self
             .handle
             .link()
@@ -84,6 +91,7 @@ impl Netlink {
 
     /// Addresses on interface `index` with their prefix lengths.
     pub async fn addresses(&self, index: u32) -> Result<Vec<IpPrefix>> {
+        let _turn = self.turn.lock().await;
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
@@ -107,6 +115,7 @@ impl Netlink {
     /// Adds `prefix` to interface `index` (IPv6 without duplicate address detection, so it
     /// is usable at once, as the VRRP master must). Already there: fine.
     pub async fn add_address(&self, index: u32, prefix: IpPrefix) -> Result<()> {
+        let _turn = self.turn.lock().await;
         let mut req = self
             .handle
             .address()
@@ -127,6 +136,7 @@ impl Netlink {
     /// Removes `addr` from interface `index`, whatever its prefix; returns whether it was
     /// there.
     pub async fn remove_address(&self, index: u32, addr: IpAddr) -> Result<bool> {
+        let _turn = self.turn.lock().await;
         let msgs: Vec<AddressMessage> = self
             .handle
             .address()
