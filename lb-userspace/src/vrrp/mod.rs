@@ -452,6 +452,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_a_valid_vrrp_pair() {
+        let c = crate::config::Config::parse(
+            include_str!("../../../deploy/examples/vrrp-pair.yaml"),
+            "vrrp-pair.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.unsupported().is_empty());
+        assert_eq!(c.vrrp.len(), 2);
+        assert_eq!(c.vrrp[0].preempt_delay, Duration::from_secs(30));
+        assert_eq!(siblings(&c.vrrp[0], &c.vrrp), vec![52]);
+    }
+
+    #[test]
     fn siblings_share_interface_and_family() {
         let c = crate::config::Config::parse(
             "node:\n  interfaces: [{name: eth0}]\nvrrp:\n\
