@@ -339,26 +339,25 @@ fn tracked_interface_faults_and_notify_scripts_run() {
     i1.notify = Some(script1.display().to_string());
     let mut i2 = Instance::new("VI_1", 61, 100, vip, advert);
     i2.notify = Some(script2.display().to_string());
-    let d1 = start(
+    let cfg1 = write(
         &topo,
-        lb1,
-        &write(
-            &topo,
-            "lb1.yaml",
-            &bascule_config(&topo.backends, &[], &[i1]),
-        ),
+        "lb1.yaml",
+        &bascule_config(&topo.backends, &[], &[i1]),
     );
-    let d2 = start(
+    let cfg2 = write(
         &topo,
-        lb2,
-        &write(
-            &topo,
-            "lb2.yaml",
-            &bascule_config(&topo.backends, &[], &[i2.clone()]),
-        ),
+        "lb2.yaml",
+        &bascule_config(&topo.backends, &[], &[i2.clone()]),
     );
+    // lb1 is master before lb2 starts: each node's notifications are then known.
+    let d1 = start(&topo, lb1, &cfg1);
+    expect_master(&nodes, lb1, vip, SETTLE, &[&d1]);
+    let d2 = start(&topo, lb2, &cfg2);
     let daemons = [&d1, &d2];
-    expect_master(&nodes, lb1, vip, SETTLE, &daemons);
+    wait_for("lb2 in BACKUP", SETTLE, || {
+        fs::read_to_string(&log2).is_ok_and(|l| l.contains("BACKUP"))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", logs(&daemons)));
 
     ip(&["-n", &lb1.netns, "link", "set", "uplink", "down"]).expect("uplink down");
     let took = expect_master(&nodes, lb2, vip, SETTLE, &daemons);
