@@ -64,21 +64,19 @@ impl Prepared {
         let v6 = config.virtual_addresses.iter().any(|p| p.addr.is_ipv6());
         let vips: Vec<IpAddr> = config.virtual_addresses.iter().map(|p| p.addr).collect();
         let own = netlink.addresses(link.index).await?;
-        let primary = primary_address(
-            own.iter().map(|p| p.addr),
-            &vips,
-            v6,
-            &config.unicast_peers,
-        )
-        .with_context(|| {
-            format!(
-                "interface {} has no {} address to send adverts from{}; add one (`ip addr add ... dev {}`)",
-                config.interface,
-                if v6 { "IPv6 link-local (or, for unicast peers, global)" } else { "IPv4" },
-                " other than the virtual addresses",
-                config.interface
-            )
-        })?;
+        let primary = primary_address(own.iter().map(|p| p.addr), &vips, v6, &config.unicast_peers)
+            .with_context(|| {
+                let kind = if v6 {
+                    "IPv6 link-local (global, for global unicast peers)"
+                } else {
+                    "IPv4"
+                };
+                format!(
+                    "interface {iface} has no {kind} address other than the virtual addresses to \
+                 send adverts from; add one (`ip addr add ... dev {iface}`)",
+                    iface = config.interface
+                )
+            })?;
         for vip in &vips {
             if netlink.remove_address(link.index, *vip).await? {
                 tracing::warn!(
