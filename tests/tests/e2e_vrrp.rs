@@ -572,3 +572,120 @@ fn established_connections_survive_the_death_of_the_master() {
     );
     stop(&topo, &d2);
 }
+
+/// Adverts forged by the client, each wrong in one way and with a priority that would win:
+/// the master ignores them, logs each reason, and keeps its VIPs; a well-formed one with
+/// that priority makes it yield.
+#[test]
+fn forged_adverts_are_dropped_by_reason() {
+    require_root();
+    let _serial = serial();
+    let topo = Topology::new(
+        "vrrp-forged",
+        TopologySpec {
+            lbs: 1,
+            backends: 1,
+        },
+    )
+    .expect("build the lab");
+    let lb1 = &topo.lbs[0];
+    let (vip4, vip6) = (IpAddr::V4(LINK_VIP4), IpAddr::V6(LINK_VIP6));
+    let advert = Duration::from_millis(500);
+    let config = bascule_config(
+        &topo.backends,
+        &[],
+        &[
+            Instance::new("VI_4", 91, 100, vip4, advert),
+            Instance::new("VI_6", 91, 100, vip6, advert),
+        ],
+    );
+    let d1 = start(&topo, lb1, &write(&topo, "lb1.yaml", &config));
+    expect_master(&[lb1], lb1, vip4, SETTLE, &[&d1]);
+    expect_master(&[lb1], lb1, vip6, SETTLE, &[&d1]);
+
+    // Frames built whole by scapy (a zero source MAC would be dropped by the bridge).
+    let send = |what: &str| {
+        let script = format!(
+            "from scapy.all import *\nfrom scapy.layers.vrrp import VRRP, VRRPv3\n\
+             me = get_if_hwaddr('eth0')\n\
+             m4 = Ether(src=me, dst='01:00:5e:00:00:12')\nm6 = Ether(src=me, dst='33:33:00:00:00:12')\n\
+             ip4 = IP(src='{c4}', dst='224.0.0.18', ttl=255)\n\
+             ip6 = IPv6(src='{c6}', dst='ff02::12', hlim=255)\n\
+             v4 = lambda **k: VRRPv3(vrid=91, priority=200, adv=50, ipcount=1, addrlist=['{vip4}'], **k)\n\
+             v6 = lambda **k: VRRPv3(vrid=91, priority=200, adv=50, ipcount=1, addrlist=['{vip6}'], **k)\n\
+             sendp({what}, iface='eth0', verbose=False)\n",
+            c4 = topo.client.ipv4().unwrap(),
+            c6 = topo.client.ipv6().unwrap(),
+        );
+        let out = topo
+            .lab
+            .exec(&topo.client.netns, &["/usr/bin/python3", "-c", &script])
+            .expect("run scapy");
+        assert!(
+            out.status.success(),
+            "scapy ({what}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let forged = [
+        ("ttl", "m4/IP(src=ip4.src, dst=ip4.dst, ttl=64)/v4()"),
+        ("ttl", "m6/IPv6(src=ip6.src, dst=ip6.dst, hlim=64)/v6()"),
+        ("checksum", "m4/ip4/v4(chksum=0x1234)"),
+        ("checksum", "m6/ip6/v6(chksum=0x1234)"),
+        (
+            "vrid",
+            "m4/ip4/VRRPv3(vrid=92, priority=200, adv=50, ipcount=1, addrlist=['10.111.0.100'])",
+        ),
+        (
+            "version",
+            "m4/ip4/VRRP(vrid=91, priority=200, adv=1, ipcount=1, addrlist=['10.111.0.100'])",
+        ),
+        (
+            "addresses",
+            "m4/ip4/VRRPv3(vrid=91, priority=200, adv=50, ipcount=1, addrlist=['10.111.0.99'])",
+        ),
+    ];
+    for (_, packet) in forged {
+        send(packet);
+    }
+    let log_has = |reason: &str, count: usize| {
+        d1.log_text()
+            .lines()
+            .filter(|l| {
+                l.contains("invalid advert dropped") && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .count()
+            >= count
+    };
+    for reason in ["ttl", "checksum", "vrid", "version", "addresses"] {
+        let n = forged.iter().filter(|(r, _)| *r == reason).count();
+        wait_for(
+            &format!("{n} advert(s) dropped for {reason}"),
+            Duration::from_secs(3),
+            || log_has(reason, n),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.log_text()));
+    }
+    // Past a whole Master_Down_Interval of the forger's: still master of both.
+    thread::sleep(Duration::from_millis(1700));
+    assert!(
+        holds(lb1, vip4) && holds(lb1, vip6),
+        "forged adverts moved a VIP:\n{}",
+        d1.log_text()
+    );
+    assert!(
+        !d1.log_text().contains("MASTER -> BACKUP"),
+        "{}",
+        d1.log_text()
+    );
+
+    // The same, well formed: a higher priority, so lb1 yields (and takes over again once
+    // the forger falls silent).
+    send("[m4/ip4/v4(), m6/ip6/v6()]");
+    wait_for("lb1 yielding both VIPs", Duration::from_secs(2), || {
+        !holds(lb1, vip4) && !holds(lb1, vip6)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.log_text()));
+    expect_master(&[lb1], lb1, vip4, SETTLE, &[&d1]);
+    stop(&topo, &d1);
+}
