@@ -689,3 +689,63 @@ fn forged_adverts_are_dropped_by_reason() {
     expect_master(&[lb1], lb1, vip4, SETTLE, &[&d1]);
     stop(&topo, &d1);
 }
+
+/// SIGHUP applies VRRP changes: an unchanged instance keeps running untouched, a new one
+/// starts, a changed one restarts, a removed one stops and releases its address.
+#[test]
+fn reload_starts_restarts_and_stops_instances() {
+    require_root();
+    let _serial = serial();
+    let topo = Topology::new(
+        "vrrp-reload",
+        TopologySpec {
+            lbs: 1,
+            backends: 1,
+        },
+    )
+    .expect("build the lab");
+    let lb1 = &topo.lbs[0];
+    let (vip_a, vip_b) = (IpAddr::V4(LINK_VIP4), IpAddr::V4(LINK_VIP4_B));
+    let advert = Duration::from_millis(200);
+    let a = Instance::new("VI_A", 101, 100, vip_a, advert);
+    let b = Instance::new("VI_B", 102, 100, vip_b, advert);
+    let b_changed = Instance::new("VI_B", 102, 120, vip_b, advert);
+    let config = |instances: &[Instance]| bascule_config(&topo.backends, &[], instances);
+    let path = write(&topo, "lb1.yaml", &config(&[a.clone()]));
+    let d1 = start(&topo, lb1, &path);
+    expect_master(&[lb1], lb1, vip_a, SETTLE, &[&d1]);
+    let reload = |instances: &[Instance]| {
+        write(&topo, "lb1.yaml", &config(instances));
+        // SAFETY: kill(2) on our own child, alive (checked by the waits around).
+        assert_eq!(
+            unsafe { libc::kill(d1.pid as libc::pid_t, libc::SIGHUP) },
+            0
+        );
+    };
+    let masters = |name: &str| {
+        d1.log_text()
+            .lines()
+            .filter(|l| l.contains("-> MASTER") && l.contains(&format!("instance={name} ")))
+            .count()
+    };
+
+    reload(&[a.clone(), b.clone()]);
+    expect_master(&[lb1], lb1, vip_b, SETTLE, &[&d1]);
+    assert!(holds(lb1, vip_a), "VI_A kept its address");
+    assert_eq!(
+        masters("VI_A"),
+        1,
+        "VI_A unchanged, not restarted:\n{}",
+        d1.log_text()
+    );
+
+    reload(&[b_changed]);
+    wait_for("VI_A removed", SETTLE, || !holds(lb1, vip_a))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.log_text()));
+    wait_for("VI_B restarted", SETTLE, || masters("VI_B") == 2)
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", d1.log_text()));
+    expect_master(&[lb1], lb1, vip_b, SETTLE, &[&d1]);
+    assert!(d1.log_text().contains("priority=120"), "{}", d1.log_text());
+    stop(&topo, &d1);
+    assert!(!holds(lb1, vip_b));
+}

@@ -26,6 +26,8 @@ use crate::config::{VrrpAuthType, VrrpInstance};
 const NOTIFY_DRAIN: Duration = Duration::from_secs(5);
 
 pub(super) enum Control {
+    /// The node's other instances on this interface and family changed (a reload).
+    Siblings(Vec<u8>),
     Stop,
 }
 
@@ -221,6 +223,7 @@ pub(super) async fn run(
                 }
             }
             command = control.recv() => match command {
+                Some(Control::Siblings(ids)) => runner.p.siblings = ids,
                 Some(Control::Stop) | None => break,
             }
         }

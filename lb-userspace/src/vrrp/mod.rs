@@ -244,9 +244,9 @@ impl Vrrp {
         Ok(vrrp)
     }
 
-    /// Applies a new list of instances: unchanged ones keep running untouched; changed and
-    /// removed ones stop (a master hands over with priority 0), then changed and new ones
-    /// start. On error the instances started so far keep running.
+    /// Applies a new list of instances: unchanged ones keep running untouched (told of their
+    /// new siblings); changed and removed ones stop (a master hands over with priority 0),
+    /// then changed and new ones start. On error the instances started so far keep running.
     pub async fn reconfigure(&mut self, instances: &[VrrpInstance]) -> Result<()> {
         let wanted: BTreeMap<&str, (&VrrpInstance, Vec<u8>)> = instances
             .iter()
@@ -258,7 +258,7 @@ impl Vrrp {
             .filter(|(name, r)| {
                 wanted
                     .get(name.as_str())
-                    .is_none_or(|(c, sib)| **c != r.config || *sib != r.siblings)
+                    .is_none_or(|(c, _)| **c != r.config)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -271,7 +271,11 @@ impl Vrrp {
             }
         }
         for (name, (config, sibs)) in wanted {
-            if self.running.contains_key(name) {
+            if let Some(r) = self.running.get_mut(name) {
+                if r.siblings != sibs {
+                    r.siblings = sibs.clone();
+                    let _ = r.control.send(Control::Siblings(sibs)).await;
+                }
                 continue;
             }
             let prepared = Prepared::new(config, sibs.clone(), &self.netlink)
