@@ -711,7 +711,7 @@ fn reload_starts_restarts_and_stops_instances() {
     let b = Instance::new("VI_B", 102, 100, vip_b, advert);
     let b_changed = Instance::new("VI_B", 102, 120, vip_b, advert);
     let config = |instances: &[Instance]| bascule_config(&topo.backends, &[], instances);
-    let path = write(&topo, "lb1.yaml", &config(&[a.clone()]));
+    let path = write(&topo, "lb1.yaml", &config(std::slice::from_ref(&a)));
     let d1 = start(&topo, lb1, &path);
     expect_master(&[lb1], lb1, vip_a, SETTLE, &[&d1]);
     let reload = |instances: &[Instance]| {
