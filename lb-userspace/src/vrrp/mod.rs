@@ -382,7 +382,15 @@ impl VrrpRuntime {
         self.vrrp.as_ref().map(Vrrp::board).unwrap_or_default()
     }
 
-    pub fn stop(mut self) {
+    /// Stops every instance (see [`Vrrp::stop`]); dropping does the same, so a daemon
+    /// leaving on an error still hands over and releases its addresses.
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+impl Drop for VrrpRuntime {
+    fn drop(&mut self) {
         if let Some(vrrp) = self.vrrp.take() {
             self.runtime.block_on(vrrp.stop());
         }
