@@ -606,7 +606,7 @@ const SUPPORTED_FORWARDING: &[Forwarding] = &[
 const SUPPORTS_PERSISTENCE: bool = true;
 const SUPPORTS_SORRY_SERVER: bool = true;
 const SUPPORTS_HEALTH_CHECKS: bool = true;
-const SUPPORTS_VRRP: bool = false;
+const SUPPORTED_VRRP_AUTH: &[VrrpAuthType] = &[VrrpAuthType::Pass];
 
 impl Config {
     /// Reads, parses and validates a configuration file.
@@ -722,14 +722,20 @@ impl Config {
                 }
             }
         }
-        if !SUPPORTS_VRRP {
-            for (k, inst) in self.vrrp.iter().enumerate() {
-                let at = o.vrrp.get(k).copied().unwrap_or_default();
+        for (k, inst) in self.vrrp.iter().enumerate() {
+            if let Some(auth) = inst
+                .authentication
+                .as_ref()
+                .filter(|a| !SUPPORTED_VRRP_AUTH.contains(&a.kind))
+            {
+                let at = o.vrrp_auth.get(k).or(o.vrrp.get(k)).copied();
+                let at = at.unwrap_or_default();
                 out.push(err(
                     at,
                     format!(
-                        "vrrp[{k}]: VRRP is not supported yet (instance \"{}\"; remove the vrrp list)",
-                        inst.name
+                        "vrrp[{k}].authentication.type: \"{}\" is not supported (this build supports: {}, as keepalived's auth_type PASS)",
+                        auth.kind,
+                        join(SUPPORTED_VRRP_AUTH)
                     ),
                 ));
             }
@@ -745,6 +751,7 @@ pub struct Origin {
     file: String,
     services: Vec<ServiceLoc>,
     vrrp: Vec<Pos>,
+    vrrp_auth: Vec<Pos>,
 }
 
 impl fmt::Debug for Origin {
@@ -1226,6 +1233,7 @@ struct VrrpDraft {
     item: Pos,
     name_pos: Pos,
     vrid_pos: Pos,
+    auth_pos: Pos,
 }
 
 const ROOT_KEYS: &[&str] = &["node", "http", "conntrack", "services", "vrrp"];
@@ -1789,6 +1797,7 @@ impl<'t> Cx<'t> {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
             vrrp: vrrp.iter().map(|d| d.item).collect(),
+            vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
         };
         Some(Config {
             node,
@@ -2627,6 +2636,7 @@ impl<'t> Cx<'t> {
             item: o.pos,
             name_pos: o.pos("name"),
             vrid_pos: o.pos("virtual_router_id"),
+            auth_pos: o.pos("authentication"),
             inst,
         })
     }
@@ -3506,6 +3516,8 @@ vrrp:
   - name: VI_1
     interface: eth0
     virtual_router_id: 51
+    version: 2
+    authentication: {type: ah, password: x}
     virtual_addresses: [10.0.0.1/24]
 ",
         ));
@@ -3513,7 +3525,7 @@ vrrp:
         assert_eq!(
             got,
             vec![
-                "t.yaml:23:5: vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)",
+                "t.yaml:27:21: vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)",
             ]
         );
         assert!(ok(NODE).unsupported().is_empty());
@@ -3523,7 +3535,7 @@ vrrp:
         built.vrrp = c.vrrp.clone();
         assert_eq!(
             built.unsupported()[0].to_string(),
-            "vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)"
+            "vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)"
         );
     }
 

@@ -20,6 +20,7 @@ use crate::{
     health::{self, plan_with_health, HealthMap, HealthSupervisor},
     netinfo,
     plan::{MacTable, Plan, TunnelSources},
+    vrrp::VrrpRuntime,
 };
 
 /// How long to wait for the kernel to resolve backends' MACs at start.
@@ -231,9 +232,14 @@ pub fn run(path: &Path) -> Result<()> {
         };
         datapath.attach(&iface.name, mode)?;
     }
+    // VRRP (issue 6) on a tokio runtime of its own while this daemon is synchronous; once
+    // the daemon runs on tokio (issue 4) it calls `vrrp::Vrrp` directly. Started after the
+    // datapath is attached, so that a new master balances at once.
+    let mut vrrp = start_vrrp(&config)?;
     tracing::info!(
         services = current.services.len(),
         backends = current.backends.len(),
+        vrrp_instances = config.vrrp.len(),
         "bascule ready"
     );
 
@@ -251,6 +257,9 @@ pub fn run(path: &Path) -> Result<()> {
                 Ok(new) => {
                     prepare_interfaces(&new)?;
                     health.supervisor.update(&new.services);
+                    if let Err(e) = reconfigure_vrrp(&mut vrrp, &new) {
+                        tracing::error!("VRRP: {e:#}");
+                    }
                     config = new;
                     tracing::info!(file = %path.display(), "configuration reloaded");
                 }
@@ -300,9 +309,31 @@ pub fn run(path: &Path) -> Result<()> {
         missing = still;
     }
     tracing::info!("stopping");
+    // Masters hand over (priority 0) and release their addresses before the datapath goes.
+    if let Some(vrrp) = vrrp {
+        vrrp.stop();
+    }
     health.stop();
     datapath.detach_all();
     Ok(())
+}
+
+fn start_vrrp(config: &Config) -> Result<Option<VrrpRuntime>> {
+    if config.vrrp.is_empty() {
+        return Ok(None);
+    }
+    VrrpRuntime::start(&config.vrrp).map(Some)
+}
+
+/// Unchanged instances keep running; changed, new and removed ones restart, start, stop.
+fn reconfigure_vrrp(vrrp: &mut Option<VrrpRuntime>, new: &Config) -> Result<()> {
+    match vrrp {
+        Some(running) => running.reconfigure(&new.vrrp),
+        None => {
+            *vrrp = start_vrrp(new)?;
+            Ok(())
+        }
+    }
 }
 
 fn reload(path: &Path, running: &Config) -> Result<Config> {

@@ -7,3 +7,4 @@ pub mod health;
 pub mod netinfo;
 pub mod plan;
 pub mod tables;
+pub mod vrrp;

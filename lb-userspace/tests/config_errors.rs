@@ -18,12 +18,8 @@ fn full_example_loads() {
     assert_eq!(c.vrrp[0].virtual_router_id, 51);
     // The example uses features this build does not implement yet.
     let unsupported: Vec<String> = c.unsupported().iter().map(|e| e.to_string()).collect();
-    // VRRP is the only piece of the example this build does not run yet.
-    assert_eq!(unsupported.len(), 1, "{unsupported:#?}");
-    assert!(
-        unsupported[0].contains("vrrp[0]: VRRP is not supported yet"),
-        "{unsupported:#?}"
-    );
+    // The example runs whole with this build (VRRP with pass authentication included).
+    assert!(unsupported.is_empty(), "{unsupported:#?}");
 }
 
 #[test]

@@ -16,7 +16,9 @@
 pub mod http;
 pub mod interrupt;
 pub mod lab;
+pub mod tcp;
 pub mod topology;
+pub mod vrrp;
 
 pub use http::{http_get, http_get_from, http_server, HttpServer};
 pub use lab::{cleanup_stale, in_netns, Host, Lab, Spawned};
