@@ -107,7 +107,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     };
     count_traffic(service, id, &pkt, target & NEW_FLOW != 0);
     match backend.forward {
-        FORWARD_DR => forward::direct(ctx, &backend),
+        FORWARD_DR => forward::direct(ctx, backend),
         FORWARD_TUN => {
             // The outer flow label: the flow's hash, or the datagram id for fragments.
             let hash = if pkt.fragment == Fragment::Later {
@@ -117,12 +117,12 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
             } else {
                 flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
             };
-            Stop::unpack(forward::tunnel(raw, &pkt, &backend, hash))
+            Stop::unpack(forward::tunnel(raw, &pkt, backend, hash))
         }
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
             if !pkt.is_icmp() {
-                nat::to_backend(raw, &pkt, &backend, service).map_err(Stop::decode)?;
+                nat::to_backend(raw, &pkt, backend, service).map_err(Stop::decode)?;
             }
             Stop::unpack(forward::route(raw, &pkt, &backend.addr))
         }
