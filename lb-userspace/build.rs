@@ -31,6 +31,7 @@ fn main() {
         "-Cdebuginfo=2".into(),
         "-Clink-arg=--btf".into(),
         "-Ctarget-cpu=v3".into(),
+        "-Clink-arg=--disable-expand-memcpy-in-order".into(),
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");

@@ -29,8 +29,8 @@ pub fn key(pkt: &Packet) -> FlowKey {
 
 /// A backend that still serves its established flows (drained ones included).
 #[inline(always)]
-pub fn serving(id: u32) -> Option<BackendInfo> {
-    let b = *BACKENDS.get(id)?;
+pub fn serving(id: u32) -> Option<&'static BackendInfo> {
+    let b = BACKENDS.get(id)?;
     (b.flags & BACKEND_ACTIVE != 0).then_some(b)
 }
 
