@@ -1,28 +1,26 @@
-//! `bascule run`: load the config, program and attach the datapath, keep it fed (MACs of
-//! `dr` backends, reloads on SIGHUP) until SIGINT/SIGTERM, then detach.
+//! `bascule run` and `bascule decap`: the processes. Wiring and signals only; the state
+//! lives in the controller (`control.rs`), the HTTP side in `api.rs`. Also the small I/O
+//! helpers the controller and the fixture tests share (tunnel sources, neighbour lookups,
+//! forwarding sysctls).
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::mpsc,
-    time::Duration,
+    sync::{atomic::AtomicBool, mpsc, Arc},
 };
 
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
-    config::{Config, Forwarding, XdpMode},
-    datapath::{AttachMode, Datapath},
+    api::Api,
+    config::{Config, Forwarding},
+    control::{self, Controller, Request},
+    metrics::HealthCheckTimings,
     netinfo,
-    plan::{plan, MacTable, Plan, TunnelSources},
+    plan::{MacTable, TunnelSources},
+    snapshot::VrrpBoard,
 };
-
-/// How long to wait for the kernel to resolve backends' MACs at start.
-const RESOLVE_WAIT: Duration = Duration::from_secs(3);
-/// How often MACs are re-read (faster while some `dr` backend still has none).
-const REFRESH_EVERY: Duration = Duration::from_secs(30);
-const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
 pub fn load_config(path: &Path) -> Result<Config> {
@@ -62,7 +60,7 @@ fn is_link_local(a: std::net::Ipv6Addr) -> bool {
 
 /// Backend addresses whose neighbour entries matter: `dr` needs their MAC; for `tun`,
 /// resolving warms the entry `bpf_fib_lookup` will need.
-fn backend_addresses(config: &Config) -> Vec<IpAddr> {
+pub fn backend_addresses(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
         .iter()
@@ -73,7 +71,7 @@ fn backend_addresses(config: &Config) -> Vec<IpAddr> {
     v
 }
 
-fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
+pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
     config
         .services
         .iter()
@@ -85,21 +83,6 @@ fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
         .map(|b| b.address)
         .filter(|a| !macs.contains_key(a))
         .collect()
-}
-
-fn current_plan(
-    config: &Config,
-    wait: Duration,
-    previous: Option<&Plan>,
-) -> Result<(Plan, Vec<IpAddr>)> {
-    let macs: MacTable = netinfo::resolve_macs(&backend_addresses(config), wait)?
-        .into_iter()
-        .collect();
-    let missing = missing_dr_macs(config, &macs);
-    Ok((
-        plan(config, &macs, tunnel_sources(config)?, previous)?,
-        missing,
-    ))
 }
 
 /// `tun` needs forwarding on the XDP interfaces for the families it tunnels over (see
@@ -121,78 +104,121 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn run(path: &Path) -> Result<()> {
-    let mut config = load_config(path)?;
-    prepare_interfaces(&config)?;
-    let mut datapath = Datapath::load(config.conntrack.max_entries)?;
-    let (mut current, mut missing) = current_plan(&config, RESOLVE_WAIT, None)?;
-    report_missing(&missing);
-    datapath.apply(&current)?;
-    for iface in &config.node.interfaces {
-        let mode = match iface.xdp_mode {
-            XdpMode::Auto => AttachMode::Auto,
-            XdpMode::Native => AttachMode::Native,
-            XdpMode::Generic => AttachMode::Generic,
-        };
-        datapath.attach(&iface.name, mode)?;
-    }
-    tracing::info!(
-        services = current.services.len(),
-        backends = current.backends.len(),
-        "bascule ready"
-    );
+/// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
+/// HTTP listener, starts the controller (`control.rs`) on its own thread and the API
+/// (`api.rs`) on a small tokio runtime, then turns signals into controller requests.
+/// SIGHUP reloads; SIGTERM/SIGINT stop, removing the datapath unless `keep_datapath`.
+pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
+    let config = load_config(path)?;
+    control::check_host(&config, &netinfo::host_facts()?)?;
+    let token = read_token(&config.http)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bascule-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(path.to_path_buf(), config, token, keep_datapath))
+}
 
-    let signals = signal_channel()?;
-    loop {
-        let wait = if missing.is_empty() {
-            REFRESH_EVERY
-        } else {
-            REFRESH_MISSING_EVERY
-        };
-        match signals.recv_timeout(wait) {
-            Ok(SIGHUP) => match reload(path, &config) {
-                Ok(new) => {
-                    prepare_interfaces(&new)?;
-                    config = new;
-                    tracing::info!(file = %path.display(), "configuration reloaded");
+async fn serve(
+    path: PathBuf,
+    config: Config,
+    token: Option<String>,
+    keep_datapath: bool,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = config.http.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (http.listen): is another daemon using it?")
+        })?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let timings = HealthCheckTimings::default();
+    let (requests, inbox) = mpsc::channel();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
+    let start = control::Start {
+        path,
+        config,
+        pinned: true,
+        vrrp: VrrpBoard::default(),
+        timings: timings.clone(),
+        ready: ready.clone(),
+    };
+    std::thread::Builder::new()
+        .name("bascule-control".into())
+        .spawn(move || {
+            let result = Controller::start(start).map(|c| c.run(inbox));
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the controller thread")?;
+    let api = Arc::new(Api {
+        control: requests.clone(),
+        token,
+        timings,
+        ready,
+    });
+    let server = tokio::spawn(crate::api::serve(listener, api));
+    tracing::info!(%listen, "HTTP API listening");
+
+    let keep = loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if requests.send(Request::Reload(tx)).is_ok() {
+                    // The controller logs the outcome.
+                    tokio::spawn(async move { let _ = rx.await; });
                 }
-                Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
-            },
-            Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-        let (next, still) = current_plan(&config, Duration::ZERO, Some(&current))?;
-        if next != current {
-            datapath
-                .apply(&next)
-                .context("cannot update the datapath maps")?;
-            if still.len() < missing.len() {
-                tracing::info!(
-                    "learnt MAC addresses of {} backend(s)",
-                    missing.len() - still.len()
-                );
             }
-            current = next;
+            _ = terminate.recv() => break keep_datapath,
+            _ = interrupt.recv() => break keep_datapath,
+            ended = &mut done => {
+                server.abort();
+                return match ended {
+                    Ok(result) => result,
+                    Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+                };
+            }
         }
-        missing = still;
+    };
+    server.abort();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests
+        .send(Request::Stop {
+            keep_datapath: keep,
+            reply: tx,
+        })
+        .is_ok()
+    {
+        let _ = rx.await;
     }
-    tracing::info!("stopping");
-    datapath.detach_all();
-    Ok(())
+    match done.await {
+        Ok(result) => result,
+        Err(_) => bail!("the controller thread died while stopping"),
+    }
 }
 
-fn reload(path: &Path, running: &Config) -> Result<Config> {
-    let new = load_config(path)?;
-    if new.node != running.node || new.conntrack != running.conntrack {
-        bail!("node and conntrack settings change only with a restart");
+/// The API token from `http.token_file`, if configured.
+fn read_token(http: &crate::config::Http) -> Result<Option<String>> {
+    let Some(file) = &http.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read http.token_file {}", file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!(
+            "http.token_file {} is empty: put the API bearer token in it",
+            file.display()
+        );
     }
-    Ok(new)
-}
-
-fn report_missing(missing: &[IpAddr]) {
-    for a in missing {
-        tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
-    }
+    Ok(Some(token))
 }
 
 fn signal_channel() -> Result<mpsc::Receiver<i32>> {

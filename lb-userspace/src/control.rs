@@ -1,0 +1,1621 @@
+//! The controller: the daemon's state and the only owner of the datapath.
+//!
+//! It runs on its own thread as an actor: the HTTP API, the signal handler and (later)
+//! health checkers send it [`Request`]s on one channel and get answers on one-shot
+//! channels, so the datapath is never touched from two places at once. Every change
+//! (reload, runtime weight, health) goes the same way:
+//!
+//! ```text
+//! Config (file) --effective_config(overrides, health)--> Config --plan(previous)--> Plan
+//!     --Datapath::apply (only the difference)--> maps
+//! ```
+//!
+//! The pure parts (`effective_config`, `diff`, `retain_overrides`, `find_backend`,
+//! `simulate`, `rates`) are plain functions tested without root.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use lb_common::{Counters, FlowKey, FlowState, BACKEND_ACTIVE, NO_BACKEND};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{
+    config::{Config, HostFacts, XdpMode},
+    daemon,
+    datapath::{self, AttachMode, Datapath},
+    metrics::HealthCheckTimings,
+    netinfo,
+    pins::{PinDir, SavedOverride, SavedState},
+    plan::{plan, MacTable, Plan},
+    snapshot::{
+        endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
+        VrrpBoard,
+    },
+};
+
+/// How long to wait for the kernel to resolve backends' MACs at start, and on a change.
+const RESOLVE_WAIT_START: Duration = Duration::from_secs(3);
+const RESOLVE_WAIT_CHANGE: Duration = Duration::from_secs(1);
+/// How often MACs are re-read (faster while some `dr` backend still has none).
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
+/// Rates are computed over this interval.
+const RATE_INTERVAL: Duration = Duration::from_secs(2);
+
+// ------------------------------------------------------------------------------------------
+// Runtime state on top of the config: weight overrides and health
+// ------------------------------------------------------------------------------------------
+
+/// One backend of one service: the service's name, and the address and port packets
+/// reach the backend on (`Backend::effective_port`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BackendKey {
+    pub service: String,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl BackendKey {
+    /// The metrics' `backend` label: `ADDR:PORT`, or `ADDR` for an all-ports service.
+    pub fn label(&self) -> String {
+        endpoint(self.address, self.port)
+    }
+}
+
+impl fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.service, self.label())
+    }
+}
+
+/// A weight set at runtime through the API. It wins over the file's weight until reset,
+/// and survives reloads that leave the backend in its service with the same configured
+/// weight; a reload that changes that backend's weight in the file drops it (the file is
+/// the newer word). It is kept across a hitless restart (in the state file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Override {
+    pub weight: u32,
+    /// The file's weight when the override was set.
+    pub config_weight: u32,
+}
+
+pub type Overrides = BTreeMap<BackendKey, Override>;
+
+/// What a health checker says about one backend: the seam between health checks and the
+/// controller. `weight` is a dynamic weight (a `misc` check with `dynamic: true`), used
+/// instead of the file's unless an operator override is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendHealth {
+    pub health: Health,
+    pub weight: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    pub overrides: Overrides,
+    /// Absent: unchecked (up).
+    pub health: HashMap<BackendKey, BackendHealth>,
+}
+
+/// The weight the scheduler gets for a backend, or `None` when the backend leaves the
+/// plan (down, without `inhibit_on_failure`: its flows are rescheduled).
+pub fn effective_weight(
+    config_weight: u32,
+    key: &BackendKey,
+    inhibit: bool,
+    rt: &Runtime,
+) -> Option<u32> {
+    let health = rt.health.get(key);
+    if health.is_some_and(|h| h.health == Health::Down) {
+        return inhibit.then_some(0);
+    }
+    Some(
+        rt.overrides
+            .get(key)
+            .map(|o| o.weight)
+            .or(health.and_then(|h| h.weight))
+            .unwrap_or(config_weight),
+    )
+}
+
+/// The configuration the scheduler sees: the file's, with runtime overrides and health
+/// applied (a down backend is removed, or weighted 0 with `inhibit_on_failure`).
+pub fn effective_config(config: &Config, rt: &Runtime) -> Config {
+    let mut out = config.clone();
+    for svc in &mut out.services {
+        let inhibit = svc
+            .health_check
+            .as_ref()
+            .is_some_and(|h| h.inhibit_on_failure);
+        let name = svc.name.clone();
+        let svc_ref = svc.clone();
+        svc.backends.retain_mut(|b| {
+            let key = BackendKey {
+                service: name.clone(),
+                address: b.address,
+                port: b.effective_port(&svc_ref),
+            };
+            match effective_weight(b.weight, &key, inhibit, rt) {
+                Some(w) => {
+                    b.weight = w;
+                    true
+                }
+                None => false,
+            }
+        });
+    }
+    out
+}
+
+/// Every backend of a configuration, keyed, with its configured weight.
+pub fn backend_keys(config: &Config) -> Vec<(BackendKey, u32)> {
+    config
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.backends.iter().map(move |b| {
+                (
+                    BackendKey {
+                        service: s.name.clone(),
+                        address: b.address,
+                        port: b.effective_port(s),
+                    },
+                    b.weight,
+                )
+            })
+        })
+        .collect()
+}
+
+/// After a reload: drops the overrides of backends that left, or whose weight the new
+/// file changes. Returns what was dropped and why.
+pub fn retain_overrides(overrides: &mut Overrides, config: &Config) -> Vec<(BackendKey, String)> {
+    let weights: HashMap<BackendKey, u32> = backend_keys(config).into_iter().collect();
+    let mut dropped = Vec::new();
+    overrides.retain(|key, o| match weights.get(key) {
+        None => {
+            dropped.push((
+                key.clone(),
+                "the backend left the configuration".to_string(),
+            ));
+            false
+        }
+        Some(&w) if w != o.config_weight => {
+            dropped.push((
+                key.clone(),
+                format!(
+                    "the file changed its weight from {} to {w}",
+                    o.config_weight
+                ),
+            ));
+            false
+        }
+        Some(_) => true,
+    });
+    dropped
+}
+
+/// Finds a backend of `service` from what an operator types: `ADDR`, `ADDR:PORT` or
+/// `[V6]:PORT`. A bare address must name one backend of the service.
+pub fn find_backend(
+    config: &Config,
+    service: &str,
+    spec: &str,
+) -> Result<BackendKey, ControlError> {
+    let svc = config
+        .services
+        .iter()
+        .find(|s| s.name == service)
+        .ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "no service \"{service}\" (services: {})",
+                config
+                    .services
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let (address, port) = match spec.parse::<SocketAddr>() {
+        Ok(sa) => (sa.ip(), Some(sa.port())),
+        Err(_) => match spec
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => (ip, None),
+            Err(_) => {
+                return Err(ControlError::Invalid(format!(
+                    "\"{spec}\" is not a backend: expected ADDR, ADDR:PORT or [IPV6]:PORT"
+                )))
+            }
+        },
+    };
+    let matches: Vec<BackendKey> = svc
+        .backends
+        .iter()
+        .map(|b| BackendKey {
+            service: svc.name.clone(),
+            address: b.address,
+            port: b.effective_port(svc),
+        })
+        .filter(|k| k.address == address && port.is_none_or(|p| p == k.port))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(ControlError::NotFound(format!(
+            "service \"{service}\" has no backend {spec} (backends: {})",
+            svc.backends
+                .iter()
+                .map(|b| endpoint(b.address, b.effective_port(svc)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+        several => Err(ControlError::Invalid(format!(
+            "{spec} is several backends of service \"{service}\" ({}): add the port",
+            several
+                .iter()
+                .map(BackendKey::label)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Reload: what changed
+// ------------------------------------------------------------------------------------------
+
+/// Services added, removed and changed by a reload, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let mut d = ConfigDiff::default();
+    for s in &new.services {
+        match old.services.iter().find(|o| o.name == s.name) {
+            None => d.added.push(s.name.clone()),
+            Some(o) if o != s => d.changed.push(s.name.clone()),
+            Some(_) => d.unchanged += 1,
+        }
+    }
+    for o in &old.services {
+        if !new.services.iter().any(|s| s.name == o.name) {
+            d.removed.push(o.name.clone());
+        }
+    }
+    d
+}
+
+impl fmt::Display for ConfigDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "services added: {}; removed: {}; changed: {}; unchanged: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            self.unchanged
+        )
+    }
+}
+
+/// Settings that need a restart: a reload that changes them is refused.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.node != new.node {
+        v.push("node");
+    }
+    if old.conntrack != new.conntrack {
+        v.push("conntrack");
+    }
+    if old.http != new.http {
+        v.push("http");
+    }
+    v
+}
+
+// ------------------------------------------------------------------------------------------
+// Simulate: which backend a flow gets, and why
+// ------------------------------------------------------------------------------------------
+
+/// The answer of `bascule simulate` / `GET /api/v1/simulate`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimulateAnswer {
+    pub service: Option<String>,
+    /// The backend's label, if the flow reaches one.
+    pub backend: Option<String>,
+    pub address: Option<IpAddr>,
+    /// `conntrack` (an established flow), `scheduler` (a new flow), `no_service` (not a
+    /// VIP: the kernel gets it) or `no_backend` (the service has none that takes flows).
+    pub reason: String,
+    pub scheduler: Option<String>,
+    /// Maglev: the flow hash, and the slot it selects in the service's table.
+    pub hash: Option<u32>,
+    pub slot: Option<u32>,
+    pub table_size: Option<u32>,
+    /// One sentence for people.
+    pub explanation: String,
+}
+
+/// Which backend the datapath gives `flow`, with the same lookups it makes: the service
+/// (exact port, then all-ports), the connection table (`conntrack`, when the caller could
+/// read it), then the scheduler's table.
+pub fn simulate(
+    plan: &Plan,
+    config: &Config,
+    flow: &FlowKey,
+    conntrack: Option<FlowState>,
+) -> SimulateAnswer {
+    let backend_of = |id: u32| plan.backends.iter().find(|b| b.id == id);
+    let Some(svc) = service_of(plan, flow) else {
+        return SimulateAnswer {
+            service: None,
+            backend: None,
+            address: None,
+            reason: "no_service".into(),
+            scheduler: None,
+            hash: None,
+            slot: None,
+            table_size: None,
+            explanation: "no service for this destination and protocol: the packet goes to the kernel untouched".into(),
+        };
+    };
+    let scheduler = config
+        .services
+        .iter()
+        .find(|s| s.name == svc.name)
+        .map(|s| s.scheduler.to_string())
+        .unwrap_or_else(|| "mh".into());
+    let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
+    let hash = lb_common::hash::flow_hash(&flow.src, &flow.dst, ports, flow.proto);
+    let table_size = svc.info.table_size;
+    let slot = (table_size > 0).then(|| hash % table_size);
+    let mut answer = SimulateAnswer {
+        service: Some(svc.name.clone()),
+        backend: None,
+        address: None,
+        reason: String::new(),
+        scheduler: Some(scheduler.clone()),
+        hash: Some(hash),
+        slot,
+        table_size: Some(table_size),
+        explanation: String::new(),
+    };
+    let mut stale = None;
+    if let Some(state) = conntrack.filter(|s| s.service == svc.info.id) {
+        match backend_of(state.backend) {
+            Some(b) if b.info.flags & BACKEND_ACTIVE != 0 => {
+                let label = endpoint(b.address, b.port);
+                answer.reason = "conntrack".into();
+                answer.explanation = format!(
+                    "conntrack hit: established flow of service {} -> backend {label}",
+                    svc.name
+                );
+                answer.backend = Some(label);
+                answer.address = Some(b.address);
+                return answer;
+            }
+            Some(b) => stale = Some(endpoint(b.address, b.port)),
+            None => stale = Some(format!("backend id {}", state.backend)),
+        }
+    }
+    let id = slot
+        .and_then(|s| svc.table.get(s as usize).copied())
+        .unwrap_or(NO_BACKEND);
+    let prefix = match &stale {
+        Some(s) => format!(
+            "conntrack entry pointed at {s}, which no longer takes flows; rescheduled as a "
+        ),
+        None => String::new(),
+    };
+    match backend_of(id).filter(|b| b.info.flags & BACKEND_ACTIVE != 0) {
+        Some(b) => {
+            let label = endpoint(b.address, b.port);
+            answer.reason = "scheduler".into();
+            answer.explanation = format!(
+                "{prefix}new flow of service {}: {scheduler} hash {hash:#010x}, slot {} of {table_size} -> backend {label}",
+                svc.name,
+                slot.unwrap_or(0)
+            );
+            answer.backend = Some(label);
+            answer.address = Some(b.address);
+        }
+        None => {
+            answer.reason = "no_backend".into();
+            answer.explanation = format!(
+                "{prefix}new flow of service {}: no backend takes flows (slot {} is empty): the packet goes to the kernel",
+                svc.name,
+                slot.unwrap_or(0)
+            );
+        }
+    }
+    answer
+}
+
+fn service_of<'p>(plan: &'p Plan, flow: &FlowKey) -> Option<&'p crate::plan::PlannedService> {
+    let exact = lb_common::ServiceKey {
+        addr: flow.dst,
+        port: flow.dport,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    let any_port = lb_common::ServiceKey { port: 0, ..exact };
+    plan.services
+        .iter()
+        .find(|s| s.key == exact)
+        .or_else(|| plan.services.iter().find(|s| s.key == any_port))
+}
+
+/// Parses `tcp`/`udp`.
+pub fn parse_protocol(s: &str) -> Result<u8, ControlError> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(lb_common::IPPROTO_TCP),
+        "udp" => Ok(lb_common::IPPROTO_UDP),
+        other => Err(ControlError::Invalid(format!(
+            "protocol \"{other}\": expected tcp or udp"
+        ))),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Rates
+// ------------------------------------------------------------------------------------------
+
+/// Per-second rates between two samples of counters (0 after a counter reset).
+pub fn rates(before: Counters, after: Counters, seconds: f64) -> Rates {
+    if seconds <= 0.0 {
+        return Rates::default();
+    }
+    let per = |a: u64, b: u64| b.saturating_sub(a) as f64 / seconds;
+    Rates {
+        packets: per(before.packets, after.packets),
+        bytes: per(before.bytes, after.bytes),
+        connections: per(before.new_flows, after.new_flows),
+    }
+}
+
+fn add(a: Counters, b: Counters) -> Counters {
+    Counters {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+        new_flows: a.new_flows + b.new_flows,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum CounterId {
+    Service(u32),
+    Backend(u32),
+}
+
+#[derive(Default)]
+struct RateTracker {
+    last: Option<(Instant, HashMap<CounterId, Counters>)>,
+    rates: HashMap<CounterId, Rates>,
+}
+
+// ------------------------------------------------------------------------------------------
+// Requests
+// ------------------------------------------------------------------------------------------
+
+/// Why a request failed, with the HTTP status it maps to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlError {
+    /// 404: no such service or backend.
+    NotFound(String),
+    /// 400/422: the request or the new configuration is wrong.
+    Invalid(String),
+    /// 500: the datapath refused an update.
+    Failed(String),
+}
+
+impl fmt::Display for ControlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlError::NotFound(m) | ControlError::Invalid(m) | ControlError::Failed(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+/// A weight as the API reports it after a change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightChange {
+    pub service: String,
+    pub backend: String,
+    pub weight: u32,
+    pub config_weight: u32,
+    pub weight_override: Option<u32>,
+}
+
+/// The answer to a reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub diff: ConfigDiff,
+    /// Runtime weights dropped by the reload, with why.
+    pub dropped_overrides: Vec<String>,
+}
+
+pub enum Request {
+    Snapshot(oneshot::Sender<Snapshot>),
+    Reload(oneshot::Sender<Result<ReloadReport, ControlError>>),
+    /// `weight: None` removes the override (back to the file's weight).
+    SetWeight {
+        service: String,
+        backend: String,
+        weight: Option<u32>,
+        reply: oneshot::Sender<Result<WeightChange, ControlError>>,
+    },
+    /// From health checks; no answer.
+    Health {
+        backend: BackendKey,
+        health: BackendHealth,
+    },
+    Simulate {
+        src: SocketAddr,
+        dst: SocketAddr,
+        proto: u8,
+        reply: oneshot::Sender<Result<SimulateAnswer, ControlError>>,
+    },
+    /// Stops the controller: with `keep_datapath`, pinned links stay attached and the
+    /// maps pinned (the next daemon adopts them); otherwise everything is removed.
+    Stop {
+        keep_datapath: bool,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The sending side, cloned into the API and the signal handler (and health checkers).
+pub type Handle = mpsc::Sender<Request>;
+
+// ------------------------------------------------------------------------------------------
+// The controller
+// ------------------------------------------------------------------------------------------
+
+pub struct Controller {
+    path: PathBuf,
+    /// The configuration as the file says.
+    config: Config,
+    runtime: Runtime,
+    /// What the maps hold.
+    plan: Plan,
+    missing_macs: Vec<IpAddr>,
+    datapath: Datapath,
+    pins: Option<PinDir>,
+    adopted: bool,
+    interfaces: Vec<String>,
+    reloads: Reloads,
+    rates: RateTracker,
+    /// Counts of backends that left the plan (down, removed) and may come back under a
+    /// new id: added to the new id's counts so that their counters never go backwards.
+    retired: HashMap<BackendKey, Counters>,
+    vrrp: VrrpBoard,
+    timings: HealthCheckTimings,
+    ready: Arc<AtomicBool>,
+}
+
+/// What the controller is started with.
+pub struct Start {
+    pub path: PathBuf,
+    pub config: Config,
+    /// Pin the datapath under `/sys/fs/bpf/bascule` (and adopt what is pinned there).
+    pub pinned: bool,
+    pub vrrp: VrrpBoard,
+    pub timings: HealthCheckTimings,
+    pub ready: Arc<AtomicBool>,
+}
+
+impl Controller {
+    /// Loads (or adopts) the datapath, programs it, attaches it.
+    pub fn start(s: Start) -> Result<Controller> {
+        daemon::prepare_interfaces(&s.config)?;
+        let entries = s.config.conntrack.max_entries;
+        let pins = if s.pinned {
+            Some(PinDir::open()?)
+        } else {
+            None
+        };
+        let mut saved = None;
+        if let Some(p) = &pins {
+            saved = adoptable_state(p, entries)?;
+            if saved.is_none() && p.has_pins() {
+                p.clear()?;
+            }
+        }
+        let adopted = saved.is_some();
+        let datapath = match &pins {
+            Some(p) => Datapath::load_pinned(entries, p)?,
+            None => Datapath::load(entries)?,
+        };
+        let mut runtime = Runtime::default();
+        if let Some(state) = &saved {
+            runtime.overrides = state
+                .overrides
+                .iter()
+                .map(|o| {
+                    (
+                        BackendKey {
+                            service: o.service.clone(),
+                            address: o.address,
+                            port: o.port,
+                        },
+                        Override {
+                            weight: o.weight,
+                            config_weight: o.config_weight,
+                        },
+                    )
+                })
+                .collect();
+            let dropped = retain_overrides(&mut runtime.overrides, &s.config);
+            log_dropped_overrides(&dropped);
+        }
+        let previous = saved.as_ref().map(SavedState::id_plan);
+        let mut c = Controller {
+            path: s.path,
+            config: s.config,
+            runtime,
+            plan: previous.clone().unwrap_or_else(empty_plan),
+            missing_macs: Vec::new(),
+            datapath,
+            pins,
+            adopted,
+            interfaces: Vec::new(),
+            reloads: Reloads::default(),
+            rates: RateTracker::default(),
+            retired: HashMap::new(),
+            vrrp: s.vrrp,
+            timings: s.timings,
+            ready: s.ready,
+        };
+        let config = c.config.clone();
+        let next = c.replan(&config, RESOLVE_WAIT_START)?;
+        report_missing(&c.missing_macs);
+        // Fresh maps hold nothing to keep; adopted ones are rewritten whole (same ids,
+        // same tables), then cleaned of what the file no longer has.
+        c.commit(next, previous.is_none())?;
+        if adopted {
+            let (services, backends) = c.datapath.reconcile(&c.plan)?;
+            tracing::info!(
+                stale_services = services,
+                stale_backends = backends,
+                "adopted the pinned datapath: connection table kept"
+            );
+        }
+        for iface in &c.config.node.interfaces {
+            let mode = match iface.xdp_mode {
+                XdpMode::Auto => AttachMode::Auto,
+                XdpMode::Native => AttachMode::Native,
+                XdpMode::Generic => AttachMode::Generic,
+            };
+            c.datapath.attach(&iface.name, mode)?;
+            c.interfaces.push(iface.name.clone());
+        }
+        let keep: Vec<&str> = c.interfaces.iter().map(String::as_str).collect();
+        c.datapath.prune_links(&keep)?;
+        c.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            services = c.plan.services.len(),
+            backends = c.plan.backends.len(),
+            adopted,
+            "bascule ready"
+        );
+        Ok(c)
+    }
+
+    /// Serves requests until `Stop` (or until every sender is gone: a plain stop).
+    pub fn run(mut self, requests: mpsc::Receiver<Request>) {
+        let mut next_refresh = Instant::now() + self.refresh_interval();
+        let mut next_sample = Instant::now();
+        loop {
+            let now = Instant::now();
+            let wake = next_refresh.min(next_sample);
+            match requests.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Request::Stop {
+                    keep_datapath,
+                    reply,
+                }) => {
+                    self.stop(keep_datapath);
+                    let _ = reply.send(());
+                    return;
+                }
+                Ok(request) => self.handle(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.stop(false);
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if now >= next_sample {
+                self.sample_rates();
+                next_sample = now + RATE_INTERVAL;
+            }
+            if now >= next_refresh {
+                self.refresh();
+                next_refresh = Instant::now() + self.refresh_interval();
+            }
+        }
+    }
+
+    fn refresh_interval(&self) -> Duration {
+        if self.missing_macs.is_empty() {
+            REFRESH_EVERY
+        } else {
+            REFRESH_MISSING_EVERY
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+            Request::Reload(reply) => {
+                let _ = reply.send(self.reload());
+            }
+            Request::SetWeight {
+                service,
+                backend,
+                weight,
+                reply,
+            } => {
+                let _ = reply.send(self.set_weight(&service, &backend, weight));
+            }
+            Request::Health { backend, health } => self.set_health(backend, health),
+            Request::Simulate {
+                src,
+                dst,
+                proto,
+                reply,
+            } => {
+                let _ = reply.send(self.simulate(src, dst, proto));
+            }
+            Request::Stop { .. } => unreachable!("handled by run"),
+        }
+    }
+
+    /// The plan for `config` under the current runtime state, ids kept from the plan the
+    /// maps hold.
+    fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
+        let effective = effective_config(config, &self.runtime);
+        let macs: MacTable = netinfo::resolve_macs(&daemon::backend_addresses(&effective), wait)?
+            .into_iter()
+            .collect();
+        self.missing_macs = daemon::missing_dr_macs(&effective, &macs);
+        plan(
+            &effective,
+            &macs,
+            daemon::tunnel_sources(config)?,
+            Some(&self.plan),
+        )
+    }
+
+    /// Writes `next` into the maps (only the difference from what they hold), keeping the
+    /// counters of backends that leave, zeroing those of ids that are new, and saving the
+    /// ids first (a crash after this point restarts with the ids the maps are about to
+    /// hold). `fresh`: the maps are new, every id is new.
+    fn commit(&mut self, next: Plan, fresh: bool) -> Result<()> {
+        let known = |p: &Plan, id: u32| p.backends.iter().any(|b| b.id == id);
+        for gone in self.plan.backends.iter().filter(|b| !known(&next, b.id)) {
+            if let Ok(c) = self.datapath.backend_counters(gone.id) {
+                let key = BackendKey {
+                    service: gone.service.clone(),
+                    address: gone.address,
+                    port: gone.port,
+                };
+                let total = add(self.retired.get(&key).copied().unwrap_or_default(), c);
+                self.retired.insert(key, total);
+            }
+        }
+        let new_services: Vec<u32> = next
+            .services
+            .iter()
+            .map(|s| s.info.id)
+            .filter(|id| fresh || !self.plan.services.iter().any(|p| p.info.id == *id))
+            .collect();
+        let new_backends: Vec<u32> = next
+            .backends
+            .iter()
+            .map(|b| b.id)
+            .filter(|&id| fresh || !known(&self.plan, id))
+            .collect();
+        self.save_state(&next)?;
+        self.datapath
+            .reset_counters(&new_services, &new_backends)
+            .context("cannot reset the counters of new services and backends")?;
+        self.datapath
+            .apply(&next)
+            .context("cannot update the datapath maps")?;
+        self.plan = next;
+        // Counts of backends no longer configured at all are forgotten.
+        let configured: std::collections::HashSet<BackendKey> = backend_keys(&self.config)
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        self.retired.retain(|k, _| configured.contains(k));
+        Ok(())
+    }
+
+    fn save_state(&self, plan: &Plan) -> Result<()> {
+        let Some(pins) = &self.pins else {
+            return Ok(());
+        };
+        let (services, backends) = SavedState::ids_of(plan);
+        let state = SavedState {
+            netns_cookie: pins.netns_cookie(),
+            object_digest: datapath::object_digest(),
+            conntrack_entries: self.config.conntrack.max_entries,
+            services,
+            backends,
+            overrides: self
+                .runtime
+                .overrides
+                .iter()
+                .map(|(k, o)| SavedOverride {
+                    service: k.service.clone(),
+                    address: k.address,
+                    port: k.port,
+                    weight: o.weight,
+                    config_weight: o.config_weight,
+                })
+                .collect(),
+        };
+        pins.write_state(&state)
+    }
+
+    /// Re-plans the current config (MACs may have changed) and applies any difference.
+    fn refresh(&mut self) {
+        let before = self.missing_macs.len();
+        let config = self.config.clone();
+        let result = self
+            .replan(&config, Duration::ZERO)
+            .and_then(|next| self.commit(next, false));
+        match result {
+            Ok(()) if self.missing_macs.len() < before => tracing::info!(
+                "learnt MAC addresses of {} backend(s)",
+                before - self.missing_macs.len()
+            ),
+            Ok(()) => {}
+            Err(e) => tracing::error!("cannot refresh the datapath: {e:#}"),
+        }
+    }
+
+    fn reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let result = self.try_reload();
+        match &result {
+            Ok(report) => {
+                self.reloads.ok += 1;
+                self.reloads.last_error = None;
+                tracing::info!(file = %self.path.display(), "configuration reloaded: {}", report.diff);
+            }
+            Err(e) => {
+                self.reloads.error += 1;
+                self.reloads.last_error = Some(e.to_string());
+                tracing::error!(file = %self.path.display(), "reload refused, the running configuration stays: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let new =
+            daemon::load_config(&self.path).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        let host = netinfo::host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        let restart = restart_only_changes(&self.config, &new);
+        if !restart.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "{}: {} settings change only with a restart (the running configuration stays)",
+                self.path.display(),
+                restart.join(", ")
+            )));
+        }
+        let diff = diff(&self.config, &new);
+        let gone: Vec<BackendKey> = {
+            let kept: std::collections::HashSet<BackendKey> =
+                backend_keys(&new).into_iter().map(|(k, _)| k).collect();
+            backend_keys(&self.config)
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !kept.contains(k))
+                .collect()
+        };
+        daemon::prepare_interfaces(&new).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        let mut overrides = self.runtime.overrides.clone();
+        let dropped = retain_overrides(&mut overrides, &new);
+        let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
+        let result = self.replan(&new, RESOLVE_WAIT_CHANGE).and_then(|next| {
+            let old = std::mem::replace(&mut self.config, new);
+            self.commit(next, false).inspect_err(|_| self.config = old)
+        });
+        if let Err(e) = result {
+            self.runtime.overrides = previous_overrides;
+            return Err(ControlError::Failed(format!("{e:#}")));
+        }
+        log_dropped_overrides(&dropped);
+        report_missing(&self.missing_macs);
+        for k in gone {
+            self.timings.remove(&k.service, &k.label());
+            self.runtime.health.remove(&k);
+        }
+        Ok(ReloadReport {
+            diff,
+            dropped_overrides: dropped
+                .iter()
+                .map(|(k, why)| format!("{k}: {why}"))
+                .collect(),
+        })
+    }
+
+    fn set_weight(
+        &mut self,
+        service: &str,
+        backend: &str,
+        weight: Option<u32>,
+    ) -> Result<WeightChange, ControlError> {
+        let key = find_backend(&self.config, service, backend)?;
+        if let Some(w) = weight {
+            if w > 65535 {
+                return Err(ControlError::Invalid(format!(
+                    "weight {w} is out of range, expected 0..=65535"
+                )));
+            }
+        }
+        let config_weight = backend_keys(&self.config)
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map_or(0, |(_, w)| w);
+        let before = self.runtime.overrides.get(&key).copied();
+        match weight {
+            Some(w) => {
+                self.runtime.overrides.insert(
+                    key.clone(),
+                    Override {
+                        weight: w,
+                        config_weight,
+                    },
+                );
+            }
+            None => {
+                self.runtime.overrides.remove(&key);
+            }
+        }
+        let config = self.config.clone();
+        let result = self
+            .replan(&config, RESOLVE_WAIT_CHANGE)
+            .and_then(|next| self.commit(next, false));
+        if let Err(e) = result {
+            match before {
+                Some(o) => self.runtime.overrides.insert(key.clone(), o),
+                None => self.runtime.overrides.remove(&key),
+            };
+            return Err(ControlError::Failed(format!("{e:#}")));
+        }
+        let inhibit = self.inhibit_on_failure(&key.service);
+        let effective = effective_weight(config_weight, &key, inhibit, &self.runtime).unwrap_or(0);
+        tracing::info!(
+            backend = %key,
+            weight = effective,
+            config_weight,
+            "backend weight {}",
+            match weight {
+                Some(0) => "set to 0 at runtime (drained: no new flows, established ones stay)".to_string(),
+                Some(w) => format!("set to {w} at runtime"),
+                None => "reset to the configuration's".to_string(),
+            }
+        );
+        Ok(WeightChange {
+            service: key.service.clone(),
+            backend: key.label(),
+            weight: effective,
+            config_weight,
+            weight_override: weight,
+        })
+    }
+
+    fn inhibit_on_failure(&self, service: &str) -> bool {
+        self.config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .and_then(|s| s.health_check.as_ref())
+            .is_some_and(|h| h.inhibit_on_failure)
+    }
+
+    fn set_health(&mut self, backend: BackendKey, health: BackendHealth) {
+        let before = self.runtime.health.get(&backend).copied();
+        if before == Some(health) {
+            return;
+        }
+        let was_up = before.is_none_or(|h| h.health.is_up());
+        self.runtime.health.insert(backend.clone(), health);
+        if was_up != health.health.is_up() {
+            let state = if health.health.is_up() { "up" } else { "down" };
+            tracing::info!(backend = %backend, "backend {state}");
+        }
+        let config = self.config.clone();
+        if let Err(e) = self
+            .replan(&config, RESOLVE_WAIT_CHANGE)
+            .and_then(|next| self.commit(next, false))
+        {
+            tracing::error!(backend = %backend, "cannot apply a health change: {e:#}");
+        }
+    }
+
+    fn simulate(
+        &mut self,
+        src: SocketAddr,
+        dst: SocketAddr,
+        proto: u8,
+    ) -> Result<SimulateAnswer, ControlError> {
+        if src.is_ipv4() != dst.is_ipv4() {
+            return Err(ControlError::Invalid(format!(
+                "{src} and {dst} are of different address families"
+            )));
+        }
+        let flow = FlowKey::new(src, dst, proto);
+        let entry = self.datapath.conntrack_lookup(&flow).map_err(|e| {
+            ControlError::Failed(format!("cannot read the connection table: {e:#}"))
+        })?;
+        Ok(simulate(&self.plan, &self.config, &flow, entry))
+    }
+
+    fn sample_rates(&mut self) {
+        let mut now = HashMap::new();
+        for s in &self.plan.services {
+            if let Ok(c) = self.datapath.service_counters(s.info.id) {
+                now.insert(CounterId::Service(s.info.id), c);
+            }
+        }
+        for b in &self.plan.backends {
+            if let Ok(c) = self.datapath.backend_counters(b.id) {
+                now.insert(CounterId::Backend(b.id), c);
+            }
+        }
+        let t = Instant::now();
+        if let Some((then, before)) = &self.rates.last {
+            let secs = t.duration_since(*then).as_secs_f64();
+            self.rates.rates = now
+                .iter()
+                .map(|(id, c)| {
+                    let r = before
+                        .get(id)
+                        .map_or_else(Rates::default, |b| rates(*b, *c, secs));
+                    (*id, r)
+                })
+                .collect();
+        }
+        self.rates.last = Some((t, now));
+    }
+
+    /// Everything `bascule status` and `/metrics` show, read now.
+    fn snapshot(&mut self) -> Snapshot {
+        let (entries, per_backend) = self.datapath.conntrack_by_backend().unwrap_or_default();
+        let mut services = Vec::new();
+        for svc in &self.config.services {
+            let planned = self.plan.services.iter().find(|p| p.name == svc.name);
+            let counters = planned
+                .and_then(|p| self.datapath.service_counters(p.info.id).ok())
+                .unwrap_or_default();
+            let rates = planned
+                .and_then(|p| self.rates.rates.get(&CounterId::Service(p.info.id)))
+                .copied()
+                .unwrap_or_default();
+            let inhibit = svc
+                .health_check
+                .as_ref()
+                .is_some_and(|h| h.inhibit_on_failure);
+            let mut backends = Vec::new();
+            for b in &svc.backends {
+                let key = BackendKey {
+                    service: svc.name.clone(),
+                    address: b.address,
+                    port: b.effective_port(svc),
+                };
+                let planned_b = self.plan.backends.iter().find(|p| {
+                    p.service == key.service && p.address == key.address && p.port == key.port
+                });
+                let current = planned_b
+                    .and_then(|p| self.datapath.backend_counters(p.id).ok())
+                    .unwrap_or_default();
+                let c = add(self.retired.get(&key).copied().unwrap_or_default(), current);
+                let health = self
+                    .runtime
+                    .health
+                    .get(&key)
+                    .map_or(Health::Unchecked, |h| h.health);
+                backends.push(BackendStatus {
+                    address: b.address,
+                    port: key.port,
+                    label: key.label(),
+                    forwarding: b.effective_forwarding(svc).to_string(),
+                    weight: effective_weight(b.weight, &key, inhibit, &self.runtime).unwrap_or(0),
+                    config_weight: b.weight,
+                    weight_override: self.runtime.overrides.get(&key).map(|o| o.weight),
+                    health,
+                    active: planned_b.is_some_and(|p| p.info.flags & BACKEND_ACTIVE != 0),
+                    active_connections: planned_b
+                        .and_then(|p| per_backend.get(&p.id))
+                        .copied()
+                        .unwrap_or(0),
+                    connections: c.new_flows,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    rates: planned_b
+                        .and_then(|p| self.rates.rates.get(&CounterId::Backend(p.id)))
+                        .copied()
+                        .unwrap_or_default(),
+                });
+            }
+            services.push(ServiceStatus {
+                name: svc.name.clone(),
+                vip: svc.vip,
+                port: svc.port,
+                protocol: svc.protocol.to_string(),
+                scheduler: svc.scheduler.to_string(),
+                forwarding: svc.forwarding.to_string(),
+                persistence: crate::config::format_duration(svc.persistence),
+                packets: counters.packets,
+                bytes: counters.bytes,
+                connections: counters.new_flows,
+                rates,
+                backends,
+            });
+        }
+        let mut datapath = DatapathStats {
+            interfaces: self.interfaces.clone(),
+            adopted: self.adopted,
+            conntrack_entries: entries,
+            conntrack_capacity: self.config.conntrack.max_entries.max(1024),
+            ..Default::default()
+        };
+        if let Ok(actions) = self.datapath.actions() {
+            for (name, v) in lb_common::XDP_ACTION_NAMES.iter().zip(actions) {
+                datapath.actions.insert(name.to_string(), v);
+            }
+        }
+        if let Ok(reasons) = self.datapath.reasons() {
+            for (name, dropped) in lb_common::REASON_NAMES {
+                let v = reasons.get(name).copied().unwrap_or(0);
+                if dropped {
+                    datapath.drops.insert(name.to_string(), v);
+                } else {
+                    datapath.passes.insert(name.to_string(), v);
+                }
+            }
+        }
+        // Every scheduled flow was a miss; the services' counts hold them all.
+        datapath.conntrack_misses = self
+            .plan
+            .services
+            .iter()
+            .filter_map(|s| self.datapath.service_counters(s.info.id).ok())
+            .map(|c| c.new_flows)
+            .sum();
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_file: self.path.display().to_string(),
+            ready: self.ready.load(Ordering::SeqCst),
+            reloads: self.reloads.clone(),
+            services,
+            datapath,
+            vrrp: self.vrrp.read().map(|v| v.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn stop(&mut self, keep_datapath: bool) {
+        self.ready.store(false, Ordering::SeqCst);
+        if keep_datapath && self.pins.is_some() {
+            let kept = self.datapath.keep_attached();
+            tracing::info!(
+                interfaces = ?kept,
+                "stopping; the datapath keeps forwarding (pinned), the next `bascule run` adopts it"
+            );
+            return;
+        }
+        tracing::info!("stopping; removing the datapath");
+        self.datapath.detach_all();
+        if let Some(pins) = self.pins.take() {
+            if let Err(e) = pins.remove() {
+                tracing::warn!("cannot remove the pinned state: {e:#}");
+            }
+        }
+    }
+}
+
+fn empty_plan() -> Plan {
+    Plan {
+        settings: Default::default(),
+        services: Vec::new(),
+        backends: Vec::new(),
+    }
+}
+
+/// The saved state, if what is pinned can be adopted: it was written in this very network
+/// namespace, for the same connection-table size, and every pinned map has the layout this
+/// build expects. Otherwise says why it starts over.
+fn adoptable_state(pins: &PinDir, conntrack_entries: u32) -> Result<Option<SavedState>> {
+    if !pins.has_pins() {
+        return Ok(None);
+    }
+    let why = match pins.read_state() {
+        None => "no readable state file".to_string(),
+        Some(s) if s.netns_cookie != pins.netns_cookie() => {
+            "it was left by a network namespace that no longer exists".to_string()
+        }
+        Some(s) if s.conntrack_entries != conntrack_entries => format!(
+            "conntrack.max_entries changed from {} to {conntrack_entries}",
+            s.conntrack_entries
+        ),
+        Some(s) => {
+            let mismatch = datapath::pinned_maps_mismatch(conntrack_entries, pins)?;
+            if mismatch.is_empty() {
+                tracing::info!(dir = %pins.root().display(), "adopting the pinned datapath");
+                return Ok(Some(s));
+            }
+            format!("its maps differ from this build's: {}", mismatch.join("; "))
+        }
+    };
+    tracing::warn!(
+        dir = %pins.root().display(),
+        "not adopting the pinned datapath ({why}): starting over, established flows will be rescheduled"
+    );
+    Ok(None)
+}
+
+/// Host checks of a config, as one error listing every problem.
+pub fn check_host(config: &Config, host: &HostFacts) -> Result<()> {
+    let errors = config.check_host(host);
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    bail!("{}", lines.join("\n"))
+}
+
+fn log_dropped_overrides(dropped: &[(BackendKey, String)]) {
+    for (k, why) in dropped {
+        tracing::info!(backend = %k, "runtime weight dropped: {why}");
+    }
+}
+
+fn report_missing(missing: &[IpAddr]) {
+    for a in missing {
+        tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::TunnelSources;
+
+    const YAML: &str = "node:
+  interfaces: [{name: eth0}]
+services:
+  - name: a
+    vip: 10.0.0.1
+    port: 80
+    forwarding: tun
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+        weight: 2
+  - name: b
+    vip: 10.0.0.2
+    port: 0
+    forwarding: tun
+    health_check: {type: tcp, port: 80, inhibit_on_failure: true}
+    backends:
+      - address: 10.0.0.13
+";
+
+    fn config() -> Config {
+        Config::parse(YAML, "t.yaml").unwrap()
+    }
+
+    fn key(service: &str, addr: &str, port: u16) -> BackendKey {
+        BackendKey {
+            service: service.into(),
+            address: addr.parse().unwrap(),
+            port,
+        }
+    }
+
+    fn weights(c: &Config) -> Vec<(String, String, u32)> {
+        c.services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(move |b| (s.name.clone(), b.address.to_string(), b.weight))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overrides_and_health_shape_the_effective_config() {
+        let c = config();
+        let mut rt = Runtime::default();
+        assert_eq!(effective_config(&c, &rt), c);
+        rt.overrides.insert(
+            key("a", "10.0.0.12", 80),
+            Override {
+                weight: 0,
+                config_weight: 2,
+            },
+        );
+        // Down without inhibit: removed. Down with inhibit: weight 0.
+        rt.health.insert(
+            key("a", "10.0.0.11", 80),
+            BackendHealth {
+                health: Health::Down,
+                weight: None,
+            },
+        );
+        rt.health.insert(
+            key("b", "10.0.0.13", 0),
+            BackendHealth {
+                health: Health::Down,
+                weight: None,
+            },
+        );
+        assert_eq!(
+            weights(&effective_config(&c, &rt)),
+            vec![
+                ("a".into(), "10.0.0.12".into(), 0),
+                ("b".into(), "10.0.0.13".into(), 0)
+            ]
+        );
+        // A dynamic weight applies when up, but an operator's override wins.
+        rt.health.insert(
+            key("a", "10.0.0.11", 80),
+            BackendHealth {
+                health: Health::Up,
+                weight: Some(7),
+            },
+        );
+        rt.health.insert(
+            key("a", "10.0.0.12", 80),
+            BackendHealth {
+                health: Health::Up,
+                weight: Some(9),
+            },
+        );
+        assert_eq!(
+            weights(&effective_config(&c, &rt))[..2],
+            [
+                ("a".into(), "10.0.0.11".into(), 7),
+                ("a".into(), "10.0.0.12".into(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn overrides_survive_only_unchanged_backends() {
+        let mut o = Overrides::new();
+        let ov = |w, c| Override {
+            weight: w,
+            config_weight: c,
+        };
+        o.insert(key("a", "10.0.0.11", 80), ov(0, 1));
+        o.insert(key("a", "10.0.0.12", 80), ov(5, 2));
+        o.insert(key("b", "10.0.0.13", 0), ov(3, 1));
+        let new = YAML
+            .replace("        weight: 2\n", "        weight: 4\n")
+            .replace(
+                "      - address: 10.0.0.13\n",
+                "      - address: 10.0.0.14\n",
+            );
+        let dropped = retain_overrides(&mut o, &Config::parse(&new, "t.yaml").unwrap());
+        assert_eq!(
+            o.keys().cloned().collect::<Vec<_>>(),
+            vec![key("a", "10.0.0.11", 80)]
+        );
+        let why: Vec<String> = dropped.iter().map(|(k, w)| format!("{k}: {w}")).collect();
+        assert_eq!(
+            why,
+            vec![
+                "a/10.0.0.12:80: the file changed its weight from 2 to 4",
+                "b/10.0.0.13: the backend left the configuration",
+            ]
+        );
+    }
+
+    #[test]
+    fn backends_found_by_what_operators_type() {
+        let c = config();
+        assert_eq!(
+            find_backend(&c, "a", "10.0.0.11"),
+            Ok(key("a", "10.0.0.11", 80))
+        );
+        assert_eq!(
+            find_backend(&c, "a", "10.0.0.12:80"),
+            Ok(key("a", "10.0.0.12", 80))
+        );
+        assert_eq!(
+            find_backend(&c, "a", "10.0.0.12:81"),
+            Err(ControlError::NotFound(
+                "service \"a\" has no backend 10.0.0.12:81 (backends: 10.0.0.11:80, 10.0.0.12:80)"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            find_backend(&c, "z", "10.0.0.11"),
+            Err(ControlError::NotFound(
+                "no service \"z\" (services: a, b)".into()
+            ))
+        );
+        assert!(matches!(
+            find_backend(&c, "a", "ten"),
+            Err(ControlError::Invalid(_))
+        ));
+        let v6 = Config::parse(
+            "node:\n  interfaces: [{name: eth0}]\nservices:\n  - name: six\n    vip: fd00::1\n    port: 443\n    backends: [{address: fd00::11}]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            find_backend(&v6, "six", "[fd00::11]:443"),
+            Ok(key("six", "fd00::11", 443))
+        );
+        assert_eq!(
+            find_backend(&v6, "six", "fd00::11"),
+            Ok(key("six", "fd00::11", 443))
+        );
+    }
+
+    #[test]
+    fn diff_by_service_name() {
+        let old = config();
+        let new = Config::parse(
+            &YAML
+                .replace("  - name: b\n", "  - name: c\n")
+                .replace("        weight: 2\n", "        weight: 3\n"),
+            "t.yaml",
+        )
+        .unwrap();
+        let d = diff(&old, &new);
+        assert_eq!(
+            d.to_string(),
+            "services added: c; removed: b; changed: a; unchanged: 0"
+        );
+        assert_eq!(
+            diff(&old, &old).to_string(),
+            "services added: none; removed: none; changed: none; unchanged: 2"
+        );
+        let mut moved = old.clone();
+        moved.node.interfaces[0].name = "eth1".into();
+        moved.conntrack.max_entries = 5;
+        assert_eq!(
+            restart_only_changes(&old, &moved),
+            vec!["node", "conntrack"]
+        );
+    }
+
+    #[test]
+    fn simulate_explains_conntrack_and_scheduler_choices() {
+        let c = config();
+        let p = plan(&c, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let flow = FlowKey::new(
+            "10.9.0.1:40000".parse().unwrap(),
+            "10.0.0.1:80".parse().unwrap(),
+            lb_common::IPPROTO_TCP,
+        );
+        let (_, predicted) = crate::plan::predict(&p, &flow).unwrap();
+        let by_id = |id: u32| p.backends.iter().find(|b| b.id == id).unwrap();
+        let new = simulate(&p, &c, &flow, None);
+        assert_eq!(new.reason, "scheduler");
+        assert_eq!(new.address, Some(by_id(predicted).address));
+        assert!(
+            new.explanation
+                .starts_with("new flow of service a: mh hash 0x"),
+            "{}",
+            new.explanation
+        );
+        // An entry for another backend of the service wins while that backend is active.
+        let other = p
+            .backends
+            .iter()
+            .find(|b| b.service == "a" && b.id != predicted)
+            .unwrap();
+        let hit = simulate(
+            &p,
+            &c,
+            &flow,
+            Some(FlowState {
+                backend: other.id,
+                service: p.services[0].info.id,
+            }),
+        );
+        assert_eq!(hit.reason, "conntrack");
+        assert_eq!(hit.backend, Some(format!("{}:80", other.address)));
+        assert_eq!(
+            hit.explanation,
+            format!(
+                "conntrack hit: established flow of service a -> backend {}:80",
+                other.address
+            )
+        );
+        // An entry of another service (a VIP reused) does not count.
+        let foreign = simulate(
+            &p,
+            &c,
+            &flow,
+            Some(FlowState {
+                backend: other.id,
+                service: 99,
+            }),
+        );
+        assert_eq!(foreign.reason, "scheduler");
+        let nothing = simulate(
+            &p,
+            &c,
+            &FlowKey::new(
+                "10.9.0.1:40000".parse().unwrap(),
+                "10.0.0.3:80".parse().unwrap(),
+                lb_common::IPPROTO_TCP,
+            ),
+            None,
+        );
+        assert_eq!(nothing.reason, "no_service");
+        // The all-ports service answers any port.
+        let any = simulate(
+            &p,
+            &c,
+            &FlowKey::new(
+                "10.9.0.1:40000".parse().unwrap(),
+                "10.0.0.2:5353".parse().unwrap(),
+                lb_common::IPPROTO_TCP,
+            ),
+            None,
+        );
+        assert_eq!(any.backend.as_deref(), Some("10.0.0.13"));
+    }
+
+    #[test]
+    fn rates_per_second() {
+        let c = |p, b, n| Counters {
+            packets: p,
+            bytes: b,
+            new_flows: n,
+        };
+        let r = rates(c(10, 1000, 1), c(30, 5000, 5), 2.0);
+        assert_eq!(
+            r,
+            Rates {
+                packets: 10.0,
+                bytes: 2000.0,
+                connections: 2.0
+            }
+        );
+        // A reset counter gives 0, not a negative rate.
+        assert_eq!(rates(c(30, 5000, 5), c(1, 1, 1), 2.0).packets, 0.0);
+    }
+}
