@@ -115,7 +115,8 @@ pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Every interface of the node with its global addresses, for `Config::check_host`.
+/// Every interface of the node with its global (non-loopback) addresses, for
+/// `Config::check_host`.
 pub fn host_facts() -> Result<crate::config::HostFacts> {
     let v = ip_json(&["addr", "show"])?;
     let mut facts = crate::config::HostFacts::default();
@@ -129,6 +130,7 @@ pub fn host_facts() -> Result<crate::config::HostFacts> {
             .flatten()
             .filter(|a| a["scope"] == "global" || a["scope"] == "host")
             .filter_map(|a| a["local"].as_str()?.parse::<IpAddr>().ok())
+            .filter(|a| !a.is_loopback())
             .collect();
         facts.interfaces.insert(name.to_string(), addrs);
     }
