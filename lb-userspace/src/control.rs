@@ -618,6 +618,33 @@ pub struct Controller {
     vrrp: VrrpBoard,
     timings: HealthCheckTimings,
     ready: Arc<AtomicBool>,
+    active: ActiveCount,
+}
+
+/// Connection-table entries per backend. Counting walks the whole table (two syscalls an
+/// entry), so a count is reused for ten times as long as it took: a small table is counted
+/// at every scrape, a table of a million entries at most every ten seconds or so.
+#[derive(Default)]
+struct ActiveCount {
+    at: Option<Instant>,
+    cost: Duration,
+    total: u64,
+    per_backend: HashMap<u32, u64>,
+}
+
+impl ActiveCount {
+    fn get(&mut self, datapath: &mut Datapath) -> (u64, &HashMap<u32, u64>) {
+        let fresh = self.at.is_some_and(|at| at.elapsed() < self.cost * 10);
+        if !fresh {
+            let started = Instant::now();
+            let (total, per) = datapath.conntrack_by_backend().unwrap_or_default();
+            self.cost = started.elapsed();
+            self.at = Some(Instant::now());
+            self.total = total;
+            self.per_backend = per;
+        }
+        (self.total, &self.per_backend)
+    }
 }
 
 /// What the controller is started with.
@@ -692,40 +719,56 @@ impl Controller {
             vrrp: s.vrrp,
             timings: s.timings,
             ready: s.ready,
+            active: ActiveCount::default(),
         };
-        let config = c.config.clone();
-        let next = c.replan(&config, RESOLVE_WAIT_START)?;
-        report_missing(&c.missing_macs);
+        if let Err(e) = c.bring_up(previous.is_none()) {
+            // A datapath adopted from a previous daemon was forwarding before: leave it so.
+            // One made by this start goes, rather than forward half-configured.
+            if c.adopted {
+                c.datapath.keep_attached();
+            } else {
+                c.stop(false);
+            }
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// Plans, programs the maps, attaches to every interface. `fresh`: the maps are new.
+    fn bring_up(&mut self, fresh: bool) -> Result<()> {
+        let config = self.config.clone();
+        let next = self.replan(&config, RESOLVE_WAIT_START)?;
+        report_missing(&self.missing_macs);
         // Fresh maps hold nothing to keep; adopted ones are rewritten whole (same ids,
         // same tables), then cleaned of what the file no longer has.
-        c.commit(next, previous.is_none())?;
-        if adopted {
-            let (services, backends) = c.datapath.reconcile(&c.plan)?;
+        self.commit(next, fresh)?;
+        if self.adopted {
+            let (services, backends) = self.datapath.reconcile(&self.plan)?;
             tracing::info!(
                 stale_services = services,
                 stale_backends = backends,
                 "adopted the pinned datapath: connection table kept"
             );
         }
-        for iface in &c.config.node.interfaces {
+        for iface in &config.node.interfaces {
             let mode = match iface.xdp_mode {
                 XdpMode::Auto => AttachMode::Auto,
                 XdpMode::Native => AttachMode::Native,
                 XdpMode::Generic => AttachMode::Generic,
             };
-            c.datapath.attach(&iface.name, mode)?;
-            c.interfaces.push(iface.name.clone());
+            self.datapath.attach(&iface.name, mode)?;
+            self.interfaces.push(iface.name.clone());
         }
-        let keep: Vec<&str> = c.interfaces.iter().map(String::as_str).collect();
-        c.datapath.prune_links(&keep)?;
-        c.ready.store(true, Ordering::SeqCst);
+        let keep: Vec<&str> = self.interfaces.iter().map(String::as_str).collect();
+        self.datapath.prune_links(&keep)?;
+        self.ready.store(true, Ordering::SeqCst);
         tracing::info!(
-            services = c.plan.services.len(),
-            backends = c.plan.backends.len(),
-            adopted,
+            services = self.plan.services.len(),
+            backends = self.plan.backends.len(),
+            adopted = self.adopted,
             "bascule ready"
         );
-        Ok(c)
+        Ok(())
     }
 
     /// Serves requests until `Stop` (or until every sender is gone: a plain stop).
@@ -1116,7 +1159,10 @@ impl Controller {
 
     /// Everything `bascule status` and `/metrics` show, read now.
     fn snapshot(&mut self) -> Snapshot {
-        let (entries, per_backend) = self.datapath.conntrack_by_backend().unwrap_or_default();
+        let (entries, per_backend) = {
+            let (total, per) = self.active.get(&mut self.datapath);
+            (total, per.clone())
+        };
         let mut services = Vec::new();
         for svc in &self.config.services {
             let planned = self.plan.services.iter().find(|p| p.name == svc.name);

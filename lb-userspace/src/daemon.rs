@@ -142,11 +142,14 @@ async fn serve(
     let timings = HealthCheckTimings::default();
     let (requests, inbox) = mpsc::channel();
     let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
+    // Where VRRP instances will publish their state (see ARCHITECTURE.md, seams); health
+    // checkers will get a clone of `requests`.
+    let vrrp = VrrpBoard::default();
     let start = control::Start {
         path,
         config,
         pinned: true,
-        vrrp: VrrpBoard::default(),
+        vrrp: vrrp.clone(),
         timings: timings.clone(),
         ready: ready.clone(),
     };

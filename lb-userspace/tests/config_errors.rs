@@ -113,5 +113,8 @@ fn deploy_examples_are_valid() {
         seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     seen.sort();
-    assert_eq!(seen, ["demo.yaml", "dr.yaml", "local.yaml", "nat.yaml", "tun.yaml"]);
+    assert_eq!(
+        seen,
+        ["demo.yaml", "dr.yaml", "local.yaml", "nat.yaml", "tun.yaml"]
+    );
 }

@@ -87,7 +87,13 @@ fn snapshot() -> Snapshot {
         backends: vec![unresolved],
     };
     let mut actions = BTreeMap::new();
-    for (k, v) in [("tx", 2_624_000), ("pass", 5_310), ("drop", 3), ("aborted", 0), ("redirect", 0)] {
+    for (k, v) in [
+        ("tx", 2_624_000),
+        ("pass", 5_310),
+        ("drop", 3),
+        ("aborted", 0),
+        ("redirect", 0),
+    ] {
         actions.insert(k.to_string(), v);
     }
     Snapshot {
