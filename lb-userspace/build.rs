@@ -1,22 +1,75 @@
-//! Builds the eBPF programs (crate `lb-ebpf`, nightly, bpf-linker) and leaves the objects
-//! in OUT_DIR, where `src/datapath.rs` embeds them: one binary is the whole product.
+//! Builds the eBPF programs (crate `lb-ebpf`, nightly, bpf-linker) into OUT_DIR, where
+//! `src/datapath.rs` embeds them: one binary is the whole product.
+//!
+//! Written out instead of calling aya-build so that the eBPF crate is built for BPF ISA
+//! v3 (`-C target-cpu=v3`: 32-bit jumps and ALU, atomics; every kernel with `bpf_loop`
+//! has it), which aya-build's fixed rustflags do not allow.
 
-use std::{path::Path, process::Command};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     check_prerequisites();
-    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
-    let root = Path::new(&manifest).join("../lb-ebpf");
-    let root = root.to_str().expect("utf-8 path");
-    println!("cargo:rerun-if-changed=../lb-common/src");
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "lb-ebpf",
-            root_dir: root,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Nightly,
-    )
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace = manifest.parent().expect("workspace root").to_path_buf();
+    for dir in [
+        "lb-ebpf/src",
+        "lb-ebpf/Cargo.toml",
+        "lb-common/src",
+        "lb-common/Cargo.toml",
+    ] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let target_dir = out.join("ebpf-target");
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("CARGO_CFG_TARGET_ARCH");
+    let rustflags = [
+        format!("--cfg=bpf_target_arch=\"{arch}\""),
+        "-Cdebuginfo=2".into(),
+        "-Clink-arg=--btf".into(),
+        "-Ctarget-cpu=v3".into(),
+    ]
+    .join("\x1f");
+    let mut cmd = Command::new("rustup");
+    cmd.args([
+        "run",
+        "nightly",
+        "cargo",
+        "build",
+        "--package",
+        "lb-ebpf",
+        "--bins",
+        "--release",
+    ])
+    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+    .arg("--target-dir")
+    .arg(&target_dir)
+    .current_dir(&workspace)
+    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(key);
+    }
+    let status = cmd
+        .status()
+        .expect("cannot run `rustup run nightly cargo`: run `cargo xtask setup`");
+    if !status.success() {
+        eprintln!("error: building the eBPF programs (lb-ebpf) failed, see above");
+        std::process::exit(1);
+    }
+    for bin in ["lb-ebpf", "lb-decap"] {
+        let built = target_dir.join("bpfel-unknown-none/release").join(bin);
+        std::fs::copy(&built, out.join(bin))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
 }
 
 /// Fails with one line naming the fix when the eBPF toolchain is incomplete.

@@ -53,3 +53,14 @@ pub fn ports_word(sport_be: u16, dport_be: u16) -> u32 {
     let d = dport_be.to_ne_bytes();
     u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
 }
+
+/// Hash of one address (sh: the source, dh: the destination).
+#[inline(always)]
+pub fn addr_hash(addr: &[u32; 4]) -> u32 {
+    let mut h = SEED;
+    h = mix(h, addr[0]);
+    h = mix(h, addr[1]);
+    h = mix(h, addr[2]);
+    h = mix(h, addr[3]);
+    finish(h ^ 16)
+}

@@ -15,7 +15,7 @@ pub mod maglev;
 pub const MAX_SERVICES: u32 = 1024;
 /// Size of the backend array: every backend of every service has one slot.
 pub const MAX_BACKENDS: u32 = 65536;
-/// Entries of each service's Maglev lookup table (inner map). A prime, so that every
+/// Entries of each service's lookup table (inner map): the Maglev table for mh. A prime, so that every
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
@@ -38,9 +38,37 @@ pub const IPPROTO_IPV6: u8 = 41;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// How a backend receives the packets of its flows.
+/// How a backend receives the packets of its flows (ipvsadm's -g, -i, -m, and "local").
 pub const FORWARD_DR: u8 = 1;
 pub const FORWARD_TUN: u8 = 2;
+pub const FORWARD_NAT: u8 = 3;
+/// The LB node itself serves the flow: the packet goes up its own stack.
+pub const FORWARD_LOCAL: u8 = 4;
+
+/// Schedulers (`ServiceInfo::scheduler`). Table schedulers (mh, sh, dh) index a table of
+/// `table_size` slots by a hash; list schedulers (rr, wrr) step a shared cursor through a
+/// list or precomputed cycle; load schedulers (lc, wlc, sed, nq, lblc, lblcr) scan the
+/// service's backend list and compare active-connection counts.
+pub const SCHED_MH: u8 = 0;
+pub const SCHED_RR: u8 = 1;
+pub const SCHED_WRR: u8 = 2;
+pub const SCHED_LC: u8 = 3;
+pub const SCHED_WLC: u8 = 4;
+pub const SCHED_LBLC: u8 = 5;
+pub const SCHED_LBLCR: u8 = 6;
+pub const SCHED_DH: u8 = 7;
+pub const SCHED_SH: u8 = 8;
+pub const SCHED_SED: u8 = 9;
+pub const SCHED_NQ: u8 = 10;
+
+/// Most backends a load scheduler (lc, wlc, sed, nq, lblc, lblcr) compares: the datapath
+/// scans at most this many entries of the service's list (a bounded loop for the verifier).
+pub const MAX_SCAN_BACKENDS: u32 = 64;
+/// Members of an lblcr destination's server set.
+pub const LBLCR_SET_SIZE: usize = 4;
+/// Table slots for sh and dh (a prime, like Maglev's): weighted buckets, as IPVS's
+/// 256-bucket tables but larger so weights are honoured finely.
+pub const HASH_TABLE_SIZE: u32 = 65537;
 
 /// `BackendInfo::flags`: the backend takes flows. Cleared when it is removed, so
 /// established flows pinned to it are rescheduled.
@@ -60,10 +88,16 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceInfo {
-    /// Index into the Maglev array-of-maps and the per-service counters.
+    /// Index into the lookup-table array-of-maps and the per-service counters.
     pub id: u32,
-    /// Entries of this service's Maglev table actually used (a prime <= MAGLEV_TABLE_SIZE).
+    /// Entries of this service's lookup table in use: the prime table size for mh/sh/dh,
+    /// the number of listed backends for rr and the load schedulers, the cycle length for wrr.
     pub table_size: u32,
+    /// Client-IP affinity (ipvsadm -p), in seconds; 0 = off.
+    pub persistence_secs: u32,
+    /// SCHED_*.
+    pub scheduler: u8,
+    pub _pad: [u8; 3],
 }
 
 #[repr(C)]
@@ -73,11 +107,15 @@ pub struct BackendInfo {
     /// Destination MAC for `dr`.
     pub mac: [u8; 6],
     pub family: u8,
-    /// FORWARD_DR or FORWARD_TUN.
+    /// FORWARD_*.
     pub forward: u8,
     /// BACKEND_* bits.
     pub flags: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// `nat`: the port to rewrite the destination port to (network order); 0 keeps it.
+    pub port: u16,
+    /// The scheduler weight (load schedulers compare connections per weight).
+    pub weight: u32,
 }
 
 /// Connection-table key: the flow's 5-tuple as the client sent it.
@@ -99,6 +137,110 @@ pub struct FlowKey {
 pub struct FlowState {
     pub backend: u32,
     pub service: u32,
+    /// `bpf_ktime_get_ns()` of the last packet, refreshed at most every
+    /// `TOUCH_INTERVAL_NS` to keep the per-packet cost low.
+    pub last_seen: u64,
+    /// FLOW_* bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// `FlowState::flags`: the flow counts in its backend's active connections (cleared when a
+/// FIN or RST is seen, so it is subtracted once).
+pub const FLOW_ACTIVE: u32 = 1;
+/// How stale `last_seen` may get before a packet refreshes it.
+pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Reply-direction key of a `nat` flow: the packet the backend sends back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatKey {
+    pub backend: [u32; 4],
+    pub client: [u32; 4],
+    pub backend_port: u16,
+    pub client_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// What a `nat` reply's source is rewritten to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatReply {
+    pub vip: [u32; 4],
+    pub vip_port: u16,
+    pub _pad: [u8; 2],
+    pub service: u32,
+    pub last_seen: u64,
+}
+
+/// Client-IP affinity entry (persistence): (service, client address) -> backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    pub client: [u32; 4],
+    pub service: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PersistState {
+    pub backend: u32,
+    pub _pad: u32,
+    pub last_seen: u64,
+}
+
+/// lblc/lblcr: a destination's server (set), per service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DestKey {
+    pub dst: [u32; 4],
+    pub service: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DestSet {
+    /// Backend ids; `NO_BACKEND` marks a free member slot. lblc uses only member 0.
+    pub members: [u32; LBLCR_SET_SIZE],
+    /// When the set last changed (lblcr drops its most loaded member after
+    /// `LBLCR_EXPIRE_NS` without change).
+    pub last_change: u64,
+}
+
+/// lblcr: a set unchanged this long sheds its most loaded member (IPVS's default expiry).
+pub const LBLCR_EXPIRE_NS: u64 = 24 * 3600 * 1_000_000_000;
+
+/// Fragments: (source, destination, IP id, protocol) of a datagram -> its flow's backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragState {
+    pub backend: u32,
+    pub service: u32,
+    /// `nat`: the destination port of the first fragment is irrelevant to later ones;
+    /// only the address is rewritten.
+    pub _pad: u64,
+}
+
+/// A VIP (any port, any protocol), for ICMP answered or steered by the datapath.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Key of the backend-side decapsulation map: a VIP this host serves.
@@ -128,6 +270,13 @@ pub struct Settings {
     pub tunnel_src_v4: u32,
     /// Outer source address of IPv6 tunnels (all zero: disabled).
     pub tunnel_src_v6: [u32; 4],
+    /// Non-zero when some backend uses `nat`: only then are non-VIP packets looked up as
+    /// possible `nat` replies.
+    pub nat_enabled: u32,
+    /// Idle time after which a connection-table entry no longer pins its backend
+    /// (`conntrack.tcp_timeout` / `udp_timeout`), in nanoseconds. 0 = never.
+    pub tcp_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
 }
 
 /// What the datapath did with a packet, for `bascule_xdp_packets_total{action}`.
@@ -146,15 +295,15 @@ pub enum Reason {
     TruncatedIp = 1,
     /// IPv4 header with IHL < 5 or a total length shorter than the header: dropped.
     BadIpHeader = 2,
-    /// TCP/UDP header cut short: dropped.
+    /// TCP/UDP/ICMP header cut short: dropped.
     TruncatedL4 = 3,
-    /// TCP/UDP IP fragment: passed to the kernel (fragment steering is not built yet).
-    Fragment = 4,
+    /// A non-first fragment whose first fragment was not seen: passed to the kernel.
+    FragmentUnmatched = 4,
     /// IPv6 extension header chain too long or unsupported: passed to the kernel.
     Ipv6Extension = 5,
     /// Service has no usable backend: passed to the kernel.
     NoBackend = 6,
-    /// `bpf_fib_lookup` found no route or no neighbour for a tunnel: passed to the kernel.
+    /// `bpf_fib_lookup` found no route or no neighbour for a tunnel or NAT: passed.
     FibLookupFailed = 7,
     /// Growing the packet for encapsulation failed: dropped.
     EncapFailed = 8,
@@ -162,9 +311,33 @@ pub enum Reason {
     NoTunnelSource = 9,
     /// Second VLAN tag (QinQ): passed untouched.
     StackedVlan = 10,
+    /// An ICMP error about a VIP flow the connection table does not know: passed.
+    IcmpUnmatched = 11,
 }
 
-pub const REASON_COUNT: u32 = 11;
+pub const REASON_COUNT: u32 = 12;
+
+impl Reason {
+    /// The reason in slot `code`, if there is one.
+    #[inline(always)]
+    pub fn from_code(code: u32) -> Option<Reason> {
+        Some(match code {
+            0 => Reason::TruncatedEthernet,
+            1 => Reason::TruncatedIp,
+            2 => Reason::BadIpHeader,
+            3 => Reason::TruncatedL4,
+            4 => Reason::FragmentUnmatched,
+            5 => Reason::Ipv6Extension,
+            6 => Reason::NoBackend,
+            7 => Reason::FibLookupFailed,
+            8 => Reason::EncapFailed,
+            9 => Reason::NoTunnelSource,
+            10 => Reason::StackedVlan,
+            11 => Reason::IcmpUnmatched,
+            _ => return None,
+        })
+    }
+}
 
 /// Label value and whether the packet was dropped, per `Reason` slot.
 pub const REASON_NAMES: [(&str, bool); REASON_COUNT as usize] = [
@@ -172,13 +345,14 @@ pub const REASON_NAMES: [(&str, bool); REASON_COUNT as usize] = [
     ("truncated_ip", true),
     ("bad_ip_header", true),
     ("truncated_l4", true),
-    ("fragment", false),
+    ("fragment_unmatched", false),
     ("ipv6_extension", false),
     ("no_backend", false),
     ("fib_lookup_failed", false),
     ("encap_failed", true),
     ("no_tunnel_source", true),
     ("stacked_vlan", false),
+    ("icmp_unmatched", false),
 ];
 
 #[cfg(feature = "user")]
@@ -192,6 +366,15 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for DecapVip {}
+    unsafe impl aya::Pod for NatKey {}
+    unsafe impl aya::Pod for NatReply {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for PersistState {}
+    unsafe impl aya::Pod for DestKey {}
+    unsafe impl aya::Pod for DestSet {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragState {}
+    unsafe impl aya::Pod for VipKey {}
 }
 
 #[cfg(feature = "std")]

@@ -1,4 +1,5 @@
-//! Sending a packet to its backend: direct routing (MAC rewrite) and IP-in-IP tunnels.
+//! Sending a packet on: direct routing (MAC rewrite), IP-in-IP tunnels, and routed
+//! delivery (after a `nat` rewrite) with the next hop from the kernel's FIB.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
@@ -7,12 +8,12 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    BackendInfo, Reason, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP, IPPROTO_IPV6, TUNNEL_TTL,
+    BackendInfo, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP, IPPROTO_IPV6,
+    TUNNEL_TTL,
 };
 
 use crate::{
     csum,
-    maps::SETTINGS,
     parse::{ptr_at, Packet, Stop, IPV4_LEN, IPV6_LEN},
 };
 
@@ -40,48 +41,28 @@ pub fn direct(ctx: &XdpContext, backend: &BackendInfo) -> Result<u32, Stop> {
     Ok(xdp_action::XDP_TX)
 }
 
-/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
-/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
+/// The kernel's next hop towards `dst` (of family `v4`), as seen from the ingress
+/// interface. Fails (passing the packet to the kernel, counted) without a route or a
+/// resolved neighbour, or with forwarding disabled on the interface.
 #[inline(always)]
-pub fn tunnel(
+fn next_hop(
     ctx: &XdpContext,
-    pkt: &Packet,
-    backend: &BackendInfo,
-    hash: u32,
-) -> Result<u32, Stop> {
-    let Some(settings) = SETTINGS.get(0) else {
-        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-    };
-    let outer_v4 = backend.family == FAMILY_V4;
-    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
-    let inner_proto = if pkt.family == FAMILY_V4 {
-        IPPROTO_IPIP
-    } else {
-        IPPROTO_IPV6
-    };
-    let outer_len = pkt.l3_len as u32 + grow as u32;
-    if outer_len > 0xffff {
-        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
-    }
-
+    v4: bool,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    tot_len: u16,
+) -> Result<FibParams, Stop> {
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.ifindex = ctx.ingress_ifindex() as u32;
-    if outer_v4 {
-        if settings.tunnel_src_v4 == 0 {
-            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-        }
+    fib.ifindex = ingress_ifindex(ctx);
+    fib.__bindgen_anon_1.tot_len = tot_len;
+    if v4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_1.tot_len = outer_len as u16;
-        fib.__bindgen_anon_3.ipv4_src = settings.tunnel_src_v4;
-        fib.__bindgen_anon_4.ipv4_dst = backend.addr[0];
+        fib.__bindgen_anon_3.ipv4_src = src[0];
+        fib.__bindgen_anon_4.ipv4_dst = dst[0];
     } else {
-        if settings.tunnel_src_v6 == [0; 4] {
-            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-        }
         fib.family = AF_INET6;
-        fib.__bindgen_anon_1.tot_len = outer_len as u16;
-        fib.__bindgen_anon_3.ipv6_src = settings.tunnel_src_v6;
-        fib.__bindgen_anon_4.ipv6_dst = backend.addr;
+        fib.__bindgen_anon_3.ipv6_src = *src;
+        fib.__bindgen_anon_4.ipv6_dst = *dst;
     }
     let rc = unsafe {
         bpf_fib_lookup(
@@ -94,9 +75,116 @@ pub fn tunnel(
     if rc != FIB_SUCCESS {
         return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
     }
+    Ok(fib)
+}
+
+/// The interface the frame arrived on (`xdp_md.ingress_ifindex`, offset 12). Written as
+/// one instruction: left to itself the compiler may compute `ctx + 12` once and reuse it,
+/// and the verifier refuses any access through a derived context pointer.
+#[inline(always)]
+fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    let v: u64;
+    unsafe {
+        core::arch::asm!("{0} = *(u32 *)({1} + 12)", out(reg) v, in(reg) ctx.ctx, options(readonly, nostack, preserves_flags));
+    }
+    v as u32
+}
+
+/// Sends the frame out of the FIB's interface: back out of the one it came in on
+/// (XDP_TX) or another (redirect).
+#[inline(always)]
+fn transmit(ctx: &XdpContext, fib: &FibParams) -> u32 {
+    if fib.ifindex == ingress_ifindex(ctx) {
+        xdp_action::XDP_TX
+    } else {
+        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+    }
+}
+
+/// Routed delivery of the (already rewritten) packet to `dst`, same family. A separate
+/// BPF function (own stack frame); the result comes back packed in one word.
+#[inline(never)]
+pub fn route(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, dst: &[u32; 4]) -> u32 {
+    Stop::pack(route_inner(&crate::parse::context(raw), pkt, dst))
+}
+
+#[inline(always)]
+fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4]) -> Result<u32, Stop> {
+    let src = if pkt.family == FAMILY_V4 {
+        [0u32; 4]
+    } else {
+        pkt.src
+    };
+    let fib = next_hop(ctx, pkt.family == FAMILY_V4, &src, dst, pkt.l3_len)?;
+    let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
+        return Err(Stop::counted(
+            xdp_action::XDP_DROP,
+            Reason::TruncatedEthernet,
+        ));
+    };
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&fib.dmac);
+    macs[6..].copy_from_slice(&fib.smac);
+    unsafe { eth.write_unaligned(macs) };
+    Ok(transmit(ctx, &fib))
+}
+
+/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
+/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
+/// A separate BPF function (own stack frame); the result comes back packed in one word.
+#[inline(never)]
+pub fn tunnel(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    hash: u32,
+) -> u32 {
+    let Some(settings) = crate::maps::SETTINGS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    Stop::pack(tunnel_inner(
+        &crate::parse::context(raw),
+        pkt,
+        backend,
+        hash,
+        settings,
+    ))
+}
+
+#[inline(always)]
+fn tunnel_inner(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    hash: u32,
+    settings: &Settings,
+) -> Result<u32, Stop> {
+    let outer_v4 = backend.family == FAMILY_V4;
+    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
+    let inner_proto = if pkt.family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    let outer_len = pkt.l3_len as u32 + grow as u32;
+    if outer_len > 0xffff {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
+    }
+    let src = if outer_v4 {
+        if settings.tunnel_src_v4 == 0 {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+        }
+        [settings.tunnel_src_v4, 0, 0, 0]
+    } else {
+        if settings.tunnel_src_v6 == [0; 4] {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+        }
+        settings.tunnel_src_v6
+    };
+    let fib = next_hop(ctx, outer_v4, &src, &backend.addr, outer_len as u16)?;
 
     // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
-    let vlan = if pkt.l3_off > 14 {
+    let vlan = if pkt.l3_off() > 14 {
         ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { p.read_unaligned() })
     } else {
         None
@@ -128,11 +216,11 @@ pub fn tunnel(
     }
 
     if outer_v4 {
-        let Some(ip) = ptr_at::<[u16; 10]>(ctx, pkt.l3_off) else {
+        let Some(ip) = ptr_at::<[u16; 10]>(ctx, pkt.l3_off()) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
-        let src = settings.tunnel_src_v4.to_ne_bytes();
-        let dst = backend.addr[0].to_ne_bytes();
+        let s = src[0].to_ne_bytes();
+        let d = backend.addr[0].to_ne_bytes();
         let mut h = [
             u16::from_ne_bytes([0x45, pkt.tos]),
             (outer_len as u16).to_be(),
@@ -140,28 +228,28 @@ pub fn tunnel(
             0,
             u16::from_ne_bytes([TUNNEL_TTL, inner_proto]),
             0,
-            u16::from_ne_bytes([src[0], src[1]]),
-            u16::from_ne_bytes([src[2], src[3]]),
-            u16::from_ne_bytes([dst[0], dst[1]]),
-            u16::from_ne_bytes([dst[2], dst[3]]),
+            u16::from_ne_bytes([s[0], s[1]]),
+            u16::from_ne_bytes([s[2], s[3]]),
+            u16::from_ne_bytes([d[0], d[1]]),
+            u16::from_ne_bytes([d[2], d[3]]),
         ];
         h[5] = csum::ipv4_header(&h);
         unsafe { ip.write_unaligned(h) };
     } else {
-        let Some(ip) = ptr_at::<[u32; 10]>(ctx, pkt.l3_off) else {
+        let Some(ip) = ptr_at::<[u32; 10]>(ctx, pkt.l3_off()) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
         // Version 6, the inner traffic class, and a flow label from the flow hash so
         // that backends spread tunnelled flows over their receive queues.
         let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | (hash & 0x000f_ffff);
-        let len = (pkt.l3_len as u16).to_be_bytes();
+        let len = pkt.l3_len.to_be_bytes();
         let h = [
             first.to_be(),
             u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]),
-            settings.tunnel_src_v6[0],
-            settings.tunnel_src_v6[1],
-            settings.tunnel_src_v6[2],
-            settings.tunnel_src_v6[3],
+            src[0],
+            src[1],
+            src[2],
+            src[3],
             backend.addr[0],
             backend.addr[1],
             backend.addr[2],
@@ -169,10 +257,5 @@ pub fn tunnel(
         ];
         unsafe { ip.write_unaligned(h) };
     }
-
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
-        Ok(xdp_action::XDP_TX)
-    } else {
-        Ok(unsafe { bpf_redirect(fib.ifindex, 0) } as u32)
-    }
+    Ok(transmit(ctx, &fib))
 }

@@ -7,7 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    BackendInfo, Counters, FlowKey, FlowState, ServiceInfo, ServiceKey, Settings,
+    BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
+    NatReply, PersistKey, PersistState, ServiceInfo, ServiceKey, Settings, VipKey,
     CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, REASON_COUNT,
 };
 
@@ -20,9 +21,10 @@ pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICES as usize }>
 #[btf_map]
 pub static BACKENDS: Array<BackendInfo, { MAX_BACKENDS as usize }> = Array::new();
 
-/// Service id -> that service's Maglev table (slot -> backend id). Userspace builds a new
-/// inner table and swaps it in with one update, so a packet sees the old table or the new
-/// one, never a mix.
+/// Service id -> that service's lookup table (slot -> backend id): the Maglev table (mh),
+/// the weighted bucket table (sh, dh), the backend list (rr, load schedulers) or the wrr
+/// cycle. Userspace builds a new inner table and swaps it in with one update, so a packet
+/// sees the old table or the new one, never a mix.
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<
     Array<u32, { MAGLEV_TABLE_SIZE as usize }>,
@@ -57,3 +59,41 @@ pub static ACTIONS: PerCpuArray<u64, 5> = PerCpuArray::new();
 /// Slot 0: node-wide settings (tunnel source addresses).
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
+
+/// Reply direction of `nat` flows: (backend, client) -> the VIP to put back as source.
+/// One table for all CPUs (a reply may arrive on any), LRU-bounded; userspace removes the
+/// entries of expired flows.
+#[btf_map]
+pub static NAT: LruHashMap<NatKey, NatReply, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
+    LruHashMap::new();
+
+/// Persistence templates: (service, client address) -> backend.
+#[btf_map]
+pub static PERSIST: LruHashMap<PersistKey, PersistState, 262_144> = LruHashMap::new();
+
+/// lblc/lblcr: (service, destination address) -> server (set).
+#[btf_map]
+pub static DESTS: LruHashMap<DestKey, DestSet, 65_536> = LruHashMap::new();
+
+/// First fragments seen: (src, dst, id, proto) -> backend, so later fragments follow.
+/// Bounded (LRU): a datagram whose entry was evicted has its later fragments passed
+/// and counted (`fragment_unmatched`).
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragState, 65_536> = LruHashMap::new();
+
+/// VIP addresses (any port): ICMP echo to them is answered, ICMP errors about their flows
+/// are steered to the flow's backend.
+#[btf_map]
+pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Active connections per backend id (shared by all CPUs, atomic updates), for the load
+/// schedulers. Userspace rewrites it from the connection table every few seconds so that
+/// flows that ended without FIN/RST (idle timeout, eviction) stop counting.
+#[btf_map]
+pub static ACTIVE: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
+
+/// rr/wrr cursor per service and CPU: each CPU steps through the cycle in order (no
+/// shared cache line to fight over; with RSS spreading flows evenly over CPUs the
+/// overall split is the same).
+#[btf_map]
+pub static CURSORS: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();

@@ -1,6 +1,6 @@
 //! Reading the packet: Ethernet (with one optional 802.1Q/802.1ad tag), IPv4 (options
-//! allowed) or IPv6 (hop-by-hop, routing and destination-options headers walked), and
-//! the TCP/UDP ports. Nothing here writes to the packet.
+//! allowed) or IPv6 (hop-by-hop, routing, destination-options and fragment headers
+//! walked), then the TCP/UDP ports or the ICMP type. Nothing here writes to the packet.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -12,30 +12,81 @@ pub const ETH_LEN: usize = 14;
 pub const VLAN_LEN: usize = 4;
 pub const IPV4_LEN: usize = 20;
 pub const IPV6_LEN: usize = 40;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+const IPV6_FRAGMENT: u8 = 44;
 /// Extension headers walked before giving up (and passing the packet to the kernel).
 const MAX_IPV6_EXTENSIONS: usize = 4;
 /// Farthest L4 offset accepted; keeps offsets bounded for the verifier.
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
 
-/// What the datapath needs to know about a TCP/UDP packet.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Where a packet stands in its datagram.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fragment {
+    /// Not fragmented.
+    #[default]
+    Whole,
+    /// Offset 0, more to come: has the ports; its backend is remembered for the rest.
+    First,
+    /// Offset > 0: no L4 header; follows the first fragment's backend.
+    Later,
+}
+
+/// What the datapath needs to know about a packet it may handle.
+#[derive(Default)]
 pub struct Packet {
     /// Offset of the IP header: 14, or 18 behind a VLAN tag.
-    pub l3_off: usize,
+    pub l3: u16,
+    /// Offset of the L4 header (after IPv4 options / IPv6 extension headers).
+    pub l4: u16,
     pub family: u8,
+    /// TCP, UDP, ICMP or ICMPv6.
     pub proto: u8,
     pub src: [u32; 4],
     pub dst: [u32; 4],
-    /// Source and destination ports as one word, bytes as on the wire.
+    /// Source and destination ports as one word, bytes as on the wire (0 for ICMP and
+    /// later fragments).
     pub ports: u32,
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags (0 otherwise).
+    pub tcp_flags: u8,
+    /// ICMP type and code (0 otherwise).
+    pub icmp_type: u8,
+    pub icmp_code: u8,
     /// IPv4 TOS / IPv6 traffic class, copied to a tunnel's outer header.
     pub tos: u8,
     /// Length of the IP packet (header included), the payload of a tunnel.
     pub l3_len: u16,
     /// Frame length, for byte counters.
     pub frame_len: u32,
-    pub fragment: bool,
+    pub fragment: Fragment,
+    /// IPv4 identification or IPv6 fragment id (fragments only).
+    pub frag_id: u32,
+}
+
+impl Packet {
+    /// The IP header's offset. Masked so that the verifier sees one bounded range
+    /// whatever path set it (and so prunes the paths after it as one).
+    #[inline(always)]
+    pub fn l3_off(&self) -> usize {
+        (self.l3 & 0x1f) as usize
+    }
+
+    /// The L4 header's offset (bounded like `l3_off`, below `MAX_L4_OFFSET` + 512).
+    #[inline(always)]
+    pub fn l4_off(&self) -> usize {
+        (self.l4 & 0x3ff) as usize
+    }
+
+    pub fn is_icmp(&self) -> bool {
+        self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6
+    }
 }
 
 /// Why parsing stopped: the verdict to return and the reason to count, if any.
@@ -46,7 +97,7 @@ pub struct Stop {
 
 impl Stop {
     #[inline(always)]
-    fn pass() -> Self {
+    pub fn pass() -> Self {
         Stop {
             action: xdp_action::XDP_PASS,
             reason: None,
@@ -61,11 +112,27 @@ impl Stop {
     }
 }
 
+/// Start and end of the packet.
+#[inline(always)]
+pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    (ctx.data(), ctx.data_end())
+}
+
+/// The context inside a separate BPF function. `black_box` hides where the pointer comes
+/// from, so the compiler cannot hoist the `data`/`data_end` loads into the caller and pass
+/// them across the call as plain integers (the verifier would then see scalars, not
+/// packet pointers).
+#[inline(always)]
+pub fn context(raw: *mut aya_ebpf::bindings::xdp_md) -> XdpContext {
+    XdpContext {
+        ctx: core::hint::black_box(raw),
+    }
+}
+
 /// Pointer to a `T` at `off` from the start of the packet, if it lies entirely inside.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let (start, end) = bounds(ctx);
     if start + off + core::mem::size_of::<T>() > end {
         return None;
     }
@@ -73,14 +140,63 @@ pub fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
 }
 
 #[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     ptr_at::<T>(ctx, off).map(|p| unsafe { p.read_unaligned() })
 }
 
-/// Parses a frame. `Err` carries the verdict for anything that is not TCP/UDP over IP.
+/// Parses a frame into `pkt`. `Err` carries the verdict for anything the datapath does
+/// not handle. A separate BPF function that fills the caller's `Packet` in place, so the
+/// header reads live in its own (small) stack frame.
+#[inline(never)]
+pub fn packet(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &mut Packet) -> u32 {
+    let ctx = &context(raw);
+    match parse_into(ctx, pkt) {
+        Ok(()) => PARSED,
+        Err(stop) => stop.encode(),
+    }
+}
+
+/// `packet`'s "parsed" answer; anything else is an encoded `Stop`.
+pub const PARSED: u32 = u32::MAX;
+
+impl Stop {
+    /// Packs a stop into one word (action in the low byte, reason + 1 in the next).
+    #[inline(always)]
+    pub fn encode(&self) -> u32 {
+        self.action | self.reason.map_or(0, |r| (r as u32 + 1) << 8)
+    }
+
+    /// A `Result` as one word, to return it from a separate BPF function in a register.
+    #[inline(always)]
+    pub fn pack(r: Result<u32, Stop>) -> u32 {
+        match r {
+            Ok(action) => action,
+            Err(stop) => stop.encode(),
+        }
+    }
+
+    #[inline(always)]
+    pub fn unpack(code: u32) -> Result<u32, Stop> {
+        if code >> 8 == 0 {
+            Ok(code)
+        } else {
+            Err(Stop::decode(code))
+        }
+    }
+
+    #[inline(always)]
+    pub fn decode(code: u32) -> Stop {
+        Stop {
+            action: code & 0xff,
+            reason: Reason::from_code((code >> 8).wrapping_sub(1)),
+        }
+    }
+}
+
 #[inline(always)]
-pub fn packet(ctx: &XdpContext) -> Result<Packet, Stop> {
-    let frame_len = (ctx.data_end() - ctx.data()) as u32;
+fn parse_into(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
+    let (start, end) = bounds(ctx);
+    let frame_len = (end - start) as u32;
     let Some(mut ethertype) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
         return Err(Stop::counted(
             xdp_action::XDP_DROP,
@@ -101,57 +217,62 @@ pub fn packet(ctx: &XdpContext) -> Result<Packet, Stop> {
         ethertype = inner;
         l3_off = ETH_LEN + VLAN_LEN;
     }
-    let mut pkt = match ethertype {
-        ETH_P_IP => ipv4(ctx, l3_off)?,
-        ETH_P_IPV6 => ipv6(ctx, l3_off)?,
-        _ => return Err(Stop::pass()),
-    };
     pkt.frame_len = frame_len;
-    Ok(pkt)
+    match ethertype {
+        ETH_P_IP => ipv4(ctx, l3_off, pkt),
+        ETH_P_IPV6 => ipv6(ctx, l3_off, pkt),
+        _ => Err(Stop::pass()),
+    }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Stop> {
-    let Some(h) = read::<[u8; IPV4_LEN]>(ctx, l3_off) else {
+fn ipv4(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+    let Some(h) = ptr_at::<[u8; IPV4_LEN]>(ctx, l3_off) else {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
     };
+    let h = unsafe { &*h };
     let ihl = (h[0] & 0x0f) as usize * 4;
     let tot_len = u16::from_be_bytes([h[2], h[3]]);
     if h[0] >> 4 != 4 || ihl < IPV4_LEN || (tot_len as usize) < ihl {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::BadIpHeader));
     }
     let proto = h[9];
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
         return Err(Stop::pass());
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]) & 0x3fff; // MF flag and offset
-    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let mut pkt = Packet {
-        l3_off,
-        family: FAMILY_V4,
-        proto,
-        src: [word(12), 0, 0, 0],
-        dst: [word(16), 0, 0, 0],
-        ports: 0,
-        sport: 0,
-        dport: 0,
-        tos: h[1],
-        l3_len: tot_len,
-        frame_len: 0,
-        fragment: frag != 0,
+    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let offset = frag & 0x1fff;
+    let more = frag & 0x2000 != 0;
+    let fragment = if offset != 0 {
+        Fragment::Later
+    } else if more {
+        Fragment::First
+    } else {
+        Fragment::Whole
     };
-    if pkt.fragment {
-        return Ok(pkt);
+    let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    pkt.l3 = l3_off as u16;
+    pkt.l4 = (l3_off + ihl) as u16;
+    pkt.family = FAMILY_V4;
+    pkt.proto = proto;
+    pkt.src = [word(12), 0, 0, 0];
+    pkt.dst = [word(16), 0, 0, 0];
+    pkt.tos = h[1];
+    pkt.l3_len = tot_len;
+    pkt.fragment = fragment;
+    pkt.frag_id = u16::from_be_bytes([h[4], h[5]]) as u32;
+    if fragment == Fragment::Later {
+        return Ok(());
     }
-    ports(ctx, l3_off + ihl, &mut pkt)?;
-    Ok(pkt)
+    transport(ctx, pkt)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Stop> {
-    let Some(h) = read::<[u8; IPV6_LEN]>(ctx, l3_off) else {
+fn ipv6(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+    let Some(h) = ptr_at::<[u8; IPV6_LEN]>(ctx, l3_off) else {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
     };
+    let h = unsafe { &*h };
     if h[0] >> 4 != 6 {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::BadIpHeader));
     }
@@ -159,7 +280,8 @@ fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Stop> {
     let payload_len = u16::from_be_bytes([h[4], h[5]]);
     let mut next = h[6];
     let mut off = l3_off + IPV6_LEN;
-    let mut fragment = false;
+    let mut fragment = Fragment::Whole;
+    let mut frag_id = 0u32;
     for _ in 0..MAX_IPV6_EXTENSIONS {
         match next {
             // hop-by-hop, routing, destination options: skip (length in 8-byte units).
@@ -173,60 +295,78 @@ fn ipv6(ctx: &XdpContext, l3_off: usize) -> Result<Packet, Stop> {
                     return Err(Stop::counted(xdp_action::XDP_PASS, Reason::Ipv6Extension));
                 }
             }
-            44 => {
-                fragment = true;
+            IPV6_FRAGMENT => {
+                let Some(f) = read::<[u8; 8]>(ctx, off) else {
+                    return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
+                };
+                next = f[0];
+                let offset = u16::from_be_bytes([f[2], f[3]]) >> 3;
+                let more = f[3] & 1 != 0;
+                fragment = if offset != 0 {
+                    Fragment::Later
+                } else if more {
+                    Fragment::First
+                } else {
+                    Fragment::Whole
+                };
+                frag_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+                off += 8;
                 break;
             }
             _ => break,
         }
     }
-    if !fragment && next != IPPROTO_TCP && next != IPPROTO_UDP {
+    if next != IPPROTO_TCP && next != IPPROTO_UDP && next != IPPROTO_ICMPV6 {
         if matches!(next, 0 | 43 | 60) {
             return Err(Stop::counted(xdp_action::XDP_PASS, Reason::Ipv6Extension));
         }
         return Err(Stop::pass());
     }
-    let mut pkt = Packet {
-        l3_off,
-        family: FAMILY_V6,
-        proto: next,
-        src: [word(8), word(12), word(16), word(20)],
-        dst: [word(24), word(28), word(32), word(36)],
-        ports: 0,
-        sport: 0,
-        dport: 0,
-        tos: (h[0] << 4) | (h[1] >> 4),
-        l3_len: payload_len.wrapping_add(IPV6_LEN as u16),
-        frame_len: 0,
-        fragment,
-    };
-    if fragment {
-        return Ok(pkt);
+    pkt.l3 = l3_off as u16;
+    pkt.l4 = off as u16;
+    pkt.family = FAMILY_V6;
+    pkt.proto = next;
+    pkt.src = [word(8), word(12), word(16), word(20)];
+    pkt.dst = [word(24), word(28), word(32), word(36)];
+    pkt.tos = (h[0] << 4) | (h[1] >> 4);
+    pkt.l3_len = payload_len.wrapping_add(IPV6_LEN as u16);
+    pkt.fragment = fragment;
+    pkt.frag_id = frag_id;
+    if fragment == Fragment::Later {
+        return Ok(());
     }
-    ports(ctx, off, &mut pkt)?;
-    Ok(pkt)
+    transport(ctx, pkt)
 }
 
-/// Reads the ports, after checking the whole TCP (20 bytes) or UDP (8 bytes) header is there.
+/// Reads the ports and TCP flags, or the ICMP type and code, after checking the whole
+/// TCP (20 bytes), UDP (8 bytes) or ICMP (8 bytes) header is there.
 #[inline(always)]
-fn ports(ctx: &XdpContext, l4_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+fn transport(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
     let truncated = Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedL4);
+    let l4_off = pkt.l4_off();
     if l4_off > MAX_L4_OFFSET {
         return Err(truncated);
     }
-    let whole = if pkt.proto == IPPROTO_TCP {
-        read::<[u8; 20]>(ctx, l4_off).is_some()
+    if pkt.proto == IPPROTO_TCP {
+        let Some(t) = read::<[u8; 20]>(ctx, l4_off) else {
+            return Err(truncated);
+        };
+        pkt.tcp_flags = t[13];
+        pkt.ports = u32::from_ne_bytes([t[0], t[1], t[2], t[3]]);
+        pkt.sport = u16::from_ne_bytes([t[0], t[1]]);
+        pkt.dport = u16::from_ne_bytes([t[2], t[3]]);
     } else {
-        read::<[u8; 8]>(ctx, l4_off).is_some()
-    };
-    let Some(p) = read::<[u8; 4]>(ctx, l4_off) else {
-        return Err(truncated);
-    };
-    if !whole {
-        return Err(truncated);
+        let Some(u) = read::<[u8; 8]>(ctx, l4_off) else {
+            return Err(truncated);
+        };
+        if pkt.is_icmp() {
+            pkt.icmp_type = u[0];
+            pkt.icmp_code = u[1];
+        } else {
+            pkt.ports = u32::from_ne_bytes([u[0], u[1], u[2], u[3]]);
+            pkt.sport = u16::from_ne_bytes([u[0], u[1]]);
+            pkt.dport = u16::from_ne_bytes([u[2], u[3]]);
+        }
     }
-    pkt.ports = u32::from_ne_bytes(p);
-    pkt.sport = u16::from_ne_bytes([p[0], p[1]]);
-    pkt.dport = u16::from_ne_bytes([p[2], p[3]]);
     Ok(())
 }

@@ -255,7 +255,11 @@ pub fn simulate_offline(
     let proto = control::parse_protocol(proto).map_err(|e| Failure::failed(e.to_string()))?;
     let p = offline_plan(config).map_err(|e| Failure::failed(format!("{e:#}")))?;
     let flow = lb_common::FlowKey::new(src, dst, proto);
-    print_simulation(&control::simulate(&p, config, &flow, None), json)
+    let nothing_seen = control::FlowLookups::default();
+    print_simulation(
+        &control::simulate(&p, config, &flow, &nothing_seen, &|_| 0),
+        json,
+    )
 }
 
 /// A plan of `config` with every `dr` backend counted as reachable: what depends on the
@@ -275,7 +279,7 @@ fn print_simulation(a: &SimulateAnswer, json: bool) -> Outcome {
     } else {
         println!("{}", a.explanation);
     }
-    if a.backend.is_some() {
+    if a.backend.is_some() || !a.candidates.is_empty() {
         Ok(())
     } else {
         Err(Failure {

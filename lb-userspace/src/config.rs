@@ -394,9 +394,26 @@ pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = lb_common::MAGLEV_TABLE_SIZE;
 
 // What the current daemon implements; `Config::unsupported` reports everything else.
 // Shrink these lists as features land.
-const SUPPORTED_SCHEDULERS: &[Scheduler] = &[Scheduler::Mh];
-const SUPPORTED_FORWARDING: &[Forwarding] = &[Forwarding::Dr, Forwarding::Tun];
-const SUPPORTS_PERSISTENCE: bool = false;
+const SUPPORTED_SCHEDULERS: &[Scheduler] = &[
+    Scheduler::Rr,
+    Scheduler::Wrr,
+    Scheduler::Lc,
+    Scheduler::Wlc,
+    Scheduler::Lblc,
+    Scheduler::Lblcr,
+    Scheduler::Dh,
+    Scheduler::Sh,
+    Scheduler::Sed,
+    Scheduler::Nq,
+    Scheduler::Mh,
+];
+const SUPPORTED_FORWARDING: &[Forwarding] = &[
+    Forwarding::Dr,
+    Forwarding::Tun,
+    Forwarding::Nat,
+    Forwarding::Local,
+];
+const SUPPORTS_PERSISTENCE: bool = true;
 const SUPPORTS_SORRY_SERVER: bool = false;
 const SUPPORTS_HEALTH_CHECKS: bool = false;
 const SUPPORTS_VRRP: bool = false;
@@ -2904,11 +2921,7 @@ vrrp:
         assert_eq!(
             got,
             vec![
-                "t.yaml:8:16: services[0].scheduler: \"wrr\" is not supported yet (this build supports: mh)",
-                "t.yaml:9:17: services[0].forwarding: \"nat\" is not supported yet (this build supports: dr, tun)",
-                "t.yaml:10:18: services[0].persistence: 5m is not supported yet (this build supports: 0s)",
                 "t.yaml:11:19: services[0].sorry_server: 10.0.0.9:80: sorry servers are not supported yet (remove the key)",
-                "t.yaml:14:21: services[0].backends[0].forwarding: \"local\" is not supported yet (this build supports: dr, tun)",
                 "t.yaml:17:19: services[0].health_check: health checks are not supported yet (remove the key; backends are then always up)",
                 "t.yaml:23:5: vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)",
             ]

@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use lb_common::{Counters, FlowKey, FlowState, BACKEND_ACTIVE, NO_BACKEND};
+use lb_common::{Counters, FlowKey, FlowState, PersistState, BACKEND_ACTIVE, NO_BACKEND};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -52,6 +52,9 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
 /// Rates are computed over this interval.
 const RATE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the connection table is walked: idle flows expire, active-connection counts
+/// are rewritten (see `Datapath::reconcile`).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 
 // ------------------------------------------------------------------------------------------
 // Runtime state on top of the config: weight overrides and health
@@ -350,105 +353,196 @@ pub struct SimulateAnswer {
     /// The backend's label, if the flow reaches one.
     pub backend: Option<String>,
     pub address: Option<IpAddr>,
-    /// `conntrack` (an established flow), `scheduler` (a new flow), `no_service` (not a
-    /// VIP: the kernel gets it) or `no_backend` (the service has none that takes flows).
+    /// `conntrack` (an established flow), `persistence` (the client's template),
+    /// `scheduler` (a new flow), `no_service` (not a VIP: the kernel gets it) or
+    /// `no_backend` (the service has none that takes new flows).
     pub reason: String,
     pub scheduler: Option<String>,
     /// Maglev: the flow hash, and the slot it selects in the service's table.
     pub hash: Option<u32>,
     pub slot: Option<u32>,
     pub table_size: Option<u32>,
+    /// Schedulers that decide from the moment's state (rr, wrr, lc, ...): the backends
+    /// one of which the next new flow gets, with their active connections.
+    #[serde(default)]
+    pub candidates: Vec<String>,
     /// One sentence for people.
     pub explanation: String,
 }
 
-/// Which backend the datapath gives `flow`, with the same lookups it makes: the service
-/// (exact port, then all-ports), the connection table (`conntrack`, when the caller could
-/// read it), then the scheduler's table.
+/// What the datapath's maps say about one flow, read by the caller (all empty offline).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FlowLookups {
+    /// The flow's connection-table entry.
+    pub conntrack: Option<FlowState>,
+    /// The client's persistence template for the flow's service.
+    pub persistence: Option<PersistState>,
+    /// The datapath's clock now (`datapath::monotonic_ns`).
+    pub now_ns: u64,
+}
+
+/// Which backend the datapath gives `flow`, with the lookups it makes, in its order: the
+/// service (exact port, then all-ports), the connection table (a fresh entry of this
+/// service whose backend still serves), the client's persistence template, then the
+/// scheduler. mh, sh and dh are predicted with the datapath's own hashes and tables; the
+/// other schedulers decide at the first packet from a rotation or the current loads
+/// (`active` gives a backend's active connections), so the answer lists the candidates.
 pub fn simulate(
     plan: &Plan,
     config: &Config,
     flow: &FlowKey,
-    conntrack: Option<FlowState>,
+    seen: &FlowLookups,
+    active: &dyn Fn(u32) -> u64,
 ) -> SimulateAnswer {
     let backend_of = |id: u32| plan.backends.iter().find(|b| b.id == id);
-    let Some(svc) = service_of(plan, flow) else {
-        return SimulateAnswer {
-            service: None,
-            backend: None,
-            address: None,
-            reason: "no_service".into(),
-            scheduler: None,
-            hash: None,
-            slot: None,
-            table_size: None,
-            explanation: "no service for this destination and protocol: the packet goes to the kernel untouched".into(),
-        };
-    };
-    let scheduler = config
-        .services
-        .iter()
-        .find(|s| s.name == svc.name)
-        .map(|s| s.scheduler.to_string())
-        .unwrap_or_else(|| "mh".into());
-    let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
-    let hash = lb_common::hash::flow_hash(&flow.src, &flow.dst, ports, flow.proto);
-    let table_size = svc.info.table_size;
-    let slot = (table_size > 0).then(|| hash % table_size);
+    let serving = |id: u32| backend_of(id).filter(|b| b.info.flags & BACKEND_ACTIVE != 0);
+    let eligible = |id: u32| serving(id).filter(|b| b.info.weight > 0);
+    let label = |b: &crate::plan::PlannedBackend| endpoint(b.address, b.port);
     let mut answer = SimulateAnswer {
-        service: Some(svc.name.clone()),
+        service: None,
         backend: None,
         address: None,
-        reason: String::new(),
-        scheduler: Some(scheduler.clone()),
-        hash: Some(hash),
-        slot,
-        table_size: Some(table_size),
-        explanation: String::new(),
+        reason: "no_service".into(),
+        scheduler: None,
+        hash: None,
+        slot: None,
+        table_size: None,
+        candidates: Vec::new(),
+        explanation:
+            "no service for this destination and protocol: the packet goes to the kernel untouched"
+                .into(),
     };
-    let mut stale = None;
-    if let Some(state) = conntrack.filter(|s| s.service == svc.info.id) {
-        match backend_of(state.backend) {
-            Some(b) if b.info.flags & BACKEND_ACTIVE != 0 => {
-                let label = endpoint(b.address, b.port);
-                answer.reason = "conntrack".into();
-                answer.explanation = format!(
-                    "conntrack hit: established flow of service {} -> backend {label}",
-                    svc.name
+    let Some(svc) = service_of(plan, flow) else {
+        return answer;
+    };
+    let cfg = config.services.iter().find(|s| s.name == svc.name);
+    let scheduler = cfg.map_or(crate::config::Scheduler::Mh, |s| s.scheduler);
+    answer.service = Some(svc.name.clone());
+    answer.scheduler = Some(scheduler.to_string());
+    let chose = |answer: &mut SimulateAnswer,
+                 reason: &str,
+                 b: &crate::plan::PlannedBackend,
+                 why: String| {
+        answer.reason = reason.into();
+        answer.backend = Some(label(b));
+        answer.address = Some(b.address);
+        answer.explanation = format!("{why} -> backend {}", label(b));
+    };
+
+    let mut prefix = String::new();
+    if let Some(st) = seen.conntrack.filter(|s| s.service == svc.info.id) {
+        let timeout = if flow.proto == lb_common::IPPROTO_TCP {
+            config.conntrack.tcp_timeout
+        } else {
+            config.conntrack.udp_timeout
+        };
+        let idle = Duration::from_nanos(seen.now_ns.saturating_sub(st.last_seen));
+        match serving(st.backend) {
+            Some(b) if timeout.is_zero() || idle <= timeout => {
+                let why = format!(
+                    "conntrack hit: established flow of service {}, last packet {}s ago",
+                    svc.name,
+                    idle.as_secs()
                 );
-                answer.backend = Some(label);
-                answer.address = Some(b.address);
+                chose(&mut answer, "conntrack", b, why);
                 return answer;
             }
-            Some(b) => stale = Some(endpoint(b.address, b.port)),
-            None => stale = Some(format!("backend id {}", state.backend)),
+            Some(b) => {
+                prefix = format!(
+                    "conntrack entry for {} idle past its timeout ({}s); rescheduled: ",
+                    label(b),
+                    timeout.as_secs()
+                )
+            }
+            None => {
+                prefix = "conntrack entry points at a backend that no longer serves; rescheduled: "
+                    .to_string()
+            }
         }
     }
+    if svc.info.persistence_secs > 0 {
+        if let Some(t) = seen.persistence {
+            let age = Duration::from_nanos(seen.now_ns.saturating_sub(t.last_seen));
+            if age.as_secs() <= u64::from(svc.info.persistence_secs) {
+                if let Some(b) = eligible(t.backend) {
+                    let why = format!(
+                        "{prefix}persistence: this client was sent to it {}s ago (persistence {}s)",
+                        age.as_secs(),
+                        svc.info.persistence_secs
+                    );
+                    chose(&mut answer, "persistence", b, why);
+                    return answer;
+                }
+            }
+        }
+    }
+    let table_size = svc.table.len() as u32;
+    answer.table_size = Some(table_size);
+    use crate::config::Scheduler as S;
+    let hash = match scheduler {
+        S::Mh => {
+            let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
+            Some(lb_common::hash::flow_hash(
+                &flow.src, &flow.dst, ports, flow.proto,
+            ))
+        }
+        S::Sh => Some(lb_common::hash::addr_hash(&flow.src)),
+        S::Dh => Some(lb_common::hash::addr_hash(&flow.dst)),
+        _ => None,
+    };
+    let Some(hash) = hash else {
+        // rr, wrr, lc, wlc, sed, nq, lblc, lblcr.
+        let how = match scheduler {
+            S::Rr | S::Wrr => "the next turn of its rotation",
+            _ => "the backends' active connections at that moment",
+        };
+        answer.candidates = svc
+            .table
+            .iter()
+            .filter_map(|&id| eligible(id))
+            .map(|b| format!("{} ({} active)", label(b), active(b.id)))
+            .collect();
+        answer.candidates.dedup();
+        if answer.candidates.is_empty() {
+            answer.reason = "no_backend".into();
+            answer.explanation = format!(
+                "{prefix}new flow of service {}: no backend takes new flows: the packet goes to the kernel",
+                svc.name
+            );
+        } else {
+            answer.reason = "scheduler".into();
+            answer.explanation = format!(
+                "{prefix}new flow of service {}: {scheduler} picks at the first packet, from {how}, one of: {}",
+                svc.name,
+                answer.candidates.join(", ")
+            );
+        }
+        return answer;
+    };
+    answer.hash = Some(hash);
+    let slot = (table_size > 0).then(|| hash % table_size);
+    answer.slot = slot;
     let id = slot
         .and_then(|s| svc.table.get(s as usize).copied())
         .unwrap_or(NO_BACKEND);
-    let prefix = match &stale {
-        Some(s) => format!(
-            "conntrack entry pointed at {s}, which no longer takes flows; rescheduled as a "
-        ),
-        None => String::new(),
+    let what = match scheduler {
+        S::Sh => "source hash",
+        S::Dh => "destination hash",
+        _ => "hash",
     };
-    match backend_of(id).filter(|b| b.info.flags & BACKEND_ACTIVE != 0) {
+    match eligible(id) {
         Some(b) => {
-            let label = endpoint(b.address, b.port);
-            answer.reason = "scheduler".into();
-            answer.explanation = format!(
-                "{prefix}new flow of service {}: {scheduler} hash {hash:#010x}, slot {} of {table_size} -> backend {label}",
+            let why = format!(
+                "{prefix}new flow of service {}: {scheduler} {what} {hash:#010x}, slot {} of {table_size}",
                 svc.name,
                 slot.unwrap_or(0)
             );
-            answer.backend = Some(label);
-            answer.address = Some(b.address);
+            chose(&mut answer, "scheduler", b, why);
         }
         None => {
             answer.reason = "no_backend".into();
             answer.explanation = format!(
-                "{prefix}new flow of service {}: no backend takes flows (slot {} is empty): the packet goes to the kernel",
+                "{prefix}new flow of service {}: no backend takes new flows (slot {} is empty): the packet goes to the kernel",
                 svc.name,
                 slot.unwrap_or(0)
             );
@@ -618,33 +712,8 @@ pub struct Controller {
     vrrp: VrrpBoard,
     timings: HealthCheckTimings,
     ready: Arc<AtomicBool>,
-    active: ActiveCount,
-}
-
-/// Connection-table entries per backend. Counting walks the whole table (two syscalls an
-/// entry), so a count is reused for ten times as long as it took: a small table is counted
-/// at every scrape, a table of a million entries at most every ten seconds or so.
-#[derive(Default)]
-struct ActiveCount {
-    at: Option<Instant>,
-    cost: Duration,
-    total: u64,
-    per_backend: HashMap<u32, u64>,
-}
-
-impl ActiveCount {
-    fn get(&mut self, datapath: &mut Datapath) -> (u64, &HashMap<u32, u64>) {
-        let fresh = self.at.is_some_and(|at| at.elapsed() < self.cost * 10);
-        if !fresh {
-            let started = Instant::now();
-            let (total, per) = datapath.conntrack_by_backend().unwrap_or_default();
-            self.cost = started.elapsed();
-            self.at = Some(Instant::now());
-            self.total = total;
-            self.per_backend = per;
-        }
-        (self.total, &self.per_backend)
-    }
+    /// Live connection-table entries at the last walk (`Datapath::reconcile`).
+    conntrack_live: u64,
 }
 
 /// What the controller is started with.
@@ -719,7 +788,7 @@ impl Controller {
             vrrp: s.vrrp,
             timings: s.timings,
             ready: s.ready,
-            active: ActiveCount::default(),
+            conntrack_live: 0,
         };
         if let Err(e) = c.bring_up(previous.is_none()) {
             // A datapath adopted from a previous daemon was forwarding before: leave it so.
@@ -743,7 +812,7 @@ impl Controller {
         // same tables), then cleaned of what the file no longer has.
         self.commit(next, fresh)?;
         if self.adopted {
-            let (services, backends) = self.datapath.reconcile(&self.plan)?;
+            let (services, backends) = self.datapath.remove_unplanned(&self.plan)?;
             tracing::info!(
                 stale_services = services,
                 stale_backends = backends,
@@ -775,9 +844,10 @@ impl Controller {
     pub fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut next_refresh = Instant::now() + self.refresh_interval();
         let mut next_sample = Instant::now();
+        let mut next_reconcile = Instant::now();
         loop {
             let now = Instant::now();
-            let wake = next_refresh.min(next_sample);
+            let wake = next_refresh.min(next_sample).min(next_reconcile);
             match requests.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Request::Stop {
                     keep_datapath,
@@ -802,6 +872,10 @@ impl Controller {
             if now >= next_refresh {
                 self.refresh();
                 next_refresh = Instant::now() + self.refresh_interval();
+            }
+            if now >= next_reconcile {
+                self.reconcile_conntrack();
+                next_reconcile = Instant::now() + RECONCILE_EVERY;
             }
         }
     }
@@ -1123,10 +1197,53 @@ impl Controller {
             )));
         }
         let flow = FlowKey::new(src, dst, proto);
-        let entry = self.datapath.conntrack_lookup(&flow).map_err(|e| {
-            ControlError::Failed(format!("cannot read the connection table: {e:#}"))
-        })?;
-        Ok(simulate(&self.plan, &self.config, &flow, entry))
+        let failed = |e: anyhow::Error| {
+            ControlError::Failed(format!("cannot read the datapath's maps: {e:#}"))
+        };
+        let conntrack = self.datapath.conntrack_lookup(&flow).map_err(failed)?;
+        let persistence = match service_of(&self.plan, &flow) {
+            Some(svc) if svc.info.persistence_secs > 0 => self
+                .datapath
+                .persistence_lookup(&lb_common::PersistKey {
+                    client: flow.src,
+                    service: svc.info.id,
+                })
+                .map_err(failed)?,
+            _ => None,
+        };
+        let seen = FlowLookups {
+            conntrack,
+            persistence,
+            now_ns: datapath::monotonic_ns(),
+        };
+        let loads: HashMap<u32, u64> = self
+            .plan
+            .backends
+            .iter()
+            .map(|b| (b.id, self.datapath.active_connections(b.id).unwrap_or(0)))
+            .collect();
+        let active = |id: u32| loads.get(&id).copied().unwrap_or(0);
+        Ok(simulate(&self.plan, &self.config, &flow, &seen, &active))
+    }
+
+    fn reconcile_conntrack(&mut self) {
+        let c = &self.config.conntrack;
+        match self.datapath.reconcile(
+            c.tcp_timeout.as_nanos() as u64,
+            c.udp_timeout.as_nanos() as u64,
+        ) {
+            Ok(r) => {
+                self.conntrack_live = r.live as u64;
+                if r.expired > 0 {
+                    tracing::debug!(
+                        live = r.live,
+                        expired = r.expired,
+                        "connection table reconciled"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("cannot reconcile the connection table: {e:#}"),
+        }
     }
 
     fn sample_rates(&mut self) {
@@ -1159,10 +1276,6 @@ impl Controller {
 
     /// Everything `bascule status` and `/metrics` show, read now.
     fn snapshot(&mut self) -> Snapshot {
-        let (entries, per_backend) = {
-            let (total, per) = self.active.get(&mut self.datapath);
-            (total, per.clone())
-        };
         let mut services = Vec::new();
         for svc in &self.config.services {
             let planned = self.plan.services.iter().find(|p| p.name == svc.name);
@@ -1207,8 +1320,7 @@ impl Controller {
                     health,
                     active: planned_b.is_some_and(|p| p.info.flags & BACKEND_ACTIVE != 0),
                     active_connections: planned_b
-                        .and_then(|p| per_backend.get(&p.id))
-                        .copied()
+                        .and_then(|p| self.datapath.active_connections(p.id).ok())
                         .unwrap_or(0),
                     connections: c.new_flows,
                     packets: c.packets,
@@ -1237,7 +1349,7 @@ impl Controller {
         let mut datapath = DatapathStats {
             interfaces: self.interfaces.clone(),
             adopted: self.adopted,
-            conntrack_entries: entries,
+            conntrack_entries: self.conntrack_live,
             conntrack_capacity: self.config.conntrack.max_entries.max(1024),
             ..Default::default()
         };
@@ -1565,6 +1677,16 @@ services:
         );
     }
 
+    fn state(backend: u32, service: u32, last_seen: u64) -> FlowState {
+        FlowState {
+            backend,
+            service,
+            last_seen,
+            flags: lb_common::FLOW_ACTIVE,
+            _pad: 0,
+        }
+    }
+
     #[test]
     fn simulate_explains_conntrack_and_scheduler_choices() {
         let c = config();
@@ -1574,9 +1696,10 @@ services:
             "10.0.0.1:80".parse().unwrap(),
             lb_common::IPPROTO_TCP,
         );
+        let none = |_| 0;
         let (_, predicted) = crate::plan::predict(&p, &flow).unwrap();
         let by_id = |id: u32| p.backends.iter().find(|b| b.id == id).unwrap();
-        let new = simulate(&p, &c, &flow, None);
+        let new = simulate(&p, &c, &flow, &FlowLookups::default(), &none);
         assert_eq!(new.reason, "scheduler");
         assert_eq!(new.address, Some(by_id(predicted).address));
         assert!(
@@ -1585,40 +1708,51 @@ services:
             "{}",
             new.explanation
         );
-        // An entry for another backend of the service wins while that backend is active.
+        // A fresh entry for another backend of the service wins while that backend serves.
         let other = p
             .backends
             .iter()
             .find(|b| b.service == "a" && b.id != predicted)
             .unwrap();
+        let sid = p.services[0].info.id;
+        let now: u64 = 10_000_000_000_000;
+        let seen = |st: FlowState| FlowLookups {
+            conntrack: Some(st),
+            persistence: None,
+            now_ns: now,
+        };
         let hit = simulate(
             &p,
             &c,
             &flow,
-            Some(FlowState {
-                backend: other.id,
-                service: p.services[0].info.id,
-            }),
+            &seen(state(other.id, sid, now - 3_000_000_000)),
+            &none,
         );
         assert_eq!(hit.reason, "conntrack");
         assert_eq!(hit.backend, Some(format!("{}:80", other.address)));
         assert_eq!(
             hit.explanation,
             format!(
-                "conntrack hit: established flow of service a -> backend {}:80",
+                "conntrack hit: established flow of service a, last packet 3s ago -> backend {}:80",
                 other.address
             )
         );
-        // An entry of another service (a VIP reused) does not count.
-        let foreign = simulate(
+        // Idle past tcp_timeout (15m): rescheduled.
+        let idle = simulate(
             &p,
             &c,
             &flow,
-            Some(FlowState {
-                backend: other.id,
-                service: 99,
-            }),
+            &seen(state(other.id, sid, now - 16 * 60 * 1_000_000_000)),
+            &none,
         );
+        assert_eq!(idle.reason, "scheduler");
+        assert!(
+            idle.explanation.starts_with("conntrack entry for "),
+            "{}",
+            idle.explanation
+        );
+        // An entry of another service (a VIP reused) does not count.
+        let foreign = simulate(&p, &c, &flow, &seen(state(other.id, 99, now)), &none);
         assert_eq!(foreign.reason, "scheduler");
         let nothing = simulate(
             &p,
@@ -1628,7 +1762,8 @@ services:
                 "10.0.0.3:80".parse().unwrap(),
                 lb_common::IPPROTO_TCP,
             ),
-            None,
+            &FlowLookups::default(),
+            &none,
         );
         assert_eq!(nothing.reason, "no_service");
         // The all-ports service answers any port.
@@ -1640,9 +1775,70 @@ services:
                 "10.0.0.2:5353".parse().unwrap(),
                 lb_common::IPPROTO_TCP,
             ),
-            None,
+            &FlowLookups::default(),
+            &none,
         );
         assert_eq!(any.backend.as_deref(), Some("10.0.0.13"));
+    }
+
+    #[test]
+    fn simulate_persistence_and_other_schedulers() {
+        let yaml = YAML
+            .replace("    forwarding: tun\n    backends:\n      - address: 10.0.0.11", "    forwarding: tun\n    persistence: 5m\n    scheduler: sh\n    backends:\n      - address: 10.0.0.11")
+            .replace("    port: 0\n", "    port: 0\n    scheduler: wlc\n");
+        let c = Config::parse(&yaml, "t.yaml").unwrap();
+        let p = plan(&c, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let src: SocketAddr = "10.9.0.1:40000".parse().unwrap();
+        let flow = FlowKey::new(src, "10.0.0.1:80".parse().unwrap(), lb_common::IPPROTO_TCP);
+        let none = |_| 0;
+        // sh: every port of one client reaches the same backend.
+        let one = simulate(&p, &c, &flow, &FlowLookups::default(), &none);
+        let other_port = FlowKey::new(
+            "10.9.0.1:40001".parse().unwrap(),
+            "10.0.0.1:80".parse().unwrap(),
+            6,
+        );
+        assert_eq!(one.reason, "scheduler");
+        assert!(
+            one.explanation.contains("sh source hash"),
+            "{}",
+            one.explanation
+        );
+        assert_eq!(
+            simulate(&p, &c, &other_port, &FlowLookups::default(), &none).backend,
+            one.backend
+        );
+        // A fresh persistence template wins over the scheduler.
+        let b12 = p
+            .backends
+            .iter()
+            .find(|b| b.address.to_string() == "10.0.0.12")
+            .unwrap();
+        let now = 1_000_000_000_000;
+        let seen = FlowLookups {
+            conntrack: None,
+            persistence: Some(PersistState {
+                backend: b12.id,
+                _pad: 0,
+                last_seen: now - 60_000_000_000,
+            }),
+            now_ns: now,
+        };
+        let kept = simulate(&p, &c, &flow, &seen, &none);
+        assert_eq!(kept.reason, "persistence");
+        assert_eq!(kept.backend.as_deref(), Some("10.0.0.12:80"));
+        assert_eq!(kept.explanation, "persistence: this client was sent to it 60s ago (persistence 300s) -> backend 10.0.0.12:80");
+        // wlc decides from the loads of the moment: the candidates, with theirs.
+        let wlc = simulate(
+            &p,
+            &c,
+            &FlowKey::new(src, "10.0.0.2:53".parse().unwrap(), 6),
+            &FlowLookups::default(),
+            &|_| 4,
+        );
+        assert_eq!(wlc.reason, "scheduler");
+        assert_eq!(wlc.backend, None);
+        assert_eq!(wlc.candidates, vec!["10.0.0.13 (4 active)"]);
     }
 
     #[test]

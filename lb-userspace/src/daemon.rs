@@ -85,20 +85,21 @@ pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
         .collect()
 }
 
-/// `tun` needs forwarding on the XDP interfaces for the families it tunnels over (see
-/// `netinfo::enable_forwarding`).
+/// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
+/// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
 pub fn prepare_interfaces(config: &Config) -> Result<()> {
-    let tunnelled = |v6: bool| {
+    let routed = |v6: bool| {
         config.services.iter().any(|s| {
-            s.backends
-                .iter()
-                .any(|b| b.effective_forwarding(s) == Forwarding::Tun && b.address.is_ipv6() == v6)
+            s.backends.iter().any(|b| {
+                matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat)
+                    && b.address.is_ipv6() == v6
+            })
         })
     };
-    let (v4, v6) = (tunnelled(false), tunnelled(true));
+    let (v4, v6) = (routed(false), routed(true));
     for iface in &config.node.interfaces {
         for change in netinfo::enable_forwarding(&iface.name, v4, v6)? {
-            tracing::info!(interface = %iface.name, "tun next hops need forwarding: set {change}");
+            tracing::info!(interface = %iface.name, "tun/nat next hops need forwarding: set {change}");
         }
     }
     Ok(())

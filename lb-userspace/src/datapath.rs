@@ -18,7 +18,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    BackendInfo, Counters, ServiceInfo, ServiceKey, Settings, MAGLEV_TABLE_SIZE, REASON_COUNT,
+    BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey, Settings,
+    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
 };
 
 use crate::{pins::PinDir, plan::Plan};
@@ -339,6 +340,34 @@ impl Datapath {
                 .set(svc.info.id, &table, 0)
                 .with_context(|| format!("service {}: Maglev table swap", svc.name))?;
         }
+        {
+            let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
+                p.services
+                    .iter()
+                    .map(|s| (s.key.family, s.key.addr))
+                    .collect()
+            };
+            let (new, old) = (vips(plan), vips(previous));
+            let mut map: HashMap<_, VipKey, u32> = HashMap::try_from(self.map("VIPS")?)?;
+            for &(family, addr) in new.difference(&old) {
+                map.insert(
+                    VipKey {
+                        addr,
+                        family,
+                        _pad: [0; 3],
+                    },
+                    1,
+                    0,
+                )?;
+            }
+            for &(family, addr) in old.difference(&new) {
+                let _ = map.remove(&VipKey {
+                    addr,
+                    family,
+                    _pad: [0; 3],
+                });
+            }
+        }
         let mut services: HashMap<_, ServiceKey, ServiceInfo> =
             HashMap::try_from(self.map("SERVICES")?)?;
         for svc in &plan.services {
@@ -490,18 +519,18 @@ impl Datapath {
         }
     }
 
-    /// Connection-table entries per backend id, and their total (one pass over the table).
-    pub fn conntrack_by_backend(&mut self) -> Result<(u64, StdHashMap<u32, u64>)> {
-        let m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map("CONNTRACK")?)?;
-        let mut per = StdHashMap::new();
-        let mut total = 0;
-        // An entry evicted between listing its key and reading it is simply skipped.
-        for (_, state) in m.iter().flatten() {
-            total += 1;
-            *per.entry(state.backend).or_insert(0) += 1;
+    /// The client's persistence template for a service.
+    pub fn persistence_lookup(
+        &mut self,
+        key: &lb_common::PersistKey,
+    ) -> Result<Option<lb_common::PersistState>> {
+        let m: HashMap<&mut MapData, lb_common::PersistKey, lb_common::PersistState> =
+            HashMap::try_from(self.map("PERSIST")?)?;
+        match m.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
         }
-        Ok((total, per))
     }
 
     /// Zeroes the counters of service and backend ids that are new in the next plan: a
@@ -525,10 +554,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// After adopting pinned maps, removes what the plan no longer has: services (their
-    /// VIP stops being balanced) and backends (marked inactive, so their flows are
+    /// After adopting pinned maps, removes what the plan no longer has: services and VIPs
+    /// (their traffic stops being balanced) and backends (marked inactive, so their flows are
     /// rescheduled) that a previous daemon left, and rewrites the node settings.
-    pub fn reconcile(&mut self, plan: &Plan) -> Result<(usize, usize)> {
+    pub fn remove_unplanned(&mut self, plan: &Plan) -> Result<(usize, usize)> {
         {
             let mut settings: Array<_, Settings> = Array::try_from(self.map("SETTINGS")?)?;
             settings.set(0, plan.settings, 0)?;
@@ -543,6 +572,20 @@ impl Datapath {
         for k in &stale {
             let _ = services.remove(k);
         }
+        let mut vips: HashMap<_, VipKey, u32> = HashMap::try_from(self.map("VIPS")?)?;
+        let stale_vips: Vec<VipKey> = vips
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !plan
+                    .services
+                    .iter()
+                    .any(|s| s.key.addr == k.addr && s.key.family == k.family)
+            })
+            .collect();
+        for k in &stale_vips {
+            let _ = vips.remove(k);
+        }
         let mut backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
         let planned: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
         let mut cleared = 0;
@@ -556,6 +599,112 @@ impl Datapath {
             }
         }
         Ok((stale.len(), cleared))
+    }
+}
+
+/// `bpf_ktime_get_ns()`'s clock, seen from userspace.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What one reconciliation pass found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Connection-table entries still live.
+    pub live: usize,
+    /// Entries idle past their timeout, removed (with their `nat` reply entries).
+    pub expired: usize,
+    /// Active connections per backend id, as written to `ACTIVE`.
+    pub active: StdHashMap<u32, u64>,
+}
+
+impl Datapath {
+    /// Walks the connection table: removes flows idle past their protocol's timeout (and
+    /// their `nat` reply entries), counts each backend's active flows (from the first
+    /// packet until FIN/RST or the idle timeout) and writes those counts to `ACTIVE`, so
+    /// the datapath's own increments and decrements cannot drift (a flow evicted from the
+    /// LRU or that ended without FIN stops counting here).
+    pub fn reconcile(&mut self, tcp_timeout_ns: u64, udp_timeout_ns: u64) -> Result<Reconciled> {
+        let now = monotonic_ns();
+        let mut result = Reconciled::default();
+        let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
+        {
+            let ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
+            for entry in ct.iter() {
+                let Ok((k, v)) = entry else { continue };
+                let timeout = if k.proto == IPPROTO_TCP {
+                    tcp_timeout_ns
+                } else {
+                    udp_timeout_ns
+                };
+                if timeout != 0 && now.saturating_sub(v.last_seen) > timeout {
+                    expired.push((k, v));
+                    continue;
+                }
+                result.live += 1;
+                if v.flags & FLOW_ACTIVE != 0 {
+                    *result.active.entry(v.backend).or_default() += 1;
+                }
+            }
+        }
+        {
+            let mut ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
+            for (k, _) in &expired {
+                let _ = ct.remove(k);
+            }
+        }
+        let nat_keys: Vec<NatKey> = {
+            let backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
+            expired
+                .iter()
+                .filter_map(|(k, v)| {
+                    let b = backends.get(&v.backend, 0).ok()?;
+                    (b.forward == lb_common::FORWARD_NAT).then_some(NatKey {
+                        backend: b.addr,
+                        client: k.src,
+                        backend_port: if b.port == 0 { k.dport } else { b.port },
+                        client_port: k.sport,
+                        proto: k.proto,
+                        family: k.family,
+                        _pad: [0; 2],
+                    })
+                })
+                .collect()
+        };
+        {
+            let mut nat: HashMap<_, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
+            for k in &nat_keys {
+                let _ = nat.remove(k);
+            }
+        }
+        result.expired = expired.len();
+        let ids: Vec<u32> = self
+            .applied
+            .as_ref()
+            .map(|p| p.backends.iter().map(|b| b.id).collect())
+            .unwrap_or_default();
+        let mut active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        for id in ids {
+            active.set(id, result.active.get(&id).copied().unwrap_or(0), 0)?;
+        }
+        Ok(result)
+    }
+
+    /// The datapath's active-connection count of a backend (what the load schedulers see).
+    pub fn active_connections(&mut self, backend_id: u32) -> Result<u64> {
+        let active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        Ok(active.get(&backend_id, 0)?)
+    }
+
+    /// Sets a backend's active-connection count (tests preset loads to check the formulas).
+    pub fn set_active_connections(&mut self, backend_id: u32, count: u64) -> Result<()> {
+        let mut active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
+        Ok(active.set(backend_id, count, 0)?)
     }
 }
 

@@ -12,3 +12,4 @@ pub mod pins;
 pub mod plan;
 pub mod snapshot;
 pub mod status;
+pub mod tables;

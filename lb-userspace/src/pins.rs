@@ -126,7 +126,7 @@ impl SavedState {
                     key: Default::default(),
                     info: lb_common::ServiceInfo {
                         id: s.id,
-                        table_size: 0,
+                        ..Default::default()
                     },
                     table: Vec::new(),
                     backends: Vec::new(),

@@ -4,15 +4,17 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use lb_common::{
-    addr_words,
-    maglev::{build_table, MaglevBackend},
-    BackendInfo, ServiceInfo, ServiceKey, Settings, BACKEND_ACTIVE, FORWARD_DR, FORWARD_TUN,
-    MAX_BACKENDS, MAX_SERVICES, NO_BACKEND,
+    addr_words, maglev::MaglevBackend, BackendInfo, ServiceInfo, ServiceKey, Settings,
+    BACKEND_ACTIVE, FORWARD_DR, FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, MAX_BACKENDS,
+    MAX_SERVICES, NO_BACKEND,
 };
 
-use crate::config::{Config, Forwarding};
+use crate::{
+    config::{Config, Forwarding},
+    tables,
+};
 
 /// MAC addresses of `dr` backends, learnt from the neighbour table.
 pub type MacTable = HashMap<IpAddr, [u8; 6]>;
@@ -22,7 +24,7 @@ pub struct PlannedService {
     pub name: String,
     pub key: ServiceKey,
     pub info: ServiceInfo,
-    /// Maglev table: slot -> backend id (`NO_BACKEND` when the service has none).
+    /// Lookup table (see `tables`): slot -> backend id (`NO_BACKEND` when none).
     pub table: Vec<u32>,
     /// Backend ids of this service, in config order.
     pub backends: Vec<u32>,
@@ -78,6 +80,13 @@ pub fn plan(
     if let Some(v6) = tunnel.v6 {
         settings.tunnel_src_v6 = addr_words(IpAddr::V6(v6)).0;
     }
+    settings.nat_enabled = config.services.iter().any(|s| {
+        s.backends
+            .iter()
+            .any(|b| b.effective_forwarding(s) == Forwarding::Nat)
+    }) as u32;
+    settings.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
+    settings.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     let old_services: HashMap<&str, u32> = previous.map_or_else(HashMap::new, |p| {
         p.services
             .iter()
@@ -122,21 +131,27 @@ pub fn plan(
             let forward = match b.effective_forwarding(svc) {
                 Forwarding::Dr => FORWARD_DR,
                 Forwarding::Tun => FORWARD_TUN,
-                other => bail!(
-                    "service {}: forwarding {other:?} is not supported by this build",
-                    svc.name
-                ),
+                Forwarding::Nat => FORWARD_NAT,
+                Forwarding::Local => FORWARD_LOCAL,
             };
             let (addr, family) = addr_words(b.address);
             let mac = macs.get(&b.address).copied();
-            let usable = forward == FORWARD_TUN || mac.is_some();
+            // dr needs the backend's MAC; the other modes find their next hop per packet.
+            let usable = forward != FORWARD_DR || mac.is_some();
+            let nat_port = if forward == FORWARD_NAT && port != svc.port {
+                port.to_be()
+            } else {
+                0
+            };
             let info = BackendInfo {
                 addr,
                 mac: mac.unwrap_or_default(),
                 family,
                 forward,
                 flags: if usable { BACKEND_ACTIVE } else { 0 },
-                _pad: [0; 3],
+                _pad: 0,
+                port: nat_port,
+                weight: if usable { b.weight } else { 0 },
             };
             maglev.push(MaglevBackend::new(
                 b.address,
@@ -152,7 +167,8 @@ pub fn plan(
                 info,
             });
         }
-        let table = build_table(&maglev, svc.maglev_table_size)
+        let table: Vec<u32> = tables::build(svc.scheduler, &maglev, svc.maglev_table_size)
+            .with_context(|| format!("service {}", svc.name))?
             .into_iter()
             .map(|i| {
                 if i == NO_BACKEND {
@@ -167,7 +183,10 @@ pub fn plan(
             key: ServiceKey::new(svc.vip, svc.port, svc.protocol.ip_proto()),
             info: ServiceInfo {
                 id: sid,
-                table_size: svc.maglev_table_size,
+                table_size: table.len() as u32,
+                persistence_secs: svc.persistence.as_secs_f64().ceil() as u32,
+                scheduler: tables::code(svc.scheduler),
+                _pad: [0; 3],
             },
             table,
             backends: ids,

@@ -2,6 +2,7 @@
 //! packet builder/decoder for fixtures.
 #![allow(dead_code)]
 
+pub mod harness;
 pub mod packet;
 
 use std::{

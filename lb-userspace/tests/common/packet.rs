@@ -25,6 +25,8 @@ pub struct Frame {
     /// IPv4 options bytes (a multiple of 4), or an IPv6 hop-by-hop header when non-empty.
     pub options: Vec<u8>,
     pub ttl: u8,
+    /// IPv4 UDP sent without a checksum (field 0).
+    pub no_udp_checksum: bool,
 }
 
 impl Frame {
@@ -39,6 +41,7 @@ impl Frame {
             payload: b"hello".to_vec(),
             options: Vec::new(),
             ttl: 64,
+            no_udp_checksum: false,
         }
     }
     pub fn udp(src: &str, sport: u16, dst: &str, dport: u16) -> Frame {
@@ -72,6 +75,18 @@ impl Frame {
             }
         }
         v.extend_from_slice(&self.payload);
+        if !(self.no_udp_checksum && matches!(self.l4, L4::Udp) && self.src.is_ipv4()) {
+            let at = if matches!(self.l4, L4::Tcp { .. }) {
+                16
+            } else {
+                6
+            };
+            let mut c = l4_checksum(self.src, self.dst, self.proto(), &v);
+            if c == 0 && matches!(self.l4, L4::Udp) {
+                c = 0xffff;
+            }
+            v[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        }
         v
     }
 
@@ -153,6 +168,28 @@ pub fn eth(
     v.extend_from_slice(&ethertype.to_be_bytes());
     v.extend_from_slice(payload);
     v
+}
+
+/// TCP/UDP/ICMPv6 checksum over the pseudo-header and `segment` (its checksum field zero).
+pub fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, proto]);
+            pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed families"),
+    }
+    pseudo.extend_from_slice(segment);
+    ipv4_checksum(&pseudo)
 }
 
 pub fn ipv4_checksum(h: &[u8]) -> u16 {
@@ -316,4 +353,59 @@ pub fn diff(expected: &[u8], got: &[u8]) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// An IPv4/IPv6 packet around an arbitrary L4 payload (ICMP), as the LB receives it.
+pub fn ip_packet(src: IpAddr, dst: IpAddr, proto: u8, ttl: u8, l4: &[u8]) -> Vec<u8> {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = vec![0x45, 0];
+            h.extend_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            h.extend_from_slice(&[0xab, 0xcd, 0, 0, ttl, proto, 0, 0]);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            let c = ipv4_checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            h.extend_from_slice(l4);
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = vec![0x60, 0, 0, 0];
+            h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+            h.push(proto);
+            h.push(ttl);
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+            h.extend_from_slice(l4);
+            h
+        }
+        _ => panic!("mixed families"),
+    }
+}
+
+/// An ICMP (v4) or ICMPv6 message with a correct checksum.
+pub fn icmp(src: IpAddr, dst: IpAddr, ty: u8, code: u8, rest: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(rest);
+    let c = if src.is_ipv4() {
+        ipv4_checksum(&m)
+    } else {
+        l4_checksum(src, dst, 58, &m)
+    };
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A whole frame carrying an ICMP message.
+pub fn icmp_frame(src: &str, dst: &str, ttl: u8, ty: u8, code: u8, rest: &[u8]) -> Vec<u8> {
+    let (s, d): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let proto = if s.is_ipv4() { 1 } else { 58 };
+    let et = if s.is_ipv4() { 0x0800 } else { 0x86dd };
+    eth(
+        LB_MAC,
+        CLIENT_MAC,
+        None,
+        et,
+        &ip_packet(s, d, proto, ttl, &icmp(s, d, ty, code, rest)),
+    )
 }

@@ -1,0 +1,175 @@
+//! The connection table: an established flow keeps its backend while that backend is
+//! active (even drained, even after the table changed); a new flow is scheduled, through
+//! the persistence template when the service has one. Active-connection counts for the
+//! load schedulers are kept here.
+
+use lb_common::{
+    BackendInfo, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo, BACKEND_ACTIVE,
+    FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, TOUCH_INTERVAL_NS,
+};
+
+use crate::{
+    maps::{ACTIVE, BACKENDS, CONNTRACK, PERSIST},
+    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    sched,
+};
+
+#[inline(always)]
+pub fn key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A backend that still serves its established flows (drained ones included).
+#[inline(always)]
+pub fn serving(id: u32) -> Option<BackendInfo> {
+    let b = *BACKENDS.get(id)?;
+    (b.flags & BACKEND_ACTIVE != 0).then_some(b)
+}
+
+#[inline(always)]
+fn add_active(id: u32) {
+    if let Some(p) = ACTIVE.get_ptr_mut(id) {
+        crate::atomic::add(p, 1);
+    }
+}
+
+#[inline(always)]
+fn sub_active(id: u32) {
+    if let Some(p) = ACTIVE.get_ptr_mut(id) {
+        // Userspace may have just rewritten the count lower: never wrap below zero.
+        if unsafe { *p } > 0 {
+            crate::atomic::sub(p, 1);
+        }
+    }
+}
+
+#[inline(always)]
+fn closing(pkt: &Packet) -> bool {
+    pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// The backend of an established flow: the connection-table entry's, while that backend
+/// still serves (drained ones included) and the entry is not idle past its timeout.
+/// `NO_BACKEND` when the flow must be scheduled. Also keeps the entry's clock and the
+/// active-connection count up to date. A separate BPF function (own stack frame).
+#[inline(never)]
+pub fn established(pkt: &Packet, service: &ServiceInfo) -> u32 {
+    let Some(state) = CONNTRACK.get_ptr_mut(&key(pkt)) else {
+        return NO_BACKEND;
+    };
+    let Some(settings) = crate::maps::SETTINGS.get(0) else {
+        return NO_BACKEND;
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let st = unsafe { &mut *state };
+    let timeout = if pkt.proto == IPPROTO_TCP {
+        settings.tcp_timeout_ns
+    } else {
+        settings.udp_timeout_ns
+    };
+    let fresh = timeout == 0 || now.saturating_sub(st.last_seen) <= timeout;
+    // A bare SYN on a finished 5-tuple starts a new connection.
+    let reopened = pkt.proto == IPPROTO_TCP
+        && pkt.tcp_flags & TCP_SYN != 0
+        && pkt.tcp_flags & TCP_ACK == 0
+        && st.flags & FLOW_ACTIVE == 0;
+    if st.service == service.id && fresh && !reopened && serving(st.backend).is_some() {
+        if now.saturating_sub(st.last_seen) > TOUCH_INTERVAL_NS {
+            st.last_seen = now;
+            if service.persistence_secs != 0 {
+                remember_client(pkt, service, st.backend, now);
+            }
+        }
+        if st.flags & FLOW_ACTIVE != 0 && closing(pkt) {
+            st.flags &= !FLOW_ACTIVE;
+            sub_active(st.backend);
+        }
+        return st.backend;
+    }
+    if st.flags & FLOW_ACTIVE != 0 {
+        st.flags &= !FLOW_ACTIVE;
+        sub_active(st.backend);
+    }
+    NO_BACKEND
+}
+
+/// The backend for a new flow: the client's persistence template if the service has one
+/// and it is fresh, else the scheduler's choice. `NO_BACKEND` when none is eligible.
+#[inline(always)]
+pub fn schedule(pkt: &Packet, service: &ServiceInfo, hash: u32) -> u32 {
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    if let Some(id) = persistent_choice(pkt, service, now) {
+        return id;
+    }
+    sched::choose(pkt, service, hash, now).unwrap_or(NO_BACKEND)
+}
+
+/// Records a new flow: connection-table entry, active count, persistence template.
+/// A separate BPF function (own stack frame).
+#[inline(never)]
+pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) {
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let flags = if closing(pkt) { 0 } else { FLOW_ACTIVE };
+    if flags != 0 {
+        add_active(id);
+    }
+    // A full table evicts its least recently used entry; an error here only means the
+    // next packet of the flow is scheduled again.
+    let _ = CONNTRACK.insert(
+        &key(pkt),
+        &FlowState {
+            backend: id,
+            service: service.id,
+            last_seen: now,
+            flags,
+            _pad: 0,
+        },
+        0,
+    );
+    if service.persistence_secs != 0 {
+        remember_client(pkt, service, id, now);
+    }
+}
+
+/// Persistence: the client's template, while it is fresh and its backend eligible.
+#[inline(always)]
+fn persistent_choice(pkt: &Packet, service: &ServiceInfo, now: u64) -> Option<u32> {
+    if service.persistence_secs == 0 {
+        return None;
+    }
+    let key = PersistKey {
+        client: pkt.src,
+        service: service.id,
+    };
+    let t = unsafe { *PERSIST.get_ptr(&key)? };
+    let ttl = service.persistence_secs as u64 * 1_000_000_000;
+    if now.saturating_sub(t.last_seen) > ttl {
+        return None;
+    }
+    sched::eligible(t.backend).map(|_| t.backend)
+}
+
+#[inline(always)]
+fn remember_client(pkt: &Packet, service: &ServiceInfo, backend: u32, now: u64) {
+    let key = PersistKey {
+        client: pkt.src,
+        service: service.id,
+    };
+    let _ = PERSIST.insert(
+        &key,
+        &PersistState {
+            backend,
+            _pad: 0,
+            last_seen: now,
+        },
+        0,
+    );
+}

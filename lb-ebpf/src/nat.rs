@@ -1,0 +1,180 @@
+//! `nat` forwarding: the destination becomes the backend's address and port on the way
+//! in; on the way back (the backend routes its replies through this node) the source
+//! becomes the VIP and service port again, found through the reply-direction table.
+
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::{
+    BackendInfo, NatKey, NatReply, Reason, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, TOUCH_INTERVAL_NS,
+};
+
+use crate::{
+    csum::Delta,
+    forward,
+    maps::NAT,
+    parse::{ptr_at, Fragment, Packet, Stop},
+};
+
+/// Which end of the packet a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrites one end's address (and port, unless `port` is 0 or the packet is a later
+/// fragment), updating the IPv4 header checksum and the TCP/UDP checksum incrementally.
+/// A zero IPv4 UDP checksum (none computed) stays zero.
+#[inline(always)]
+pub fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    side: Side,
+    addr: &[u32; 4],
+    port: u16,
+) -> Result<(), Stop> {
+    let bad = || Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp);
+    let v6 = pkt.family == FAMILY_V6;
+    let old_addr = if side == Side::Source {
+        pkt.src
+    } else {
+        pkt.dst
+    };
+    let mut addr_delta = Delta::new();
+    addr_delta.addr(&old_addr, addr, v6);
+
+    if v6 {
+        let off = pkt.l3_off() + if side == Side::Source { 8 } else { 24 };
+        let p = ptr_at::<[u32; 4]>(ctx, off).ok_or_else(bad)?;
+        unsafe { p.write_unaligned(*addr) };
+    } else {
+        let off = pkt.l3_off() + if side == Side::Source { 12 } else { 16 };
+        let p = ptr_at::<u32>(ctx, off).ok_or_else(bad)?;
+        unsafe { p.write_unaligned(addr[0]) };
+        let c = ptr_at::<u16>(ctx, pkt.l3_off() + 10).ok_or_else(bad)?;
+        unsafe { c.write_unaligned(addr_delta.apply(c.read_unaligned())) };
+    }
+    if pkt.fragment == Fragment::Later {
+        return Ok(());
+    }
+
+    let mut l4_delta = addr_delta;
+    let old_port = if side == Side::Source {
+        pkt.sport
+    } else {
+        pkt.dport
+    };
+    let new_port = if port == 0 { old_port } else { port };
+    if new_port != old_port {
+        let off = pkt.l4_off() + if side == Side::Source { 0 } else { 2 };
+        if off > crate::parse::MAX_L4_OFFSET {
+            return Err(bad());
+        }
+        let p = ptr_at::<u16>(ctx, off).ok_or_else(bad)?;
+        unsafe { p.write_unaligned(new_port) };
+        l4_delta.word(old_port, new_port);
+    }
+    let check_off = match pkt.proto {
+        IPPROTO_TCP => pkt.l4_off() + 16,
+        IPPROTO_UDP => pkt.l4_off() + 6,
+        _ => return Ok(()),
+    };
+    if check_off > crate::parse::MAX_L4_OFFSET + 16 {
+        return Err(bad());
+    }
+    let c = ptr_at::<u16>(ctx, check_off).ok_or_else(bad)?;
+    let old = unsafe { c.read_unaligned() };
+    if pkt.proto == IPPROTO_UDP && old == 0 && !v6 {
+        return Ok(());
+    }
+    let mut new = l4_delta.apply(old);
+    if pkt.proto == IPPROTO_UDP && new == 0 {
+        new = 0xffff;
+    }
+    unsafe { c.write_unaligned(new) };
+    Ok(())
+}
+
+/// Forward direction: rewrite to the backend, remember the reply direction, route.
+/// A separate BPF function; the result comes back packed in one word.
+#[inline(never)]
+pub fn to_backend(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    service: u32,
+) -> u32 {
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    Stop::pack(to_backend_inner(raw, pkt, backend, service, now))
+}
+
+#[inline(always)]
+fn to_backend_inner(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    service: u32,
+    now: u64,
+) -> Result<u32, Stop> {
+    let ctx = &crate::parse::context(raw);
+    if pkt.fragment != Fragment::Later {
+        let key = NatKey {
+            backend: backend.addr,
+            client: pkt.src,
+            backend_port: if backend.port == 0 {
+                pkt.dport
+            } else {
+                backend.port
+            },
+            client_port: pkt.sport,
+            proto: pkt.proto,
+            family: pkt.family,
+            _pad: [0; 2],
+        };
+        let fresh = NAT
+            .get_ptr(&key)
+            .is_some_and(|r| now.saturating_sub(unsafe { (*r).last_seen }) < TOUCH_INTERVAL_NS);
+        if !fresh {
+            let reply = NatReply {
+                vip: pkt.dst,
+                vip_port: pkt.dport,
+                _pad: [0; 2],
+                service,
+                last_seen: now,
+            };
+            let _ = NAT.insert(&key, &reply, 0);
+        }
+    }
+    rewrite(ctx, pkt, Side::Destination, &backend.addr, backend.port)?;
+    Stop::unpack(forward::route(raw, pkt, &backend.addr))
+}
+
+/// Reply direction: a packet that is not for a VIP may be a backend's reply to a `nat`
+/// flow; if the table knows it, put the VIP back as source and route it to the client.
+/// Anything else is passed untouched.
+#[inline(never)]
+pub fn reply(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u32 {
+    Stop::pack(reply_inner(raw, pkt))
+}
+
+#[inline(always)]
+fn reply_inner(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32, Stop> {
+    let ctx = &crate::parse::context(raw);
+    if pkt.fragment == Fragment::Later || pkt.is_icmp() {
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let key = NatKey {
+        backend: pkt.src,
+        client: pkt.dst,
+        backend_port: pkt.sport,
+        client_port: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    let Some(r) = NAT.get_ptr(&key) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let r = unsafe { *r };
+    rewrite(ctx, pkt, Side::Source, &r.vip, r.vip_port)?;
+    Stop::unpack(forward::route(raw, pkt, &pkt.dst))
+}

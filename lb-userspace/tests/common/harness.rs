@@ -1,0 +1,218 @@
+//! The fixture harness: the real XDP object loaded in a throwaway namespace whose `eth0`
+//! has the fixture lab's addresses and static neighbours, maps programmed from a config
+//! exactly as `bascule run` does (config -> plan -> maps), frames run through
+//! BPF_PROG_TEST_RUN, and table-driven cases whose mismatches name the differing fields.
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use bascule::{
+    config::Config,
+    daemon,
+    datapath::Datapath,
+    plan::{self, MacTable, Plan},
+};
+use lb_common::FlowKey;
+
+use super::{
+    packet::{self, Frame, LB_MAC},
+    Netns,
+};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
+pub const LB_V4: [u8; 4] = [10, 111, 0, 2];
+pub const LB_V6: &str = "fd00:111::2";
+
+/// MAC of a lab backend: 02:00:00:00:00:<last address byte>.
+pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
+    let last = match addr {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    };
+    [0x02, 0, 0, 0, 0, last]
+}
+
+pub struct Harness {
+    pub ns: Netns,
+    pub datapath: Datapath,
+    pub plan: Plan,
+    pub config: Config,
+    pub ifindex: u32,
+    pub eth0_mac: [u8; 6],
+}
+
+impl Harness {
+    pub fn new(config_text: &str) -> Harness {
+        let config = Config::parse(config_text, "fixtures.yaml").expect("fixture config");
+        let ns = Netns::new("fx");
+        ns.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+        ]);
+        ns.ip(&["link", "set", "eth0", "address", "02:00:00:00:00:02", "up"]);
+        ns.ip(&["link", "set", "peer0", "up"]);
+        ns.ip(&["addr", "add", "10.111.0.2/24", "dev", "eth0"]);
+        ns.ip(&["addr", "add", "fd00:111::2/64", "dev", "eth0", "nodad"]);
+        let mut macs = MacTable::new();
+        for svc in &config.services {
+            for b in &svc.backends {
+                let mac = backend_mac(b.address);
+                let m = mac
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":");
+                ns.ip(&[
+                    "neigh",
+                    "replace",
+                    &b.address.to_string(),
+                    "lladdr",
+                    &m,
+                    "dev",
+                    "eth0",
+                    "nud",
+                    "permanent",
+                ]);
+                macs.insert(b.address, mac);
+            }
+        }
+        // The client, for routed (`nat`) replies.
+        ns.ip(&[
+            "neigh",
+            "replace",
+            "10.111.0.10",
+            "lladdr",
+            "02:00:00:00:00:10",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        ns.ip(&[
+            "neigh",
+            "replace",
+            "fd00:111::10",
+            "lladdr",
+            "02:00:00:00:00:10",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ]);
+        ns.enter();
+        let ifindex = ns.ifindex("eth0");
+        daemon::prepare_interfaces(&config).expect("forwarding sysctls");
+        let mut datapath = Datapath::load(65536).expect("load the XDP program");
+        let tunnel = daemon::tunnel_sources(&config).expect("tunnel sources from eth0");
+        let plan = plan::plan(&config, &macs, tunnel, None).expect("plan");
+        datapath.apply(&plan).expect("program the maps");
+        Harness {
+            ns,
+            datapath,
+            plan,
+            config,
+            ifindex,
+            eth0_mac: LB_MAC,
+        }
+    }
+
+    /// Runs one frame through the program; returns the verdict and the output frame.
+    pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 256];
+        let ctx = xdp_md(input.len() as u32, self.ifindex);
+        let res = self
+            .datapath
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(res.data_size_out as usize);
+        (res.return_value, out)
+    }
+
+    /// The backend the plan says this frame's flow goes to (as `bascule simulate` will).
+    pub fn predicted(&self, f: &Frame) -> IpAddr {
+        let (_, id) = plan::predict(&self.plan, &flow_key(f)).expect("flow maps to a backend");
+        self.plan
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .unwrap()
+            .address
+    }
+
+    pub fn apply(&mut self, config_text: &str) {
+        self.config = Config::parse(config_text, "fixtures.yaml").unwrap();
+        let macs: MacTable = self
+            .config
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.backends
+                    .iter()
+                    .map(|b| (b.address, backend_mac(b.address)))
+            })
+            .collect();
+        let tunnel = daemon::tunnel_sources(&self.config).unwrap();
+        self.plan = plan::plan(&self.config, &macs, tunnel, Some(&self.plan)).unwrap();
+        self.datapath.apply(&self.plan).unwrap();
+    }
+}
+
+pub fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
+    [0u32, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|w| w.to_ne_bytes())
+        .collect()
+}
+
+pub fn flow_key(f: &Frame) -> FlowKey {
+    FlowKey::new((f.src, f.sport).into(), (f.dst, f.dport).into(), f.proto())
+}
+
+pub enum Expect {
+    Unchanged,
+    Frame(Vec<u8>),
+}
+
+pub struct Case {
+    pub name: &'static str,
+    pub input: Vec<u8>,
+    pub verdict: u32,
+    pub expect: Expect,
+}
+
+pub fn check(h: &mut Harness, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let (verdict, out) = h.run(&c.input);
+        let expected = match &c.expect {
+            Expect::Unchanged => c.input.clone(),
+            Expect::Frame(f) => f.clone(),
+        };
+        let mut problems = Vec::new();
+        if verdict != c.verdict {
+            problems.push(format!("verdict: expected {}, got {}", c.verdict, verdict));
+        }
+        problems.extend(packet::diff(&expected, &out));
+        if !problems.is_empty() {
+            failures.push(format!(
+                "case '{}':\n    {}",
+                c.name,
+                problems.join("\n    ")
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} case(s) failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
