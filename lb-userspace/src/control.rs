@@ -14,7 +14,7 @@
 //! `simulate`, `rates`) are plain functions tested without root.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
@@ -40,7 +40,7 @@ use crate::{
     plan::{plan, MacTable, Plan},
     snapshot::{
         endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
-        VrrpBoard,
+        VrrpSource,
     },
 };
 
@@ -95,70 +95,83 @@ pub struct Override {
 
 pub type Overrides = BTreeMap<BackendKey, Override>;
 
-/// What a health checker says about one backend: the seam between health checks and the
+/// What health checking says about one backend: the seam between health checks and the
 /// controller. `weight` is a dynamic weight (a `misc` check with `dynamic: true`), used
-/// instead of the file's unless an operator override is set.
+/// instead of the file's while the backend is up, unless an operator override is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendHealth {
-    pub health: Health,
+    pub up: bool,
     pub weight: Option<u32>,
 }
+
+/// The health of every checked backend; a backend absent from it is unchecked (up).
+pub type HealthMap = HashMap<BackendKey, BackendHealth>;
 
 #[derive(Clone, Debug, Default)]
 pub struct Runtime {
     pub overrides: Overrides,
-    /// Absent: unchecked (up).
-    pub health: HashMap<BackendKey, BackendHealth>,
+    pub health: HealthMap,
 }
 
-/// The weight the scheduler gets for a backend, or `None` when the backend leaves the
-/// plan (down, without `inhibit_on_failure`: its flows are rescheduled).
-pub fn effective_weight(
-    config_weight: u32,
-    key: &BackendKey,
-    inhibit: bool,
-    rt: &Runtime,
-) -> Option<u32> {
+/// What the scheduler makes of one backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Effective {
+    pub weight: u32,
+    /// Planned inactive: down without `inhibit_on_failure`, so its established flows are
+    /// rescheduled (with mh, only its flows move). An inhibited down backend only gets
+    /// weight 0: its established flows stay.
+    pub inactive: bool,
+}
+
+/// A backend's weight after health and runtime overrides: down gives 0 (whatever the
+/// override), else the operator's override, else the check's dynamic weight, else the
+/// file's.
+pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runtime) -> Effective {
     let health = rt.health.get(key);
-    if health.is_some_and(|h| h.health == Health::Down) {
-        return inhibit.then_some(0);
+    if health.is_some_and(|h| !h.up) {
+        return Effective {
+            weight: 0,
+            inactive: !inhibit,
+        };
     }
-    Some(
-        rt.overrides
-            .get(key)
-            .map(|o| o.weight)
-            .or(health.and_then(|h| h.weight))
-            .unwrap_or(config_weight),
-    )
+    let weight = rt
+        .overrides
+        .get(key)
+        .map(|o| o.weight)
+        .or(health.and_then(|h| h.weight))
+        .unwrap_or(config_weight);
+    Effective {
+        weight,
+        inactive: false,
+    }
 }
 
-/// The configuration the scheduler sees: the file's, with runtime overrides and health
-/// applied (a down backend is removed, or weighted 0 with `inhibit_on_failure`).
-pub fn effective_config(config: &Config, rt: &Runtime) -> Config {
+/// The configuration the scheduler sees (the file's, with every backend's effective
+/// weight), and the backends to plan inactive. Backends keep their place, so their ids,
+/// counters and Maglev identities stay.
+pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<BackendKey>) {
     let mut out = config.clone();
+    let mut inactive = HashSet::new();
     for svc in &mut out.services {
         let inhibit = svc
             .health_check
             .as_ref()
             .is_some_and(|h| h.inhibit_on_failure);
-        let name = svc.name.clone();
         let svc_ref = svc.clone();
-        svc.backends.retain_mut(|b| {
+        for b in &mut svc.backends {
             let key = BackendKey {
-                service: name.clone(),
+                service: svc_ref.name.clone(),
                 address: b.address,
                 port: b.effective_port(&svc_ref),
             };
-            match effective_weight(b.weight, &key, inhibit, rt) {
-                Some(w) => {
-                    b.weight = w;
-                    true
-                }
-                None => false,
+            let e = effective(b.weight, &key, inhibit, rt);
+            b.weight = e.weight;
+            if e.inactive {
+                inactive.insert(key);
             }
-        });
+        }
     }
-    out
+    (out, inactive)
 }
 
 /// Every backend of a configuration, keyed, with its configured weight.
@@ -666,11 +679,9 @@ pub enum Request {
         weight: Option<u32>,
         reply: oneshot::Sender<Result<WeightChange, ControlError>>,
     },
-    /// From health checks; no answer.
-    Health {
-        backend: BackendKey,
-        health: BackendHealth,
-    },
+    /// From health checking: the health of every checked backend now (it replaces the
+    /// previous map; only what changed reaches the maps). No answer.
+    Health(HealthMap),
     Simulate {
         src: SocketAddr,
         dst: SocketAddr,
@@ -709,7 +720,7 @@ pub struct Controller {
     /// Counts of backends that left the plan (down, removed) and may come back under a
     /// new id: added to the new id's counts so that their counters never go backwards.
     retired: HashMap<BackendKey, Counters>,
-    vrrp: VrrpBoard,
+    vrrp: VrrpSource,
     timings: HealthCheckTimings,
     ready: Arc<AtomicBool>,
     /// Live connection-table entries at the last walk (`Datapath::reconcile`).
@@ -722,7 +733,8 @@ pub struct Start {
     pub config: Config,
     /// Pin the datapath under `/sys/fs/bpf/bascule` (and adopt what is pinned there).
     pub pinned: bool,
-    pub vrrp: VrrpBoard,
+    /// The VRRP instances' status (`snapshot::no_vrrp()` without VRRP).
+    pub vrrp: VrrpSource,
     pub timings: HealthCheckTimings,
     pub ready: Arc<AtomicBool>,
 }
@@ -904,7 +916,7 @@ impl Controller {
             } => {
                 let _ = reply.send(self.set_weight(&service, &backend, weight));
             }
-            Request::Health { backend, health } => self.set_health(backend, health),
+            Request::Health(health) => self.set_health(health),
             Request::Simulate {
                 src,
                 dst,
@@ -920,17 +932,28 @@ impl Controller {
     /// The plan for `config` under the current runtime state, ids kept from the plan the
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
-        let effective = effective_config(config, &self.runtime);
+        let (effective, inactive) = effective_config(config, &self.runtime);
         let macs: MacTable = netinfo::resolve_macs(&daemon::backend_addresses(&effective), wait)?
             .into_iter()
             .collect();
         self.missing_macs = daemon::missing_dr_macs(&effective, &macs);
-        plan(
+        let mut next = plan(
             &effective,
             &macs,
             daemon::tunnel_sources(config)?,
             Some(&self.plan),
-        )
+        )?;
+        for b in &mut next.backends {
+            let key = BackendKey {
+                service: b.service.clone(),
+                address: b.address,
+                port: b.port,
+            };
+            if inactive.contains(&key) {
+                b.info.flags &= !BACKEND_ACTIVE;
+            }
+        }
+        Ok(next)
     }
 
     /// Writes `next` into the maps (only the difference from what they hold), keeping the
@@ -1135,7 +1158,7 @@ impl Controller {
             return Err(ControlError::Failed(format!("{e:#}")));
         }
         let inhibit = self.inhibit_on_failure(&key.service);
-        let effective = effective_weight(config_weight, &key, inhibit, &self.runtime).unwrap_or(0);
+        let effective = effective(config_weight, &key, inhibit, &self.runtime).weight;
         tracing::info!(
             backend = %key,
             weight = effective,
@@ -1165,23 +1188,21 @@ impl Controller {
             .is_some_and(|h| h.inhibit_on_failure)
     }
 
-    fn set_health(&mut self, backend: BackendKey, health: BackendHealth) {
-        let before = self.runtime.health.get(&backend).copied();
-        if before == Some(health) {
+    /// A new health map: re-plans if it changes what the datapath does. (The health
+    /// checks log each backend's transitions; this logs only the resulting update.)
+    fn set_health(&mut self, health: HealthMap) {
+        if health == self.runtime.health {
             return;
         }
-        let was_up = before.is_none_or(|h| h.health.is_up());
-        self.runtime.health.insert(backend.clone(), health);
-        if was_up != health.health.is_up() {
-            let state = if health.health.is_up() { "up" } else { "down" };
-            tracing::info!(backend = %backend, "backend {state}");
-        }
+        let down = health.values().filter(|h| !h.up).count();
+        self.runtime.health = health;
         let config = self.config.clone();
-        if let Err(e) = self
+        match self
             .replan(&config, RESOLVE_WAIT_CHANGE)
             .and_then(|next| self.commit(next, false))
         {
-            tracing::error!(backend = %backend, "cannot apply a health change: {e:#}");
+            Ok(()) => tracing::debug!(down, "datapath updated for health"),
+            Err(e) => tracing::error!("cannot apply a health change: {e:#}"),
         }
     }
 
@@ -1304,17 +1325,17 @@ impl Controller {
                     .and_then(|p| self.datapath.backend_counters(p.id).ok())
                     .unwrap_or_default();
                 let c = add(self.retired.get(&key).copied().unwrap_or_default(), current);
-                let health = self
-                    .runtime
-                    .health
-                    .get(&key)
-                    .map_or(Health::Unchecked, |h| h.health);
+                let health = match self.runtime.health.get(&key) {
+                    None => Health::Unchecked,
+                    Some(h) if h.up => Health::Up,
+                    Some(_) => Health::Down,
+                };
                 backends.push(BackendStatus {
                     address: b.address,
                     port: key.port,
                     label: key.label(),
                     forwarding: b.effective_forwarding(svc).to_string(),
-                    weight: effective_weight(b.weight, &key, inhibit, &self.runtime).unwrap_or(0),
+                    weight: effective(b.weight, &key, inhibit, &self.runtime).weight,
                     config_weight: b.weight,
                     weight_override: self.runtime.overrides.get(&key).map(|o| o.weight),
                     health,
@@ -1383,7 +1404,7 @@ impl Controller {
             reloads: self.reloads.clone(),
             services,
             datapath,
-            vrrp: self.vrrp.read().map(|v| v.clone()).unwrap_or_default(),
+            vrrp: (self.vrrp)(),
         }
     }
 
@@ -1521,7 +1542,7 @@ services:
     fn overrides_and_health_shape_the_effective_config() {
         let c = config();
         let mut rt = Runtime::default();
-        assert_eq!(effective_config(&c, &rt), c);
+        assert_eq!(effective_config(&c, &rt), (c.clone(), HashSet::new()));
         rt.overrides.insert(
             key("a", "10.0.0.12", 80),
             Override {
@@ -1529,49 +1550,68 @@ services:
                 config_weight: 2,
             },
         );
-        // Down without inhibit: removed. Down with inhibit: weight 0.
-        rt.health.insert(
-            key("a", "10.0.0.11", 80),
-            BackendHealth {
-                health: Health::Down,
-                weight: None,
-            },
-        );
-        rt.health.insert(
-            key("b", "10.0.0.13", 0),
-            BackendHealth {
-                health: Health::Down,
-                weight: None,
-            },
-        );
+        // Down without inhibit: weight 0 and inactive (its flows move). Down with
+        // inhibit: weight 0 only (its flows stay). Every backend keeps its place.
+        let down = BackendHealth {
+            up: false,
+            weight: None,
+        };
+        rt.health.insert(key("a", "10.0.0.11", 80), down);
+        rt.health.insert(key("b", "10.0.0.13", 0), down);
+        let (e, inactive) = effective_config(&c, &rt);
         assert_eq!(
-            weights(&effective_config(&c, &rt)),
+            weights(&e),
             vec![
+                ("a".into(), "10.0.0.11".into(), 0),
                 ("a".into(), "10.0.0.12".into(), 0),
                 ("b".into(), "10.0.0.13".into(), 0)
             ]
         );
+        assert_eq!(inactive, [key("a", "10.0.0.11", 80)].into_iter().collect());
         // A dynamic weight applies when up, but an operator's override wins.
-        rt.health.insert(
-            key("a", "10.0.0.11", 80),
-            BackendHealth {
-                health: Health::Up,
-                weight: Some(7),
-            },
-        );
-        rt.health.insert(
-            key("a", "10.0.0.12", 80),
-            BackendHealth {
-                health: Health::Up,
-                weight: Some(9),
-            },
-        );
+        let up = |w| BackendHealth {
+            up: true,
+            weight: Some(w),
+        };
+        rt.health.insert(key("a", "10.0.0.11", 80), up(7));
+        rt.health.insert(key("a", "10.0.0.12", 80), up(9));
+        let (e, inactive) = effective_config(&c, &rt);
         assert_eq!(
-            weights(&effective_config(&c, &rt))[..2],
+            weights(&e)[..2],
             [
                 ("a".into(), "10.0.0.11".into(), 7),
                 ("a".into(), "10.0.0.12".into(), 0)
             ]
+        );
+        assert!(inactive.is_empty());
+    }
+
+    #[test]
+    fn a_down_backend_is_planned_inactive_and_keeps_its_id() {
+        let c = config();
+        let p = plan(&c, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let mut rt = Runtime::default();
+        rt.health.insert(
+            key("a", "10.0.0.11", 80),
+            BackendHealth {
+                up: false,
+                weight: None,
+            },
+        );
+        let (e, inactive) = effective_config(&c, &rt);
+        let q = plan(&e, &MacTable::new(), TunnelSources::default(), Some(&p)).unwrap();
+        let b11 = |p: &Plan| {
+            p.backends
+                .iter()
+                .find(|b| b.address.to_string() == "10.0.0.11")
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(b11(&q).id, b11(&p).id);
+        assert!(inactive.contains(&key("a", "10.0.0.11", 80)));
+        assert!(
+            !q.services[0].table.contains(&b11(&q).id),
+            "a down backend has no slot"
         );
     }
 

@@ -19,7 +19,7 @@ use crate::{
     metrics::HealthCheckTimings,
     netinfo,
     plan::{MacTable, TunnelSources},
-    snapshot::VrrpBoard,
+    snapshot,
 };
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
@@ -143,14 +143,14 @@ async fn serve(
     let timings = HealthCheckTimings::default();
     let (requests, inbox) = mpsc::channel();
     let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
-    // Where VRRP instances will publish their state (see ARCHITECTURE.md, seams); health
-    // checkers will get a clone of `requests`.
-    let vrrp = VrrpBoard::default();
+    // The seams (ARCHITECTURE.md): VRRP instances will provide their status here, and
+    // health checks will send `Request::Health` on a clone of `requests`.
+    let vrrp = snapshot::no_vrrp();
     let start = control::Start {
         path,
         config,
         pinned: true,
-        vrrp: vrrp.clone(),
+        vrrp,
         timings: timings.clone(),
         ready: ready.clone(),
     };

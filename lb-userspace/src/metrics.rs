@@ -273,26 +273,26 @@ pub fn render(s: &Snapshot, timings: &HealthCheckTimings, openmetrics: bool) -> 
         for state in VrrpState::ALL {
             vrrp_state
                 .get_or_create(&InstanceStateLabels {
-                    instance: v.name.clone(),
+                    instance: v.instance.clone(),
                     state: state.as_str().to_string(),
                 })
                 .set((v.state == state) as i64);
             vrrp_transitions
                 .get_or_create(&InstanceToLabels {
-                    instance: v.name.clone(),
+                    instance: v.instance.clone(),
                     to: state.as_str().to_string(),
                 })
                 .inc_by(v.transitions.get(&state).copied().unwrap_or(0));
         }
         vrrp_received
             .get_or_create(&InstanceLabels {
-                instance: v.name.clone(),
+                instance: v.instance.clone(),
             })
             .inc_by(v.adverts_received);
         for (reason, n) in &v.adverts_invalid {
             vrrp_invalid
                 .get_or_create(&InstanceReasonLabels {
-                    instance: v.name.clone(),
+                    instance: v.instance.clone(),
                     reason: reason.clone(),
                 })
                 .inc_by(*n);
@@ -480,12 +480,11 @@ mod tests {
     fn vrrp_state_is_one_hot() {
         let mut s = snapshot();
         s.vrrp.push(VrrpStatus {
-            name: "VI_1".into(),
+            instance: "VI_1".into(),
             interface: "eth0".into(),
             virtual_router_id: 51,
             state: VrrpState::Master,
             priority: 150,
-            effective_priority: 150,
             master: None,
             virtual_addresses: vec![],
             transitions: [(VrrpState::Master, 1)].into_iter().collect(),

@@ -3,12 +3,12 @@
 //! the input of `bascule status` (`status.rs`) and of `/metrics` (`metrics.rs`).
 //!
 //! Producers: the controller (`control.rs`) fills services and datapath counters; the VRRP
-//! instances publish their own [`VrrpStatus`] on a shared [`VrrpBoard`].
+//! side provides its instances' [`VrrpStatus`] through a [`VrrpSource`].
 
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -145,17 +145,14 @@ pub struct DatapathStats {
 }
 
 /// A VRRP instance as `bascule status`, `/api/v1/vrrp` and `bascule_vrrp_*` show it.
-/// Published by the instance itself on the [`VrrpBoard`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VrrpStatus {
-    pub name: String,
+    pub instance: String,
     pub interface: String,
     pub virtual_router_id: u8,
     pub state: VrrpState,
-    /// Configured priority.
+    /// The priority its adverts carry.
     pub priority: u8,
-    /// Priority after tracked interfaces (what adverts carry).
-    pub effective_priority: u8,
     /// The master's address as last seen in its adverts (ours when master).
     pub master: Option<IpAddr>,
     pub virtual_addresses: Vec<String>,
@@ -193,18 +190,14 @@ impl VrrpState {
     }
 }
 
-/// Where VRRP instances publish their status for the API and the metrics: each instance
-/// replaces its own entry (by name) when its state or counters change. Short critical
-/// sections only; readers clone.
-pub type VrrpBoard = Arc<RwLock<Vec<VrrpStatus>>>;
+/// Where the daemon reads the VRRP instances' status, at each snapshot (`bascule status`,
+/// `/api/v1/vrrp`, `/metrics`): a function the VRRP side provides (reading its own shared
+/// status board), so that neither side owns the other's state.
+pub type VrrpSource = Arc<dyn Fn() -> Vec<VrrpStatus> + Send + Sync>;
 
-/// Replaces (or adds) `status` on the board, by instance name.
-pub fn publish_vrrp(board: &VrrpBoard, status: VrrpStatus) {
-    let mut all = board.write().unwrap_or_else(|e| e.into_inner());
-    match all.iter_mut().find(|s| s.name == status.name) {
-        Some(slot) => *slot = status,
-        None => all.push(status),
-    }
+/// The source of a daemon without VRRP instances.
+pub fn no_vrrp() -> VrrpSource {
+    Arc::new(Vec::new)
 }
 
 /// `ADDR:PORT` with brackets for IPv6, or the bare address for port 0.
@@ -227,29 +220,5 @@ mod tests {
         assert_eq!(endpoint(v4, 80), "10.0.0.1:80");
         assert_eq!(endpoint(v6, 80), "[fd00::1]:80");
         assert_eq!(endpoint(v6, 0), "fd00::1");
-    }
-
-    #[test]
-    fn vrrp_board_replaces_by_name() {
-        let board = VrrpBoard::default();
-        let mut s = VrrpStatus {
-            name: "VI_1".into(),
-            interface: "eth0".into(),
-            virtual_router_id: 51,
-            state: VrrpState::Backup,
-            priority: 100,
-            effective_priority: 100,
-            master: None,
-            virtual_addresses: vec!["10.0.0.100/24".into()],
-            transitions: BTreeMap::new(),
-            adverts_received: 0,
-            adverts_invalid: BTreeMap::new(),
-        };
-        publish_vrrp(&board, s.clone());
-        s.state = VrrpState::Master;
-        publish_vrrp(&board, s.clone());
-        let all = board.read().unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].state, VrrpState::Master);
     }
 }

@@ -174,17 +174,12 @@ fn vrrp_table(s: &Snapshot) -> String {
         "Addresses",
     ]);
     for v in &s.vrrp {
-        let priority = if v.priority == v.effective_priority {
-            v.priority.to_string()
-        } else {
-            format!("{} (configured {})", v.effective_priority, v.priority)
-        };
         t.row_owned(vec![
-            v.name.clone(),
+            v.instance.clone(),
             v.interface.clone(),
             v.virtual_router_id.to_string(),
             v.state.as_str().to_uppercase(),
-            priority,
+            v.priority.to_string(),
             v.master.map_or_else(|| "-".to_string(), |m| m.to_string()),
             v.virtual_addresses.join(" "),
         ]);

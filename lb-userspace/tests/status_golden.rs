@@ -121,12 +121,11 @@ fn snapshot() -> Snapshot {
             conntrack_capacity: 1_000_000,
         },
         vrrp: vec![VrrpStatus {
-            name: "VI_1".into(),
+            instance: "VI_1".into(),
             interface: "eth0".into(),
             virtual_router_id: 51,
             state: VrrpState::Master,
-            priority: 150,
-            effective_priority: 140,
+            priority: 140,
             master: Some("10.0.0.2".parse().unwrap()),
             virtual_addresses: vec!["10.0.0.100/24".into()],
             transitions: [(VrrpState::Backup, 1), (VrrpState::Master, 1)]
