@@ -65,7 +65,7 @@ fn main() {
         eprintln!("error: building the eBPF programs (lb-ebpf) failed, see above");
         std::process::exit(1);
     }
-    for bin in ["lb-ebpf", "lb-decap"] {
+    for bin in ["lb-ebpf", "lb-decap", "lb-floor"] {
         let built = target_dir.join("bpfel-unknown-none/release").join(bin);
         std::fs::copy(&built, out.join(bin))
             .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));

@@ -95,9 +95,13 @@ pub struct ServiceInfo {
     pub table_size: u32,
     /// Client-IP affinity (ipvsadm -p), in seconds; 0 = off.
     pub persistence_secs: u32,
+    /// Idle time after which a flow's connection-table entry no longer pins its backend
+    /// (`conntrack.tcp_timeout` or `udp_timeout` for the service's protocol), in
+    /// nanoseconds; 0 = never. Kept here so the established path reads no other map.
+    pub idle_timeout_ns: u64,
     /// SCHED_*.
     pub scheduler: u8,
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 7],
 }
 
 #[repr(C)]

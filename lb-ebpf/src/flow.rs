@@ -59,22 +59,15 @@ fn closing(pkt: &Packet) -> bool {
 /// The backend of an established flow: the connection-table entry's, while that backend
 /// still serves (drained ones included) and the entry is not idle past its timeout.
 /// `NO_BACKEND` when the flow must be scheduled. Also keeps the entry's clock and the
-/// active-connection count up to date. A separate BPF function (own stack frame).
-#[inline(never)]
+/// active-connection count up to date.
+#[inline(always)]
 pub fn established(pkt: &Packet, service: &ServiceInfo) -> u32 {
     let Some(state) = CONNTRACK.get_ptr_mut(&key(pkt)) else {
         return NO_BACKEND;
     };
-    let Some(settings) = crate::maps::SETTINGS.get(0) else {
-        return NO_BACKEND;
-    };
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     let st = unsafe { &mut *state };
-    let timeout = if pkt.proto == IPPROTO_TCP {
-        settings.tcp_timeout_ns
-    } else {
-        settings.udp_timeout_ns
-    };
+    let timeout = service.idle_timeout_ns;
     let fresh = timeout == 0 || now.saturating_sub(st.last_seen) <= timeout;
     // A bare SYN on a finished 5-tuple starts a new connection.
     let reopened = pkt.proto == IPPROTO_TCP
@@ -103,12 +96,14 @@ pub fn established(pkt: &Packet, service: &ServiceInfo) -> u32 {
 
 /// The backend for a new flow: the client's persistence template if the service has one
 /// and it is fresh, else the scheduler's choice. `NO_BACKEND` when none is eligible.
-#[inline(always)]
-pub fn schedule(pkt: &Packet, service: &ServiceInfo, hash: u32) -> u32 {
+/// A separate BPF function (own stack frame).
+#[inline(never)]
+pub fn schedule(pkt: &Packet, service: &ServiceInfo) -> u32 {
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     if let Some(id) = persistent_choice(pkt, service, now) {
         return id;
     }
+    let hash = lb_common::hash::flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto);
     sched::choose(pkt, service, hash, now).unwrap_or(NO_BACKEND)
 }
 

@@ -22,13 +22,10 @@ const ECHO_REPLY_V6: u8 = 129;
 /// TTL / hop limit of the echo replies the datapath writes.
 const REPLY_TTL: u8 = 64;
 
-/// What to do with an ICMP packet, packed in one word for a BPF function's return:
-/// a verdict (`answered`), or the flow's (service, backend) to deliver it to (`steer`).
-pub const ANSWERED: u64 = 1 << 63;
-
+/// An ICMP packet's fate, as `main`'s targets: a verdict, or (service, backend).
 #[inline(always)]
 fn answered(r: Result<u32, Stop>) -> u64 {
-    ANSWERED | Stop::pack(r) as u64
+    crate::DONE | Stop::pack(r) as u64
 }
 
 /// ICMP to a VIP: echo answered here, "too big" errors steered to the owning flow's

@@ -39,10 +39,28 @@ pub fn bascule_xdp(ctx: XdpContext) -> u32 {
     action
 }
 
+/// Where a packet goes, packed in one word so that the steps finding it can be separate
+/// BPF functions: (service << 32 | backend id), or a verdict with `DONE` set.
+const DONE: u64 = 1 << 63;
+/// With `DONE`: a `nat` reply that was rewritten and must be routed to its client.
+const ROUTE_REPLY: u64 = 1 << 62;
+/// With `DONE`: not for a VIP; may be a `nat` reply.
+const NOT_A_VIP: u64 = 1 << 61;
+/// A target found for a new flow (counts as a new connection).
+const NEW_FLOW: u64 = 1 << 60;
+/// The flow is new: schedule it (the service was written to `flow_target`'s out-param).
+const SCHEDULE: u64 = 1 << 59;
+
+#[inline(always)]
+fn done(r: Result<u32, Stop>) -> u64 {
+    DONE | Stop::pack(r) as u64
+}
+
 /// The journey: parse, find where the packet goes (an ICMP answer, the backend of its
-/// flow, of its datagram's first fragment, or of its `nat` flow going back), count it,
+/// flow, of its datagram's first fragment, or the client of a `nat` reply), count it,
 /// send it. Each step that needs stack space is a separate BPF function called from here,
-/// so that no chain of calls exceeds the verifier's 512-byte stack.
+/// and none calls another deeply, so that no chain of calls exceeds the verifier's
+/// 512-byte stack.
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     let raw = ctx.ctx;
@@ -51,80 +69,97 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     if parsed != parse::PARSED {
         return Err(Stop::decode(parsed));
     }
-    if pkt.is_icmp() {
-        let target = icmp::handle(raw, &pkt);
-        if target & icmp::ANSWERED != 0 {
-            return Stop::unpack(target as u32);
-        }
-        let (service, id) = ((target >> 32) as u32, target as u32);
-        let backend =
-            flow::serving(id).ok_or(Stop::counted(xdp_action::XDP_PASS, Reason::IcmpUnmatched))?;
-        count_traffic(service, id, &pkt, false);
-        if backend.forward == FORWARD_NAT {
-            // Already rewritten for the backend by `icmp::handle`: only route it.
-            return Stop::unpack(forward::route(raw, &pkt, &backend.addr));
-        }
-        let hash = flow_hash(&pkt.dst, &pkt.src, 0, pkt.proto);
-        return send(raw, &pkt, &backend, service, hash);
-    }
-    if pkt.fragment == Fragment::Later {
-        let Some(state) = FRAGS.get_ptr(&fragment_key(&pkt)).map(|s| unsafe { *s }) else {
-            return Err(Stop::counted(
-                xdp_action::XDP_PASS,
-                Reason::FragmentUnmatched,
-            ));
-        };
-        let backend = flow::serving(state.backend).ok_or(Stop::counted(
-            xdp_action::XDP_PASS,
-            Reason::FragmentUnmatched,
-        ))?;
-        count_traffic(state.service, state.backend, &pkt, false);
-        // Tunnels carry the fragment whole; the flow label need only be stable per datagram.
-        return send(raw, &pkt, &backend, state.service, pkt.frag_id);
-    }
-    let Some(service) = find_service(&pkt) else {
-        let nat = SETTINGS.get(0).is_some_and(|s| s.nat_enabled != 0);
-        return if nat {
-            Stop::unpack(nat::reply(raw, &pkt))
-        } else {
-            Ok(xdp_action::XDP_PASS)
-        };
+    let mut service = ServiceInfo::default();
+    let mut target = if pkt.is_icmp() {
+        icmp::handle(raw, &pkt)
+    } else if pkt.fragment == Fragment::Later {
+        first_fragment_owner(&pkt)
+    } else {
+        flow_target(&pkt, &mut service)
     };
-    let hash = flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto);
-    let mut id = flow::established(&pkt, &service);
-    let new_flow = id == NO_BACKEND;
-    if new_flow {
-        id = flow::schedule(&pkt, &service, hash);
+    if target == SCHEDULE {
+        let id = flow::schedule(&pkt, &service);
         if id == NO_BACKEND {
             return Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend));
         }
         flow::start(&pkt, &service, id);
+        if pkt.fragment == Fragment::First {
+            remember_first_fragment(&pkt, id, service.id);
+        }
+        target = NEW_FLOW | ((service.id as u64) << 32) | id as u64;
     }
-    let backend =
-        flow::serving(id).ok_or(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend))?;
-    if pkt.fragment == Fragment::First {
-        remember_first_fragment(&pkt, id, service.id);
+    if target & NOT_A_VIP != 0 {
+        if !SETTINGS.get(0).is_some_and(|s| s.nat_enabled != 0) {
+            return Ok(xdp_action::XDP_PASS);
+        }
+        let reply = nat::reply(raw, &pkt);
+        if reply != nat::REWRITTEN {
+            return Stop::unpack(reply);
+        }
+        return Stop::unpack(forward::route(raw, &pkt, &pkt.dst));
     }
-    count_traffic(service.id, id, &pkt, new_flow);
-    send(raw, &pkt, &backend, service.id, hash)
-}
-
-/// Hands the packet to its backend the way that backend is reached.
-#[inline(always)]
-fn send(
-    raw: *mut aya_ebpf::bindings::xdp_md,
-    pkt: &Packet,
-    backend: &BackendInfo,
-    service: u32,
-    hash: u32,
-) -> Result<u32, Stop> {
+    if target & DONE != 0 {
+        return Stop::unpack(target as u32);
+    }
+    let (service, id) = (((target >> 32) & 0x0fff_ffff) as u32, target as u32);
+    let Some(backend) = flow::serving(id) else {
+        return Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend));
+    };
+    count_traffic(service, id, &pkt, target & NEW_FLOW != 0);
     match backend.forward {
-        FORWARD_DR => forward::direct(&XdpContext { ctx: raw }, backend),
-        FORWARD_TUN => Stop::unpack(forward::tunnel(raw, pkt, backend, hash)),
-        FORWARD_NAT => Stop::unpack(nat::to_backend(raw, pkt, backend, service)),
+        FORWARD_DR => forward::direct(ctx, &backend),
+        FORWARD_TUN => {
+            // The outer flow label: the flow's hash, or the datagram id for fragments.
+            let hash = if pkt.fragment == Fragment::Later {
+                pkt.frag_id
+            } else if pkt.is_icmp() {
+                flow_hash(&pkt.dst, &pkt.src, 0, pkt.proto)
+            } else {
+                flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
+            };
+            Stop::unpack(forward::tunnel(raw, &pkt, &backend, hash))
+        }
+        FORWARD_NAT => {
+            // ICMP errors were rewritten for the backend by `icmp::handle` already.
+            if !pkt.is_icmp() {
+                nat::to_backend(raw, &pkt, &backend, service).map_err(Stop::decode)?;
+            }
+            Stop::unpack(forward::route(raw, &pkt, &backend.addr))
+        }
         // The node itself serves this flow: up its own stack (the VIP is local to it).
         FORWARD_LOCAL => Ok(xdp_action::XDP_PASS),
         _ => Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend)),
+    }
+}
+
+/// TCP/UDP (or a first fragment): the service (written to `service`), then the flow's
+/// backend from the connection table, or `SCHEDULE` for a new flow.
+#[inline(never)]
+fn flow_target(pkt: &Packet, service: &mut ServiceInfo) -> u64 {
+    let Some(found) = find_service(pkt) else {
+        return DONE | NOT_A_VIP;
+    };
+    *service = found;
+    let id = flow::established(pkt, service);
+    if id == NO_BACKEND {
+        return SCHEDULE;
+    }
+    if pkt.fragment == Fragment::First {
+        remember_first_fragment(pkt, id, service.id);
+    }
+    ((service.id as u64) << 32) | id as u64
+}
+
+/// Later fragments have no ports: they follow the first fragment of their datagram, or
+/// go to the kernel (counted) if it was not seen.
+#[inline(never)]
+fn first_fragment_owner(pkt: &Packet) -> u64 {
+    match FRAGS.get_ptr(&fragment_key(pkt)) {
+        Some(s) => unsafe { (((*s).service as u64) << 32) | (*s).backend as u64 },
+        None => done(Err(Stop::counted(
+            xdp_action::XDP_PASS,
+            Reason::FragmentUnmatched,
+        ))),
     }
 }
 

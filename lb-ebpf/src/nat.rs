@@ -94,28 +94,18 @@ pub fn rewrite(
     Ok(())
 }
 
-/// Forward direction: rewrite to the backend, remember the reply direction, route.
-/// A separate BPF function; the result comes back packed in one word.
+/// Forward direction: remember the reply direction, rewrite the destination to the
+/// backend's address and port. The caller routes the packet. A separate BPF function;
+/// `Err` carries a packed `Stop`.
 #[inline(never)]
 pub fn to_backend(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
     service: u32,
-) -> u32 {
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    Stop::pack(to_backend_inner(raw, pkt, backend, service, now))
-}
-
-#[inline(always)]
-fn to_backend_inner(
-    raw: *mut aya_ebpf::bindings::xdp_md,
-    pkt: &Packet,
-    backend: &BackendInfo,
-    service: u32,
-    now: u64,
-) -> Result<u32, Stop> {
+) -> Result<(), u32> {
     let ctx = &crate::parse::context(raw);
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     if pkt.fragment != Fragment::Later {
         let key = NatKey {
             backend: backend.addr,
@@ -144,13 +134,15 @@ fn to_backend_inner(
             let _ = NAT.insert(&key, &reply, 0);
         }
     }
-    rewrite(ctx, pkt, Side::Destination, &backend.addr, backend.port)?;
-    Stop::unpack(forward::route(raw, pkt, &backend.addr))
+    rewrite(ctx, pkt, Side::Destination, &backend.addr, backend.port).map_err(|s| s.encode())
 }
 
+/// `reply`'s answer when it rewrote a reply that the caller must now route.
+pub const REWRITTEN: u32 = 0xff;
+
 /// Reply direction: a packet that is not for a VIP may be a backend's reply to a `nat`
-/// flow; if the table knows it, put the VIP back as source and route it to the client.
-/// Anything else is passed untouched.
+/// flow; if the table knows it, put the VIP back as source (`REWRITTEN`: the caller routes
+/// it to the client). Anything else is passed untouched.
 #[inline(never)]
 pub fn reply(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u32 {
     Stop::pack(reply_inner(raw, pkt))
@@ -176,5 +168,5 @@ fn reply_inner(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32
     };
     let r = unsafe { *r };
     rewrite(ctx, pkt, Side::Source, &r.vip, r.vip_port)?;
-    Stop::unpack(forward::route(raw, pkt, &pkt.dst))
+    Ok(REWRITTEN)
 }

@@ -112,6 +112,28 @@ impl Stop {
     }
 }
 
+/// The packet's bounds, read once.
+#[derive(Clone, Copy)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    #[inline(always)]
+    pub fn ptr<T>(&self, off: usize) -> Option<*mut T> {
+        if self.start + off + core::mem::size_of::<T>() > self.end {
+            return None;
+        }
+        Some((self.start + off) as *mut T)
+    }
+
+    #[inline(always)]
+    pub fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        self.ptr::<T>(off).map(|p| unsafe { p.read_unaligned() })
+    }
+}
+
 /// Start and end of the packet.
 #[inline(always)]
 pub fn bounds(ctx: &XdpContext) -> (usize, usize) {
@@ -150,7 +172,10 @@ pub fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
 #[inline(never)]
 pub fn packet(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &mut Packet) -> u32 {
     let ctx = &context(raw);
-    match parse_into(ctx, pkt) {
+    let (start, end) = bounds(ctx);
+    // Read `data`/`data_end` once: stores into `pkt` could alias the context for the
+    // compiler, which would then reload them (and the verifier re-check every access).
+    match parse_into(&Span { start, end }, pkt) {
         Ok(()) => PARSED,
         Err(stop) => stop.encode(),
     }
@@ -194,10 +219,9 @@ impl Stop {
 }
 
 #[inline(always)]
-fn parse_into(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
-    let (start, end) = bounds(ctx);
-    let frame_len = (end - start) as u32;
-    let Some(mut ethertype) = read::<[u8; 2]>(ctx, 12).map(u16::from_be_bytes) else {
+fn parse_into(span: &Span, pkt: &mut Packet) -> Result<(), Stop> {
+    let frame_len = (span.end - span.start) as u32;
+    let Some(mut ethertype) = span.read::<[u8; 2]>(12).map(u16::from_be_bytes) else {
         return Err(Stop::counted(
             xdp_action::XDP_DROP,
             Reason::TruncatedEthernet,
@@ -205,7 +229,7 @@ fn parse_into(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
     };
     let mut l3_off = ETH_LEN;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        let Some(inner) = read::<[u8; 2]>(ctx, 16).map(u16::from_be_bytes) else {
+        let Some(inner) = span.read::<[u8; 2]>(16).map(u16::from_be_bytes) else {
             return Err(Stop::counted(
                 xdp_action::XDP_DROP,
                 Reason::TruncatedEthernet,
@@ -219,15 +243,15 @@ fn parse_into(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
     }
     pkt.frame_len = frame_len;
     match ethertype {
-        ETH_P_IP => ipv4(ctx, l3_off, pkt),
-        ETH_P_IPV6 => ipv6(ctx, l3_off, pkt),
+        ETH_P_IP => ipv4(span, l3_off, pkt),
+        ETH_P_IPV6 => ipv6(span, l3_off, pkt),
         _ => Err(Stop::pass()),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
-    let Some(h) = ptr_at::<[u8; IPV4_LEN]>(ctx, l3_off) else {
+fn ipv4(span: &Span, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+    let Some(h) = span.ptr::<[u8; IPV4_LEN]>(l3_off) else {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
     };
     let h = unsafe { &*h };
@@ -264,12 +288,12 @@ fn ipv4(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
     if fragment == Fragment::Later {
         return Ok(());
     }
-    transport(ctx, pkt)
+    transport(span, pkt)
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
-    let Some(h) = ptr_at::<[u8; IPV6_LEN]>(ctx, l3_off) else {
+fn ipv6(span: &Span, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
+    let Some(h) = span.ptr::<[u8; IPV6_LEN]>(l3_off) else {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
     };
     let h = unsafe { &*h };
@@ -286,7 +310,7 @@ fn ipv6(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
         match next {
             // hop-by-hop, routing, destination options: skip (length in 8-byte units).
             0 | 43 | 60 => {
-                let Some(ext) = read::<[u8; 2]>(ctx, off) else {
+                let Some(ext) = span.read::<[u8; 2]>(off) else {
                     return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
                 };
                 next = ext[0];
@@ -296,7 +320,7 @@ fn ipv6(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
                 }
             }
             IPV6_FRAGMENT => {
-                let Some(f) = read::<[u8; 8]>(ctx, off) else {
+                let Some(f) = span.read::<[u8; 8]>(off) else {
                     return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
                 };
                 next = f[0];
@@ -335,20 +359,20 @@ fn ipv6(ctx: &XdpContext, l3_off: usize, pkt: &mut Packet) -> Result<(), Stop> {
     if fragment == Fragment::Later {
         return Ok(());
     }
-    transport(ctx, pkt)
+    transport(span, pkt)
 }
 
 /// Reads the ports and TCP flags, or the ICMP type and code, after checking the whole
 /// TCP (20 bytes), UDP (8 bytes) or ICMP (8 bytes) header is there.
 #[inline(always)]
-fn transport(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
+fn transport(span: &Span, pkt: &mut Packet) -> Result<(), Stop> {
     let truncated = Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedL4);
     let l4_off = pkt.l4_off();
     if l4_off > MAX_L4_OFFSET {
         return Err(truncated);
     }
     if pkt.proto == IPPROTO_TCP {
-        let Some(t) = read::<[u8; 20]>(ctx, l4_off) else {
+        let Some(t) = span.read::<[u8; 20]>(l4_off) else {
             return Err(truncated);
         };
         pkt.tcp_flags = t[13];
@@ -356,7 +380,7 @@ fn transport(ctx: &XdpContext, pkt: &mut Packet) -> Result<(), Stop> {
         pkt.sport = u16::from_ne_bytes([t[0], t[1]]);
         pkt.dport = u16::from_ne_bytes([t[2], t[3]]);
     } else {
-        let Some(u) = read::<[u8; 8]>(ctx, l4_off) else {
+        let Some(u) = span.read::<[u8; 8]>(l4_off) else {
             return Err(truncated);
         };
         if pkt.is_icmp() {

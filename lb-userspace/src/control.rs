@@ -933,9 +933,13 @@ impl Controller {
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
         let (effective, inactive) = effective_config(config, &self.runtime);
-        let macs: MacTable = netinfo::resolve_macs(&daemon::backend_addresses(&effective), wait)?
-            .into_iter()
-            .collect();
+        if !wait.is_zero() {
+            daemon::warm_routed_backends(&effective);
+        }
+        let macs: MacTable =
+            netinfo::resolve_macs(&daemon::dr_backend_addresses(&effective), wait)?
+                .into_iter()
+                .collect();
         self.missing_macs = daemon::missing_dr_macs(&effective, &macs);
         let mut next = plan(
             &effective,

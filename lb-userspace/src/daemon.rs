@@ -58,17 +58,34 @@ fn is_link_local(a: std::net::Ipv6Addr) -> bool {
     (a.segments()[0] & 0xffc0) == 0xfe80
 }
 
-/// Backend addresses whose neighbour entries matter: `dr` needs their MAC; for `tun`,
-/// resolving warms the entry `bpf_fib_lookup` will need.
-pub fn backend_addresses(config: &Config) -> Vec<IpAddr> {
+/// Addresses of `dr` backends: their MACs are needed to forward to them. (`tun` and `nat`
+/// next hops are looked up per packet by the kernel's FIB; `local` is this node.)
+pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
         .iter()
-        .flat_map(|s| s.backends.iter().map(|b| b.address))
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .filter(move |b| b.effective_forwarding(s) == Forwarding::Dr)
+        })
+        .map(|b| b.address)
         .collect();
     v.sort();
     v.dedup();
     v
+}
+
+/// `tun` and `nat` backends: their neighbour entries are warmed (not waited for), so that
+/// the first packets find the next hop resolved.
+pub fn warm_routed_backends(config: &Config) {
+    for s in &config.services {
+        for b in &s.backends {
+            if matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat) {
+                netinfo::provoke_resolution(b.address);
+            }
+        }
+    }
 }
 
 pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {

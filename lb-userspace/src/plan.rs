@@ -12,7 +12,7 @@ use lb_common::{
 };
 
 use crate::{
-    config::{Config, Forwarding},
+    config::{Config, Forwarding, Protocol},
     tables,
 };
 
@@ -185,8 +185,13 @@ pub fn plan(
                 id: sid,
                 table_size: table.len() as u32,
                 persistence_secs: svc.persistence.as_secs_f64().ceil() as u32,
+                idle_timeout_ns: match svc.protocol {
+                    Protocol::Tcp => config.conntrack.tcp_timeout,
+                    Protocol::Udp => config.conntrack.udp_timeout,
+                }
+                .as_nanos() as u64,
                 scheduler: tables::code(svc.scheduler),
-                _pad: [0; 3],
+                _pad: [0; 7],
             },
             table,
             backends: ids,

@@ -1,0 +1,345 @@
+//! `cargo xtask bench`: the benchmark suite. Prints a table and writes
+//! `target/bench/results.json` (`{"machine": {...}, "figures": [...]}`). Every XDP figure
+//! is taken beside a floor program in the same run, interleaved round by round, and is
+//! reported with its ratio to the floor, so a noisy shared machine still gives
+//! comparable numbers.
+//!
+//! XDP method: BPF_PROG_TEST_RUN, one run per call (`repeat = 1`), the kernel's own
+//! measurement of that run (it excludes the syscall), averaged over N calls. One run per
+//! call because `tun` and `nat` rewrite the packet and a repeated run would see its own
+//! output; the floors are measured the same way. "established": the same packet N times
+//! (its connection-table entry exists); "new": N packets with distinct 5-tuples (a new
+//! source port, and source address every 60,000), so each run schedules and inserts.
+//!
+//! `--quick`: few rounds and small N; `cargo xtask test` runs it so the suite cannot rot
+//! (it checks that every figure is produced, not how fast).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::{net::IpAddr, time::Instant};
+
+use aya::{
+    programs::{TestRun, TestRunOptions, Xdp},
+    Ebpf,
+};
+use bascule::{config::Config, datapath::FLOOR_OBJECT, plan};
+use common::{
+    harness::{xdp_md, Harness},
+    packet::Frame,
+};
+use lb_common::maglev::{build_table, MaglevBackend};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+node:
+  interfaces: [{ name: eth0 }]
+services:
+  - { name: dr4, vip: 10.112.0.100, port: 80, backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }] }
+  - { name: dr6, vip: "fd00:112::100", port: 80, backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }] }
+  - { name: tun4, vip: 10.112.0.101, port: 80, forwarding: tun, backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }] }
+  - { name: tun6, vip: "fd00:112::101", port: 80, forwarding: tun, backends: [{ address: "fd00:111::11" }, { address: "fd00:111::12" }] }
+  - { name: nat4, vip: 10.112.0.102, port: 80, forwarding: nat, backends: [{ address: 10.111.0.11, port: 8080 }, { address: 10.111.0.12, port: 8080 }] }
+  - { name: nat6, vip: "fd00:112::102", port: 80, forwarding: nat, backends: [{ address: "fd00:111::11", port: 8080 }, { address: "fd00:111::12", port: 8080 }] }
+"#;
+
+struct Settings {
+    rounds: usize,
+    runs: u32,
+}
+
+#[derive(Default)]
+struct Figure {
+    name: String,
+    unit: &'static str,
+    samples: Vec<f64>,
+    baseline: Option<String>,
+}
+
+impl Figure {
+    fn new(name: &str, unit: &'static str) -> Self {
+        Figure {
+            name: name.into(),
+            unit,
+            ..Default::default()
+        }
+    }
+    fn median(&self) -> f64 {
+        let mut s = self.samples.clone();
+        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        s[s.len() / 2]
+    }
+}
+
+/// Mean kernel-measured ns per run of `prog` over `frames` (cycled), one run per call.
+fn measure(
+    prog: &mut Xdp,
+    ifindex: u32,
+    frames: &mut dyn FnMut(u32) -> Vec<u8>,
+    runs: u32,
+    verdict: u32,
+) -> f64 {
+    let mut total = 0u128;
+    let mut out = vec![0u8; 2048];
+    for i in 0..runs {
+        let input = frames(i);
+        let ctx = xdp_md(input.len() as u32, ifindex);
+        let res = prog
+            .test_run(TestRunOptions {
+                data_in: Some(&input),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        assert_eq!(res.return_value, verdict, "unexpected verdict on run {i}");
+        total += res.duration.as_nanos();
+    }
+    total as f64 / f64::from(runs)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let s = if quick {
+        Settings {
+            rounds: 2,
+            runs: 200,
+        }
+    } else {
+        Settings {
+            rounds: 7,
+            runs: 20_000,
+        }
+    };
+    let started = Instant::now();
+    let mut figures: Vec<Figure> = Vec::new();
+    xdp_figures(&s, &mut figures);
+    control_figures(quick, &mut figures);
+    report(&figures, started.elapsed().as_secs_f64(), quick);
+}
+
+fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
+    let mut h = Harness::new(CONFIG);
+    let ifindex = h.ifindex;
+    let mut floor = Ebpf::load(FLOOR_OBJECT).expect("load the floor programs");
+    for name in ["floor_drop", "floor_swapmac"] {
+        let p: &mut Xdp = floor.program_mut(name).unwrap().try_into().unwrap();
+        p.load().expect("load floor program");
+    }
+    let cases: Vec<(&str, &str, &str, u32)> = vec![
+        ("dr", "v4", "10.112.0.100", 3),
+        ("dr", "v6", "fd00:112::100", 3),
+        ("tun", "v4", "10.112.0.101", 3),
+        ("tun", "v6", "fd00:112::101", 3),
+        ("nat", "v4", "10.112.0.102", 3),
+        ("nat", "v6", "fd00:112::102", 3),
+    ];
+    let mut fig_drop = Figure::new("xdp.floor.drop", "ns");
+    let mut fig_swap = Figure::new("xdp.floor.swapmac", "ns");
+    let mut per_case: Vec<(Figure, Figure)> = cases
+        .iter()
+        .map(|(m, f, _, _)| {
+            let mut e = Figure::new(&format!("xdp.{m}.{f}.established"), "ns");
+            let mut n = Figure::new(&format!("xdp.{m}.{f}.new"), "ns");
+            e.baseline = Some("xdp.floor.swapmac".into());
+            n.baseline = Some("xdp.floor.swapmac".into());
+            (e, n)
+        })
+        .collect();
+    let base = Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80).bytes();
+    for round in 0..s.rounds {
+        {
+            let p: &mut Xdp = floor.program_mut("floor_drop").unwrap().try_into().unwrap();
+            fig_drop
+                .samples
+                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 1));
+        }
+        {
+            let p: &mut Xdp = floor
+                .program_mut("floor_swapmac")
+                .unwrap()
+                .try_into()
+                .unwrap();
+            fig_swap
+                .samples
+                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 3));
+        }
+        for ((_, fam, vip, verdict), (est, new)) in cases.iter().zip(per_case.iter_mut()) {
+            let client = if *fam == "v4" {
+                "10.111.0.10"
+            } else {
+                "fd00:111::10"
+            };
+            let established = Frame::tcp(client, 999, vip, 80).bytes();
+            h.run(&established); // creates the connection-table entry
+            let prog = h.datapath.program();
+            est.samples.push(measure(
+                prog,
+                ifindex,
+                &mut |_| established.clone(),
+                s.runs,
+                *verdict,
+            ));
+            // Distinct 5-tuples: source port, then source address, unique per round.
+            let r = round as u32;
+            let mut fresh = |i: u32| {
+                let n = r * s.runs + i;
+                let src = if *fam == "v4" {
+                    format!(
+                        "10.{}.{}.{}",
+                        120 + (n >> 16) % 100,
+                        (n >> 8) & 0xff,
+                        n & 0xff
+                    )
+                } else {
+                    format!("fd00:120::{:x}:{:x}", n >> 16, n & 0xffff)
+                };
+                let f = Frame::tcp(&src, 1024 + (n % 60_000) as u16, vip, 80);
+                f.bytes()
+            };
+            let prog = h.datapath.program();
+            new.samples
+                .push(measure(prog, ifindex, &mut fresh, s.runs, *verdict));
+        }
+        h.datapath.clear_conntrack().ok();
+    }
+    figures.push(fig_drop);
+    figures.push(fig_swap);
+    for (e, n) in per_case {
+        figures.push(e);
+        figures.push(n);
+    }
+}
+
+fn backends(n: u32) -> Vec<MaglevBackend> {
+    (0..n)
+        .map(|i| {
+            MaglevBackend::new(
+                IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                80,
+                1,
+            )
+        })
+        .collect()
+}
+
+fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
+    let rounds = if quick { 1 } else { 5 };
+    // Maglev disruption: share of all slots that change owner when one backend leaves,
+    // over the ideal share (the leaving backend's own slots, 1/N).
+    for n in [10u32, 100, 1000] {
+        let mut f = Figure::new(&format!("maglev.disruption.n{n}"), "ratio");
+        let all = backends(n);
+        let before = build_table(&all, 65537);
+        for r in 0..rounds.max(3) {
+            let gone = (r as u32 * 7919 + 1) % n;
+            let rest: Vec<MaglevBackend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != gone)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let after = build_table(&rest, 65537);
+            let moved = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| all[**b as usize].key != rest[**a as usize].key)
+                .count();
+            f.samples
+                .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
+        }
+        figures.push(f);
+    }
+    let mut f = Figure::new("control.maglev_build.seconds", "s");
+    let many = backends(1000);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        std::hint::black_box(build_table(&many, 65537));
+        f.samples.push(t.elapsed().as_secs_f64());
+    }
+    figures.push(f);
+    // 1,000 services x 100 backends: parse, validate and plan (tables included).
+    let (services, per) = if quick { (20, 100) } else { (1000, 100) };
+    let mut yaml = String::from("node:\n  interfaces: [{ name: eth0 }]\nservices:\n");
+    for s in 0..services {
+        yaml.push_str(&format!("  - name: s{s}\n    vip: 10.{}.{}.1\n    port: 80\n    maglev_table_size: 65537\n    backends:\n", 100 + s / 250, s % 250));
+        for b in 0..per {
+            yaml.push_str(&format!(
+                "      - address: 10.200.{}.{}\n",
+                b / 250,
+                b % 250 + 1
+            ));
+        }
+    }
+    let mut f = Figure::new("control.load_1000x100.seconds", "s");
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let config = Config::parse(&yaml, "bench.yaml").expect("generated config");
+        let macs: plan::MacTable = config.services[0]
+            .backends
+            .iter()
+            .map(|b| (b.address, [2, 0, 0, 0, 0, 1]))
+            .collect();
+        std::hint::black_box(plan::plan(&config, &macs, Default::default(), None).expect("plan"));
+        f.samples.push(t.elapsed().as_secs_f64());
+    }
+    figures.push(f);
+}
+
+fn report(figures: &[Figure], seconds: f64, quick: bool) {
+    let floor = figures
+        .iter()
+        .find(|f| f.name == "xdp.floor.swapmac")
+        .map(Figure::median);
+    println!(
+        "{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}",
+        "figure", "median", "min", "max", "ratio", "Mpps/core"
+    );
+    let mut out = Vec::new();
+    for f in figures {
+        let (value, min, max) = (
+            f.median(),
+            f.samples.iter().cloned().fold(f64::INFINITY, f64::min),
+            f.samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        );
+        let ratio = f.baseline.as_ref().and(floor).map(|b| value / b);
+        let mpps = (f.unit == "ns").then(|| 1000.0 / value);
+        println!(
+            "{:<34} {:>9.3} {:<2} {:>10.3} {:>10.3} {:>8} {:>9}",
+            f.name,
+            value,
+            f.unit,
+            min,
+            max,
+            ratio.map_or(String::new(), |r| format!("{r:.2}x")),
+            mpps.map_or(String::new(), |m| format!("{m:.1}"))
+        );
+        let mut o = json!({"name": f.name, "value": value, "unit": f.unit, "min": min, "max": max, "rounds": f.samples.len()});
+        if let (Some(b), Some(r)) = (&f.baseline, ratio) {
+            o["baseline"] = json!(b);
+            o["ratio"] = json!(r);
+        }
+        out.push(o);
+    }
+    let machine = json!({
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu": std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())),
+        "quick": quick,
+        "seconds": seconds,
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let doc: Value = json!({"machine": machine, "figures": out});
+    let path = dir.join(if quick {
+        "results-quick.json"
+    } else {
+        "results.json"
+    });
+    std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).expect("write results");
+    println!(
+        "{} figures in {seconds:.1} s, written to {}",
+        figures.len(),
+        path.display()
+    );
+}
