@@ -444,11 +444,8 @@ pub fn simulate(
 
     let mut prefix = String::new();
     if let Some(st) = seen.conntrack.filter(|s| s.service == svc.info.id) {
-        let timeout = if flow.proto == lb_common::IPPROTO_TCP {
-            config.conntrack.tcp_timeout
-        } else {
-            config.conntrack.udp_timeout
-        };
+        // The service's idle timeout, as the datapath applies it.
+        let timeout = Duration::from_nanos(svc.info.idle_timeout_ns);
         let idle = Duration::from_nanos(seen.now_ns.saturating_sub(st.last_seen));
         match serving(st.backend) {
             Some(b) if timeout.is_zero() || idle <= timeout => {
