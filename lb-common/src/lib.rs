@@ -14,7 +14,7 @@ pub mod maglev;
 /// Outer size of the Maglev array-of-maps: the most services one node can hold.
 pub const MAX_SERVICES: u32 = 1024;
 /// Size of the backend array: every backend of every service has one slot.
-pub const MAX_BACKENDS: u32 = 65536;
+pub const MAX_BACKENDS: u32 = 131_072;
 /// Entries of each service's lookup table (inner map): the Maglev table for mh. A prime, so that every
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.

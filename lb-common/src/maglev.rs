@@ -83,11 +83,12 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
         .max()
         .unwrap_or(1);
 
+    /// A backend's walk through its permutation: `slot` is `(offset + next * skip) mod M`,
+    /// advanced by adding `skip` (no division in the fill loop).
     struct Perm {
         index: u32,
-        offset: u64,
         skip: u64,
-        next: u64,
+        slot: u64,
         weight: u64,
         taken: u64,
     }
@@ -102,9 +103,8 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
             let skip = stable_hash(&k) % (m - 1) + 1;
             Perm {
                 index: i as u32,
-                offset,
                 skip,
-                next: 0,
+                slot: offset,
                 weight: u64::from(b.weight),
                 taken: 0,
             }
@@ -119,13 +119,17 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
             // ceil(round * w / w_max) slots owed after this round.
             let owed = (round * p.weight).div_ceil(w_max);
             while p.taken < owed && filled < m {
-                let mut slot = (p.offset + p.next * p.skip) % m;
-                while table[slot as usize] != NO_BACKEND {
-                    p.next += 1;
-                    slot = (p.offset + p.next * p.skip) % m;
+                while table[p.slot as usize] != NO_BACKEND {
+                    p.slot += p.skip;
+                    if p.slot >= m {
+                        p.slot -= m;
+                    }
                 }
-                table[slot as usize] = p.index;
-                p.next += 1;
+                table[p.slot as usize] = p.index;
+                p.slot += p.skip;
+                if p.slot >= m {
+                    p.slot -= m;
+                }
                 p.taken += 1;
                 filled += 1;
             }

@@ -116,6 +116,16 @@ fn main() {
     xdp_figures(&s, &mut figures);
     control_figures(quick, &mut figures);
     report(&figures, started.elapsed().as_secs_f64(), quick);
+    // Every figure produced, every value a number: the smoke check `cargo xtask test` runs.
+    let bad: Vec<&str> = figures
+        .iter()
+        .filter(|f| f.samples.is_empty() || f.samples.iter().any(|v| !v.is_finite() || *v < 0.0))
+        .map(|f| f.name.as_str())
+        .collect();
+    if !bad.is_empty() {
+        eprintln!("figures without a usable value: {bad:?}");
+        std::process::exit(1);
+    }
 }
 
 fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {

@@ -37,7 +37,7 @@ use tokio::{net::TcpListener, sync::oneshot};
 
 use crate::{
     control::{self, ControlError},
-    metrics::{self, HealthCheckTimings},
+    metrics,
 };
 
 /// Largest request body read.
@@ -47,7 +47,6 @@ pub struct Api {
     pub control: control::Handle,
     /// Bearer token required on the API and `/metrics` (`None`: open, loopback only).
     pub token: Option<String>,
-    pub timings: HealthCheckTimings,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -133,7 +132,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             );
             match ask(api, control::Request::Snapshot).await {
                 Ok(s) => {
-                    let body = metrics::render(&s, &api.timings, openmetrics);
+                    let body = metrics::render(&s, openmetrics);
                     let ct = if openmetrics {
                         metrics::OPENMETRICS_CONTENT_TYPE
                     } else {

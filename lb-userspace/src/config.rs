@@ -202,35 +202,119 @@ pub enum Scheduler {
     Mh,
 }
 
-/// `services[i].health_check`.
+/// `services[i].health_check`: how every backend of the service is checked. Keys keep
+/// keepalived's names where it has one (`connect_port`, `retries`, `delay_before_retry`,
+/// `digest`, `virtualhost`, `helo_name`, `inhibit_on_failure`); README.md documents them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthCheck {
     #[serde(rename = "type")]
     pub kind: CheckType,
-    /// Port to check (default: the backend's effective port).
-    pub port: Option<u16>,
-    /// HTTP path (http_get, ssl_get); default `/`.
-    pub path: String,
-    /// Expected HTTP status (http_get, ssl_get); default 200.
-    pub expect_status: u16,
+    /// Port to check (default: the backend's port). Not for ping and misc.
+    pub connect_port: Option<u16>,
+    /// Time between two checks of one backend.
     #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
+    /// Bound on one attempt (connect, exchange, or the misc command's run).
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
-    /// Consecutive successes to go up (>= 1).
+    /// Consecutive successful checks to go up (>= 1).
     pub rise: u32,
-    /// Consecutive failures to go down (>= 1).
+    /// Consecutive failed checks to go down (>= 1).
     pub fall: u32,
     /// Extra attempts within one check before it counts as failed.
     pub retries: u32,
     #[serde(serialize_with = "ser_duration")]
     pub delay_before_retry: Duration,
-    /// true: a failed backend gets weight 0 instead of being removed.
+    /// true: a failed backend gets weight 0 (its established flows stay) instead of being
+    /// removed (its flows move).
     pub inhibit_on_failure: bool,
-    /// misc: the command to run (required for misc, not allowed otherwise).
+    /// The state before the first checks: `down` (default) until `rise` successes.
+    pub initial_state: InitialState,
+    /// http_get, ssl_get: the request method (default GET).
+    pub method: HttpMethod,
+    /// http_get, ssl_get: the path requested; default `/`.
+    pub path: String,
+    /// http_get, ssl_get: the `Host` header (and, for ssl_get, the SNI name unless `sni`
+    /// is given); default the backend's `ADDRESS:PORT`.
+    pub virtualhost: Option<String>,
+    /// http_get, ssl_get: accepted statuses (default 200 only).
+    pub expect_status: Vec<StatusRange>,
+    /// http_get, ssl_get: a regular expression the body must match.
+    pub body_regex: Option<String>,
+    /// http_get, ssl_get: MD5 of the body, 32 lowercase hex digits (keepalived's `digest`).
+    pub digest: Option<String>,
+    /// ssl_get: the name sent as SNI (default: `virtualhost`'s name, else none).
+    pub sni: Option<String>,
+    /// ssl_get: PEM file of CA certificates; when set, the backend's certificate must chain
+    /// to one of them and be valid for the SNI name (or the backend's address).
+    pub ca_file: Option<PathBuf>,
+    /// smtp: the name sent with HELO (default `bascule`).
+    pub helo_name: String,
+    /// dns: the name queried (default `.`, the root).
+    pub query_name: String,
+    /// dns: the record type queried (default SOA).
+    pub query_type: DnsType,
+    /// dns: the response code that means up (default NOERROR).
+    pub expect_rcode: DnsRcode,
+    /// dns: a value that must be among the answers (an address for A/AAAA, a name for
+    /// CNAME/NS/PTR/MX, the text for TXT).
+    pub expect_answer: Option<String>,
+    /// udp: the datagram sent (`hex:0a0b...` for binary; default empty).
+    #[serde(serialize_with = "ser_bytes")]
+    pub payload: Vec<u8>,
+    /// udp: the reply must start with these bytes (implies `require_reply`).
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub expect: Option<Vec<u8>>,
+    /// udp: without a reply within `timeout` the check fails (default: only an ICMP port
+    /// unreachable fails it).
+    pub require_reply: bool,
+    /// misc: the command to run (`/bin/sh -c`), required for misc.
     pub command: Option<String>,
-    /// misc: exit 0 up, 1 down, 2..=255 up with weight = code - 2.
+    /// misc: exit 0 up, 1 down, 2..=255 up with weight = code - 2 (keepalived's
+    /// `misc_dynamic`).
     pub dynamic: bool,
+}
+
+impl HealthCheck {
+    /// The defaults of every optional key, for a check of type `kind`.
+    pub fn new(kind: CheckType) -> HealthCheck {
+        let second = Duration::from_secs(1);
+        HealthCheck {
+            kind,
+            connect_port: None,
+            interval: second,
+            timeout: second,
+            rise: 2,
+            fall: 3,
+            retries: 0,
+            delay_before_retry: second,
+            inhibit_on_failure: false,
+            initial_state: InitialState::Down,
+            method: HttpMethod::Get,
+            path: "/".into(),
+            virtualhost: None,
+            expect_status: vec![StatusRange { lo: 200, hi: 200 }],
+            body_regex: None,
+            digest: None,
+            sni: None,
+            ca_file: None,
+            helo_name: "bascule".into(),
+            query_name: ".".into(),
+            query_type: DnsType::Soa,
+            expect_rcode: DnsRcode::NoError,
+            expect_answer: None,
+            payload: Vec::new(),
+            expect: None,
+            require_reply: false,
+            command: None,
+            dynamic: false,
+        }
+    }
+
+    /// Whether this kind of check talks to a port (all but ping and misc).
+    pub fn uses_port(&self) -> bool {
+        !matches!(self.kind, CheckType::Ping | CheckType::Misc)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -244,6 +328,112 @@ pub enum CheckType {
     Udp,
     Ping,
     Misc,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialState {
+    #[default]
+    Down,
+    Up,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Options,
+}
+
+/// An inclusive range of HTTP statuses (`200`, `200-299`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StatusRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// DNS record types a `dns` check can query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsType {
+    A,
+    Ns,
+    Cname,
+    Soa,
+    Ptr,
+    Mx,
+    Txt,
+    Aaaa,
+    Srv,
+    Any,
+}
+
+impl DnsType {
+    /// The record type number on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Ptr => 12,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+            DnsType::Srv => 33,
+            DnsType::Any => 255,
+        }
+    }
+}
+
+/// DNS response codes (RFC 1035, 4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRcode {
+    NoError,
+    FormErr,
+    ServFail,
+    NxDomain,
+    NotImp,
+    Refused,
+}
+
+impl DnsRcode {
+    pub fn code(self) -> u8 {
+        match self {
+            DnsRcode::NoError => 0,
+            DnsRcode::FormErr => 1,
+            DnsRcode::ServFail => 2,
+            DnsRcode::NxDomain => 3,
+            DnsRcode::NotImp => 4,
+            DnsRcode::Refused => 5,
+        }
+    }
 }
 
 /// `vrrp[i]`: one VRRP instance.
@@ -414,9 +604,9 @@ const SUPPORTED_FORWARDING: &[Forwarding] = &[
     Forwarding::Local,
 ];
 const SUPPORTS_PERSISTENCE: bool = true;
-const SUPPORTS_SORRY_SERVER: bool = false;
-const SUPPORTS_HEALTH_CHECKS: bool = false;
-const SUPPORTS_VRRP: bool = false;
+const SUPPORTS_SORRY_SERVER: bool = true;
+const SUPPORTS_HEALTH_CHECKS: bool = true;
+const SUPPORTED_VRRP_AUTH: &[VrrpAuthType] = &[VrrpAuthType::Pass];
 
 impl Config {
     /// Reads, parses and validates a configuration file.
@@ -533,14 +723,20 @@ impl Config {
                 }
             }
         }
-        if !SUPPORTS_VRRP {
-            for (k, inst) in self.vrrp.iter().enumerate() {
-                let at = o.vrrp.get(k).copied().unwrap_or_default();
+        for (k, inst) in self.vrrp.iter().enumerate() {
+            if let Some(auth) = inst
+                .authentication
+                .as_ref()
+                .filter(|a| !SUPPORTED_VRRP_AUTH.contains(&a.kind))
+            {
+                let at = o.vrrp_auth.get(k).or(o.vrrp.get(k)).copied();
+                let at = at.unwrap_or_default();
                 out.push(err(
                     at,
                     format!(
-                        "vrrp[{k}]: VRRP is not supported yet (instance \"{}\"; remove the vrrp list)",
-                        inst.name
+                        "vrrp[{k}].authentication.type: \"{}\" is not supported (this build supports: {}, as keepalived's auth_type PASS)",
+                        auth.kind,
+                        join(SUPPORTED_VRRP_AUTH)
                     ),
                 ));
             }
@@ -619,6 +815,7 @@ pub struct Origin {
     services: Vec<ServiceLoc>,
     vrrp: Vec<Pos>,
     interfaces: Vec<Pos>,
+    vrrp_auth: Vec<Pos>,
 }
 
 impl fmt::Debug for Origin {
@@ -704,6 +901,20 @@ keywords!(CheckType, "health check type", [
     "tcp" => CheckType::Tcp, "http_get" => CheckType::HttpGet, "ssl_get" => CheckType::SslGet,
     "smtp" => CheckType::Smtp, "dns" => CheckType::Dns, "udp" => CheckType::Udp,
     "ping" => CheckType::Ping, "misc" => CheckType::Misc,
+]);
+keywords!(InitialState, "initial state", ["down" => InitialState::Down, "up" => InitialState::Up]);
+keywords!(HttpMethod, "HTTP method", [
+    "GET" => HttpMethod::Get, "HEAD" => HttpMethod::Head, "POST" => HttpMethod::Post,
+    "OPTIONS" => HttpMethod::Options,
+]);
+keywords!(DnsType, "DNS record type", [
+    "A" => DnsType::A, "NS" => DnsType::Ns, "CNAME" => DnsType::Cname, "SOA" => DnsType::Soa,
+    "PTR" => DnsType::Ptr, "MX" => DnsType::Mx, "TXT" => DnsType::Txt, "AAAA" => DnsType::Aaaa,
+    "SRV" => DnsType::Srv, "ANY" => DnsType::Any,
+]);
+keywords!(DnsRcode, "DNS response code", [
+    "NOERROR" => DnsRcode::NoError, "FORMERR" => DnsRcode::FormErr, "SERVFAIL" => DnsRcode::ServFail,
+    "NXDOMAIN" => DnsRcode::NxDomain, "NOTIMP" => DnsRcode::NotImp, "REFUSED" => DnsRcode::Refused,
 ]);
 keywords!(VrrpAuthType, "authentication type", ["pass" => VrrpAuthType::Pass, "ah" => VrrpAuthType::Ah]);
 
@@ -809,6 +1020,46 @@ pub fn format_duration(d: Duration) -> String {
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+/// Bytes as the configuration writes them: text when printable ASCII, else `hex:...`.
+pub fn format_bytes(b: &[u8]) -> String {
+    if b.iter().all(|c| (0x20..0x7f).contains(c)) && !b.starts_with(b"hex:") {
+        String::from_utf8_lossy(b).into_owned()
+    } else {
+        let hex: String = b.iter().map(|c| format!("{c:02x}")).collect();
+        format!("hex:{hex}")
+    }
+}
+
+/// Parses a payload: `hex:` followed by an even number of hex digits, else the text's
+/// UTF-8 bytes.
+pub fn parse_bytes(s: &str) -> Result<Vec<u8>, String> {
+    let Some(hex) = s.strip_prefix("hex:") else {
+        return Ok(s.as_bytes().to_vec());
+    };
+    let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
+    if !hex.len().is_multiple_of(2) {
+        return Err("an odd number of hex digits".into());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&hex[i..i + 2], 16)
+                .map_err(|_| format!("\"{}\" is not a hex byte", &hex[i..i + 2]))
+        })
+        .collect()
+}
+
+fn ser_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_bytes(b))
+}
+
+fn ser_opt_bytes<S: serde::Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match b {
+        Some(b) => s.serialize_str(&format_bytes(b)),
+        None => s.serialize_none(),
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1049,6 +1300,7 @@ struct VrrpDraft {
     item: Pos,
     name_pos: Pos,
     vrid_pos: Pos,
+    auth_pos: Pos,
 }
 
 const ROOT_KEYS: &[&str] = &["node", "http", "conntrack", "services", "vrrp"];
@@ -1072,9 +1324,7 @@ const SERVICE_KEYS: &[&str] = &[
 const BACKEND_KEYS: &[&str] = &["address", "port", "weight", "forwarding"];
 const CHECK_KEYS: &[&str] = &[
     "type",
-    "port",
-    "path",
-    "expect_status",
+    "connect_port",
     "interval",
     "timeout",
     "rise",
@@ -1082,9 +1332,60 @@ const CHECK_KEYS: &[&str] = &[
     "retries",
     "delay_before_retry",
     "inhibit_on_failure",
+    "initial_state",
+    "method",
+    "path",
+    "virtualhost",
+    "expect_status",
+    "body_regex",
+    "digest",
+    "sni",
+    "ca_file",
+    "helo_name",
+    "query_name",
+    "query_type",
+    "expect_rcode",
+    "expect_answer",
+    "payload",
+    "expect",
+    "require_reply",
     "command",
     "dynamic",
 ];
+/// Keys that only some check types use, with the types (named as in messages).
+const CHECK_KEYS_BY_TYPE: &[(&str, &[CheckType], &str)] = &[
+    (
+        "connect_port",
+        &[
+            CheckType::Tcp,
+            CheckType::HttpGet,
+            CheckType::SslGet,
+            CheckType::Smtp,
+            CheckType::Dns,
+            CheckType::Udp,
+        ],
+        "tcp, http_get, ssl_get, smtp, dns or udp",
+    ),
+    ("method", HTTP_CHECKS, "http_get or ssl_get"),
+    ("path", HTTP_CHECKS, "http_get or ssl_get"),
+    ("virtualhost", HTTP_CHECKS, "http_get or ssl_get"),
+    ("expect_status", HTTP_CHECKS, "http_get or ssl_get"),
+    ("body_regex", HTTP_CHECKS, "http_get or ssl_get"),
+    ("digest", HTTP_CHECKS, "http_get or ssl_get"),
+    ("sni", &[CheckType::SslGet], "ssl_get"),
+    ("ca_file", &[CheckType::SslGet], "ssl_get"),
+    ("helo_name", &[CheckType::Smtp], "smtp"),
+    ("query_name", &[CheckType::Dns], "dns"),
+    ("query_type", &[CheckType::Dns], "dns"),
+    ("expect_rcode", &[CheckType::Dns], "dns"),
+    ("expect_answer", &[CheckType::Dns], "dns"),
+    ("payload", &[CheckType::Udp], "udp"),
+    ("expect", &[CheckType::Udp], "udp"),
+    ("require_reply", &[CheckType::Udp], "udp"),
+    ("command", &[CheckType::Misc], "misc"),
+    ("dynamic", &[CheckType::Misc], "misc"),
+];
+const HTTP_CHECKS: &[CheckType] = &[CheckType::HttpGet, CheckType::SslGet];
 const VRRP_KEYS: &[&str] = &[
     "name",
     "interface",
@@ -1564,6 +1865,7 @@ impl<'t> Cx<'t> {
             services: services.iter().map(|d| d.loc.clone()).collect(),
             vrrp: vrrp.iter().map(|d| d.item).collect(),
             interfaces: std::mem::take(&mut self.interfaces),
+            vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
         };
         Some(Config {
             node,
@@ -1797,6 +2099,19 @@ impl<'t> Cx<'t> {
             );
             ok = false;
         }
+        if let Some(hc) = &health_check {
+            if port == 0 && hc.uses_port() && hc.connect_port.is_none() {
+                self.err(
+                    o.pos("health_check"),
+                    &P::Key(path, "health_check"),
+                    format!(
+                        "type {} needs a port but the service's port is 0 (all ports): set health_check.connect_port",
+                        hc.kind
+                    ),
+                );
+                ok = false;
+            }
+        }
         if let Some(sorry) = sorry_server {
             if let Some(why) = family_mismatch(vip, sorry.ip(), &sorry, forwarding) {
                 self.err(o.pos("sorry_server"), &P::Key(path, "sorry_server"), why);
@@ -1882,58 +2197,163 @@ impl<'t> Cx<'t> {
     fn health_check(&mut self, y: &Y, path: &P) -> Option<HealthCheck> {
         let o = self.obj(y, path, CHECK_KEYS)?;
         let kind: CheckType = self.req_field(&o, path, "type", Self::keyword)?;
-        let http = matches!(kind, CheckType::HttpGet | CheckType::SslGet);
-        let misc = kind == CheckType::Misc;
-        let only = |cx: &mut Self, key: &str, allowed: bool, which: &str| {
-            if !allowed {
-                if let Some(v) = o.opt(key) {
-                    cx.err(
-                        pos_of(v),
-                        &P::Key(path, key),
-                        format!("only used with type {which}, not {kind}"),
-                    );
-                    return false;
-                }
+        let mut ok = true;
+        for (key, kinds, which) in CHECK_KEYS_BY_TYPE {
+            if let Some(v) = o.opt(key).filter(|_| !kinds.contains(&kind)) {
+                self.err(
+                    pos_of(v),
+                    &P::Key(path, key),
+                    format!("only used with type {which}, not {kind}"),
+                );
+                ok = false;
             }
-            true
-        };
-        let mut ok = only(self, "path", http, "http_get or ssl_get");
-        ok &= only(self, "expect_status", http, "http_get or ssl_get");
-        ok &= only(self, "command", misc, "misc");
-        ok &= only(self, "dynamic", misc, "misc");
-        ok &= only(
-            self,
-            "port",
-            !matches!(kind, CheckType::Ping | CheckType::Misc),
-            "tcp, http_get, ssl_get, smtp, dns or udp",
+        }
+        if !ok {
+            return None;
+        }
+        let d = HealthCheck::new(kind);
+        let connect_port = self.opt_field(&o, path, "connect_port", |cx, y, p| cx.u16(y, p, 1));
+        let interval = self.field(&o, path, "interval", d.interval, Self::positive_duration);
+        let timeout = self.field(&o, path, "timeout", d.timeout, Self::positive_duration);
+        let rise = self.field(&o, path, "rise", d.rise, |cx, y, p| cx.u32(y, p, 1, 65535));
+        let fall = self.field(&o, path, "fall", d.fall, |cx, y, p| cx.u32(y, p, 1, 65535));
+        let retries = self.field(&o, path, "retries", d.retries, |cx, y, p| {
+            cx.u32(y, p, 0, 65535)
+        });
+        let delay = self.field(
+            &o,
+            path,
+            "delay_before_retry",
+            d.delay_before_retry,
+            Self::duration,
         );
-        let port = self.opt_field(&o, path, "port", |cx, y, p| cx.u16(y, p, 1));
-        let check_path = self.field(&o, path, "path", "/".to_string(), |cx, y, p| {
+        let inhibit = self.field(&o, path, "inhibit_on_failure", false, Self::boolean);
+        let initial = self.field(&o, path, "initial_state", d.initial_state, Self::keyword);
+        let method = self.field(&o, path, "method", d.method, Self::keyword);
+        let check_path = self.field(&o, path, "path", d.path.clone(), |cx, y, p| {
             let s = cx.string(y, p)?;
-            if !s.starts_with('/') {
+            if !s.starts_with('/') || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 cx.err(
                     pos_of(y),
                     p,
-                    format!("{s:?} is not valid, expected an absolute path such as /healthz"),
+                    format!("{s:?} is not valid, expected an absolute path without spaces such as /healthz"),
                 );
                 return None;
             }
             Some(s)
         });
-        let expect_status = self.field(&o, path, "expect_status", 200, |cx, y, p| {
-            cx.int(y, p, 100, 599).map(|v| v as u16)
+        let virtualhost = self.opt_field(&o, path, "virtualhost", |cx, y, p| {
+            let s = cx.string(y, p)?;
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                cx.err(
+                    pos_of(y),
+                    p,
+                    format!("{s:?} is not valid, expected a host name such as www.example.com (optionally with :PORT)"),
+                );
+                return None;
+            }
+            Some(s)
         });
-        let second = Duration::from_secs(1);
-        let interval = self.field(&o, path, "interval", second, Self::positive_duration);
-        let timeout = self.field(&o, path, "timeout", second, Self::positive_duration);
-        let rise = self.field(&o, path, "rise", 2, |cx, y, p| cx.u32(y, p, 1, 65535));
-        let fall = self.field(&o, path, "fall", 3, |cx, y, p| cx.u32(y, p, 1, 65535));
-        let retries = self.field(&o, path, "retries", 0, |cx, y, p| cx.u32(y, p, 0, 65535));
-        let delay = self.field(&o, path, "delay_before_retry", second, Self::duration);
-        let inhibit = self.field(&o, path, "inhibit_on_failure", false, Self::boolean);
+        let expect_status = self.field(
+            &o,
+            path,
+            "expect_status",
+            d.expect_status.clone(),
+            Self::status_ranges,
+        );
+        let body_regex = self.opt_field(&o, path, "body_regex", |cx, y, p| {
+            let s = cx.string(y, p)?;
+            match regex::bytes::Regex::new(&s) {
+                Ok(_) => Some(s),
+                Err(e) => {
+                    let why = e.to_string().replace('\n', " ");
+                    cx.err(
+                        pos_of(y),
+                        p,
+                        format!("{s:?} is not a valid regular expression: {why}"),
+                    );
+                    None
+                }
+            }
+        });
+        let digest = self.opt_field(&o, path, "digest", |cx, y, p| {
+            let s = cx.string(y, p)?;
+            if s.len() != 32 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
+                cx.err(
+                    pos_of(y),
+                    p,
+                    format!("{s:?} is not valid, expected an MD5 digest of 32 hex digits (as printed by md5sum)"),
+                );
+                return None;
+            }
+            Some(s.to_ascii_lowercase())
+        });
+        let sni = self.opt_field(&o, path, "sni", |cx, y, p| {
+            let s = cx.string(y, p)?;
+            match rustls_pki_types::ServerName::try_from(s.as_str()) {
+                Ok(rustls_pki_types::ServerName::DnsName(_)) => Some(s),
+                _ => {
+                    cx.err(
+                        pos_of(y),
+                        p,
+                        format!("{s:?} is not valid, expected a DNS name such as www.example.com"),
+                    );
+                    None
+                }
+            }
+        });
+        let ca_file = self.opt_field(&o, path, "ca_file", |cx, y, p| {
+            let s = cx.string(y, p)?;
+            let why = match std::fs::read_to_string(&s) {
+                Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => {
+                    return Some(PathBuf::from(s))
+                }
+                Ok(_) => "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)".to_string(),
+                Err(e) => format!("cannot read it: {e}"),
+            };
+            cx.err(
+                pos_of(y),
+                p,
+                format!("{s:?}: {why}; expected a PEM file of CA certificates"),
+            );
+            None
+        });
+        let helo_name = self.field(&o, path, "helo_name", d.helo_name.clone(), |cx, y, p| {
+            let s = cx.string(y, p)?;
+            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                cx.err(
+                    pos_of(y),
+                    p,
+                    format!("{s:?} is not valid, expected a host name such as lb1.example.com"),
+                );
+                return None;
+            }
+            Some(s)
+        });
+        let query_name = self.field(&o, path, "query_name", d.query_name.clone(), |cx, y, p| {
+            let s = cx.string(y, p)?;
+            if let Err(why) = check_dns_name(&s) {
+                cx.err(
+                    pos_of(y),
+                    p,
+                    format!(
+                        "{s:?} is not a valid DNS name ({why}), expected e.g. example.com or ."
+                    ),
+                );
+                return None;
+            }
+            Some(s)
+        });
+        let query_type = self.field(&o, path, "query_type", d.query_type, Self::keyword);
+        let expect_rcode = self.field(&o, path, "expect_rcode", d.expect_rcode, Self::keyword);
+        let expect_answer = self.opt_field(&o, path, "expect_answer", Self::string);
+        let payload = self.field(&o, path, "payload", Vec::new(), Self::bytes);
+        let expect = self.opt_field(&o, path, "expect", Self::bytes);
+        let require_reply = self.field(&o, path, "require_reply", false, Self::boolean);
         let command = self.opt_field(&o, path, "command", Self::string);
         let dynamic = self.field(&o, path, "dynamic", false, Self::boolean);
-        if misc && o.opt("command").is_none() {
+
+        if kind == CheckType::Misc && o.opt("command").is_none() {
             self.err(
                 o.pos,
                 path,
@@ -1941,7 +2361,7 @@ impl<'t> Cx<'t> {
             );
             ok = false;
         }
-        let command = command?;
+        let (command, method, query_type) = (command?, method?, query_type?);
         if let Some(c) = &command {
             if c.trim().is_empty() {
                 self.err(
@@ -1952,11 +2372,47 @@ impl<'t> Cx<'t> {
                 ok = false;
             }
         }
+        let (body_regex, digest) = (body_regex?, digest?);
+        if method == HttpMethod::Head && (body_regex.is_some() || digest.is_some()) {
+            let key = if body_regex.is_some() {
+                "body_regex"
+            } else {
+                "digest"
+            };
+            self.err(
+                o.pos(key),
+                &P::Key(path, key),
+                "a HEAD response has no body to check; use method GET",
+            );
+            ok = false;
+        }
+        let expect_answer = expect_answer?;
+        if let Some(answer) = &expect_answer {
+            let why = match query_type {
+                DnsType::A if answer.parse::<std::net::Ipv4Addr>().is_err() => {
+                    Some("query_type A answers an IPv4 address, expected e.g. 192.0.2.1".to_string())
+                }
+                DnsType::Aaaa if answer.parse::<std::net::Ipv6Addr>().is_err() => {
+                    Some("query_type AAAA answers an IPv6 address, expected e.g. 2001:db8::1".to_string())
+                }
+                DnsType::Soa | DnsType::Srv | DnsType::Any => Some(format!(
+                    "cannot be checked for query_type {query_type}; expected query_type A, AAAA, CNAME, NS, PTR, MX or TXT"
+                )),
+                _ if answer.is_empty() => Some("must not be empty".to_string()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                self.err(
+                    o.pos("expect_answer"),
+                    &P::Key(path, "expect_answer"),
+                    format!("{answer:?}: {why}"),
+                );
+                ok = false;
+            }
+        }
         let hc = HealthCheck {
             kind,
-            port: port?,
-            path: check_path?,
-            expect_status: expect_status?,
+            connect_port: connect_port?,
             interval: interval?,
             timeout: timeout?,
             rise: rise?,
@@ -1964,10 +2420,93 @@ impl<'t> Cx<'t> {
             retries: retries?,
             delay_before_retry: delay?,
             inhibit_on_failure: inhibit?,
+            initial_state: initial?,
+            method,
+            path: check_path?,
+            virtualhost: virtualhost?,
+            expect_status: expect_status?,
+            body_regex,
+            digest,
+            sni: sni?,
+            ca_file: ca_file?,
+            helo_name: helo_name?,
+            query_name: query_name?,
+            query_type,
+            expect_rcode: expect_rcode?,
+            expect_answer,
+            payload: payload?,
+            expect: expect?,
+            require_reply: require_reply?,
             command,
             dynamic: dynamic?,
         };
         ok.then_some(hc)
+    }
+
+    /// `200`, `"200-299"`, or a list of those.
+    fn status_ranges(&mut self, y: &Y, path: &P) -> Option<Vec<StatusRange>> {
+        let one = |cx: &mut Self, y: &Y, p: &P| -> Option<StatusRange> {
+            const EXPECTED: &str = "an HTTP status (100..=599) or a range such as \"200-299\"";
+            let text = match &y.value {
+                Raw::Int(_) | Raw::Str(_) => cx.string(y, p)?,
+                _ => {
+                    let found = cx.describe(y);
+                    cx.err(pos_of(y), p, format!("expected {EXPECTED}, found {found}"));
+                    return None;
+                }
+            };
+            let status = |s: &str| {
+                s.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|v| (100..=599).contains(v))
+            };
+            let range = match text.split_once('-') {
+                Some((a, b)) => status(a)
+                    .zip(status(b))
+                    .map(|(lo, hi)| StatusRange { lo, hi }),
+                None => status(&text).map(|v| StatusRange { lo: v, hi: v }),
+            };
+            match range {
+                Some(r) if r.lo <= r.hi => Some(r),
+                _ => {
+                    cx.err(
+                        pos_of(y),
+                        p,
+                        format!("{text:?} is not valid, expected {EXPECTED}"),
+                    );
+                    None
+                }
+            }
+        };
+        match &y.value {
+            Raw::Seq(items) if items.is_empty() => {
+                self.err(
+                    pos_of(y),
+                    path,
+                    "expected at least one status, found an empty list",
+                );
+                None
+            }
+            Raw::Seq(_) => self.list(Some(y), path, "HTTP statuses", one),
+            _ => one(self, y, path).map(|r| vec![r]),
+        }
+    }
+
+    /// A payload: text, or `hex:` followed by hex digits.
+    fn bytes(&mut self, y: &Y, path: &P) -> Option<Vec<u8>> {
+        let s = self.string(y, path)?;
+        match parse_bytes(&s) {
+            Ok(b) => Some(b),
+            Err(why) => {
+                self.err(
+                    pos_of(y),
+                    path,
+                    format!("{s:?} is not valid ({why}), expected text or hex: followed by hex digits (e.g. hex:0d0a)"),
+                );
+                None
+            }
+        }
     }
 
     /// Cross-service checks: duplicate (vip, port, protocol) and duplicate names.
@@ -2167,6 +2706,7 @@ impl<'t> Cx<'t> {
             item: o.pos,
             name_pos: o.pos("name"),
             vrid_pos: o.pos("virtual_router_id"),
+            auth_pos: o.pos("authentication"),
             inst,
         })
     }
@@ -2304,6 +2844,35 @@ fn o_pos_of_key(y: &Y, key: &str) -> Pos {
     pos_of(y)
 }
 
+/// A DNS name as written in a query: labels of 1..=63 bytes separated by dots, at most 253
+/// bytes, an optional final dot; `.` alone is the root.
+fn check_dns_name(s: &str) -> Result<(), String> {
+    if s == "." {
+        return Ok(());
+    }
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() {
+        return Err("empty".into());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 bytes".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("label \"{label}\" is longer than 63 bytes"));
+        }
+        if label.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "label \"{label}\" has spaces or control characters"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Why `addr` (a backend or sorry server, shown as `shown`) cannot serve `vip` with `fwd`.
 fn family_mismatch(
     vip: IpAddr,
@@ -2413,19 +2982,8 @@ mod tests {
         assert_eq!(
             s.health_check,
             Some(HealthCheck {
-                kind: CheckType::HttpGet,
-                port: None,
                 path: "/healthz".into(),
-                expect_status: 200,
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                rise: 2,
-                fall: 3,
-                retries: 0,
-                delay_before_retry: Duration::from_secs(1),
-                inhibit_on_failure: false,
-                command: None,
-                dynamic: false,
+                ..HealthCheck::new(CheckType::HttpGet)
             })
         );
         assert_eq!(
@@ -2538,7 +3096,7 @@ mod tests {
         );
         assert_eq!(
             err(&with_node("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check: {type: tcp, intervall: 2s}\n")),
-            "bascule.yaml:8:31: services[0].health_check.intervall: unknown key (did you mean \"interval\"?), expected one of: type, port, path, expect_status, interval, timeout, rise, fall, retries, delay_before_retry, inhibit_on_failure, command, dynamic"
+            "bascule.yaml:8:31: services[0].health_check.intervall: unknown key (did you mean \"interval\"?), expected one of: type, connect_port, interval, timeout, rise, fall, retries, delay_before_retry, inhibit_on_failure, initial_state, method, path, virtualhost, expect_status, body_regex, digest, sni, ca_file, helo_name, query_name, query_type, expect_rcode, expect_answer, payload, expect, require_reply, command, dynamic"
         );
     }
 
@@ -2879,6 +3437,120 @@ mod tests {
     }
 
     #[test]
+    fn health_check_keys_per_type() {
+        let hc = |body: &str| {
+            err(&with_node(&format!(
+                "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check:\n{body}"
+            )))
+        };
+        let parsed = |body: &str| {
+            let c = ok(&with_node(&format!(
+                "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check:\n{body}"
+            )));
+            c.services[0].health_check.clone().unwrap()
+        };
+        // Statuses: one, a range, a list of both.
+        let h = parsed("      type: http_get\n      expect_status: [200, \"300-302\"]\n      method: HEAD\n      virtualhost: www.example.com\n");
+        assert_eq!(
+            h.expect_status,
+            vec![
+                StatusRange { lo: 200, hi: 200 },
+                StatusRange { lo: 300, hi: 302 }
+            ]
+        );
+        assert_eq!(
+            (h.method, h.virtualhost.as_deref()),
+            (HttpMethod::Head, Some("www.example.com"))
+        );
+        assert_eq!(
+            parsed("      type: ssl_get\n      expect_status: 200-299\n").expect_status,
+            vec![StatusRange { lo: 200, hi: 299 }]
+        );
+        assert_eq!(
+            hc("      type: http_get\n      expect_status: \"299-200\"\n"),
+            "bascule.yaml:10:22: services[0].health_check.expect_status: \"299-200\" is not valid, expected an HTTP status (100..=599) or a range such as \"200-299\""
+        );
+        assert_eq!(
+            hc("      type: http_get\n      expect_status: [200, 700]\n"),
+            "bascule.yaml:10:28: services[0].health_check.expect_status[1]: \"700\" is not valid, expected an HTTP status (100..=599) or a range such as \"200-299\""
+        );
+        // Digest and body regex.
+        let h = parsed("      type: http_get\n      digest: 9A0364B9E99BB480DD25E1F0284C8555\n      body_regex: \"^ok\"\n");
+        assert_eq!(
+            h.digest.as_deref(),
+            Some("9a0364b9e99bb480dd25e1f0284c8555")
+        );
+        assert_eq!(
+            hc("      type: http_get\n      digest: abc\n"),
+            "bascule.yaml:10:15: services[0].health_check.digest: \"abc\" is not valid, expected an MD5 digest of 32 hex digits (as printed by md5sum)"
+        );
+        assert!(hc("      type: http_get\n      body_regex: \"(unclosed\"\n")
+            .starts_with("bascule.yaml:10:19: services[0].health_check.body_regex: \"(unclosed\" is not a valid regular expression: "));
+        assert_eq!(
+            hc("      type: http_get\n      method: HEAD\n      digest: 9a0364b9e99bb480dd25e1f0284c8555\n"),
+            "bascule.yaml:11:15: services[0].health_check.digest: a HEAD response has no body to check; use method GET"
+        );
+        // TLS keys.
+        assert_eq!(
+            hc("      type: http_get\n      sni: www.example.com\n"),
+            "bascule.yaml:10:12: services[0].health_check.sni: only used with type ssl_get, not http_get"
+        );
+        assert_eq!(
+            hc("      type: ssl_get\n      sni: 10.0.0.1\n"),
+            "bascule.yaml:10:12: services[0].health_check.sni: \"10.0.0.1\" is not valid, expected a DNS name such as www.example.com"
+        );
+        assert!(hc("      type: ssl_get\n      ca_file: /nonexistent/ca.pem\n")
+            .starts_with("bascule.yaml:10:16: services[0].health_check.ca_file: \"/nonexistent/ca.pem\": cannot read it: "));
+        // DNS keys.
+        let h = parsed("      type: dns\n      query_name: example.com\n      query_type: AAAA\n      expect_rcode: NXDOMAIN\n      expect_answer: \"2001:db8::1\"\n");
+        assert_eq!(
+            (h.query_name.as_str(), h.query_type, h.expect_rcode),
+            ("example.com", DnsType::Aaaa, DnsRcode::NxDomain)
+        );
+        assert_eq!(
+            hc("      type: dns\n      query_type: A\n      expect_answer: www.example.com\n"),
+            "bascule.yaml:11:22: services[0].health_check.expect_answer: \"www.example.com\": query_type A answers an IPv4 address, expected e.g. 192.0.2.1"
+        );
+        assert_eq!(
+            hc("      type: dns\n      query_name: a..b\n"),
+            "bascule.yaml:10:19: services[0].health_check.query_name: \"a..b\" is not a valid DNS name (empty label), expected e.g. example.com or ."
+        );
+        assert_eq!(
+            hc("      type: dns\n      query_type: AXFR\n"),
+            "bascule.yaml:10:19: services[0].health_check.query_type: \"AXFR\" is not a valid DNS record type, expected one of: A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, ANY"
+        );
+        // UDP payloads.
+        let h = parsed("      type: udp\n      payload: \"hex:0d0A\"\n      expect: PONG\n");
+        assert_eq!(
+            (h.payload.as_slice(), h.expect.as_deref()),
+            (&b"\r\n"[..], Some(&b"PONG"[..]))
+        );
+        assert_eq!(
+            hc("      type: udp\n      payload: \"hex:0d0\"\n"),
+            "bascule.yaml:10:16: services[0].health_check.payload: \"hex:0d0\" is not valid (an odd number of hex digits), expected text or hex: followed by hex digits (e.g. hex:0d0a)"
+        );
+        // A check needs a port when the service has none.
+        assert_eq!(
+            err(&with_node("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 0\n    health_check: {type: tcp}\n")),
+            "bascule.yaml:8:19: services[0].health_check: type tcp needs a port but the service's port is 0 (all ports): set health_check.connect_port"
+        );
+        let c = ok(&with_node("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 0\n    health_check: {type: ping, initial_state: up}\n"));
+        assert_eq!(
+            c.services[0].health_check.as_ref().unwrap().initial_state,
+            InitialState::Up
+        );
+        assert_eq!(
+            hc("      type: ping\n      connect_port: 80\n"),
+            "bascule.yaml:10:21: services[0].health_check.connect_port: only used with type tcp, http_get, ssl_get, smtp, dns or udp, not ping"
+        );
+        // The JSON dump writes payloads and statuses as the file does.
+        let json = serde_json::to_string(&parsed("      type: udp\n      payload: \"hex:00ff\"\n"))
+            .unwrap();
+        assert!(json.contains(r#""payload":"hex:00ff""#), "{json}");
+        assert!(json.contains(r#""expect_status":["200"]"#), "{json}");
+    }
+
+    #[test]
     fn all_errors_sorted_by_position() {
         let errors = Config::parse_all(
             &with_node("conntrack:\n  udp_timeout: 0s\n  tcp_timeout: 5x\nbogus: 1\n"),
@@ -2914,6 +3586,8 @@ vrrp:
   - name: VI_1
     interface: eth0
     virtual_router_id: 51
+    version: 2
+    authentication: {type: ah, password: x}
     virtual_addresses: [10.0.0.1/24]
 ",
         ));
@@ -2921,9 +3595,7 @@ vrrp:
         assert_eq!(
             got,
             vec![
-                "t.yaml:11:19: services[0].sorry_server: 10.0.0.9:80: sorry servers are not supported yet (remove the key)",
-                "t.yaml:17:19: services[0].health_check: health checks are not supported yet (remove the key; backends are then always up)",
-                "t.yaml:23:5: vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)",
+                "t.yaml:27:21: vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)",
             ]
         );
         assert!(ok(NODE).unsupported().is_empty());
@@ -2933,7 +3605,7 @@ vrrp:
         built.vrrp = c.vrrp.clone();
         assert_eq!(
             built.unsupported()[0].to_string(),
-            "vrrp[0]: VRRP is not supported yet (instance \"VI_1\"; remove the vrrp list)"
+            "vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)"
         );
     }
 

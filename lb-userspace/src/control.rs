@@ -1,12 +1,12 @@
 //! The controller: the daemon's state and the only owner of the datapath.
 //!
-//! It runs on its own thread as an actor: the HTTP API, the signal handler and (later)
-//! health checkers send it [`Request`]s on one channel and get answers on one-shot
+//! It runs on its own thread as an actor: the HTTP API, the signal handler and the health
+//! supervisor (through the daemon) send it [`Request`]s on one channel and get answers on one-shot
 //! channels, so the datapath is never touched from two places at once. Every change
 //! (reload, runtime weight, health) goes the same way:
 //!
 //! ```text
-//! Config (file) --effective_config(overrides, health)--> Config --plan(previous)--> Plan
+//! Config (file) --overrides--> Config --health::plan_with_health(health, previous)--> Plan
 //!     --Datapath::apply (only the difference)--> maps
 //! ```
 //!
@@ -14,6 +14,7 @@
 //! `simulate`, `rates`) are plain functions tested without root.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
     net::{IpAddr, SocketAddr},
@@ -28,16 +29,16 @@ use std::{
 use anyhow::{bail, Context, Result};
 use lb_common::{Counters, FlowKey, FlowState, PersistState, BACKEND_ACTIVE, NO_BACKEND};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::{
     config::{Config, HostFacts, XdpMode},
     daemon,
     datapath::{self, AttachMode, Datapath},
-    metrics::HealthCheckTimings,
+    health::{self, plan_with_health, HealthMap},
     netinfo,
     pins::{PinDir, SavedOverride, SavedState},
-    plan::{plan, MacTable, Plan},
+    plan::{MacTable, Plan},
     snapshot::{
         endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
         VrrpSource,
@@ -95,22 +96,28 @@ pub struct Override {
 
 pub type Overrides = BTreeMap<BackendKey, Override>;
 
-/// What health checking says about one backend: the seam between health checks and the
-/// controller. `weight` is a dynamic weight (a `misc` check with `dynamic: true`), used
-/// instead of the file's while the backend is up, unless an operator override is set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BackendHealth {
-    pub up: bool,
-    pub weight: Option<u32>,
-}
-
-/// The health of every checked backend; a backend absent from it is unchecked (up).
-pub type HealthMap = HashMap<BackendKey, BackendHealth>;
-
 #[derive(Clone, Debug, Default)]
 pub struct Runtime {
     pub overrides: Overrides,
+    /// What the health checks say (`health::HealthSupervisor`): the map the datapath was
+    /// last planned with. A checked backend absent from it counts as its `initial_state`.
     pub health: HealthMap,
+}
+
+impl BackendKey {
+    /// The same backend as health checks name it.
+    pub fn health_key(&self) -> health::BackendKey {
+        health::BackendKey::new(&self.service, self.address, self.port)
+    }
+}
+
+/// What of a health map the datapath depends on: up or down, and a check's dynamic weight.
+pub fn same_for_datapath(a: &HealthMap, b: &HealthMap) -> bool {
+    a.len() == b.len()
+        && a.iter().all(|(k, h)| {
+            b.get(k)
+                .is_some_and(|o| o.up == h.up && o.weight_override == h.weight_override)
+        })
 }
 
 /// What the scheduler makes of one backend.
@@ -127,7 +134,7 @@ pub struct Effective {
 /// override), else the operator's override, else the check's dynamic weight, else the
 /// file's.
 pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runtime) -> Effective {
-    let health = rt.health.get(key);
+    let health = rt.health.get(&key.health_key());
     if health.is_some_and(|h| !h.up) {
         return Effective {
             weight: 0,
@@ -138,7 +145,7 @@ pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runti
         .overrides
         .get(key)
         .map(|o| o.weight)
-        .or(health.and_then(|h| h.weight))
+        .or(health.and_then(|h| h.weight_override))
         .unwrap_or(config_weight);
     Effective {
         weight,
@@ -146,17 +153,13 @@ pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runti
     }
 }
 
-/// The configuration the scheduler sees (the file's, with every backend's effective
-/// weight), and the backends to plan inactive. Backends keep their place, so their ids,
-/// counters and Maglev identities stay.
-pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<BackendKey>) {
+/// What `health::plan_with_health` is given: the file's configuration with the operators'
+/// weight overrides, and the health map without the checks' dynamic weights of overridden
+/// backends (an operator's override wins over a check's weight; a down backend still gets 0).
+pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, HealthMap>) {
     let mut out = config.clone();
-    let mut inactive = HashSet::new();
+    let mut health = Cow::Borrowed(&rt.health);
     for svc in &mut out.services {
-        let inhibit = svc
-            .health_check
-            .as_ref()
-            .is_some_and(|h| h.inhibit_on_failure);
         let svc_ref = svc.clone();
         for b in &mut svc.backends {
             let key = BackendKey {
@@ -164,13 +167,35 @@ pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<Backe
                 address: b.address,
                 port: b.effective_port(&svc_ref),
             };
-            let e = effective(b.weight, &key, inhibit, rt);
-            b.weight = e.weight;
-            if e.inactive {
-                inactive.insert(key);
+            let Some(o) = rt.overrides.get(&key) else {
+                continue;
+            };
+            b.weight = o.weight;
+            let hk = key.health_key();
+            if health.get(&hk).is_some_and(|h| h.weight_override.is_some()) {
+                if let Some(h) = health.to_mut().get_mut(&hk) {
+                    h.weight_override = None;
+                }
             }
         }
     }
+    (out, health)
+}
+
+/// The configuration the scheduler sees (overrides and health applied, a sorry server
+/// added to a service without any backend up), and the backends to plan inactive.
+/// Backends keep their place, so their ids, counters and Maglev identities stay.
+pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<BackendKey>) {
+    let (input, health) = planning_input(config, rt);
+    let (out, inactive) = health::apply_health(&input, &health);
+    let inactive = inactive
+        .into_iter()
+        .map(|k| BackendKey {
+            service: k.service,
+            address: k.address,
+            port: k.port,
+        })
+        .collect();
     (out, inactive)
 }
 
@@ -677,7 +702,9 @@ pub enum Request {
         reply: oneshot::Sender<Result<WeightChange, ControlError>>,
     },
     /// From health checking: the health of every checked backend now (it replaces the
-    /// previous map; only what changed reaches the maps). No answer.
+    /// previous map; only what changed reaches the maps). No answer; once the maps hold it,
+    /// and no newer change is pending, the controller logs "datapath updated for backend
+    /// health".
     Health(HealthMap),
     Simulate {
         src: SocketAddr,
@@ -700,6 +727,9 @@ pub type Handle = mpsc::Sender<Request>;
 // The controller
 // ------------------------------------------------------------------------------------------
 
+/// Told of each configuration a reload applied.
+pub type OnReload = Box<dyn Fn(&Config) + Send>;
+
 pub struct Controller {
     path: PathBuf,
     /// The configuration as the file says.
@@ -718,7 +748,11 @@ pub struct Controller {
     /// new id: added to the new id's counts so that their counters never go backwards.
     retired: HashMap<BackendKey, Counters>,
     vrrp: VrrpSource,
-    timings: HealthCheckTimings,
+    /// The health checks' current map (`HealthSupervisor::subscribe`), read for status and
+    /// metrics, and to know whether a newer change is on its way.
+    health_source: Option<watch::Receiver<HealthMap>>,
+    /// Told of every configuration a reload applied (health checks, VRRP).
+    on_reload: Option<OnReload>,
     ready: Arc<AtomicBool>,
     /// Live connection-table entries at the last walk (`Datapath::reconcile`).
     conntrack_live: u64,
@@ -732,7 +766,10 @@ pub struct Start {
     pub pinned: bool,
     /// The VRRP instances' status (`snapshot::no_vrrp()` without VRRP).
     pub vrrp: VrrpSource,
-    pub timings: HealthCheckTimings,
+    /// The health checks' map (`HealthSupervisor::subscribe()`); `None`: every backend up.
+    pub health: Option<watch::Receiver<HealthMap>>,
+    /// Called with the new configuration after each successful reload.
+    pub on_reload: Option<OnReload>,
     pub ready: Arc<AtomicBool>,
 }
 
@@ -759,6 +796,9 @@ impl Controller {
             None => Datapath::load(entries)?,
         };
         let mut runtime = Runtime::default();
+        if let Some(source) = &s.health {
+            runtime.health = source.borrow().clone();
+        }
         if let Some(state) = &saved {
             runtime.overrides = state
                 .overrides
@@ -795,7 +835,8 @@ impl Controller {
             rates: RateTracker::default(),
             retired: HashMap::new(),
             vrrp: s.vrrp,
-            timings: s.timings,
+            health_source: s.health,
+            on_reload: s.on_reload,
             ready: s.ready,
             conntrack_live: 0,
         };
@@ -839,6 +880,12 @@ impl Controller {
         }
         let keep: Vec<&str> = self.interfaces.iter().map(String::as_str).collect();
         self.datapath.prune_links(&keep)?;
+        // Health that changed while this was starting is in the maps before "ready".
+        if let Some(now) = self.newer_health() {
+            self.runtime.health = now;
+            let next = self.replan(&config, Duration::ZERO)?;
+            self.commit(next, false)?;
+        }
         self.ready.store(true, Ordering::SeqCst);
         tracing::info!(
             services = self.plan.services.len(),
@@ -929,32 +976,30 @@ impl Controller {
     /// The plan for `config` under the current runtime state, ids kept from the plan the
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
-        let (effective, inactive) = effective_config(config, &self.runtime);
         if !wait.is_zero() {
-            daemon::warm_routed_backends(&effective);
+            daemon::warm_routed_backends(config);
         }
-        let macs: MacTable =
-            netinfo::resolve_macs(&daemon::dr_backend_addresses(&effective), wait)?
-                .into_iter()
-                .collect();
-        self.missing_macs = daemon::missing_dr_macs(&effective, &macs);
-        let mut next = plan(
-            &effective,
+        // dr backends' and sorry servers' MACs, whatever their health.
+        let macs: MacTable = netinfo::resolve_macs(&daemon::dr_backend_addresses(config), wait)?
+            .into_iter()
+            .collect();
+        self.missing_macs = daemon::missing_dr_macs(config, &macs);
+        let (input, health) = planning_input(config, &self.runtime);
+        plan_with_health(
+            &input,
             &macs,
             daemon::tunnel_sources(config)?,
             Some(&self.plan),
-        )?;
-        for b in &mut next.backends {
-            let key = BackendKey {
-                service: b.service.clone(),
-                address: b.address,
-                port: b.port,
-            };
-            if inactive.contains(&key) {
-                b.info.flags &= !BACKEND_ACTIVE;
-            }
-        }
-        Ok(next)
+            &health,
+        )
+    }
+
+    /// The health checks' map now, if what the datapath depends on differs from the map
+    /// it was planned with.
+    fn newer_health(&self) -> Option<HealthMap> {
+        let source = self.health_source.as_ref()?;
+        let now = source.borrow();
+        (!same_for_datapath(&now, &self.runtime.health)).then(|| now.clone())
     }
 
     /// Writes `next` into the maps (only the difference from what they hold), keeping the
@@ -1102,8 +1147,10 @@ impl Controller {
         log_dropped_overrides(&dropped);
         report_missing(&self.missing_macs);
         for k in gone {
-            self.timings.remove(&k.service, &k.label());
-            self.runtime.health.remove(&k);
+            self.runtime.health.remove(&k.health_key());
+        }
+        if let Some(on_reload) = &self.on_reload {
+            on_reload(&self.config);
         }
         Ok(ReloadReport {
             diff,
@@ -1190,20 +1237,26 @@ impl Controller {
     }
 
     /// A new health map: re-plans if it changes what the datapath does. (The health
-    /// checks log each backend's transitions; this logs only the resulting update.)
+    /// checks log each backend's transitions; this logs the resulting update, only when no
+    /// newer change is pending: the line then means "the datapath holds every health change
+    /// logged before it". A pending change comes as its own request.)
     fn set_health(&mut self, health: HealthMap) {
-        if health == self.runtime.health {
-            return;
-        }
-        let down = health.values().filter(|h| !h.up).count();
+        let changed = !same_for_datapath(&health, &self.runtime.health);
         self.runtime.health = health;
-        let config = self.config.clone();
-        match self
-            .replan(&config, RESOLVE_WAIT_CHANGE)
-            .and_then(|next| self.commit(next, false))
-        {
-            Ok(()) => tracing::debug!(down, "datapath updated for health"),
-            Err(e) => tracing::error!("cannot apply a health change: {e:#}"),
+        if changed {
+            let down = self.runtime.health.values().filter(|h| !h.up).count();
+            let config = self.config.clone();
+            if let Err(e) = self
+                .replan(&config, RESOLVE_WAIT_CHANGE)
+                .and_then(|next| self.commit(next, false))
+            {
+                tracing::error!("cannot apply a health change: {e:#}");
+                return;
+            }
+            tracing::debug!(down, "health change applied");
+        }
+        if self.newer_health().is_none() {
+            tracing::info!("datapath updated for backend health");
         }
     }
 
@@ -1326,7 +1379,15 @@ impl Controller {
                     .and_then(|p| self.datapath.backend_counters(p.id).ok())
                     .unwrap_or_default();
                 let c = add(self.retired.get(&key).copied().unwrap_or_default(), current);
-                let health = match self.runtime.health.get(&key) {
+                // What the checks say now (the maps follow within a moment).
+                let live = self.health_source.as_ref().map(|s| s.borrow());
+                let checked = live
+                    .as_deref()
+                    .unwrap_or(&self.runtime.health)
+                    .get(&key.health_key())
+                    .cloned();
+                drop(live);
+                let health = match &checked {
                     None => Health::Unchecked,
                     Some(h) if h.up => Health::Up,
                     Some(_) => Health::Down,
@@ -1340,6 +1401,8 @@ impl Controller {
                     config_weight: b.weight,
                     weight_override: self.runtime.overrides.get(&key).map(|o| o.weight),
                     health,
+                    last_failure: checked.as_ref().and_then(|h| h.last_failure.clone()),
+                    check_durations: checked.map(|h| h.durations),
                     active: planned_b.is_some_and(|p| p.info.flags & BACKEND_ACTIVE != 0),
                     active_connections: planned_b
                         .and_then(|p| self.datapath.active_connections(p.id).ok())
@@ -1494,7 +1557,7 @@ fn report_missing(missing: &[IpAddr]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::TunnelSources;
+    use crate::plan::{plan, TunnelSources};
 
     const YAML: &str = "node:
   interfaces: [{name: eth0}]
@@ -1553,12 +1616,11 @@ services:
         );
         // Down without inhibit: weight 0 and inactive (its flows move). Down with
         // inhibit: weight 0 only (its flows stay). Every backend keeps its place.
-        let down = BackendHealth {
-            up: false,
-            weight: None,
-        };
-        rt.health.insert(key("a", "10.0.0.11", 80), down);
-        rt.health.insert(key("b", "10.0.0.13", 0), down);
+        let down = health::BackendHealth::new(false, std::time::SystemTime::UNIX_EPOCH);
+        rt.health
+            .insert(key("a", "10.0.0.11", 80).health_key(), down.clone());
+        rt.health
+            .insert(key("b", "10.0.0.13", 0).health_key(), down);
         let (e, inactive) = effective_config(&c, &rt);
         assert_eq!(
             weights(&e),
@@ -1570,12 +1632,15 @@ services:
         );
         assert_eq!(inactive, [key("a", "10.0.0.11", 80)].into_iter().collect());
         // A dynamic weight applies when up, but an operator's override wins.
-        let up = |w| BackendHealth {
-            up: true,
-            weight: Some(w),
+        let up = |w| {
+            let mut h = health::BackendHealth::new(true, std::time::SystemTime::UNIX_EPOCH);
+            h.weight_override = Some(w);
+            h
         };
-        rt.health.insert(key("a", "10.0.0.11", 80), up(7));
-        rt.health.insert(key("a", "10.0.0.12", 80), up(9));
+        rt.health
+            .insert(key("a", "10.0.0.11", 80).health_key(), up(7));
+        rt.health
+            .insert(key("a", "10.0.0.12", 80).health_key(), up(9));
         let (e, inactive) = effective_config(&c, &rt);
         assert_eq!(
             weights(&e)[..2],
@@ -1593,11 +1658,8 @@ services:
         let p = plan(&c, &MacTable::new(), TunnelSources::default(), None).unwrap();
         let mut rt = Runtime::default();
         rt.health.insert(
-            key("a", "10.0.0.11", 80),
-            BackendHealth {
-                up: false,
-                weight: None,
-            },
+            key("a", "10.0.0.11", 80).health_key(),
+            health::BackendHealth::new(false, std::time::SystemTime::UNIX_EPOCH),
         );
         let (e, inactive) = effective_config(&c, &rt);
         let q = plan(&e, &MacTable::new(), TunnelSources::default(), Some(&p)).unwrap();

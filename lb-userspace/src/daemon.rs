@@ -1,12 +1,13 @@
 //! `bascule run` and `bascule decap`: the processes. Wiring and signals only; the state
-//! lives in the controller (`control.rs`), the HTTP side in `api.rs`. Also the small I/O
+//! lives in the controller (`control.rs`), the HTTP side in `api.rs`, health checks in
+//! `health/` and VRRP in `vrrp/`, all on one tokio runtime. Also the small I/O
 //! helpers the controller and the fixture tests share (tunnel sources, neighbour lookups,
 //! forwarding sysctls).
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, mpsc, Arc},
+    sync::{atomic::AtomicBool, mpsc, Arc, Mutex},
 };
 
 use anyhow::{bail, Context, Result};
@@ -16,10 +17,11 @@ use crate::{
     api::Api,
     config::{Config, Forwarding},
     control::{self, Controller, Request},
-    metrics::HealthCheckTimings,
+    health::HealthSupervisor,
     netinfo,
     plan::{MacTable, TunnelSources},
-    snapshot,
+    snapshot::{self, VrrpSource},
+    vrrp::{StatusBoard, Vrrp},
 };
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
@@ -58,8 +60,9 @@ fn is_link_local(a: std::net::Ipv6Addr) -> bool {
     (a.segments()[0] & 0xffc0) == 0xfe80
 }
 
-/// Addresses of `dr` backends: their MACs are needed to forward to them. (`tun` and `nat`
-/// next hops are looked up per packet by the kernel's FIB; `local` is this node.)
+/// Addresses whose MACs are needed: `dr` backends and sorry servers (a sorry server is
+/// reached like its service's backends). (`tun` and `nat` next hops are looked up per
+/// packet by the kernel's FIB; `local` is this node.)
 pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
@@ -68,8 +71,9 @@ pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
             s.backends
                 .iter()
                 .filter(move |b| b.effective_forwarding(s) == Forwarding::Dr)
+                .map(|b| b.address)
+                .chain(s.sorry_server.map(|a| a.ip()))
         })
-        .map(|b| b.address)
         .collect();
     v.sort();
     v.dedup();
@@ -88,16 +92,22 @@ pub fn warm_routed_backends(config: &Config) {
     }
 }
 
+/// `dr` backends and sorry servers of `dr` services without a MAC address yet.
 pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
     config
         .services
         .iter()
         .flat_map(|s| {
+            let sorry = s
+                .sorry_server
+                .filter(|_| s.forwarding == Forwarding::Dr)
+                .map(|a| a.ip());
             s.backends
                 .iter()
                 .filter(move |b| b.effective_forwarding(s) == Forwarding::Dr)
+                .map(|b| b.address)
+                .chain(sorry)
         })
-        .map(|b| b.address)
         .filter(|a| !macs.contains_key(a))
         .collect()
 }
@@ -123,9 +133,10 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
 }
 
 /// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
-/// HTTP listener, starts the controller (`control.rs`) on its own thread and the API
-/// (`api.rs`) on a small tokio runtime, then turns signals into controller requests.
-/// SIGHUP reloads; SIGTERM/SIGINT stop, removing the datapath unless `keep_datapath`.
+/// HTTP listener, starts the health checks, the controller (`control.rs`, on its own
+/// thread), then the VRRP instances once the datapath is attached, and the API (`api.rs`),
+/// then turns signals into controller requests. SIGHUP reloads; SIGTERM/SIGINT stop: VRRP
+/// masters hand over first, then the datapath goes unless `keep_datapath`.
 pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
     let config = load_config(path)?;
     control::check_host(&config, &netinfo::host_facts()?)?;
@@ -136,7 +147,53 @@ pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(path.to_path_buf(), config, token, keep_datapath))
+    let result = runtime.block_on(serve(path.to_path_buf(), config, token, keep_datapath));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
+}
+
+/// The running VRRP instances and where their status is read (the `VrrpSource` seam).
+#[derive(Clone, Default)]
+struct VrrpBoard(Arc<Mutex<Option<StatusBoard>>>);
+
+impl VrrpBoard {
+    fn source(&self) -> VrrpSource {
+        let board = self.clone();
+        Arc::new(move || {
+            let guard = board.0.lock().unwrap_or_else(|e| e.into_inner());
+            guard
+                .as_ref()
+                .map(|b| b.snapshot().iter().map(snapshot::vrrp_status).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn set(&self, vrrp: &Option<Vrrp>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = vrrp.as_ref().map(Vrrp::board);
+    }
+}
+
+/// Starts the instances of `config`, if any. Call once the datapath is attached, so that a
+/// new master balances at once.
+async fn start_vrrp(config: &Config) -> Result<Option<Vrrp>> {
+    if config.vrrp.is_empty() {
+        return Ok(None);
+    }
+    let vrrp = Vrrp::start(&config.vrrp).await?;
+    tracing::info!(instances = config.vrrp.len(), "VRRP instances started");
+    Ok(Some(vrrp))
+}
+
+/// After a reload: unchanged instances keep running; changed, new and removed ones
+/// restart, start, stop.
+async fn reconfigure_vrrp(vrrp: &mut Option<Vrrp>, new: &Config) -> Result<()> {
+    match vrrp {
+        Some(running) => running.reconfigure(&new.vrrp).await,
+        None => {
+            *vrrp = start_vrrp(new).await?;
+            Ok(())
+        }
+    }
 }
 
 async fn serve(
@@ -156,38 +213,79 @@ async fn serve(
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
 
+    // Health checks run on this runtime from the start; the controller plans with their
+    // map and gets every change of it as a `Request::Health`.
+    let supervisor = HealthSupervisor::start(tokio::runtime::Handle::current(), &config.services);
+    if supervisor.checked() > 0 {
+        tracing::info!(backends = supervisor.checked(), "health checks started");
+    }
+    let mut health_changes = supervisor.subscribe();
+    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::unbounded_channel::<Config>();
+
     let ready = Arc::new(AtomicBool::new(false));
-    let timings = HealthCheckTimings::default();
     let (requests, inbox) = mpsc::channel();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
-    // The seams (ARCHITECTURE.md): VRRP instances will provide their status here, and
-    // health checks will send `Request::Health` on a clone of `requests`.
-    let vrrp = snapshot::no_vrrp();
+    let board = VrrpBoard::default();
     let start = control::Start {
         path,
-        config,
+        config: config.clone(),
         pinned: true,
-        vrrp,
-        timings: timings.clone(),
+        vrrp: board.source(),
+        health: Some(supervisor.subscribe()),
+        on_reload: Some(Box::new(move |c: &Config| {
+            let _ = reloaded_tx.send(c.clone());
+        })),
         ready: ready.clone(),
     };
     std::thread::Builder::new()
         .name("bascule-control".into())
         .spawn(move || {
-            let result = Controller::start(start).map(|c| c.run(inbox));
+            let result = Controller::start(start).map(|c| {
+                let _ = started_tx.send(());
+                c.run(inbox)
+            });
             let _ = done_tx.send(result);
         })
         .context("cannot start the controller thread")?;
+    // The datapath is attached (or the controller failed) before VRRP starts.
+    if started.await.is_err() {
+        return match done.await {
+            Ok(result) => result,
+            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+        };
+    }
+    let mut vrrp = match start_vrrp(&config).await {
+        Ok(v) => v,
+        Err(e) => {
+            stop_controller(&requests, false).await;
+            let _ = done.await;
+            return Err(e);
+        }
+    };
+    board.set(&vrrp);
+
+    // Every change of what the datapath should do (a backend up or down, a check's
+    // weight) goes to the controller as the whole map.
+    let to_controller = requests.clone();
+    let forward_health = tokio::spawn(async move {
+        while health_changes.changed().await.is_ok() {
+            let map = health_changes.borrow_and_update().clone();
+            if to_controller.send(Request::Health(map)).is_err() {
+                break;
+            }
+        }
+    });
+
     let api = Arc::new(Api {
         control: requests.clone(),
         token,
-        timings,
         ready,
     });
     let server = tokio::spawn(crate::api::serve(listener, api));
     tracing::info!(%listen, "HTTP API listening");
 
-    let keep = loop {
+    let ended = loop {
         tokio::select! {
             _ = hangup.recv() => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
@@ -196,31 +294,51 @@ async fn serve(
                     tokio::spawn(async move { let _ = rx.await; });
                 }
             }
-            _ = terminate.recv() => break keep_datapath,
-            _ = interrupt.recv() => break keep_datapath,
-            ended = &mut done => {
-                server.abort();
-                return match ended {
-                    Ok(result) => result,
-                    Err(_) => bail!("the controller thread died; the datapath is left as it was"),
-                };
+            Some(new) = reloaded.recv() => {
+                supervisor.update(&new.services);
+                if let Err(e) = reconfigure_vrrp(&mut vrrp, &new).await {
+                    tracing::error!("VRRP: {e:#}");
+                }
+                board.set(&vrrp);
             }
+            _ = terminate.recv() => break None,
+            _ = interrupt.recv() => break None,
+            ended = &mut done => break Some(ended),
         }
     };
     server.abort();
+    forward_health.abort();
+    tracing::info!("stopping");
+    // Masters hand over (priority 0) and release their addresses before the datapath goes.
+    if let Some(v) = vrrp.take() {
+        v.stop().await;
+    }
+    board.set(&None);
+    drop(supervisor);
+    if let Some(ended) = ended {
+        return match ended {
+            Ok(result) => result,
+            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+        };
+    }
+    stop_controller(&requests, keep_datapath).await;
+    match done.await {
+        Ok(result) => result,
+        Err(_) => bail!("the controller thread died while stopping"),
+    }
+}
+
+/// Asks the controller to stop, and waits for its answer.
+async fn stop_controller(requests: &control::Handle, keep_datapath: bool) {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if requests
         .send(Request::Stop {
-            keep_datapath: keep,
+            keep_datapath,
             reply: tx,
         })
         .is_ok()
     {
         let _ = rx.await;
-    }
-    match done.await {
-        Ok(result) => result,
-        Err(_) => bail!("the controller thread died while stopping"),
     }
 }
 

@@ -1,8 +1,8 @@
 //! `GET /metrics`: a [`Snapshot`] as Prometheus metrics, with the `prometheus-client`
 //! crate. The registry is built anew at each scrape from the snapshot (the datapath's
-//! counters are the source of truth; the daemon keeps no copy that could drift), plus the
-//! one family the daemon observes itself: health-check durations ([`HealthCheckTimings`],
-//! handed to the health checkers).
+//! counters are the source of truth; the daemon keeps no copy that could drift). Health-check
+//! durations come the same way: the health supervisor's histograms
+//! (`health::BackendHealth::durations`), carried in the snapshot's backends.
 //!
 //! prometheus-client writes OpenMetrics text. Scrapers that ask for it (`Accept:
 //! application/openmetrics-text`) get it as is; everyone else gets the classic Prometheus
@@ -10,17 +10,15 @@
 //! with its `_total` suffix.
 
 use prometheus_client::{
-    encoding::{text::encode, EncodeLabelSet},
-    metrics::{
-        counter::Counter,
-        family::Family,
-        gauge::Gauge,
-        histogram::{exponential_buckets, Histogram},
-    },
+    encoding::{text::encode, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, MetricType, TypedMetric},
     registry::Registry,
 };
 
-use crate::snapshot::{Snapshot, VrrpState};
+use crate::{
+    health::{DurationHistogram, DURATION_BUCKETS},
+    snapshot::{Snapshot, VrrpState},
+};
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -81,40 +79,34 @@ struct InstanceReasonLabels {
     reason: String,
 }
 
-/// `bascule_healthcheck_duration_seconds{service,backend}`: the health checkers observe
-/// each check's duration here. Cheap to clone (shared).
-#[derive(Clone, Debug)]
-pub struct HealthCheckTimings {
-    family: Family<BackendLabels, Histogram>,
+/// `bascule_healthcheck_duration_seconds{service,backend}`: histograms kept by the health
+/// supervisor, encoded as they are.
+#[derive(Debug, Default)]
+struct CheckDurations(Vec<(BackendLabels, DurationHistogram)>);
+
+impl TypedMetric for CheckDurations {
+    const TYPE: MetricType = MetricType::Histogram;
 }
 
-impl Default for HealthCheckTimings {
-    fn default() -> Self {
-        HealthCheckTimings {
-            // 0.5 ms .. about 4 s.
-            family: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-            }),
+impl EncodeMetric for CheckDurations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            // Per-bucket counts; the encoder makes them cumulative.
+            let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(h.counts)
+                .collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
         }
-    }
-}
-
-impl HealthCheckTimings {
-    pub fn observe(&self, service: &str, backend: &str, seconds: f64) {
-        self.family
-            .get_or_create(&BackendLabels {
-                service: service.to_string(),
-                backend: backend.to_string(),
-            })
-            .observe(seconds);
+        Ok(())
     }
 
-    /// Forgets a backend that left the configuration.
-    pub fn remove(&self, service: &str, backend: &str) {
-        self.family.remove(&BackendLabels {
-            service: service.to_string(),
-            backend: backend.to_string(),
-        });
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -131,7 +123,7 @@ fn gauge(v: i64) -> Gauge {
 }
 
 /// Every metric, as OpenMetrics text (`openmetrics`) or Prometheus text.
-pub fn render(s: &Snapshot, timings: &HealthCheckTimings, openmetrics: bool) -> String {
+pub fn render(s: &Snapshot, openmetrics: bool) -> String {
     let mut r = Registry::default();
 
     let svc_packets = Family::<ServiceLabels, Counter>::default();
@@ -213,7 +205,21 @@ pub fn render(s: &Snapshot, timings: &HealthCheckTimings, openmetrics: bool) -> 
     r.register(
         "bascule_healthcheck_duration_seconds",
         "Duration of health checks",
-        timings.family.clone(),
+        CheckDurations(
+            s.services
+                .iter()
+                .flat_map(|svc| {
+                    svc.backends.iter().filter_map(|b| {
+                        let h = b.check_durations.clone()?;
+                        let labels = BackendLabels {
+                            service: svc.name.clone(),
+                            backend: b.label.clone(),
+                        };
+                        Some((labels, h))
+                    })
+                })
+                .collect(),
+        ),
     );
 
     let actions = Family::<ActionLabels, Counter>::default();
@@ -419,6 +425,8 @@ mod tests {
                     config_weight: 3,
                     weight_override: None,
                     health: Health::Unchecked,
+                    last_failure: None,
+                    check_durations: None,
                     active: true,
                     active_connections: 1,
                     connections: 2,
@@ -441,7 +449,7 @@ mod tests {
 
     #[test]
     fn values_and_names() {
-        let text = render(&snapshot(), &HealthCheckTimings::default(), false);
+        let text = render(&snapshot(), false);
         assert_eq!(
             value(&text, "bascule_service_packets_total{service=\"web\"}").as_deref(),
             Some("10")
@@ -471,7 +479,7 @@ mod tests {
         assert!(!text.contains("# EOF"));
         // No VRRP instance: no VRRP series.
         assert!(!text.contains("bascule_vrrp_state{"));
-        let om = render(&snapshot(), &HealthCheckTimings::default(), true);
+        let om = render(&snapshot(), true);
         assert!(om.contains("# TYPE bascule_service_packets counter\n"));
         assert!(om.ends_with("# EOF\n"));
     }
@@ -491,7 +499,7 @@ mod tests {
             adverts_received: 7,
             adverts_invalid: [("ttl".to_string(), 2)].into_iter().collect(),
         });
-        let text = render(&s, &HealthCheckTimings::default(), false);
+        let text = render(&s, false);
         let series = |st: &str| {
             value(
                 &text,
@@ -512,9 +520,11 @@ mod tests {
 
     #[test]
     fn health_check_histogram() {
-        let t = HealthCheckTimings::default();
-        t.observe("web", "10.0.0.11:80", 0.003);
-        let text = render(&snapshot(), &t, false);
+        let mut s = snapshot();
+        let mut h = DurationHistogram::default();
+        h.observe(std::time::Duration::from_millis(3));
+        s.services[0].backends[0].check_durations = Some(h);
+        let text = render(&s, false);
         assert_eq!(
             value(
                 &text,

@@ -115,6 +115,8 @@ pub fn plan(
 
     let mut services = Vec::new();
     let mut backends = Vec::new();
+    // Each service's table inputs (identity and effective weight per backend).
+    let mut inputs: Vec<Vec<MaglevBackend>> = Vec::new();
     for svc in &config.services {
         let sid = match old_services.get(svc.name.as_str()) {
             Some(&id) => id,
@@ -167,23 +169,12 @@ pub fn plan(
                 info,
             });
         }
-        let table: Vec<u32> = tables::build(svc.scheduler, &maglev, svc.maglev_table_size)
-            .with_context(|| format!("service {}", svc.name))?
-            .into_iter()
-            .map(|i| {
-                if i == NO_BACKEND {
-                    NO_BACKEND
-                } else {
-                    ids[i as usize]
-                }
-            })
-            .collect();
         services.push(PlannedService {
             name: svc.name.clone(),
             key: ServiceKey::new(svc.vip, svc.port, svc.protocol.ip_proto()),
             info: ServiceInfo {
                 id: sid,
-                table_size: table.len() as u32,
+                table_size: 0,
                 persistence_secs: svc.persistence.as_secs_f64().ceil() as u32,
                 idle_timeout_ns: match svc.protocol {
                     Protocol::Tcp => config.conntrack.tcp_timeout,
@@ -193,15 +184,62 @@ pub fn plan(
                 scheduler: tables::code(svc.scheduler),
                 _pad: [0; 7],
             },
-            table,
+            table: Vec::new(),
             backends: ids,
         });
+        inputs.push(maglev);
     }
+    fill_tables(config, &mut services, &inputs)?;
     Ok(Plan {
         settings,
         services,
         backends,
     })
+}
+
+/// Builds every service's lookup table (on all cores: at 1,000 services of 65,537-slot
+/// tables this is most of a load) and maps entries to backend ids.
+fn fill_tables(
+    config: &Config,
+    services: &mut [PlannedService],
+    inputs: &[Vec<MaglevBackend>],
+) -> Result<()> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(services.len().max(1));
+    let chunk = services.len().div_ceil(workers).max(1);
+    let results: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = services
+            .chunks_mut(chunk)
+            .zip(inputs.chunks(chunk))
+            .zip(config.services.chunks(chunk))
+            .map(|((planned, maglev), configured)| {
+                scope.spawn(move || {
+                    for ((p, m), svc) in planned.iter_mut().zip(maglev).zip(configured) {
+                        let table = tables::build(svc.scheduler, m, svc.maglev_table_size)
+                            .with_context(|| format!("service {}", svc.name))?;
+                        p.table = table
+                            .into_iter()
+                            .map(|i| {
+                                if i == NO_BACKEND {
+                                    NO_BACKEND
+                                } else {
+                                    p.backends[i as usize]
+                                }
+                            })
+                            .collect();
+                        p.info.table_size = p.table.len() as u32;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("table builder panicked"))
+            .collect()
+    });
+    results.into_iter().collect()
 }
 
 /// Hands out the lowest ids not reserved (reserved = kept from the previous plan).

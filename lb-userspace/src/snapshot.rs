@@ -113,6 +113,13 @@ pub struct BackendStatus {
     /// Set through the API (`bascule weight`, `bascule drain`).
     pub weight_override: Option<u32>,
     pub health: Health,
+    /// Why the last failed health check failed (kept after the backend is up again).
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// Durations of the health checks so far, for `bascule_healthcheck_duration_seconds`
+    /// (not in the JSON).
+    #[serde(skip)]
+    pub check_durations: Option<crate::health::DurationHistogram>,
     /// The datapath may send new flows to it (weight aside): false while it is down and
     /// removed, or a `dr` backend whose MAC address is not known yet.
     pub active: bool,
@@ -194,6 +201,34 @@ impl VrrpState {
 /// `/api/v1/vrrp`, `/metrics`): a function the VRRP side provides (reading its own shared
 /// status board), so that neither side owns the other's state.
 pub type VrrpSource = Arc<dyn Fn() -> Vec<VrrpStatus> + Send + Sync>;
+
+/// A VRRP instance's status as the VRRP side publishes it (`vrrp::StatusBoard`), in the
+/// snapshot's terms.
+pub fn vrrp_status(v: &crate::vrrp::VrrpStatus) -> VrrpStatus {
+    use crate::vrrp::State;
+    let state = |s: State| match s {
+        State::Initialize => VrrpState::Init,
+        State::Backup => VrrpState::Backup,
+        State::Master => VrrpState::Master,
+        State::Fault => VrrpState::Fault,
+    };
+    VrrpStatus {
+        instance: v.instance.clone(),
+        interface: v.interface.clone(),
+        virtual_router_id: v.virtual_router_id,
+        state: state(v.state),
+        priority: v.priority,
+        master: v.master,
+        virtual_addresses: v
+            .virtual_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        transitions: v.transitions.iter().map(|(s, n)| (state(*s), *n)).collect(),
+        adverts_received: v.adverts_received,
+        adverts_invalid: v.adverts_invalid.clone(),
+    }
+}
 
 /// The source of a daemon without VRRP instances.
 pub fn no_vrrp() -> VrrpSource {

@@ -39,6 +39,14 @@ pub fn render(s: &Snapshot) -> String {
             "* weight set at runtime (`bascule weight BACKEND reset` returns to the config's)\n",
         );
     }
+    // Why each down backend is down (its last failed check).
+    for svc in &s.services {
+        for b in &svc.backends {
+            if let (crate::snapshot::Health::Down, Some(why)) = (b.health, &b.last_failure) {
+                let _ = writeln!(out, "{} {} down: {why}", svc.name, b.label);
+            }
+        }
+    }
     out.push('\n');
     out.push_str(&datapath_lines(s));
     if !s.vrrp.is_empty() {

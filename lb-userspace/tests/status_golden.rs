@@ -28,6 +28,8 @@ fn backend(label: &str, weight: u32, packets: u64) -> BackendStatus {
         config_weight: weight,
         weight_override: None,
         health: Health::Unchecked,
+        last_failure: None,
+        check_durations: None,
         active: true,
         active_connections: packets / 40,
         connections: packets / 10,

@@ -401,6 +401,33 @@ impl Lab {
         terminate_child(&mut child)
     }
 
+    /// Plugs or unplugs `host`'s cable: sets its port on the lab's bridge up or down.
+    /// Unplugged, the host neither sends nor receives anything on the segment.
+    pub fn set_plugged(&self, host: &Host, plugged: bool) -> Result<()> {
+        let state = if plugged { "up" } else { "down" };
+        ip(&[
+            "-n",
+            &self.switch,
+            "link",
+            "set",
+            &format!("v{}", host.role),
+            state,
+        ])
+        .map(drop)
+    }
+
+    /// Makes the bridge forward `host`'s MAC to `host`'s port for good (a static entry),
+    /// so that, once unplugged, frames for it are dropped rather than flooded.
+    pub fn pin_mac(&self, host: &Host) -> Result<()> {
+        let out = Command::new("bridge")
+            .args(["-n", &self.switch, "fdb", "replace", &host.mac, "dev"])
+            .arg(format!("v{}", host.role))
+            .args(["master", "static"])
+            .output()
+            .context("cannot run `bridge` (iproute2)")?;
+        checked(out, &format!("bridge fdb replace {} (pin)", host.mac)).map(drop)
+    }
+
     fn terminate_all(&self) {
         let children: Vec<(Child, Spawned)> = self
             .children

@@ -24,7 +24,8 @@ commands:
   build [--release]           build the bascule binary (its build script builds and embeds the eBPF object)
   run [--release] -- ARGS...  build, then run target/{debug,release}/bascule ARGS...
   test                        fmt, prerequisites, clippy, build, every test including privileged ones (root)
-  demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)";
+  demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
+  bench [--quick]             benchmark suite: table + target/bench/results.json (root)";
 
 /// Crates that are not built for the host: the eBPF crate is built by lb-userspace's build
 /// script for the BPF target, with nightly.
@@ -74,6 +75,17 @@ fn dispatch(args: &[String]) -> Result<()> {
             test()
         }
         "demo" => demo::run(rest),
+        "bench" => {
+            let quick = match rest {
+                [] => false,
+                [flag] if flag == "--quick" => true,
+                _ => bail!(
+                    "`cargo xtask bench` takes only `--quick`, got `{}`",
+                    rest.join(" ")
+                ),
+            };
+            bench(quick)
+        }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             Ok(())
@@ -204,7 +216,34 @@ fn build_and_test() -> Result<()> {
             .args(["test", "--workspace"])
             .args(HOST_EXCLUDED)
             .env("BASCULE_BIN", &bin),
-    )
+    )?;
+    // The benchmark suite's smoke mode: every figure is produced (not how fast), so the
+    // suite cannot rot between benchmark runs.
+    println!("==> benchmark smoke run (cargo xtask bench --quick, debug build)");
+    run_checked(cargo().args([
+        "test",
+        "-p",
+        "lb-userspace",
+        "--bench",
+        "bench",
+        "--",
+        "--quick",
+    ]))
+}
+
+/// `cargo xtask bench [--quick]`: the benchmark suite, optimised build, as root.
+fn bench(quick: bool) -> Result<()> {
+    if !setup::is_root() {
+        bail!("`cargo xtask bench` loads XDP programs and builds namespace labs: run it as root");
+    }
+    setup::check_build_prerequisites()?;
+    setup::ensure_bpffs()?;
+    let mut cmd = cargo();
+    cmd.args(["bench", "-p", "lb-userspace", "--bench", "bench", "--"]);
+    if quick {
+        cmd.arg("--quick");
+    }
+    run_checked(&mut cmd)
 }
 
 /// The workspace root: xtask lives one level below it.
