@@ -1574,13 +1574,24 @@ services:
     vip: 10.0.0.2
     port: 0
     forwarding: tun
-    health_check: {type: tcp, port: 80, inhibit_on_failure: true}
+    health_check: {type: tcp, connect_port: 80, inhibit_on_failure: true}
     backends:
       - address: 10.0.0.13
 ";
 
     fn config() -> Config {
         Config::parse(YAML, "t.yaml").unwrap()
+    }
+
+    /// `config()` with service `a` checked too (no inhibit, initial state up): health
+    /// applies only to checked backends.
+    fn checked_config() -> Config {
+        let mut c = config();
+        let mut check = c.services[1].health_check.clone().unwrap();
+        check.inhibit_on_failure = false;
+        check.initial_state = crate::config::InitialState::Up;
+        c.services[0].health_check = Some(check);
+        c
     }
 
     fn key(service: &str, addr: &str, port: u16) -> BackendKey {
@@ -1604,9 +1615,13 @@ services:
 
     #[test]
     fn overrides_and_health_shape_the_effective_config() {
-        let c = config();
+        let c = checked_config();
         let mut rt = Runtime::default();
-        assert_eq!(effective_config(&c, &rt), (c.clone(), HashSet::new()));
+        // Nothing checked yet: each checked backend is at its initial_state (a: up, b:
+        // down, inhibited: weight 0 but active).
+        let mut initial = c.clone();
+        initial.services[1].backends[0].weight = 0;
+        assert_eq!(effective_config(&c, &rt), (initial, HashSet::new()));
         rt.overrides.insert(
             key("a", "10.0.0.12", 80),
             Override {
@@ -1654,7 +1669,7 @@ services:
 
     #[test]
     fn a_down_backend_is_planned_inactive_and_keeps_its_id() {
-        let c = config();
+        let c = checked_config();
         let p = plan(&c, &MacTable::new(), TunnelSources::default(), None).unwrap();
         let mut rt = Runtime::default();
         rt.health.insert(

@@ -248,8 +248,16 @@ async fn serve(
             let _ = done_tx.send(result);
         })
         .context("cannot start the controller thread")?;
+    let api = Arc::new(Api {
+        control: requests.clone(),
+        token,
+        ready,
+    });
+    let server = tokio::spawn(crate::api::serve(listener, api));
+    tracing::info!(%listen, "HTTP API listening");
     // The datapath is attached (or the controller failed) before VRRP starts.
     if started.await.is_err() {
+        server.abort();
         return match done.await {
             Ok(result) => result,
             Err(_) => bail!("the controller thread died; the datapath is left as it was"),
@@ -258,6 +266,7 @@ async fn serve(
     let mut vrrp = match start_vrrp(&config).await {
         Ok(v) => v,
         Err(e) => {
+            server.abort();
             stop_controller(&requests, false).await;
             let _ = done.await;
             return Err(e);
@@ -276,14 +285,6 @@ async fn serve(
             }
         }
     });
-
-    let api = Arc::new(Api {
-        control: requests.clone(),
-        token,
-        ready,
-    });
-    let server = tokio::spawn(crate::api::serve(listener, api));
-    tracing::info!(%listen, "HTTP API listening");
 
     let ended = loop {
         tokio::select! {

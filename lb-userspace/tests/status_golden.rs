@@ -49,6 +49,7 @@ fn snapshot() -> Snapshot {
     drained.config_weight = 2;
     let mut down = backend("10.0.0.13:80", 0, 4_000);
     down.health = Health::Down;
+    down.last_failure = Some("HTTP 503 from 10.0.0.13:80/healthz".into());
     down.active = false;
     down.rates = Rates::default();
     let mut healthy = backend("10.0.0.11:80", 1, 2_500_000);
@@ -160,5 +161,9 @@ fn snapshot_json_round_trips() {
     let back: Snapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(back, s);
     assert!(json.contains("\"health\":\"down\""), "{json}");
+    assert!(
+        json.contains("\"last_failure\":\"HTTP 503 from 10.0.0.13:80/healthz\""),
+        "{json}"
+    );
     assert!(json.contains("\"state\":\"master\""), "{json}");
 }
