@@ -112,6 +112,13 @@ fn deploy_examples_are_valid() {
     seen.sort();
     assert_eq!(
         seen,
-        ["demo.yaml", "dr.yaml", "local.yaml", "nat.yaml", "tun.yaml"]
+        [
+            "demo.yaml",
+            "dr.yaml",
+            "local.yaml",
+            "nat.yaml",
+            "tun.yaml",
+            "vrrp-pair.yaml"
+        ]
     );
 }
