@@ -635,6 +635,7 @@ impl Config {
             text,
             file: file_name,
             errors: Vec::new(),
+            interfaces: Vec::new(),
         };
         let config = cx.root(&root);
         match config {
@@ -743,6 +744,68 @@ impl Config {
         out.sort_by_key(|e| (e.line, e.column));
         out
     }
+
+    /// What this configuration asks of the node it runs on, checked against what the node
+    /// has: every `node.interfaces` entry exists, and every VIP's address family is carried
+    /// by at least one of them (an interface without an IPv6 address can neither receive
+    /// an IPv6 VIP's traffic by neighbour discovery nor tunnel it). Empty: all fine.
+    pub fn check_host(&self, host: &HostFacts) -> Vec<ConfigError> {
+        let o = &self.origin;
+        let err = |pos: Pos, message: String| ConfigError {
+            file: o.file.clone(),
+            line: pos.line as usize,
+            column: pos.column as usize,
+            message,
+        };
+        let mut out = Vec::new();
+        for (i, iface) in self.node.interfaces.iter().enumerate() {
+            if !host.interfaces.contains_key(&iface.name) {
+                let mut known: Vec<&str> = host.interfaces.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                out.push(err(
+                    o.interfaces.get(i).copied().unwrap_or_default(),
+                    format!(
+                        "node.interfaces[{i}].name: no interface \"{}\" on this node (it has: {})",
+                        iface.name,
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+        for (i, svc) in self.services.iter().enumerate() {
+            let carried = self.node.interfaces.iter().any(|iface| {
+                host.interfaces
+                    .get(&iface.name)
+                    .is_some_and(|addrs| addrs.iter().any(|a| a.is_ipv4() == svc.vip.is_ipv4()))
+            });
+            if !carried {
+                let names: Vec<&str> = self
+                    .node
+                    .interfaces
+                    .iter()
+                    .map(|i| i.name.as_str())
+                    .collect();
+                out.push(err(
+                    o.services.get(i).map_or_else(Pos::default, |l| l.vip),
+                    format!(
+                        "services[{i}].vip: no interface can reach {}: none of node.interfaces ({}) has an {} address; add one, or attach to an interface that has one",
+                        svc.vip,
+                        names.join(", "),
+                        family(svc.vip)
+                    ),
+                ));
+            }
+        }
+        out.sort_by_key(|e| (e.line, e.column));
+        out
+    }
+}
+
+/// What [`Config::check_host`] needs to know about the node: its interfaces and their
+/// addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostFacts {
+    pub interfaces: HashMap<String, Vec<IpAddr>>,
 }
 
 /// Positions of parsed items, kept for errors reported after parsing. Opaque.
@@ -751,6 +814,7 @@ pub struct Origin {
     file: String,
     services: Vec<ServiceLoc>,
     vrrp: Vec<Pos>,
+    interfaces: Vec<Pos>,
     vrrp_auth: Vec<Pos>,
 }
 
@@ -778,6 +842,7 @@ struct Pos {
 #[derive(Clone, Debug, Default)]
 struct ServiceLoc {
     item: Pos,
+    vip: Pos,
     scheduler: Pos,
     forwarding: Pos,
     persistence: Pos,
@@ -1218,6 +1283,8 @@ struct Cx<'t> {
     text: &'t str,
     file: &'t str,
     errors: Vec<ConfigError>,
+    /// Positions of `node.interfaces[i].name`, for [`Config::check_host`].
+    interfaces: Vec<Pos>,
 }
 
 /// A service as converted, with the positions its cross-checks need.
@@ -1797,6 +1864,7 @@ impl<'t> Cx<'t> {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
             vrrp: vrrp.iter().map(|d| d.item).collect(),
+            interfaces: std::mem::take(&mut self.interfaces),
             vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
         };
         Some(Config {
@@ -1826,6 +1894,7 @@ impl<'t> Cx<'t> {
                     }
                     // Duplicate names: report the second one.
                     if let Raw::Seq(items) = &list.value {
+                        self.interfaces = items.iter().map(|i| o_pos_of_key(i, "name")).collect();
                         let mut seen: HashMap<&str, usize> = HashMap::new();
                         for (i, (iface, item)) in v.iter().zip(items).enumerate() {
                             if let Some(first) = seen.insert(iface.name.as_str(), i) {
@@ -2054,6 +2123,7 @@ impl<'t> Cx<'t> {
         }
         let loc = ServiceLoc {
             item: o.pos,
+            vip: o.pos("vip"),
             scheduler: o.pos("scheduler"),
             forwarding: o.pos("forwarding"),
             persistence: o.pos("persistence"),
@@ -3537,6 +3607,33 @@ vrrp:
             built.unsupported()[0].to_string(),
             "vrrp[0].authentication.type: \"ah\" is not supported (this build supports: pass, as keepalived's auth_type PASS)"
         );
+    }
+
+    #[test]
+    fn host_checks() {
+        let c = ok(&with_node(
+            "    - name: eth1\nservices:\n  - name: web6\n    vip: fd00::100\n    port: 80\n  - name: web\n    vip: 10.0.0.100\n    port: 80\n",
+        ));
+        let host = HostFacts {
+            interfaces: [
+                ("lo".to_string(), vec![ip("127.0.0.1"), ip("::1")]),
+                ("eth0".to_string(), vec![ip("10.0.0.2")]),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let got: Vec<String> = c.check_host(&host).iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            got,
+            vec![
+                "t.yaml:4:13: node.interfaces[1].name: no interface \"eth1\" on this node (it has: eth0, lo)",
+                "t.yaml:7:10: services[0].vip: no interface can reach fd00::100: none of node.interfaces (eth0, eth1) has an IPv6 address; add one, or attach to an interface that has one",
+            ]
+        );
+        let mut fine = host.clone();
+        fine.interfaces
+            .insert("eth1".to_string(), vec![ip("fd00::2")]);
+        assert!(c.check_host(&fine).is_empty());
     }
 
     #[test]

@@ -1,36 +1,28 @@
-//! `bascule run`: load the config, program and attach the datapath, keep it fed (MACs of
-//! `dr` backends, reloads on SIGHUP) until SIGINT/SIGTERM, then detach.
+//! `bascule run` and `bascule decap`: the processes. Wiring and signals only; the state
+//! lives in the controller (`control.rs`), the HTTP side in `api.rs`, health checks in
+//! `health/` and VRRP in `vrrp/`, all on one tokio runtime. Also the small I/O
+//! helpers the controller and the fixture tests share (tunnel sources, neighbour lookups,
+//! forwarding sysctls).
 
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
-    },
-    time::Duration,
+    sync::{atomic::AtomicBool, mpsc, Arc, Mutex},
 };
 
 use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
-    config::{Config, Forwarding, XdpMode},
-    datapath::{AttachMode, Datapath},
-    health::{self, plan_with_health, HealthMap, HealthSupervisor},
+    api::Api,
+    config::{Config, Forwarding},
+    control::{self, Controller, Request},
+    health::HealthSupervisor,
     netinfo,
-    plan::{MacTable, Plan, TunnelSources},
-    vrrp::VrrpRuntime,
+    plan::{MacTable, TunnelSources},
+    snapshot::{self, VrrpSource},
+    vrrp::{StatusBoard, Vrrp},
 };
-
-/// How long to wait for the kernel to resolve backends' MACs at start.
-const RESOLVE_WAIT: Duration = Duration::from_secs(3);
-/// How often MACs are re-read (faster while some `dr` backend still has none).
-const REFRESH_EVERY: Duration = Duration::from_secs(30);
-/// How often the connection table is walked: idle flows expire, active-connection
-/// counts are rewritten (see `Datapath::reconcile`).
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
-const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
 pub fn load_config(path: &Path) -> Result<Config> {
@@ -71,7 +63,7 @@ fn is_link_local(a: std::net::Ipv6Addr) -> bool {
 /// Addresses whose MACs are needed: `dr` backends and sorry servers (a sorry server is
 /// reached like its service's backends). (`tun` and `nat` next hops are looked up per
 /// packet by the kernel's FIB; `local` is this node.)
-fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
+pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
     let mut v: Vec<IpAddr> = config
         .services
         .iter()
@@ -90,7 +82,7 @@ fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
 
 /// `tun` and `nat` backends: their neighbour entries are warmed (not waited for), so that
 /// the first packets find the next hop resolved.
-fn warm_routed_backends(config: &Config) {
+pub fn warm_routed_backends(config: &Config) {
     for s in &config.services {
         for b in &s.backends {
             if matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat) {
@@ -100,7 +92,8 @@ fn warm_routed_backends(config: &Config) {
     }
 }
 
-fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
+/// `dr` backends and sorry servers of `dr` services without a MAC address yet.
+pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
     config
         .services
         .iter()
@@ -118,81 +111,6 @@ fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
         .filter(|a| !macs.contains_key(a))
         .collect()
 }
-
-fn current_plan(
-    config: &Config,
-    wait: Duration,
-    previous: Option<&Plan>,
-    health: &HealthMap,
-) -> Result<(Plan, Vec<IpAddr>)> {
-    if !wait.is_zero() {
-        warm_routed_backends(config);
-    }
-    let macs: MacTable = netinfo::resolve_macs(&dr_backend_addresses(config), wait)?
-        .into_iter()
-        .collect();
-    let missing = missing_dr_macs(config, &macs);
-    Ok((
-        plan_with_health(config, &macs, tunnel_sources(config)?, previous, health)?,
-        missing,
-    ))
-}
-
-// ---- Health checks (issue 5): a minimal bridge for this synchronous daemon. -------------
-// The supervisor runs on its own tokio runtime thread; when what the datapath should do
-// changes (a backend up or down, a dynamic weight), it wakes the loop in `run` through the
-// same channel as signals, with `HEALTH_CHANGED`, and the loop re-plans with the new
-// health. The tokio daemon (issue 4) replaces this with a task awaiting
-// `HealthSupervisor::subscribe()` on its own runtime.
-
-/// Not a signal number: "health changed" on the daemon's wake-up channel.
-const HEALTH_CHANGED: i32 = -1;
-
-struct Health {
-    supervisor: HealthSupervisor,
-    /// A wake-up is queued and not yet handled (so a burst of changes queues one).
-    pending: Arc<AtomicBool>,
-    /// Last, so the supervisor's tasks stop before their runtime does.
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Health {
-    fn start(config: &Config, wake: mpsc::Sender<i32>) -> Result<Health> {
-        let runtime = health::runtime().context("cannot start the health-check runtime")?;
-        let supervisor = HealthSupervisor::start(runtime.handle().clone(), &config.services);
-        let pending = Arc::new(AtomicBool::new(false));
-        let mut changes = supervisor.subscribe();
-        let queued = pending.clone();
-        runtime.spawn(async move {
-            while changes.changed().await.is_ok() {
-                if !queued.swap(true, Ordering::SeqCst) && wake.send(HEALTH_CHANGED).is_err() {
-                    break;
-                }
-            }
-        });
-        if supervisor.checked() > 0 {
-            tracing::info!(backends = supervisor.checked(), "health checks started");
-        }
-        Ok(Health {
-            supervisor,
-            pending,
-            runtime,
-        })
-    }
-
-    /// The health to plan with; clears the queued wake-up first, so a change that lands
-    /// while planning wakes the loop again.
-    fn current(&self) -> HealthMap {
-        self.pending.store(false, Ordering::SeqCst);
-        self.supervisor.snapshot()
-    }
-
-    fn stop(self) {
-        drop(self.supervisor);
-        self.runtime.shutdown_timeout(Duration::from_secs(2));
-    }
-}
-// ---- end of the health-check bridge -------------------------------------------------------
 
 /// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
 /// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
@@ -214,150 +132,237 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub fn run(path: &Path) -> Result<()> {
-    let mut config = load_config(path)?;
-    prepare_interfaces(&config)?;
-    let mut datapath = Datapath::load(config.conntrack.max_entries)?;
-    let (wake, signals) = mpsc::channel();
-    forward_signals(wake.clone())?;
-    let health = Health::start(&config, wake)?;
-    let (mut current, mut missing) = current_plan(&config, RESOLVE_WAIT, None, &health.current())?;
-    report_missing(&missing);
-    datapath.apply(&current)?;
-    for iface in &config.node.interfaces {
-        let mode = match iface.xdp_mode {
-            XdpMode::Auto => AttachMode::Auto,
-            XdpMode::Native => AttachMode::Native,
-            XdpMode::Generic => AttachMode::Generic,
-        };
-        datapath.attach(&iface.name, mode)?;
-    }
-    // VRRP (issue 6) on a tokio runtime of its own while this daemon is synchronous; once
-    // the daemon runs on tokio (issue 4) it calls `vrrp::Vrrp` directly. Started after the
-    // datapath is attached, so that a new master balances at once.
-    let mut vrrp = start_vrrp(&config)?;
-    tracing::info!(
-        services = current.services.len(),
-        backends = current.backends.len(),
-        vrrp_instances = config.vrrp.len(),
-        "bascule ready"
-    );
-
-    let mut last_reconcile = std::time::Instant::now();
-    loop {
-        let wait = if missing.is_empty() {
-            REFRESH_EVERY
-        } else {
-            REFRESH_MISSING_EVERY
-        }
-        .min(RECONCILE_EVERY);
-        let woken = signals.recv_timeout(wait);
-        match woken {
-            Ok(SIGHUP) => match reload(path, &config) {
-                Ok(new) => {
-                    prepare_interfaces(&new)?;
-                    health.supervisor.update(&new.services);
-                    if let Err(e) = reconfigure_vrrp(&mut vrrp, &new) {
-                        tracing::error!("VRRP: {e:#}");
-                    }
-                    config = new;
-                    tracing::info!(file = %path.display(), "configuration reloaded");
-                }
-                Err(e) => tracing::error!("reload refused, the running configuration stays: {e:#}"),
-            },
-            Ok(HEALTH_CHANGED) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Ok(_) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        if last_reconcile.elapsed() >= RECONCILE_EVERY {
-            let c = &config.conntrack;
-            match datapath.reconcile(
-                c.tcp_timeout.as_nanos() as u64,
-                c.udp_timeout.as_nanos() as u64,
-            ) {
-                Ok(r) if r.expired > 0 => tracing::debug!(
-                    live = r.live,
-                    expired = r.expired,
-                    "connection table reconciled"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!("cannot reconcile the connection table: {e:#}"),
-            }
-            last_reconcile = std::time::Instant::now();
-        }
-        let (next, still) =
-            current_plan(&config, Duration::ZERO, Some(&current), &health.current())?;
-        let changed = next != current;
-        if changed {
-            datapath
-                .apply(&next)
-                .context("cannot update the datapath maps")?;
-        }
-        // Only when no newer health change came in while planning: the line then means
-        // "the datapath holds every health change logged before it" (tests wait for it).
-        if woken == Ok(HEALTH_CHANGED) && !health.pending.load(Ordering::SeqCst) {
-            tracing::info!("datapath updated for backend health");
-        }
-        if changed {
-            if still.len() < missing.len() {
-                tracing::info!(
-                    "learnt MAC addresses of {} backend(s)",
-                    missing.len() - still.len()
-                );
-            }
-            current = next;
-        }
-        missing = still;
-    }
-    tracing::info!("stopping");
-    // Masters hand over (priority 0) and release their addresses before the datapath goes.
-    if let Some(vrrp) = vrrp {
-        vrrp.stop();
-    }
-    health.stop();
-    datapath.detach_all();
-    Ok(())
+/// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
+/// HTTP listener, starts the health checks, the controller (`control.rs`, on its own
+/// thread), then the VRRP instances once the datapath is attached, and the API (`api.rs`),
+/// then turns signals into controller requests. SIGHUP reloads; SIGTERM/SIGINT stop: VRRP
+/// masters hand over first, then the datapath goes unless `keep_datapath`.
+pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
+    let config = load_config(path)?;
+    control::check_host(&config, &netinfo::host_facts()?)?;
+    let token = read_token(&config.http)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("bascule-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(path.to_path_buf(), config, token, keep_datapath));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
-fn start_vrrp(config: &Config) -> Result<Option<VrrpRuntime>> {
+/// The running VRRP instances and where their status is read (the `VrrpSource` seam).
+#[derive(Clone, Default)]
+struct VrrpBoard(Arc<Mutex<Option<StatusBoard>>>);
+
+impl VrrpBoard {
+    fn source(&self) -> VrrpSource {
+        let board = self.clone();
+        Arc::new(move || {
+            let guard = board.0.lock().unwrap_or_else(|e| e.into_inner());
+            guard
+                .as_ref()
+                .map(|b| b.snapshot().iter().map(snapshot::vrrp_status).collect())
+                .unwrap_or_default()
+        })
+    }
+
+    fn set(&self, vrrp: &Option<Vrrp>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = vrrp.as_ref().map(Vrrp::board);
+    }
+}
+
+/// Starts the instances of `config`, if any. Call once the datapath is attached, so that a
+/// new master balances at once.
+async fn start_vrrp(config: &Config) -> Result<Option<Vrrp>> {
     if config.vrrp.is_empty() {
         return Ok(None);
     }
-    VrrpRuntime::start(&config.vrrp).map(Some)
+    let vrrp = Vrrp::start(&config.vrrp).await?;
+    tracing::info!(instances = config.vrrp.len(), "VRRP instances started");
+    Ok(Some(vrrp))
 }
 
-/// Unchanged instances keep running; changed, new and removed ones restart, start, stop.
-fn reconfigure_vrrp(vrrp: &mut Option<VrrpRuntime>, new: &Config) -> Result<()> {
+/// After a reload: unchanged instances keep running; changed, new and removed ones
+/// restart, start, stop.
+async fn reconfigure_vrrp(vrrp: &mut Option<Vrrp>, new: &Config) -> Result<()> {
     match vrrp {
-        Some(running) => running.reconfigure(&new.vrrp),
+        Some(running) => running.reconfigure(&new.vrrp).await,
         None => {
-            *vrrp = start_vrrp(new)?;
+            *vrrp = start_vrrp(new).await?;
             Ok(())
         }
     }
 }
 
-fn reload(path: &Path, running: &Config) -> Result<Config> {
-    let new = load_config(path)?;
-    if new.node != running.node || new.conntrack != running.conntrack {
-        bail!("node and conntrack settings change only with a restart");
+async fn serve(
+    path: PathBuf,
+    config: Config,
+    token: Option<String>,
+    keep_datapath: bool,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let listen = config.http.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {listen} (http.listen): is another daemon using it?")
+        })?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+
+    // Health checks run on this runtime from the start; the controller plans with their
+    // map and gets every change of it as a `Request::Health`.
+    let supervisor = HealthSupervisor::start(tokio::runtime::Handle::current(), &config.services);
+    if supervisor.checked() > 0 {
+        tracing::info!(backends = supervisor.checked(), "health checks started");
     }
-    Ok(new)
+    let mut health_changes = supervisor.subscribe();
+    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::unbounded_channel::<Config>();
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let (requests, inbox) = mpsc::channel();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
+    let board = VrrpBoard::default();
+    let start = control::Start {
+        path,
+        config: config.clone(),
+        pinned: true,
+        vrrp: board.source(),
+        health: Some(supervisor.subscribe()),
+        on_reload: Some(Box::new(move |c: &Config| {
+            let _ = reloaded_tx.send(c.clone());
+        })),
+        ready: ready.clone(),
+    };
+    std::thread::Builder::new()
+        .name("bascule-control".into())
+        .spawn(move || {
+            let result = Controller::start(start).map(|c| {
+                let _ = started_tx.send(());
+                c.run(inbox)
+            });
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the controller thread")?;
+    let api = Arc::new(Api {
+        control: requests.clone(),
+        token,
+        ready,
+    });
+    let server = tokio::spawn(crate::api::serve(listener, api));
+    tracing::info!(%listen, "HTTP API listening");
+    // The datapath is attached (or the controller failed) before VRRP starts.
+    if started.await.is_err() {
+        server.abort();
+        return match done.await {
+            Ok(result) => result,
+            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+        };
+    }
+    let mut vrrp = match start_vrrp(&config).await {
+        Ok(v) => v,
+        Err(e) => {
+            server.abort();
+            stop_controller(&requests, false).await;
+            let _ = done.await;
+            return Err(e);
+        }
+    };
+    board.set(&vrrp);
+
+    // Every change of what the datapath should do (a backend up or down, a check's
+    // weight) goes to the controller as the whole map.
+    let to_controller = requests.clone();
+    let forward_health = tokio::spawn(async move {
+        while health_changes.changed().await.is_ok() {
+            let map = health_changes.borrow_and_update().clone();
+            if to_controller.send(Request::Health(map)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let ended = loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if requests.send(Request::Reload(tx)).is_ok() {
+                    // The controller logs the outcome.
+                    tokio::spawn(async move { let _ = rx.await; });
+                }
+            }
+            Some(new) = reloaded.recv() => {
+                supervisor.update(&new.services);
+                if let Err(e) = reconfigure_vrrp(&mut vrrp, &new).await {
+                    tracing::error!("VRRP: {e:#}");
+                }
+                board.set(&vrrp);
+            }
+            _ = terminate.recv() => break None,
+            _ = interrupt.recv() => break None,
+            ended = &mut done => break Some(ended),
+        }
+    };
+    server.abort();
+    forward_health.abort();
+    tracing::info!("stopping");
+    // Masters hand over (priority 0) and release their addresses before the datapath goes.
+    if let Some(v) = vrrp.take() {
+        v.stop().await;
+    }
+    board.set(&None);
+    drop(supervisor);
+    if let Some(ended) = ended {
+        return match ended {
+            Ok(result) => result,
+            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+        };
+    }
+    stop_controller(&requests, keep_datapath).await;
+    match done.await {
+        Ok(result) => result,
+        Err(_) => bail!("the controller thread died while stopping"),
+    }
 }
 
-fn report_missing(missing: &[IpAddr]) {
-    for a in missing {
-        tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
+/// Asks the controller to stop, and waits for its answer.
+async fn stop_controller(requests: &control::Handle, keep_datapath: bool) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests
+        .send(Request::Stop {
+            keep_datapath,
+            reply: tx,
+        })
+        .is_ok()
+    {
+        let _ = rx.await;
     }
+}
+
+/// The API token from `http.token_file`, if configured.
+fn read_token(http: &crate::config::Http) -> Result<Option<String>> {
+    let Some(file) = &http.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read http.token_file {}", file.display()))?
+        .trim()
+        .to_string();
+    if token.is_empty() {
+        bail!(
+            "http.token_file {} is empty: put the API bearer token in it",
+            file.display()
+        );
+    }
+    Ok(Some(token))
 }
 
 fn signal_channel() -> Result<mpsc::Receiver<i32>> {
     let (tx, rx) = mpsc::channel();
-    forward_signals(tx)?;
-    Ok(rx)
-}
-
-/// Sends SIGINT, SIGTERM and SIGHUP, as they arrive, into `tx`.
-fn forward_signals(tx: mpsc::Sender<i32>) -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::spawn(move || {
         for s in signals.forever() {
@@ -366,7 +371,7 @@ fn forward_signals(tx: mpsc::Sender<i32>) -> Result<()> {
             }
         }
     });
-    Ok(())
+    Ok(rx)
 }
 
 /// `bascule decap`: attach and wait for SIGINT/SIGTERM.

@@ -1,12 +1,20 @@
 //! The XDP datapath as userspace sees it: load the embedded object, attach it, write a
-//! `Plan` into its maps, read its counters.
+//! `Plan` into its maps, read its counters. Loaded with [`Datapath::load_pinned`], its maps,
+//! program and links live under a pin tree (see `pins.rs`) and outlive the daemon.
 
-use std::collections::HashMap as StdHashMap;
+use std::{
+    collections::HashMap as StdHashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    maps::{Array, ArrayOfMaps, HashMap, MapData, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -14,7 +22,7 @@ use lb_common::{
     VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
 };
 
-use crate::plan::Plan;
+use crate::{pins::PinDir, plan::Plan};
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -37,30 +45,100 @@ pub enum AttachMode {
 
 pub struct Datapath {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, Attachment)>,
     /// The plan the maps hold, to apply only differences.
     applied: Option<Plan>,
+    /// Where links and the program are pinned, when loaded by `load_pinned`.
+    pins: Option<PinPaths>,
+}
+
+/// How an interface's XDP link is held.
+enum Attachment {
+    /// Owned by the program object: detached when it is dropped.
+    Owned(XdpLinkId),
+    /// Pinned: stays attached, even after this process exits, until the pin is removed.
+    Pinned { link: FdLink, pin: PathBuf },
+}
+
+struct PinPaths {
+    links: PathBuf,
+}
+
+/// The maps of the XDP object that userspace shares with the kernel (the object's
+/// `.rodata`/`.bss` sections are per program and not pinned).
+fn object_maps() -> Result<Vec<(String, aya_obj::Map)>> {
+    let obj = aya_obj::Object::parse(XDP_OBJECT).context("cannot parse the embedded XDP object")?;
+    let mut maps: Vec<(String, aya_obj::Map)> = obj
+        .maps
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    maps.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(maps)
+}
+
+/// The connection table's capacity for a configured `conntrack.max_entries`.
+fn conntrack_capacity(configured: u32) -> u32 {
+    configured.max(1024)
+}
+
+/// A digest of the embedded XDP object: pinned state written by another build is checked
+/// map by map before it is adopted.
+pub fn object_digest() -> u64 {
+    lb_common::maglev::stable_hash(XDP_OBJECT)
 }
 
 impl Datapath {
     /// Loads the program and creates its maps (not attached yet).
     pub fn load(conntrack_entries: u32) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries("CONNTRACK", conntrack_entries.max(1024))
+            .map_max_entries("CONNTRACK", conntrack_capacity(conntrack_entries))
             .load(XDP_OBJECT)
             .context(
                 "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
             )?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(XDP_PROGRAM)
-            .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the object"))?
-            .try_into()?;
-        prog.load().context("the kernel refused the XDP program")?;
+        load_program(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
             links: Vec::new(),
             applied: None,
+            pins: None,
         })
+    }
+
+    /// Loads the program with every map pinned in `pins`: maps already pinned there are
+    /// reused as they are (contents included: the connection table survives), missing ones
+    /// are created and pinned. Links made by [`Datapath::attach`] are pinned too, and links
+    /// already pinned are taken over. Check [`pinned_maps_mismatch`] first.
+    pub fn load_pinned(conntrack_entries: u32, pins: &PinDir) -> Result<Self> {
+        let maps = object_maps()?;
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries("CONNTRACK", conntrack_capacity(conntrack_entries));
+        for (name, _) in &maps {
+            loader.map_pin_path(name, pins.maps().join(name));
+        }
+        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| {
+            format!(
+                "cannot load the XDP object with its maps pinned in {} (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
+                pins.maps().display()
+            )
+        })?;
+        load_program(&mut ebpf)?;
+        let mut datapath = Datapath {
+            ebpf,
+            links: Vec::new(),
+            applied: None,
+            pins: Some(PinPaths {
+                links: pins.links(),
+            }),
+        };
+        let pin = pins.programs().join(XDP_PROGRAM);
+        let _ = std::fs::remove_file(&pin);
+        datapath
+            .program()
+            .pin(&pin)
+            .with_context(|| format!("cannot pin the XDP program at {}", pin.display()))?;
+        Ok(datapath)
     }
 
     pub fn program(&mut self) -> &mut Xdp {
@@ -72,6 +150,60 @@ impl Datapath {
     }
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
+        let Some(links_dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
+            let link = self.attach_new(interface, mode)?;
+            self.links
+                .push((interface.to_string(), Attachment::Owned(link)));
+            return Ok(());
+        };
+        let pin = links_dir.join(interface);
+        if pin.exists() {
+            match self.adopt_link(&pin) {
+                Ok(link) => {
+                    tracing::info!(
+                        interface,
+                        "XDP link adopted from {}: program replaced atomically",
+                        pin.display()
+                    );
+                    self.links
+                        .push((interface.to_string(), Attachment::Pinned { link, pin }));
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        interface,
+                        "cannot adopt the pinned XDP link ({e:#}); attaching anew"
+                    );
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
+        }
+        let id = self.attach_new(interface, mode)?;
+        let link = self.program().take_link(id)?;
+        let fd = FdLink::try_from(link).with_context(|| {
+            format!(
+                "cannot pin the XDP link of {interface}: the kernel attached it without a BPF link"
+            )
+        })?;
+        let link: FdLink = fd
+            .pin(&pin)
+            .with_context(|| format!("cannot pin the XDP link at {}", pin.display()))?
+            .into();
+        self.links
+            .push((interface.to_string(), Attachment::Pinned { link, pin }));
+        Ok(())
+    }
+
+    /// Takes over a pinned XDP link: its program is replaced by ours in one update, so
+    /// the interface never runs without one.
+    fn adopt_link(&mut self, pin: &Path) -> Result<FdLink> {
+        let fd: FdLink = PinnedLink::from_pin(pin)?.into();
+        let link = XdpLink::try_from(fd)?;
+        let id = self.program().attach_to_link(link)?;
+        Ok(FdLink::try_from(self.program().take_link(id)?)?)
+    }
+
+    fn attach_new(&mut self, interface: &str, mode: AttachMode) -> Result<XdpLinkId> {
         let attempts: &[XdpMode] = match mode {
             AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
             AttachMode::Native => &[XdpMode::Driver],
@@ -82,8 +214,7 @@ impl Datapath {
             match self.program().attach(interface, m) {
                 Ok(link) => {
                     tracing::info!(interface, mode = ?m, "XDP program attached");
-                    self.links.push((interface.to_string(), link));
-                    return Ok(());
+                    return Ok(link);
                 }
                 Err(e) => last = Some(e),
             }
@@ -96,14 +227,62 @@ impl Datapath {
             .with_context(|| format!("cannot attach XDP to {interface}{hint}"))
     }
 
+    /// Detaches the program from every interface, pinned links included.
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        for (interface, link) in links {
-            match self.program().detach(link) {
+        for (interface, attachment) in links {
+            let result = match attachment {
+                Attachment::Owned(link) => self.program().detach(link).map_err(anyhow::Error::from),
+                // The link goes when its last reference does: the pin, then this fd.
+                Attachment::Pinned { link, pin } => {
+                    let removed = std::fs::remove_file(&pin)
+                        .with_context(|| format!("cannot unpin {}", pin.display()));
+                    drop(link);
+                    removed
+                }
+            };
+            match result {
                 Ok(()) => tracing::info!(interface, "XDP program detached"),
-                Err(e) => tracing::warn!(interface, "cannot detach XDP program: {e}"),
+                Err(e) => tracing::warn!(interface, "cannot detach XDP program: {e:#}"),
             }
         }
+    }
+
+    /// Leaves pinned links attached when this `Datapath` goes (the program keeps running
+    /// with the pinned maps, without the daemon). Returns the interfaces left so.
+    pub fn keep_attached(&mut self) -> Vec<String> {
+        let links = std::mem::take(&mut self.links);
+        let mut kept = Vec::new();
+        for (interface, attachment) in links {
+            match attachment {
+                Attachment::Pinned { link, .. } => {
+                    drop(link);
+                    kept.push(interface);
+                }
+                Attachment::Owned(link) => {
+                    tracing::warn!(interface, "XDP link is not pinned: detaching it");
+                    let _ = self.program().detach(link);
+                }
+            }
+        }
+        kept
+    }
+
+    /// Unpins (so detaches) pinned links of interfaces not in `keep`: what a previous
+    /// daemon attached to an interface the configuration no longer names.
+    pub fn prune_links(&mut self, keep: &[&str]) -> Result<()> {
+        let Some(dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
+            return Ok(());
+        };
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !keep.contains(&name.as_str()) {
+                std::fs::remove_file(entry.path())
+                    .with_context(|| format!("cannot unpin {}", entry.path().display()))?;
+                tracing::info!(interface = %name, "XDP program detached (interface no longer configured)");
+            }
+        }
+        Ok(())
     }
 
     /// Writes a plan into the maps, changing only what differs from the plan applied
@@ -262,6 +441,170 @@ impl Datapath {
     }
 }
 
+/// Whether the maps pinned in `pins` can be adopted by this build: every map of the
+/// object that is pinned has the same type, key and value sizes, capacity and flags.
+/// Returns the differences (empty: compatible, or nothing pinned).
+pub fn pinned_maps_mismatch(conntrack_entries: u32, pins: &PinDir) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (name, def) in object_maps()? {
+        let path = pins.maps().join(&name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match MapInfo::from_pin(&path) {
+            Ok(i) => i,
+            Err(e) => {
+                out.push(format!("{name}: cannot open the pinned map: {e}"));
+                continue;
+            }
+        };
+        let max_entries = if name == "CONNTRACK" {
+            conntrack_capacity(conntrack_entries)
+        } else {
+            def.max_entries()
+        };
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let want = (
+            def.map_type(),
+            def.key_size(),
+            def.value_size(),
+            max_entries,
+            def.map_flags(),
+        );
+        let have = (
+            pinned_type,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        if want != have {
+            out.push(format!(
+                "{name}: pinned (type, key, value, entries, flags) {have:?}, this build needs {want:?}"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn load_program(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the object"))?
+        .try_into()?;
+    prog.load().context("the kernel refused the XDP program")?;
+    Ok(())
+}
+
+/// Readers and housekeeping for the controller (metrics, `simulate`, adoption).
+impl Datapath {
+    /// Packets per XDP action (`lb_common::XDP_ACTION_NAMES` order), summed over CPUs.
+    pub fn actions(&mut self) -> Result<[u64; 5]> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map("ACTIONS")?)?;
+        let mut out = [0u64; 5];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = m.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// The connection-table entry of one flow.
+    pub fn conntrack_lookup(
+        &mut self,
+        flow: &lb_common::FlowKey,
+    ) -> Result<Option<lb_common::FlowState>> {
+        let m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(self.map("CONNTRACK")?)?;
+        match m.get(flow, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The client's persistence template for a service.
+    pub fn persistence_lookup(
+        &mut self,
+        key: &lb_common::PersistKey,
+    ) -> Result<Option<lb_common::PersistState>> {
+        let m: HashMap<&mut MapData, lb_common::PersistKey, lb_common::PersistState> =
+            HashMap::try_from(self.map("PERSIST")?)?;
+        match m.get(key, 0) {
+            Ok(state) => Ok(Some(state)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Zeroes the counters of service and backend ids that are new in the next plan: a
+    /// freed id reused by another service or backend must not inherit its counts.
+    pub fn reset_counters(&mut self, service_ids: &[u32], backend_ids: &[u32]) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let zero = || PerCpuValues::try_from(vec![Counters::default(); cpus]);
+        for (map, ids) in [
+            ("SERVICE_STATS", service_ids),
+            ("BACKEND_STATS", backend_ids),
+        ] {
+            if ids.is_empty() {
+                continue;
+            }
+            let mut stats: PerCpuArray<&mut MapData, Counters> =
+                PerCpuArray::try_from(self.map(map)?)?;
+            for &id in ids {
+                stats.set(id, zero()?, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// After adopting pinned maps, removes what the plan no longer has: services and VIPs
+    /// (their traffic stops being balanced) and backends (marked inactive, so their flows are
+    /// rescheduled) that a previous daemon left, and rewrites the node settings.
+    pub fn remove_unplanned(&mut self, plan: &Plan) -> Result<(usize, usize)> {
+        {
+            let mut settings: Array<_, Settings> = Array::try_from(self.map("SETTINGS")?)?;
+            settings.set(0, plan.settings, 0)?;
+        }
+        let mut services: HashMap<_, ServiceKey, ServiceInfo> =
+            HashMap::try_from(self.map("SERVICES")?)?;
+        let stale: Vec<ServiceKey> = services
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !plan.services.iter().any(|s| s.key == *k))
+            .collect();
+        for k in &stale {
+            let _ = services.remove(k);
+        }
+        let mut vips: HashMap<_, VipKey, u32> = HashMap::try_from(self.map("VIPS")?)?;
+        let stale_vips: Vec<VipKey> = vips
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !plan
+                    .services
+                    .iter()
+                    .any(|s| s.key.addr == k.addr && s.key.family == k.family)
+            })
+            .collect();
+        for k in &stale_vips {
+            let _ = vips.remove(k);
+        }
+        let mut backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
+        let planned: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
+        let mut cleared = 0;
+        for id in 0..lb_common::MAX_BACKENDS {
+            if planned.contains(&id) {
+                continue;
+            }
+            if backends.get(&id, 0)? != BackendInfo::default() {
+                backends.set(id, BackendInfo::default(), 0)?;
+                cleared += 1;
+            }
+        }
+        Ok((stale.len(), cleared))
+    }
+}
+
 /// `bpf_ktime_get_ns()`'s clock, seen from userspace.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -369,7 +712,17 @@ impl Datapath {
 }
 
 impl Drop for Datapath {
+    /// Owned links are detached; pinned ones stay with their pins (the daemon decides,
+    /// with `detach_all` or `keep_attached`, before this).
     fn drop(&mut self) {
-        self.detach_all();
+        let links = std::mem::take(&mut self.links);
+        for (interface, attachment) in links {
+            if let Attachment::Owned(link) = attachment {
+                match self.program().detach(link) {
+                    Ok(()) => tracing::info!(interface, "XDP program detached"),
+                    Err(e) => tracing::warn!(interface, "cannot detach XDP program: {e}"),
+                }
+            }
+        }
     }
 }

@@ -1,18 +1,46 @@
-use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::ExitCode,
+};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use bascule::{config::Config, daemon, plan};
+use bascule::{
+    cli::{self, ApiClient, Failure, DEFAULT_API},
+    daemon,
+};
 
 #[derive(Parser)]
 #[command(
     name = "bascule",
     version,
-    about = "Layer-4 load balancer and failover daemon (XDP)"
+    about = "Layer-4 load balancer and failover daemon (XDP)",
+    after_help = "Exit codes: 0 done, 1 refused or failed, 2 bad command line, 3 daemon unreachable, 4 token needed."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to reach the daemon's API.
+#[derive(Args)]
+struct ApiArgs {
+    /// The daemon's API (its http.listen).
+    #[arg(long, env = "BASCULE_API", default_value = DEFAULT_API, global = true)]
+    api: String,
+    /// File holding the API bearer token (else env BASCULE_TOKEN).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Result<ApiClient, Failure> {
+        ApiClient::new(&self.api, self.token_file.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -22,12 +50,75 @@ enum Command {
         /// Configuration file (default /etc/bascule/bascule.yaml).
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// On SIGTERM/SIGINT, leave the datapath forwarding (pinned in /sys/fs/bpf/bascule);
+        /// the next `bascule run` adopts it without losing a flow. Without it, a stop
+        /// removes everything the daemon created.
+        #[arg(long)]
+        keep_datapath: bool,
     },
     /// Validate a configuration and print the Maglev table digest of each service
     /// (equal digests on two nodes mean they send every flow to the same backend).
     Check {
         #[arg(short, long)]
         config: Option<PathBuf>,
+        /// Skip the checks against this node (interfaces exist, VIPs reachable): for a
+        /// file meant for another node.
+        #[arg(long)]
+        no_host: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Services, backends, weights, health, connections, rates and VRRP state, like
+    /// `ipvsadm -L -n --stats`.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Which backend a flow goes to, and why (connection table or scheduler).
+    Simulate {
+        /// Client address, IP:PORT ([IPV6]:PORT).
+        #[arg(long)]
+        src: SocketAddr,
+        /// Virtual service address, VIP:PORT.
+        #[arg(long)]
+        dst: SocketAddr,
+        /// tcp or udp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// Answer from this config file alone, without asking a daemon (no connection
+        /// table; every backend reachable).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop sending new flows to a backend (weight 0 at runtime); established flows stay.
+    Drain {
+        /// ADDR, ADDR:PORT, [IPV6]:PORT or SERVICE/BACKEND.
+        backend: String,
+        /// Only in this service (default: every service that has the backend).
+        #[arg(long)]
+        service: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Set a backend's weight at runtime (0..65535), or `reset` to the file's weight.
+    Weight {
+        /// ADDR, ADDR:PORT, [IPV6]:PORT or SERVICE/BACKEND.
+        backend: String,
+        /// A weight, or `reset`.
+        weight: String,
+        /// Only in this service (default: every service that has the backend).
+        #[arg(long)]
+        service: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Make the daemon reload its configuration file (like SIGHUP), and report the result.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Backend side of `tun` forwarding: strip bascule's tunnel headers on INTERFACE's
     /// ingress for the VIPs this host holds (by default the non-loopback addresses on lo).
@@ -50,43 +141,81 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { config } => daemon::run(&daemon::config_path(&config)),
-        Command::Check { config } => check(&daemon::config_path(&config)),
-        Command::Decap { interface, vips } => daemon::decap(&interface, &vips),
+    let outcome: Result<(), Failure> = match cli.command {
+        Command::Run {
+            config,
+            keep_datapath,
+        } => daemon::run(&daemon::config_path(&config), keep_datapath).map_err(failed),
+        Command::Check {
+            config,
+            no_host,
+            json,
+        } => cli::check(&daemon::config_path(&config), !no_host, json),
+        Command::Decap { interface, vips } => daemon::decap(&interface, &vips).map_err(failed),
+        Command::Status { api } => api.client().and_then(|c| cli::status(&c, api.json)),
+        Command::Simulate {
+            src,
+            dst,
+            proto,
+            config: Some(path),
+            api,
+        } => daemon::load_config(&path)
+            .map_err(failed)
+            .and_then(|c| cli::simulate_offline(&c, src, dst, &proto, api.json)),
+        Command::Simulate {
+            src,
+            dst,
+            proto,
+            config: None,
+            api,
+        } => api
+            .client()
+            .and_then(|c| cli::simulate(&c, src, dst, &proto, api.json)),
+        Command::Drain {
+            backend,
+            service,
+            api,
+        } => api
+            .client()
+            .and_then(|c| cli::set_weight(&c, &backend, service.as_deref(), Some(0), api.json)),
+        Command::Weight {
+            backend,
+            weight,
+            service,
+            api,
+        } => parse_weight(&weight).and_then(|w| {
+            api.client()
+                .and_then(|c| cli::set_weight(&c, &backend, service.as_deref(), w, api.json))
+        }),
+        Command::Reload { api } => api.client().and_then(|c| cli::reload(&c, api.json)),
     };
-    match result {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("error: {}", f.message);
+            }
+            ExitCode::from(f.code)
         }
     }
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    let config: Config = daemon::load_config(path)?;
-    let backends: usize = config.services.iter().map(|s| s.backends.len()).sum();
-    println!(
-        "{}: ok, {} service(s), {} backend(s)",
-        path.display(),
-        config.services.len(),
-        backends
-    );
-    // Every dr backend counted as reachable: the digest depends on the config alone.
-    let macs: plan::MacTable = config
-        .services
-        .iter()
-        .flat_map(|s| s.backends.iter().map(|b| (b.address, [0u8; 6])))
-        .collect();
-    let p = plan::plan(&config, &macs, plan::TunnelSources::default(), None)?;
-    for svc in &p.services {
-        println!(
-            "service {}: maglev {} slots, digest {:016x}",
-            svc.name,
-            svc.table.len(),
-            plan::table_digest(&p, svc)
-        );
+fn failed(e: anyhow::Error) -> Failure {
+    Failure {
+        code: cli::EXIT_FAILED,
+        message: format!("{e:#}"),
     }
-    Ok(())
+}
+
+fn parse_weight(s: &str) -> Result<Option<u32>, Failure> {
+    if s == "reset" {
+        return Ok(None);
+    }
+    match s.parse::<u32>() {
+        Ok(w) if w <= 65535 => Ok(Some(w)),
+        _ => Err(Failure {
+            code: 2,
+            message: format!("weight \"{s}\": expected 0..65535 or reset"),
+        }),
+    }
 }

@@ -115,6 +115,28 @@ pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Every interface of the node with its global (non-loopback) addresses, for
+/// `Config::check_host`.
+pub fn host_facts() -> Result<crate::config::HostFacts> {
+    let v = ip_json(&["addr", "show"])?;
+    let mut facts = crate::config::HostFacts::default();
+    for link in v.as_array().into_iter().flatten() {
+        let Some(name) = link["ifname"].as_str() else {
+            continue;
+        };
+        let addrs = link["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["scope"] == "global" || a["scope"] == "host")
+            .filter_map(|a| a["local"].as_str()?.parse::<IpAddr>().ok())
+            .filter(|a| !a.is_loopback())
+            .collect();
+        facts.interfaces.insert(name.to_string(), addrs);
+    }
+    Ok(facts)
+}
+
 /// Addresses held on `lo` other than loopback's own: the VIPs a backend serves.
 pub fn loopback_vips() -> Result<Vec<IpAddr>> {
     Ok(interface_addresses("lo")?

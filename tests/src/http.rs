@@ -187,6 +187,51 @@ pub fn http_get_from(
     })
 }
 
+/// One HTTP/1.0 request from namespace `ns` (`Connection: close`): returns the status
+/// code and the body, whatever the status. For bascule's API.
+pub fn http_request(
+    ns: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
+    let request = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: bascule-tests\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+        body.map_or(0, str::len),
+        body.unwrap_or("")
+    );
+    in_netns(ns, move || {
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(request.as_bytes())?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_MESSAGE as u64 * 64)
+            .read_to_end(&mut response)
+            .with_context(|| format!("reading the answer of {addr}"))?;
+        let text = String::from_utf8_lossy(&response);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("answer of {addr} has no HTTP header: {text:?}"))?;
+        let status = head
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("answer of {addr} has no status: {head:?}"))?;
+        Ok((status, body.to_string()))
+    })
+}
+
 fn exchange(mut stream: TcpStream, addr: SocketAddr, deadline: Instant) -> Result<String> {
     let remaining = || {
         deadline

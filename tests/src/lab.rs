@@ -25,6 +25,9 @@ const NETNS_PREFIX: &str = "bsc";
 const NETNS_RUN_DIR: &str = "/run/netns";
 /// How long a spawned process gets to exit after SIGTERM before it is killed.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// Where bascule pins its datapath and keeps its state, one directory per netns inode.
+const BASCULE_PIN_ROOT: &str = "/sys/fs/bpf/bascule";
+const BASCULE_RUN_ROOT: &str = "/run/bascule";
 /// Linux limit on interface names (IFNAMSIZ - 1).
 const IFNAME_MAX: usize = 15;
 
@@ -273,6 +276,43 @@ impl Lab {
     /// Ctrl-C in the terminal reaches only the caller, which tears down in order).
     /// Output goes to a log file in [`Lab::dir`]. Killed when the lab is dropped.
     pub fn spawn(&self, ns: &str, name: &str, args: &[&str]) -> Result<Spawned> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).args(args);
+        self.spawn_command(cmd, name)
+            .with_context(|| format!("cannot start `ip netns exec {ns} {}`", args.join(" ")))
+    }
+
+    /// Like [`Lab::spawn`], but the process enters only the network namespace (`setns`
+    /// before `exec`, as `nsenter --net` does): it keeps the host's mount namespace, so it
+    /// sees the host's bpffs at `/sys/fs/bpf`, where bascule pins the datapath that a
+    /// restarted daemon adopts. (`ip netns exec` remounts `/sys` privately.)
+    pub fn spawn_net_only(&self, ns: &str, name: &str, args: &[&str]) -> Result<Spawned> {
+        let (program, rest) = args
+            .split_first()
+            .ok_or_else(|| anyhow!("spawn_net_only: no program"))?;
+        let path = Path::new(NETNS_RUN_DIR).join(ns);
+        let netns = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let fd = netns.as_raw_fd();
+        let mut cmd = Command::new(program);
+        cmd.args(rest);
+        // SAFETY: between fork and exec only setns(2) runs (async-signal-safe); the fd
+        // stays open until `spawn` returns, since `netns` lives until then.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let spawned = self
+            .spawn_command(cmd, name)
+            .with_context(|| format!("cannot start `{}` in {ns}", args.join(" ")));
+        drop(netns);
+        spawned
+    }
+
+    fn spawn_command(&self, mut cmd: Command, name: &str) -> Result<Spawned> {
         let n = self.spawned_count.fetch_add(1, Ordering::Relaxed);
         let safe: String = name
             .chars()
@@ -281,15 +321,12 @@ impl Lab {
         let log = self.dir.join(format!("{n:02}-{safe}.log"));
         let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(args)
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start `ip netns exec {ns} {}`", args.join(" ")))?;
+            .spawn()?;
         let spawned = Spawned {
             pid: child.id(),
             name: name.to_string(),
@@ -300,6 +337,43 @@ impl Lab {
             .expect("lab children lock")
             .insert(spawned.pid, (child, spawned.clone()));
         Ok(spawned)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to a process of this lab, without waiting.
+    pub fn signal(&self, process: &Spawned, signal: libc::c_int) -> Result<()> {
+        let children = self.children.lock().expect("lab children lock");
+        if !children.contains_key(&process.pid) {
+            bail!(
+                "{} (pid {}) is not a process of this lab",
+                process.name,
+                process.pid
+            );
+        }
+        // SAFETY: kill(2) on a child we own and have not reaped (the pid is not reused).
+        if unsafe { libc::kill(process.pid as libc::pid_t, signal) } != 0 {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("kill {}", process.name));
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would: the process gets no chance to clean up. Returns once it
+    /// is gone.
+    pub fn kill(&self, process: &Spawned) -> Result<ExitStatus> {
+        let entry = self
+            .children
+            .lock()
+            .expect("lab children lock")
+            .remove(&process.pid);
+        let Some((mut child, _)) = entry else {
+            bail!(
+                "{} (pid {}) is not a process of this lab",
+                process.name,
+                process.pid
+            );
+        };
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// `Some(status)` once the process has exited (it stays reaped and tracked).
@@ -325,24 +399,6 @@ impl Lab {
             );
         };
         terminate_child(&mut child)
-    }
-
-    /// Sends SIGKILL (no chance to clean up, as when a node dies) and reaps the process.
-    pub fn kill(&self, process: &Spawned) -> Result<ExitStatus> {
-        let entry = self
-            .children
-            .lock()
-            .expect("lab children lock")
-            .remove(&process.pid);
-        let Some((mut child, _)) = entry else {
-            bail!(
-                "{} (pid {}) is not a process of this lab",
-                process.name,
-                process.pid
-            );
-        };
-        child.kill()?;
-        Ok(child.wait()?)
     }
 
     /// Plugs or unplugs `host`'s cable: sets its port on the lab's bridge up or down.
@@ -398,6 +454,7 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.terminate_all();
         for ns in self.namespaces() {
+            remove_pinned_bascule_state(&ns);
             if let Err(err) = delete_netns(&ns) {
                 warn!("lab: {err:#}");
             }
@@ -440,6 +497,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
             continue;
         }
         kill_netns_processes(&ns);
+        remove_pinned_bascule_state(&ns);
         delete_netns(&ns)?;
         deleted.push(ns);
     }
@@ -456,6 +514,26 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
         }
     }
     Ok(deleted)
+}
+
+/// Removes what a bascule daemon pinned for namespace `ns` and left behind (killed, or
+/// stopped with `--keep-datapath`): `/sys/fs/bpf/bascule/<netns inode>/` (its XDP links
+/// and maps) and `/run/bascule/<netns inode>/`. Nothing else is touched.
+pub fn remove_pinned_bascule_state(ns: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(Path::new(NETNS_RUN_DIR).join(ns)) else {
+        return;
+    };
+    let inode = meta.ino().to_string();
+    for root in [BASCULE_PIN_ROOT, BASCULE_RUN_ROOT] {
+        let dir = Path::new(root).join(&inode);
+        if dir.exists() {
+            // bpffs pins are files; removing the link pins detaches the programs.
+            if let Err(err) = fs::remove_dir_all(&dir) {
+                warn!("lab: cannot remove {}: {err}", dir.display());
+            }
+        }
+    }
 }
 
 /// The pid in a lab name `bsc{pid}x{n}-...`, or None if `name` is not a lab's.

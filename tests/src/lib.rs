@@ -18,8 +18,9 @@ pub mod interrupt;
 pub mod lab;
 pub mod tcp;
 pub mod topology;
+pub mod traffic;
 pub mod vrrp;
 
-pub use http::{http_get, http_get_from, http_server, HttpServer};
+pub use http::{http_get, http_get_from, http_request, http_server, HttpServer};
 pub use lab::{cleanup_stale, in_netns, Host, Lab, Spawned};
 pub use topology::{Forwarding, Topology, TopologySpec};

@@ -25,7 +25,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    http::{http_get, http_server, HttpServer},
+    http::{http_get, http_request, http_server, HttpServer},
     interrupt,
     lab::{ip, sysctl, Host, Lab, Spawned},
 };
@@ -39,6 +39,8 @@ pub const VIP4_SUBNET: &str = "10.112.0.0/24";
 pub const VIP6_SUBNET: &str = "fd00:112::/64";
 /// The TCP port of both services.
 pub const VIP_PORT: u16 = 80;
+/// Where bascule's API listens by default (on 127.0.0.1 in each LB namespace).
+pub const API_PORT: u16 = 9469;
 /// Most LB nodes and backends a topology can have (addresses .2-.9 and .11-.99).
 pub const MAX_LBS: usize = 8;
 pub const MAX_BACKENDS: usize = 89;
@@ -212,11 +214,76 @@ impl Topology {
 
     /// Starts `bascule run -c CONFIG` on LB node `lb` (its stderr in the returned log).
     pub fn start_bascule(&self, bin: &Path, lb: &Host, config: &Path) -> Result<Spawned> {
+        self.start_bascule_with(bin, lb, config, &[])
+    }
+
+    /// `bascule run -c CONFIG EXTRA...`, entering only the node's network namespace (so it
+    /// pins its datapath on the host's bpffs, where a restarted daemon finds it).
+    pub fn start_bascule_with(
+        &self,
+        bin: &Path,
+        lb: &Host,
+        config: &Path,
+        extra: &[&str],
+    ) -> Result<Spawned> {
         let (bin, config) = (path_str(bin)?, path_str(config)?);
-        self.lab.spawn(
+        let mut args = vec![bin, "run", "-c", config];
+        args.extend_from_slice(extra);
+        self.lab
+            .spawn_net_only(&lb.netns, &format!("bascule-run-{}", lb.role), &args)
+    }
+
+    /// Polls `GET /readyz` of the daemon on `lb` (its API on 127.0.0.1:9469) until it
+    /// answers 200: at most `attempts` tries `interval` apart. Fails early, with its log,
+    /// if `daemon` exits.
+    pub fn wait_ready(
+        &self,
+        lb: &Host,
+        daemon: &Spawned,
+        attempts: usize,
+        interval: Duration,
+    ) -> Result<()> {
+        let api = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), API_PORT);
+        let mut last = String::new();
+        for _ in 0..attempts {
+            if let Some(status) = self.lab.exit_status(daemon) {
+                bail!(
+                    "{} exited ({status}) before it was ready; its log:\n{}",
+                    daemon.name,
+                    daemon.log_text()
+                );
+            }
+            match http_request(&lb.netns, api, "GET", "/readyz", &[], None, interval) {
+                Ok((200, _)) => return Ok(()),
+                Ok((code, body)) => last = format!("{code} {body}"),
+                Err(err) => last = format!("{err:#}"),
+            }
+            thread::sleep(interval);
+        }
+        bail!(
+            "{} not ready after {attempts} attempts (last: {last}); its log:\n{}",
+            daemon.name,
+            daemon.log_text()
+        )
+    }
+
+    /// `METHOD PATH` on the API of the daemon on `lb`: (status, body).
+    pub fn api(
+        &self,
+        lb: &Host,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let api = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), API_PORT);
+        http_request(
             &lb.netns,
-            &format!("bascule-run-{}", lb.role),
-            &[bin, "run", "-c", config],
+            api,
+            method,
+            path,
+            &[],
+            body,
+            Duration::from_secs(10),
         )
     }
 

@@ -14,7 +14,7 @@
 //!
 //! [`Vrrp`] runs the instances of a config as tasks on the current tokio runtime and
 //! publishes a [`VrrpStatus`] per instance on a [`StatusBoard`] (for the API, metrics and
-//! `bascule status`). [`VrrpRuntime`] wraps it for a caller that is not async.
+//! `bascule status`); the daemon (`daemon::serve`) runs it on its own runtime.
 
 pub mod addr;
 pub mod garp;
@@ -343,58 +343,6 @@ fn siblings(me: &VrrpInstance, all: &[VrrpInstance]) -> Vec<u8> {
     v.sort_unstable();
     v.dedup();
     v
-}
-
-// ---- For the synchronous daemon (until it runs on tokio, issue 4) ------------------------
-
-/// [`Vrrp`] on a runtime of its own, for a caller that is not async: one worker thread
-/// runs the instances; `start`, `reconfigure` and `stop` block until done.
-pub struct VrrpRuntime {
-    runtime: tokio::runtime::Runtime,
-    vrrp: Option<Vrrp>,
-}
-
-impl VrrpRuntime {
-    pub fn start(instances: &[VrrpInstance]) -> Result<VrrpRuntime> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bascule-vrrp")
-            .enable_all()
-            .build()
-            .context("cannot start the VRRP runtime")?;
-        let vrrp = runtime.block_on(Vrrp::start(instances))?;
-        Ok(VrrpRuntime {
-            runtime,
-            vrrp: Some(vrrp),
-        })
-    }
-
-    pub fn reconfigure(&mut self, instances: &[VrrpInstance]) -> Result<()> {
-        let vrrp = self.vrrp.as_mut().expect("running until stop");
-        self.runtime.block_on(vrrp.reconfigure(instances))
-    }
-
-    pub fn status(&self) -> Vec<VrrpStatus> {
-        self.vrrp.as_ref().map(Vrrp::status).unwrap_or_default()
-    }
-
-    pub fn board(&self) -> StatusBoard {
-        self.vrrp.as_ref().map(Vrrp::board).unwrap_or_default()
-    }
-
-    /// Stops every instance (see [`Vrrp::stop`]); dropping does the same, so a daemon
-    /// leaving on an error still hands over and releases its addresses.
-    pub fn stop(self) {
-        drop(self);
-    }
-}
-
-impl Drop for VrrpRuntime {
-    fn drop(&mut self) {
-        if let Some(vrrp) = self.vrrp.take() {
-            self.runtime.block_on(vrrp.stop());
-        }
-    }
 }
 
 #[cfg(test)]

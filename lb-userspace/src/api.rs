@@ -1,0 +1,395 @@
+//! The HTTP server (hyper 1.x) on `http.listen`: `/metrics`, `/healthz`, `/readyz` and
+//! the JSON API under `/api/v1/`. Handlers hold no state of their own: they ask the
+//! controller (`control::Request`) and turn its answer into a response.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /healthz` | 200 while the daemon runs |
+//! | `GET /readyz` | 200 once the program is attached and the maps programmed, else 503 |
+//! | `GET /metrics` | Prometheus text (OpenMetrics if the `Accept` header asks for it) |
+//! | `GET /api/v1/services` | the [`Snapshot`](crate::snapshot::Snapshot) `bascule status` shows |
+//! | `GET /api/v1/vrrp` | `{"instances": [...]}` |
+//! | `GET /api/v1/simulate?src=IP:PORT&dst=IP:PORT&proto=tcp` | which backend, and why |
+//! | `POST /api/v1/backends/{service}/{backend}` `{"weight": N}` | runtime weight (`null`: back to the file's) |
+//! | `POST /api/v1/reload` | reloads the config file |
+//!
+//! With a token (`http.token_file`), every route but `/healthz` and `/readyz` needs
+//! `Authorization: Bearer TOKEN`; otherwise 401.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{
+    body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
+    StatusCode,
+};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::{net::TcpListener, sync::oneshot};
+
+use crate::{
+    control::{self, ControlError},
+    metrics,
+};
+
+/// Largest request body read.
+const MAX_BODY: usize = 64 * 1024;
+
+pub struct Api {
+    pub control: control::Handle,
+    /// Bearer token required on the API and `/metrics` (`None`: open, loopback only).
+    pub token: Option<String>,
+    pub ready: Arc<AtomicBool>,
+}
+
+/// `{"error": "..."}`, the body of every error response.
+#[derive(Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `POST /api/v1/backends/{service}/{backend}`.
+#[derive(Serialize, Deserialize)]
+pub struct WeightBody {
+    /// `null`: remove the runtime weight.
+    pub weight: Option<u32>,
+}
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let api = api.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(handle(&api, req, peer).await) }
+            });
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, "HTTP connection ended: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            return if api.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            };
+        }
+        _ => {}
+    }
+    if let Some(token) = &api.token {
+        if !authorized(req.headers().get(header::AUTHORIZATION), token) {
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token (Authorization: Bearer TOKEN; the token is in http.token_file)",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return r;
+        }
+    }
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    match (&method, segs.as_slice()) {
+        (&Method::GET, ["metrics"]) => {
+            let openmetrics = metrics::wants_openmetrics(
+                req.headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok()),
+            );
+            match ask(api, control::Request::Snapshot).await {
+                Ok(s) => {
+                    let body = metrics::render(&s, openmetrics);
+                    let ct = if openmetrics {
+                        metrics::OPENMETRICS_CONTENT_TYPE
+                    } else {
+                        metrics::TEXT_CONTENT_TYPE
+                    };
+                    respond(StatusCode::OK, ct, body)
+                }
+                Err(r) => r,
+            }
+        }
+        (&Method::GET, ["api", "v1", "services"]) => {
+            match ask(api, control::Request::Snapshot).await {
+                Ok(s) => json(StatusCode::OK, &s),
+                Err(r) => r,
+            }
+        }
+        (&Method::GET, ["api", "v1", "vrrp"]) => match ask(api, control::Request::Snapshot).await {
+            Ok(s) => json(StatusCode::OK, &serde_json::json!({ "instances": s.vrrp })),
+            Err(r) => r,
+        },
+        (&Method::GET, ["api", "v1", "simulate"]) => {
+            let q = query(req.uri().query().unwrap_or(""));
+            let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+            let parse = |k: &str| -> Result<SocketAddr, String> {
+                let v = get(k).ok_or_else(|| format!("missing query parameter {k}=IP:PORT"))?;
+                v.parse()
+                    .map_err(|_| format!("{k}={v}: expected IP:PORT ([IPV6]:PORT)"))
+            };
+            let (src, dst) = match (parse("src"), parse("dst")) {
+                (Ok(s), Ok(d)) => (s, d),
+                (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+            };
+            let proto = match control::parse_protocol(get("proto").unwrap_or("tcp")) {
+                Ok(p) => p,
+                Err(e) => return control_error(e),
+            };
+            match ask(api, |reply| control::Request::Simulate {
+                src,
+                dst,
+                proto,
+                reply,
+            })
+            .await
+            {
+                Ok(Ok(answer)) => json(StatusCode::OK, &answer),
+                Ok(Err(e)) => control_error(e),
+                Err(r) => r,
+            }
+        }
+        (&Method::POST, ["api", "v1", "backends", service, backend]) => {
+            let (service, backend) = (service.to_string(), backend.to_string());
+            let body: WeightBody = match read_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match ask(api, |reply| control::Request::SetWeight {
+                service,
+                backend,
+                weight: body.weight,
+                reply,
+            })
+            .await
+            {
+                Ok(Ok(change)) => json(StatusCode::OK, &change),
+                Ok(Err(e)) => control_error(e),
+                Err(r) => r,
+            }
+        }
+        (&Method::POST, ["api", "v1", "reload"]) => {
+            match ask(api, control::Request::Reload).await {
+                Ok(Ok(report)) => json(StatusCode::OK, &report),
+                Ok(Err(e)) => control_error(e),
+                Err(r) => r,
+            }
+        }
+        (_, ["metrics"])
+        | (_, ["api", "v1", "services" | "vrrp" | "simulate"])
+        | (_, ["api", "v1", "backends", _, _])
+        | (_, ["api", "v1", "reload"]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no route {path} (see /api/v1/services, /metrics)"),
+        ),
+    }
+}
+
+/// Sends a request to the controller and waits for its answer.
+async fn ask<T>(
+    api: &Api,
+    make: impl FnOnce(oneshot::Sender<T>) -> control::Request,
+) -> Result<T, Response<Body>> {
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        )
+    };
+    api.control.send(make(tx)).map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<Body>> {
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            &format!("the body is not the expected JSON ({e}); expected {{\"weight\": N}}"),
+        )
+    })
+}
+
+fn authorized(header: Option<&header::HeaderValue>, token: &str) -> bool {
+    let Some(given) = header
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        content_type.parse().expect("valid content type"),
+    );
+    r
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    respond(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut body = serde_json::to_string_pretty(value).expect("serializable");
+    body.push('\n');
+    respond(status, "application/json", body)
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(
+        status,
+        &ErrorBody {
+            error: message.to_string(),
+        },
+    )
+}
+
+fn control_error(e: ControlError) -> Response<Body> {
+    let status = match &e {
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, &e.to_string())
+}
+
+/// `a=1&b=%5B..%5D` as decoded pairs.
+fn query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(&v.replace('+', " ")))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes; anything malformed is kept as is.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Escapes what cannot stand in a path segment or a query value as `%XX`.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~:".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_coding_round_trips() {
+        for s in ["[fd00::11]:80", "10.0.0.1:80", "web-1", "a b/c%"] {
+            assert_eq!(percent_decode(&percent_encode(s)), s);
+        }
+        assert_eq!(percent_decode("%5Bfd00::1%5D:80"), "[fd00::1]:80");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let h = |s: &str| header::HeaderValue::from_str(s).unwrap();
+        assert!(authorized(Some(&h("Bearer s3cret")), "s3cret"));
+        assert!(!authorized(Some(&h("Bearer s3cre")), "s3cret"));
+        assert!(!authorized(Some(&h("Basic s3cret")), "s3cret"));
+        assert!(!authorized(None, "s3cret"));
+    }
+
+    #[test]
+    fn queries() {
+        assert_eq!(
+            query("src=10.0.0.1%3A5&dst=%5B::1%5D:80&proto=udp"),
+            vec![
+                ("src".to_string(), "10.0.0.1:5".to_string()),
+                ("dst".to_string(), "[::1]:80".to_string()),
+                ("proto".to_string(), "udp".to_string())
+            ]
+        );
+    }
+}

@@ -1,0 +1,537 @@
+//! `GET /metrics`: a [`Snapshot`] as Prometheus metrics, with the `prometheus-client`
+//! crate. The registry is built anew at each scrape from the snapshot (the datapath's
+//! counters are the source of truth; the daemon keeps no copy that could drift). Health-check
+//! durations come the same way: the health supervisor's histograms
+//! (`health::BackendHealth::durations`), carried in the snapshot's backends.
+//!
+//! prometheus-client writes OpenMetrics text. Scrapers that ask for it (`Accept:
+//! application/openmetrics-text`) get it as is; everyone else gets the classic Prometheus
+//! text format (what `promtool check metrics` reads), in which a counter family is named
+//! with its `_total` suffix.
+
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, MetricType, TypedMetric},
+    registry::Registry,
+};
+
+use crate::{
+    health::{DurationHistogram, DURATION_BUCKETS},
+    snapshot::{Snapshot, VrrpState},
+};
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub service: String,
+    /// The backend's label as in `BackendStatus::label`.
+    pub backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceStateLabels {
+    instance: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceToLabels {
+    instance: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceReasonLabels {
+    instance: String,
+    reason: String,
+}
+
+/// `bascule_healthcheck_duration_seconds{service,backend}`: histograms kept by the health
+/// supervisor, encoded as they are.
+#[derive(Debug, Default)]
+struct CheckDurations(Vec<(BackendLabels, DurationHistogram)>);
+
+impl TypedMetric for CheckDurations {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for CheckDurations {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (labels, h) in &self.0 {
+            // Per-bucket counts; the encoder makes them cumulative.
+            let buckets: Vec<(f64, u64)> = DURATION_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(h.counts)
+                .collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &buckets, None)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
+/// Every metric, as OpenMetrics text (`openmetrics`) or Prometheus text.
+pub fn render(s: &Snapshot, openmetrics: bool) -> String {
+    let mut r = Registry::default();
+
+    let svc_packets = Family::<ServiceLabels, Counter>::default();
+    let svc_bytes = Family::<ServiceLabels, Counter>::default();
+    let svc_conns = Family::<ServiceLabels, Counter>::default();
+    let be_packets = Family::<BackendLabels, Counter>::default();
+    let be_bytes = Family::<BackendLabels, Counter>::default();
+    let be_conns = Family::<BackendLabels, Counter>::default();
+    let be_active = Family::<BackendLabels, Gauge>::default();
+    let be_up = Family::<BackendLabels, Gauge>::default();
+    let be_weight = Family::<BackendLabels, Gauge>::default();
+    for svc in &s.services {
+        let l = ServiceLabels {
+            service: svc.name.clone(),
+        };
+        svc_packets.get_or_create(&l).inc_by(svc.packets);
+        svc_bytes.get_or_create(&l).inc_by(svc.bytes);
+        svc_conns.get_or_create(&l).inc_by(svc.connections);
+        for b in &svc.backends {
+            let l = BackendLabels {
+                service: svc.name.clone(),
+                backend: b.label.clone(),
+            };
+            be_packets.get_or_create(&l).inc_by(b.packets);
+            be_bytes.get_or_create(&l).inc_by(b.bytes);
+            be_conns.get_or_create(&l).inc_by(b.connections);
+            be_active.get_or_create(&l).set(b.active_connections as i64);
+            be_up
+                .get_or_create(&l)
+                .set((b.health.is_up() && b.active) as i64);
+            be_weight.get_or_create(&l).set(i64::from(b.weight));
+        }
+    }
+    r.register(
+        "bascule_service_packets",
+        "Packets balanced to the service's backends",
+        svc_packets,
+    );
+    r.register(
+        "bascule_service_bytes",
+        "Bytes (whole frames) balanced to the service's backends",
+        svc_bytes,
+    );
+    r.register(
+        "bascule_service_connections",
+        "New flows scheduled for the service",
+        svc_conns,
+    );
+    r.register(
+        "bascule_backend_packets",
+        "Packets sent to the backend",
+        be_packets,
+    );
+    r.register(
+        "bascule_backend_bytes",
+        "Bytes (whole frames) sent to the backend",
+        be_bytes,
+    );
+    r.register(
+        "bascule_backend_connections",
+        "New flows scheduled to the backend",
+        be_conns,
+    );
+    r.register(
+        "bascule_backend_active_connections",
+        "Connection-table entries pointing at the backend",
+        be_active,
+    );
+    r.register(
+        "bascule_backend_up",
+        "1 if the backend takes new flows (healthy or unchecked, and reachable), else 0",
+        be_up,
+    );
+    r.register(
+        "bascule_backend_weight",
+        "Weight the scheduler uses for the backend (config, runtime override or health)",
+        be_weight,
+    );
+    r.register(
+        "bascule_healthcheck_duration_seconds",
+        "Duration of health checks",
+        CheckDurations(
+            s.services
+                .iter()
+                .flat_map(|svc| {
+                    svc.backends.iter().filter_map(|b| {
+                        let h = b.check_durations.clone()?;
+                        let labels = BackendLabels {
+                            service: svc.name.clone(),
+                            backend: b.label.clone(),
+                        };
+                        Some((labels, h))
+                    })
+                })
+                .collect(),
+        ),
+    );
+
+    let actions = Family::<ActionLabels, Counter>::default();
+    for name in lb_common::XDP_ACTION_NAMES {
+        let v = s.datapath.actions.get(name).copied().unwrap_or(0);
+        actions
+            .get_or_create(&ActionLabels {
+                action: name.to_string(),
+            })
+            .inc_by(v);
+    }
+    r.register(
+        "bascule_xdp_packets",
+        "Packets seen by the XDP program, per verdict",
+        actions,
+    );
+    let drops = Family::<ReasonLabels, Counter>::default();
+    let passes = Family::<ReasonLabels, Counter>::default();
+    for (name, dropped) in lb_common::REASON_NAMES {
+        let (family, map) = if dropped {
+            (&drops, &s.datapath.drops)
+        } else {
+            (&passes, &s.datapath.passes)
+        };
+        family
+            .get_or_create(&ReasonLabels {
+                reason: name.to_string(),
+            })
+            .inc_by(map.get(name).copied().unwrap_or(0));
+    }
+    r.register(
+        "bascule_xdp_drops",
+        "Packets dropped by the XDP program, per reason",
+        drops,
+    );
+    r.register(
+        "bascule_xdp_passes",
+        "Packets for a VIP handed to the kernel instead of balanced, per reason",
+        passes,
+    );
+    r.register(
+        "bascule_conntrack_misses",
+        "Packets of a service that found no connection-table entry (new flows)",
+        counter(s.datapath.conntrack_misses),
+    );
+    r.register(
+        "bascule_conntrack_entries",
+        "Entries in the connection table",
+        gauge(s.datapath.conntrack_entries as i64),
+    );
+
+    let vrrp_state = Family::<InstanceStateLabels, Gauge>::default();
+    let vrrp_transitions = Family::<InstanceToLabels, Counter>::default();
+    let vrrp_received = Family::<InstanceLabels, Counter>::default();
+    let vrrp_invalid = Family::<InstanceReasonLabels, Counter>::default();
+    for v in &s.vrrp {
+        for state in VrrpState::ALL {
+            vrrp_state
+                .get_or_create(&InstanceStateLabels {
+                    instance: v.instance.clone(),
+                    state: state.as_str().to_string(),
+                })
+                .set((v.state == state) as i64);
+            vrrp_transitions
+                .get_or_create(&InstanceToLabels {
+                    instance: v.instance.clone(),
+                    to: state.as_str().to_string(),
+                })
+                .inc_by(v.transitions.get(&state).copied().unwrap_or(0));
+        }
+        vrrp_received
+            .get_or_create(&InstanceLabels {
+                instance: v.instance.clone(),
+            })
+            .inc_by(v.adverts_received);
+        for (reason, n) in &v.adverts_invalid {
+            vrrp_invalid
+                .get_or_create(&InstanceReasonLabels {
+                    instance: v.instance.clone(),
+                    reason: reason.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    r.register(
+        "bascule_vrrp_state",
+        "1 for the VRRP instance's current state, 0 for the others",
+        vrrp_state,
+    );
+    r.register(
+        "bascule_vrrp_transitions",
+        "VRRP state transitions, per state entered",
+        vrrp_transitions,
+    );
+    r.register(
+        "bascule_vrrp_adverts_received",
+        "VRRP advertisements received",
+        vrrp_received,
+    );
+    r.register(
+        "bascule_vrrp_adverts_invalid",
+        "VRRP advertisements discarded, per reason",
+        vrrp_invalid,
+    );
+
+    let reloads = Family::<ResultLabels, Counter>::default();
+    for (result, n) in [("ok", s.reloads.ok), ("error", s.reloads.error)] {
+        reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc_by(n);
+    }
+    r.register(
+        "bascule_config_reloads",
+        "Configuration reloads, applied (ok) or refused (error)",
+        reloads,
+    );
+    let build = Family::<VersionLabels, Gauge>::default();
+    build
+        .get_or_create(&VersionLabels {
+            version: s.version.clone(),
+        })
+        .set(1);
+    r.register("bascule_build_info", "bascule's version (value 1)", build);
+    r.register(
+        "bascule_ready",
+        "1 once the program is attached and the maps are programmed",
+        gauge(s.ready as i64),
+    );
+
+    let mut text = String::new();
+    encode(&mut text, &r).expect("writing to a String cannot fail");
+    if openmetrics {
+        text
+    } else {
+        openmetrics_to_prometheus(&text)
+    }
+}
+
+/// OpenMetrics text to the Prometheus text format: counter families are named with their
+/// `_total` suffix in `# HELP`/`# TYPE`, and the `# EOF` / `# UNIT` lines go.
+pub fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether an `Accept` header asks for OpenMetrics.
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| a.contains("application/openmetrics-text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{BackendStatus, Health, Rates, ServiceStatus, VrrpStatus};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            version: "0.1.0".into(),
+            config_file: "b.yaml".into(),
+            ready: true,
+            services: vec![ServiceStatus {
+                name: "web".into(),
+                vip: "10.0.0.100".parse().unwrap(),
+                port: 80,
+                protocol: "tcp".into(),
+                scheduler: "mh".into(),
+                forwarding: "dr".into(),
+                persistence: "0s".into(),
+                packets: 10,
+                bytes: 1000,
+                connections: 2,
+                rates: Rates::default(),
+                backends: vec![BackendStatus {
+                    address: "10.0.0.11".parse().unwrap(),
+                    port: 80,
+                    label: "10.0.0.11:80".into(),
+                    forwarding: "dr".into(),
+                    weight: 3,
+                    config_weight: 3,
+                    weight_override: None,
+                    health: Health::Unchecked,
+                    last_failure: None,
+                    check_durations: None,
+                    active: true,
+                    active_connections: 1,
+                    connections: 2,
+                    packets: 10,
+                    bytes: 1000,
+                    rates: Rates::default(),
+                }],
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn value(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .map(str::to_string)
+        })
+    }
+
+    #[test]
+    fn values_and_names() {
+        let text = render(&snapshot(), false);
+        assert_eq!(
+            value(&text, "bascule_service_packets_total{service=\"web\"}").as_deref(),
+            Some("10")
+        );
+        assert_eq!(
+            value(
+                &text,
+                "bascule_backend_bytes_total{service=\"web\",backend=\"10.0.0.11:80\"}"
+            )
+            .as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            value(
+                &text,
+                "bascule_backend_weight{service=\"web\",backend=\"10.0.0.11:80\"}"
+            )
+            .as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            value(&text, "bascule_config_reloads_total{result=\"error\"}").as_deref(),
+            Some("0")
+        );
+        assert!(text.contains("# TYPE bascule_service_packets_total counter\n"));
+        assert!(text.contains("# HELP bascule_service_packets_total "));
+        assert!(!text.contains("# EOF"));
+        // No VRRP instance: no VRRP series.
+        assert!(!text.contains("bascule_vrrp_state{"));
+        let om = render(&snapshot(), true);
+        assert!(om.contains("# TYPE bascule_service_packets counter\n"));
+        assert!(om.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn vrrp_state_is_one_hot() {
+        let mut s = snapshot();
+        s.vrrp.push(VrrpStatus {
+            instance: "VI_1".into(),
+            interface: "eth0".into(),
+            virtual_router_id: 51,
+            state: VrrpState::Master,
+            priority: 150,
+            master: None,
+            virtual_addresses: vec![],
+            transitions: [(VrrpState::Master, 1)].into_iter().collect(),
+            adverts_received: 7,
+            adverts_invalid: [("ttl".to_string(), 2)].into_iter().collect(),
+        });
+        let text = render(&s, false);
+        let series = |st: &str| {
+            value(
+                &text,
+                &format!("bascule_vrrp_state{{instance=\"VI_1\",state=\"{st}\"}}"),
+            )
+        };
+        assert_eq!(series("master").as_deref(), Some("1"));
+        assert_eq!(series("backup").as_deref(), Some("0"));
+        assert_eq!(
+            value(
+                &text,
+                "bascule_vrrp_adverts_invalid_total{instance=\"VI_1\",reason=\"ttl\"}"
+            )
+            .as_deref(),
+            Some("2")
+        );
+    }
+
+    #[test]
+    fn health_check_histogram() {
+        let mut s = snapshot();
+        let mut h = DurationHistogram::default();
+        h.observe(std::time::Duration::from_millis(3));
+        s.services[0].backends[0].check_durations = Some(h);
+        let text = render(&s, false);
+        assert_eq!(
+            value(
+                &text,
+                "bascule_healthcheck_duration_seconds_count{service=\"web\",backend=\"10.0.0.11:80\"}"
+            )
+            .as_deref(),
+            Some("1")
+        );
+    }
+}

@@ -1,0 +1,432 @@
+//! Where the datapath outlives the daemon: pinned BPF objects under
+//! `/sys/fs/bpf/bascule/<netns inode>/` and a small state file under
+//! `/run/bascule/<netns inode>/`, one tree per network namespace so that several nodes can
+//! share a host (as in the test labs).
+//!
+//! ```text
+//! /sys/fs/bpf/bascule/4026532290/
+//!     maps/SERVICES, maps/CONNTRACK, ...   every map of the XDP object
+//!     links/eth0                           the XDP link of each interface
+//!     programs/bascule_xdp                 the program the links run (for bpftool)
+//! /run/bascule/4026532290/
+//!     lock                                 flock(2): one daemon per network namespace
+//!     state.json                           ids of services and backends, weight overrides
+//! ```
+//!
+//! A pinned link keeps its program attached, and pinned maps keep their contents, after
+//! the daemon exits. The next daemon adopts them when the state file says they belong to
+//! this very namespace (its cookie, which the kernel never reuses, unlike an inode) and
+//! were written by a compatible build; otherwise it starts over.
+
+use std::{
+    fs::{self, File},
+    io,
+    net::IpAddr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Plan, PlannedBackend, PlannedService};
+
+/// Where bpffs is (or gets) mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// bascule's tree inside bpffs.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/bascule";
+/// bascule's runtime state (tmpfs: gone at reboot, like bpffs).
+pub const RUN_ROOT: &str = "/run/bascule";
+/// statfs(2) f_type of bpffs.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin tree and state directory of the current network namespace, locked.
+#[derive(Debug)]
+pub struct PinDir {
+    root: PathBuf,
+    run: PathBuf,
+    netns_cookie: u64,
+    /// Held for the daemon's lifetime: a second daemon in this namespace fails to lock.
+    _lock: File,
+}
+
+/// What the state file remembers between two daemons.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedState {
+    /// `SO_NETNS_COOKIE` of the namespace that wrote it.
+    pub netns_cookie: u64,
+    /// Digest of the XDP object that created the maps: another build may lay them out
+    /// differently.
+    pub object_digest: u64,
+    pub conntrack_entries: u32,
+    pub services: Vec<SavedService>,
+    pub backends: Vec<SavedBackend>,
+    /// Runtime weights set through the API (see `control::Overrides`).
+    #[serde(default)]
+    pub overrides: Vec<SavedOverride>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedService {
+    pub name: String,
+    pub id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedBackend {
+    pub service: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedOverride {
+    pub service: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub config_weight: u32,
+}
+
+impl SavedState {
+    /// The ids of a plan, to be found again by the next daemon.
+    pub fn ids_of(plan: &Plan) -> (Vec<SavedService>, Vec<SavedBackend>) {
+        let services = plan
+            .services
+            .iter()
+            .map(|s| SavedService {
+                name: s.name.clone(),
+                id: s.info.id,
+            })
+            .collect();
+        let backends = plan
+            .backends
+            .iter()
+            .map(|b| SavedBackend {
+                service: b.service.clone(),
+                address: b.address,
+                port: b.port,
+                id: b.id,
+            })
+            .collect();
+        (services, backends)
+    }
+
+    /// A plan holding only the saved ids: what `plan::plan` needs as `previous` so that
+    /// services and backends get back the ids the pinned connection table refers to.
+    pub fn id_plan(&self) -> Plan {
+        Plan {
+            settings: Default::default(),
+            services: self
+                .services
+                .iter()
+                .map(|s| PlannedService {
+                    name: s.name.clone(),
+                    key: Default::default(),
+                    info: lb_common::ServiceInfo {
+                        id: s.id,
+                        ..Default::default()
+                    },
+                    table: Vec::new(),
+                    backends: Vec::new(),
+                })
+                .collect(),
+            backends: self
+                .backends
+                .iter()
+                .map(|b| PlannedBackend {
+                    id: b.id,
+                    service: b.service.clone(),
+                    address: b.address,
+                    port: b.port,
+                    info: Default::default(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl PinDir {
+    /// Opens (creating it if needed) the tree of the current network namespace: mounts
+    /// bpffs at `/sys/fs/bpf` if nothing is mounted there, and takes the namespace's lock.
+    pub fn open() -> Result<PinDir> {
+        let inode = netns_inode()?;
+        let cookie = netns_cookie()?;
+        ensure_bpffs()?;
+        let root = Path::new(PIN_ROOT).join(inode.to_string());
+        let run = Path::new(RUN_ROOT).join(inode.to_string());
+        for dir in [root.join("maps"), root.join("links"), root.join("programs")] {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        fs::create_dir_all(&run).with_context(|| {
+            format!(
+                "cannot create {} (the daemon keeps its state there)",
+                run.display()
+            )
+        })?;
+        let lock_path = run.join("lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot open {}", lock_path.display()))?;
+        // SAFETY: flock(2) on a file we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another bascule daemon already runs in this network namespace (it holds {}); stop it first",
+                lock_path.display()
+            );
+        }
+        Ok(PinDir {
+            root,
+            run,
+            netns_cookie: cookie,
+            _lock: lock,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    pub fn programs(&self) -> PathBuf {
+        self.root.join("programs")
+    }
+
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.run.join("state.json")
+    }
+
+    /// The state a previous daemon left, if any and readable.
+    pub fn read_state(&self) -> Option<SavedState> {
+        let text = fs::read_to_string(self.state_path()).ok()?;
+        match serde_json::from_str(&text) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(file = %self.state_path().display(), "ignoring an unreadable state file: {e}");
+                None
+            }
+        }
+    }
+
+    /// Replaces the state file atomically (write, then rename).
+    pub fn write_state(&self, state: &SavedState) -> Result<()> {
+        let tmp = self.run.join("state.json.tmp");
+        let text = serde_json::to_string_pretty(state)?;
+        fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+        fs::rename(&tmp, self.state_path())
+            .with_context(|| format!("cannot write {}", self.state_path().display()))
+    }
+
+    /// Whether any BPF object is pinned here.
+    pub fn has_pins(&self) -> bool {
+        [self.maps(), self.links(), self.programs()]
+            .iter()
+            .any(|d| fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()))
+    }
+
+    /// Unpins every object (links first: that detaches the programs) and forgets the state
+    /// file, keeping the directories and the lock.
+    pub fn clear(&self) -> Result<()> {
+        for dir in [self.links(), self.programs(), self.maps()] {
+            remove_entries(&dir)?;
+        }
+        match fs::remove_file(self.state_path()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", self.state_path().display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the whole tree and the state directory.
+    pub fn remove(self) -> Result<()> {
+        self.clear()?;
+        for dir in [
+            self.links(),
+            self.programs(),
+            self.maps(),
+            self.root.clone(),
+        ] {
+            let _ = fs::remove_dir(&dir);
+        }
+        let _ = fs::remove_file(self.run.join("lock"));
+        let _ = fs::remove_dir(&self.run);
+        Ok(())
+    }
+}
+
+fn remove_entries(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        fs::remove_file(&path).with_context(|| format!("cannot unpin {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The inode of the current network namespace (`/proc/self/ns/net`): names its tree.
+pub fn netns_inode() -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata("/proc/self/ns/net")
+        .context("cannot read /proc/self/ns/net")?
+        .ino())
+}
+
+/// The kernel's cookie of the current network namespace: unlike the inode it is never
+/// reused, so a state file of a deleted namespace is never mistaken for ours.
+pub fn netns_cookie() -> Result<u64> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        .context("cannot open a socket to read the network namespace cookie")?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt with a u64 buffer of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context(
+            "cannot read the network namespace cookie (SO_NETNS_COOKIE needs Linux 5.14)",
+        );
+    }
+    Ok(cookie)
+}
+
+fn is_bpffs(path: &str) -> Result<bool> {
+    let c = std::ffi::CString::new(path).expect("no NUL in a constant path");
+    // SAFETY: statfs(2) into a zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("cannot statfs {path}"));
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` unless one is there already.
+pub fn ensure_bpffs() -> Result<()> {
+    if is_bpffs(BPFFS)? {
+        return Ok(());
+    }
+    let (src, target, fstype) = (c"bpf", c"/sys/fs/bpf", c"bpf");
+    let mode = c"mode=0700";
+    // SAFETY: mount(2) with valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            mode.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context(
+            "/sys/fs/bpf is not a bpffs and mounting one failed (needs CAP_SYS_ADMIN): mount it at boot (`mount -t bpf bpf /sys/fs/bpf`)",
+        );
+    }
+    if private_mount_namespace() {
+        tracing::warn!(
+            "mounted bpffs at /sys/fs/bpf inside a private mount namespace (e.g. `ip netns exec`): \
+             pinned state ends with this namespace, so a restart cannot adopt the datapath; \
+             mount bpffs on the host, or enter only the network namespace (nsenter --net)"
+        );
+    } else {
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    Ok(())
+}
+
+fn private_mount_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        fs::metadata("/proc/self/ns/mnt"),
+        fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a.ino() != b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        plan::{plan, MacTable, TunnelSources},
+    };
+
+    const YAML: &str = "node:\n  interfaces: [{name: eth0}]\nservices:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.11}, {address: 10.0.0.12}]\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.13}]\n";
+
+    #[test]
+    fn saved_ids_give_back_the_same_ids_after_a_reordering() {
+        let config = Config::parse(YAML, "t.yaml").unwrap();
+        let first = plan(&config, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let (services, backends) = SavedState::ids_of(&first);
+        let saved = SavedState {
+            services,
+            backends,
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&saved).unwrap();
+        let back: SavedState = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, saved);
+        // The same services in another order: without the saved ids, b would take id 0.
+        let mut swapped = config.clone();
+        swapped.services.reverse();
+        let again = plan(
+            &swapped,
+            &MacTable::new(),
+            TunnelSources::default(),
+            Some(&back.id_plan()),
+        )
+        .unwrap();
+        let fresh = plan(&swapped, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        for svc in &first.services {
+            let id = |p: &Plan| {
+                p.services
+                    .iter()
+                    .find(|s| s.name == svc.name)
+                    .map(|s| s.info.id)
+            };
+            assert_eq!(id(&again), Some(svc.info.id), "service {}", svc.name);
+        }
+        for b in &first.backends {
+            let id = |p: &Plan| {
+                p.backends
+                    .iter()
+                    .find(|x| x.address == b.address)
+                    .map(|x| x.id)
+            };
+            assert_eq!(id(&again), Some(b.id), "backend {}", b.address);
+        }
+        assert_ne!(
+            fresh.services[0].info.id, again.services[0].info.id,
+            "the test must reorder ids"
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! What the daemon shows of itself at one moment: services, backends, counters, rates,
+//! VRRP instances. Plain data, the JSON of `GET /api/v1/services` and `/api/v1/vrrp`,
+//! the input of `bascule status` (`status.rs`) and of `/metrics` (`metrics.rs`).
+//!
+//! Producers: the controller (`control.rs`) fills services and datapath counters; the VRRP
+//! side provides its instances' [`VrrpStatus`] through a [`VrrpSource`].
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// bascule's version.
+    pub version: String,
+    pub config_file: String,
+    /// The program is attached and the maps hold the configuration.
+    pub ready: bool,
+    pub reloads: Reloads,
+    pub services: Vec<ServiceStatus>,
+    pub datapath: DatapathStats,
+    #[serde(default)]
+    pub vrrp: Vec<VrrpStatus>,
+}
+
+/// Config reloads since the daemon started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloads {
+    pub ok: u64,
+    pub error: u64,
+    /// The message of the last refused reload, until one succeeds.
+    pub last_error: Option<String>,
+}
+
+/// Per-second rates over the last sampling interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    pub packets: f64,
+    pub bytes: f64,
+    pub connections: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub vip: IpAddr,
+    /// 0: every port.
+    pub port: u16,
+    pub protocol: String,
+    pub scheduler: String,
+    pub forwarding: String,
+    /// As written in the config (`0s`: none).
+    pub persistence: String,
+    /// Packets and bytes (whole frames) balanced to this service's backends.
+    pub packets: u64,
+    pub bytes: u64,
+    /// New flows scheduled (connection-table misses).
+    pub connections: u64,
+    pub rates: Rates,
+    pub backends: Vec<BackendStatus>,
+}
+
+impl ServiceStatus {
+    /// `VIP:PORT` (`[v6]:PORT`), or the bare VIP for an all-ports service.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.vip, self.port)
+    }
+}
+
+/// What health checking says of a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// The service has no health check: the backend counts as up.
+    #[default]
+    Unchecked,
+    Up,
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unchecked => "-",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+
+    /// Up or unchecked.
+    pub fn is_up(self) -> bool {
+        self != Health::Down
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: IpAddr,
+    /// The port packets reach it on (the service's, or the backend's own with `nat`).
+    pub port: u16,
+    /// The `backend` label of the metrics: `ADDR:PORT` (`[v6]:PORT`), or `ADDR` when the
+    /// service balances every port.
+    pub label: String,
+    pub forwarding: String,
+    /// The weight the scheduler uses now: the config's, or a runtime override, or 0 when
+    /// a failed health check inhibits it.
+    pub weight: u32,
+    pub config_weight: u32,
+    /// Set through the API (`bascule weight`, `bascule drain`).
+    pub weight_override: Option<u32>,
+    pub health: Health,
+    /// Why the last failed health check failed (kept after the backend is up again).
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// Durations of the health checks so far, for `bascule_healthcheck_duration_seconds`
+    /// (not in the JSON).
+    #[serde(skip)]
+    pub check_durations: Option<crate::health::DurationHistogram>,
+    /// The datapath may send new flows to it (weight aside): false while it is down and
+    /// removed, or a `dr` backend whose MAC address is not known yet.
+    pub active: bool,
+    /// Connection-table entries pointing at it.
+    pub active_connections: u64,
+    /// New flows scheduled to it.
+    pub connections: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub rates: Rates,
+}
+
+/// Node-wide datapath counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathStats {
+    /// Interfaces the program runs on.
+    pub interfaces: Vec<String>,
+    /// Whether this daemon adopted a datapath left running by a previous one.
+    pub adopted: bool,
+    /// Packets per XDP verdict (`aborted`, `drop`, `pass`, `tx`, `redirect`).
+    pub actions: BTreeMap<String, u64>,
+    /// Packets dropped, per reason.
+    pub drops: BTreeMap<String, u64>,
+    /// Packets for a VIP handed to the kernel instead of balanced, per reason.
+    pub passes: BTreeMap<String, u64>,
+    /// New flows: packets of a service that found no connection-table entry.
+    pub conntrack_misses: u64,
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u32,
+}
+
+/// A VRRP instance as `bascule status`, `/api/v1/vrrp` and `bascule_vrrp_*` show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpStatus {
+    pub instance: String,
+    pub interface: String,
+    pub virtual_router_id: u8,
+    pub state: VrrpState,
+    /// The priority its adverts carry.
+    pub priority: u8,
+    /// The master's address as last seen in its adverts (ours when master).
+    pub master: Option<IpAddr>,
+    pub virtual_addresses: Vec<String>,
+    /// Transitions into each state since start.
+    pub transitions: BTreeMap<VrrpState, u64>,
+    pub adverts_received: u64,
+    /// Adverts discarded, per reason (`ttl`, `auth`, `vrid`, `checksum`, ...).
+    pub adverts_invalid: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VrrpState {
+    Init,
+    Backup,
+    Master,
+    Fault,
+}
+
+impl VrrpState {
+    pub const ALL: [VrrpState; 4] = [
+        VrrpState::Init,
+        VrrpState::Backup,
+        VrrpState::Master,
+        VrrpState::Fault,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VrrpState::Init => "init",
+            VrrpState::Backup => "backup",
+            VrrpState::Master => "master",
+            VrrpState::Fault => "fault",
+        }
+    }
+}
+
+/// Where the daemon reads the VRRP instances' status, at each snapshot (`bascule status`,
+/// `/api/v1/vrrp`, `/metrics`): a function the VRRP side provides (reading its own shared
+/// status board), so that neither side owns the other's state.
+pub type VrrpSource = Arc<dyn Fn() -> Vec<VrrpStatus> + Send + Sync>;
+
+/// A VRRP instance's status as the VRRP side publishes it (`vrrp::StatusBoard`), in the
+/// snapshot's terms.
+pub fn vrrp_status(v: &crate::vrrp::VrrpStatus) -> VrrpStatus {
+    use crate::vrrp::State;
+    let state = |s: State| match s {
+        State::Initialize => VrrpState::Init,
+        State::Backup => VrrpState::Backup,
+        State::Master => VrrpState::Master,
+        State::Fault => VrrpState::Fault,
+    };
+    VrrpStatus {
+        instance: v.instance.clone(),
+        interface: v.interface.clone(),
+        virtual_router_id: v.virtual_router_id,
+        state: state(v.state),
+        priority: v.priority,
+        master: v.master,
+        virtual_addresses: v
+            .virtual_addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        transitions: v.transitions.iter().map(|(s, n)| (state(*s), *n)).collect(),
+        adverts_received: v.adverts_received,
+        adverts_invalid: v.adverts_invalid.clone(),
+    }
+}
+
+/// The source of a daemon without VRRP instances.
+pub fn no_vrrp() -> VrrpSource {
+    Arc::new(Vec::new)
+}
+
+/// `ADDR:PORT` with brackets for IPv6, or the bare address for port 0.
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    if port == 0 {
+        addr.to_string()
+    } else {
+        SocketAddr::new(addr, port).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(endpoint(v4, 80), "10.0.0.1:80");
+        assert_eq!(endpoint(v6, 80), "[fd00::1]:80");
+        assert_eq!(endpoint(v6, 0), "fd00::1");
+    }
+}

@@ -1,0 +1,169 @@
+//! `bascule status` rendering against a golden file, and the snapshot's JSON (what the
+//! CLI reads from `/api/v1/services`) surviving a round trip.
+//!
+//! To accept a deliberate change of the output: `BASCULE_UPDATE_GOLDEN=1 cargo test -p
+//! lb-userspace --test status_golden`, then review the diff of `tests/golden/status.txt`.
+
+use std::collections::BTreeMap;
+
+use bascule::{
+    snapshot::{
+        BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
+        VrrpStatus,
+    },
+    status,
+};
+
+fn backend(label: &str, weight: u32, packets: u64) -> BackendStatus {
+    let (address, port) = match label.parse::<std::net::SocketAddr>() {
+        Ok(sa) => (sa.ip(), sa.port()),
+        Err(_) => (label.parse().unwrap(), 0),
+    };
+    BackendStatus {
+        address,
+        port,
+        label: label.to_string(),
+        forwarding: "dr".into(),
+        weight,
+        config_weight: weight,
+        weight_override: None,
+        health: Health::Unchecked,
+        last_failure: None,
+        check_durations: None,
+        active: true,
+        active_connections: packets / 40,
+        connections: packets / 10,
+        packets,
+        bytes: packets * 600,
+        rates: Rates {
+            packets: packets as f64 / 100.0,
+            bytes: packets as f64 * 6.0,
+            connections: packets as f64 / 1000.0,
+        },
+    }
+}
+
+fn snapshot() -> Snapshot {
+    let mut drained = backend("10.0.0.12:80", 0, 120_000);
+    drained.weight_override = Some(0);
+    drained.config_weight = 2;
+    let mut down = backend("10.0.0.13:80", 0, 4_000);
+    down.health = Health::Down;
+    down.last_failure = Some("HTTP 503 from 10.0.0.13:80/healthz".into());
+    down.active = false;
+    down.rates = Rates::default();
+    let mut healthy = backend("10.0.0.11:80", 1, 2_500_000);
+    healthy.health = Health::Up;
+    let mut unresolved = backend("[fd00::21]:443", 1, 0);
+    unresolved.active = false;
+    unresolved.forwarding = "tun".into();
+    let web = ServiceStatus {
+        name: "web".into(),
+        vip: "10.0.0.100".parse().unwrap(),
+        port: 80,
+        protocol: "tcp".into(),
+        scheduler: "mh".into(),
+        forwarding: "dr".into(),
+        persistence: "0s".into(),
+        packets: 2_624_000,
+        bytes: 1_574_400_000,
+        connections: 262_400,
+        rates: Rates {
+            packets: 26_240.0,
+            bytes: 15_744_000.0,
+            connections: 2_624.0,
+        },
+        backends: vec![healthy, drained, down],
+    };
+    let dns = ServiceStatus {
+        name: "dns6".into(),
+        vip: "fd00::53".parse().unwrap(),
+        port: 0,
+        protocol: "udp".into(),
+        scheduler: "mh".into(),
+        forwarding: "tun".into(),
+        persistence: "5m".into(),
+        packets: 0,
+        bytes: 0,
+        connections: 0,
+        rates: Rates::default(),
+        backends: vec![unresolved],
+    };
+    let mut actions = BTreeMap::new();
+    for (k, v) in [
+        ("tx", 2_624_000),
+        ("pass", 5_310),
+        ("drop", 3),
+        ("aborted", 0),
+        ("redirect", 0),
+    ] {
+        actions.insert(k.to_string(), v);
+    }
+    Snapshot {
+        version: "0.1.0".into(),
+        config_file: "/etc/bascule/bascule.yaml".into(),
+        ready: true,
+        reloads: Reloads {
+            ok: 3,
+            error: 1,
+            last_error: Some(
+                "/etc/bascule/bascule.yaml:15:17: services[0].backends[0].weight: 70000 is out of range, expected 0..=65535".into(),
+            ),
+        },
+        services: vec![web, dns],
+        datapath: DatapathStats {
+            interfaces: vec!["eth0".into(), "eth1".into()],
+            adopted: true,
+            actions,
+            drops: [("truncated_ip".to_string(), 3), ("bad_ip_header".to_string(), 0)]
+                .into_iter()
+                .collect(),
+            passes: [("no_backend".to_string(), 10)].into_iter().collect(),
+            conntrack_misses: 262_400,
+            conntrack_entries: 65_123,
+            conntrack_capacity: 1_000_000,
+        },
+        vrrp: vec![VrrpStatus {
+            instance: "VI_1".into(),
+            interface: "eth0".into(),
+            virtual_router_id: 51,
+            state: VrrpState::Master,
+            priority: 140,
+            master: Some("10.0.0.2".parse().unwrap()),
+            virtual_addresses: vec!["10.0.0.100/24".into()],
+            transitions: [(VrrpState::Backup, 1), (VrrpState::Master, 1)]
+                .into_iter()
+                .collect(),
+            adverts_received: 12,
+            adverts_invalid: BTreeMap::new(),
+        }],
+    }
+}
+
+#[test]
+fn status_matches_the_golden_file() {
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/status.txt");
+    let rendered = status::render(&snapshot());
+    if std::env::var_os("BASCULE_UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden, &rendered).unwrap();
+    }
+    let expected = std::fs::read_to_string(golden).unwrap_or_default();
+    assert!(
+        rendered == expected,
+        "bascule status output differs from {golden} (BASCULE_UPDATE_GOLDEN=1 to accept):\n--- expected\n{expected}\n--- got\n{rendered}"
+    );
+}
+
+#[test]
+fn snapshot_json_round_trips() {
+    let s = snapshot();
+    let json = serde_json::to_string(&s).unwrap();
+    let back: Snapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, s);
+    assert!(json.contains("\"health\":\"down\""), "{json}");
+    assert!(
+        json.contains("\"last_failure\":\"HTTP 503 from 10.0.0.13:80/healthz\""),
+        "{json}"
+    );
+    assert!(json.contains("\"state\":\"master\""), "{json}");
+}
