@@ -19,6 +19,8 @@ pub const MAX_BACKENDS: u32 = 131_072;
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Interface indexes below this get their MAC checked by the datapath (`IFACE_MACS`).
+pub const MAX_IFINDEX: u32 = 4096;
 /// Default connection-table capacity (total across CPUs); `conntrack.max_entries` overrides it.
 pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 1_000_000;
 /// Backend slot value meaning "no backend": an empty table or a removed backend.

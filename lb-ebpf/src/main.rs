@@ -21,7 +21,7 @@ use lb_common::{
     hash::flow_hash, BackendInfo, FragKey, FragState, Reason, ServiceInfo, ServiceKey, FORWARD_DR,
     FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
 };
-use maps::{ACTIONS, BACKEND_STATS, FRAGS, REASONS, SERVICES, SERVICE_STATS, SETTINGS};
+use maps::{ACTIONS, BACKEND_STATS, FRAGS, IFACE_MACS, REASONS, SERVICES, SERVICE_STATS, SETTINGS};
 use parse::{Fragment, Packet, Stop};
 
 #[xdp]
@@ -69,6 +69,9 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     let parsed = parse::packet(raw, &mut pkt);
     if parsed != parse::PARSED {
         return Err(Stop::decode(parsed));
+    }
+    if !addressed_to_us(ctx) {
+        return Ok(xdp_action::XDP_PASS);
     }
     let mut service = ServiceInfo::default();
     let mut target = if pkt.is_icmp() {
@@ -164,6 +167,26 @@ fn first_fragment_owner(pkt: &Packet) -> u64 {
             Reason::FragmentUnmatched,
         ))),
     }
+}
+
+/// Only frames sent to this interface's MAC are balanced. A switch that floods unknown
+/// unicast (the VRRP master's MAC after a failover, say) delivers the master's frames to
+/// the backup too: forwarding them there would send every packet twice. Frames for
+/// other MACs go to the kernel, which drops them as PACKET_OTHERHOST. Interfaces whose
+/// MAC userspace did not record (index past the map, or zero) are not checked.
+#[inline(always)]
+fn addressed_to_us(ctx: &XdpContext) -> bool {
+    let ifindex = forward::ingress_ifindex(ctx);
+    let Some(&mine) = IFACE_MACS.get(ifindex) else {
+        return true;
+    };
+    let Some(dst) = parse::ptr_at::<[u8; 6]>(ctx, 0) else {
+        return true;
+    };
+    let dst = unsafe { dst.read_unaligned() };
+    let mut word = [0u8; 8];
+    word[..6].copy_from_slice(&dst);
+    mine == 0 || u64::from_ne_bytes(word) == mine
 }
 
 /// The service for (VIP, port, protocol), else the VIP's all-ports service.

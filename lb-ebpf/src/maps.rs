@@ -97,3 +97,8 @@ pub static ACTIVE: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
 /// overall split is the same).
 #[btf_map]
 pub static CURSORS: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();
+
+/// Interface index -> its MAC (the 6 bytes in a u64's first bytes; 0 = unknown), written
+/// by userspace at attach time: only frames addressed to it are balanced.
+#[btf_map]
+pub static IFACE_MACS: Array<u64, { lb_common::MAX_IFINDEX as usize }> = Array::new();

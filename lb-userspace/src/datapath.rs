@@ -150,6 +150,9 @@ impl Datapath {
     }
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
+        // Before the program runs there: it balances only frames sent to this MAC.
+        let (ifindex, mac) = crate::netinfo::interface_mac(interface)?;
+        self.set_interface_mac(ifindex, mac)?;
         let Some(links_dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
             let link = self.attach_new(interface, mode)?;
             self.links
@@ -602,6 +605,25 @@ impl Datapath {
             }
         }
         Ok((stale.len(), cleared))
+    }
+}
+
+impl Datapath {
+    /// Records an interface's MAC for the datapath's "addressed to us" check (interface
+    /// indexes past `MAX_IFINDEX` are not checked, and a warning says so).
+    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
+        if ifindex >= lb_common::MAX_IFINDEX {
+            tracing::warn!(
+                ifindex,
+                "interface index too large: frames for other MACs are balanced there too"
+            );
+            return Ok(());
+        }
+        let mut word = [0u8; 8];
+        word[..6].copy_from_slice(&mac);
+        let mut macs: Array<_, u64> = Array::try_from(self.map("IFACE_MACS")?)?;
+        macs.set(ifindex, u64::from_ne_bytes(word), 0)?;
+        Ok(())
     }
 }
 

@@ -183,6 +183,23 @@ pub fn enable_forwarding(interface: &str, v4: bool, v6: bool) -> Result<Vec<Stri
     Ok(changed)
 }
 
+/// An interface's index and MAC address, as this network namespace sees them.
+pub fn interface_mac(interface: &str) -> Result<(u32, [u8; 6])> {
+    let v = ip_json(&["link", "show", "dev", interface])?;
+    let link = v
+        .as_array()
+        .and_then(|a| a.first())
+        .with_context(|| format!("no interface {interface}"))?;
+    let ifindex = link["ifindex"]
+        .as_u64()
+        .with_context(|| format!("{interface}: no ifindex"))? as u32;
+    let mac = link["address"]
+        .as_str()
+        .and_then(parse_mac)
+        .with_context(|| format!("{interface}: no Ethernet address"))?;
+    Ok((ifindex, mac))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -594,3 +594,29 @@ fn maglev_tables_identical_across_processes() {
     assert_eq!(a[0], here);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn only_frames_addressed_to_the_interface_are_balanced() {
+    let mut h = Harness::new(CONFIG);
+    h.datapath.set_interface_mac(h.ifindex, LB_MAC).unwrap();
+    let f = Frame::tcp("10.111.0.10", 43000, "10.112.0.100", 80);
+    let to_us = f.bytes();
+    // The same frame flooded to us but addressed to another node (the VRRP master, say).
+    let mut to_other = f.bytes();
+    to_other[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x03]);
+    let cases = vec![
+        Case {
+            name: "addressed to this interface: balanced",
+            input: to_us,
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &f),
+        },
+        Case {
+            name: "addressed to another MAC: the kernel's",
+            input: to_other,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+    ];
+    check(&mut h, cases);
+}
