@@ -43,6 +43,8 @@ use crate::{
 /// The VIPs: in the lab segment, held by the VRRP master.
 pub const VIP4: Ipv4Addr = LINK_VIP4;
 pub const VIP6: Ipv6Addr = LINK_VIP6;
+/// The lab segment's IPv6 prefix (see `crate::topology`).
+const SEGMENT6: &str = "fd00:111::/64";
 /// Services `web` and `web6` (HTTP, checked by `http_get`).
 pub const HTTP_PORT: u16 = 80;
 /// Service `echo` (long-lived connections, checked by `tcp`).
@@ -744,17 +746,7 @@ impl ProductLab {
 fn own_ipv6_source(lb: &Host) -> Result<()> {
     let own = lb.ipv6().context("LB node IPv6")?.to_string();
     ip(&[
-        "-n",
-        &lb.netns,
-        "-6",
-        "route",
-        "add",
-        "fd00:111::/64",
-        "dev",
-        "eth0",
-        "src",
-        &own,
-        "metric",
+        "-n", &lb.netns, "-6", "route", "add", SEGMENT6, "dev", "eth0", "src", &own, "metric",
         "100",
     ])
     .map(drop)
