@@ -115,18 +115,25 @@ pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
 /// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
 /// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
 pub fn prepare_interfaces(config: &Config) -> Result<()> {
-    let routed = |v6: bool| {
+    let uses = |modes: &[Forwarding], v6: bool| {
         config.services.iter().any(|s| {
-            s.backends.iter().any(|b| {
-                matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat)
-                    && b.address.is_ipv6() == v6
-            })
+            s.backends
+                .iter()
+                .any(|b| modes.contains(&b.effective_forwarding(s)) && b.address.is_ipv6() == v6)
         })
     };
-    let (v4, v6) = (routed(false), routed(true));
+    let routed = [Forwarding::Tun, Forwarding::Nat];
+    let (v4, v6) = (uses(&routed, false), uses(&routed, true));
+    let (nat4, nat6) = (
+        uses(&[Forwarding::Nat], false),
+        uses(&[Forwarding::Nat], true),
+    );
     for iface in &config.node.interfaces {
         for change in netinfo::enable_forwarding(&iface.name, v4, v6)? {
             tracing::info!(interface = %iface.name, "tun/nat next hops need forwarding: set {change}");
+        }
+        for change in netinfo::enable_nat_fallback(&iface.name, nat4, nat6)? {
+            tracing::info!(interface = %iface.name, "nat replies to unresolved neighbours go through the kernel: set {change}");
         }
     }
     Ok(())

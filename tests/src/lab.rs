@@ -484,6 +484,201 @@ fn terminate_child(child: &mut Child) -> Result<(ExitStatus, bool)> {
     Ok((child.wait()?, false))
 }
 
+/// Where bascule pins BPF state (one tree per network namespace, per the specification).
+const BPFFS_TREE: &str = "/sys/fs/bpf/bascule";
+/// Bounds on the walk of [`BPFFS_TREE`].
+const BPFFS_MAX_DEPTH: usize = 4;
+const BPFFS_MAX_ENTRIES: usize = 10_000;
+
+/// What a lab occupies in the system, taken while it is up ([`Lab::footprint`]), so that
+/// after teardown [`Footprint::leftovers`] can say what is still there.
+#[derive(Clone, Debug)]
+pub struct Footprint {
+    namespaces: Vec<String>,
+    /// The namespaces' identities (inode numbers of their nsfs files): a namespace that
+    /// `ip netns del` removed from `/run/netns` lives on while a process is inside.
+    inodes: Vec<u64>,
+    dir: PathBuf,
+    /// Clock ticks since boot when the footprint was taken.
+    taken_at: u64,
+}
+
+/// What a lab left behind after teardown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftovers {
+    /// Namespaces still listed by `ip netns`.
+    pub namespaces: Vec<String>,
+    /// `pid command` of processes still inside one of the lab's namespaces (these keep the
+    /// namespace, and its veths, alive).
+    pub processes: Vec<String>,
+    /// Entries under `/sys/fs/bpf/bascule` named after one of the lab's namespaces.
+    pub pinned: Vec<PathBuf>,
+    /// The lab's scratch directory, if it still exists.
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl Leftovers {
+    pub fn is_empty(&self) -> bool {
+        *self == Leftovers::default()
+    }
+}
+
+impl std::fmt::Display for Leftovers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_empty() {
+            return write!(f, "nothing");
+        }
+        let mut parts = Vec::new();
+        if !self.namespaces.is_empty() {
+            parts.push(format!("namespaces {:?}", self.namespaces));
+        }
+        if !self.processes.is_empty() {
+            parts.push(format!("processes {:?}", self.processes));
+        }
+        if !self.pinned.is_empty() {
+            parts.push(format!("pinned BPF objects {:?}", self.pinned));
+        }
+        if let Some(dir) = &self.scratch_dir {
+            parts.push(format!("scratch directory {}", dir.display()));
+        }
+        write!(f, "{}", parts.join(", "))
+    }
+}
+
+impl Lab {
+    /// Takes the lab's [`Footprint`]; call it while the lab is up, check it after drop.
+    pub fn footprint(&self) -> Footprint {
+        let names = self.namespaces();
+        let inodes = names
+            .iter()
+            .filter_map(|ns| {
+                use std::os::unix::fs::MetadataExt;
+                fs::metadata(Path::new(NETNS_RUN_DIR).join(ns))
+                    .ok()
+                    .map(|m| m.ino())
+            })
+            .collect();
+        Footprint {
+            namespaces: names,
+            inodes,
+            dir: self.dir.clone(),
+            taken_at: ticks_since_boot().unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl Footprint {
+    /// What of the lab is still there: namespaces, processes in its namespaces (started
+    /// before the footprint was taken, so that a namespace created since, which may reuse
+    /// a freed identity, is not mistaken for the lab's), pinned BPF state named after its
+    /// namespaces, its scratch directory.
+    pub fn leftovers(&self) -> Result<Leftovers> {
+        let listed = list_netns()?;
+        let namespaces = self
+            .namespaces
+            .iter()
+            .filter(|n| listed.contains(n))
+            .cloned()
+            .collect();
+        let mut processes = Vec::new();
+        for entry in fs::read_dir("/proc")
+            .context("cannot read /proc")?
+            .flatten()
+        {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Some(inode) = netns_inode_of(pid) else {
+                continue;
+            };
+            if !self.inodes.contains(&inode) {
+                continue;
+            }
+            if start_ticks(pid).is_some_and(|t| t > self.taken_at) {
+                continue;
+            }
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            processes.push(format!("{pid} {}", cmdline.trim()));
+        }
+        let mut pinned = Vec::new();
+        let marks: Vec<String> = self
+            .inodes
+            .iter()
+            .map(u64::to_string)
+            .chain(self.namespaces.iter().cloned())
+            .collect();
+        walk_bpffs(Path::new(BPFFS_TREE), 0, &mut 0, &mut |path| {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            if name.is_some_and(|n| marks.iter().any(|m| n.contains(m.as_str()))) {
+                pinned.push(path.to_path_buf());
+            }
+        });
+        Ok(Leftovers {
+            namespaces,
+            processes,
+            pinned,
+            scratch_dir: self.dir.exists().then(|| self.dir.clone()),
+        })
+    }
+}
+
+/// Calls `found` on every entry under `dir`, bounded in depth and count.
+fn walk_bpffs(dir: &Path, depth: usize, seen: &mut usize, found: &mut dyn FnMut(&Path)) {
+    if depth > BPFFS_MAX_DEPTH {
+        return;
+    }
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        *seen += 1;
+        if *seen > BPFFS_MAX_ENTRIES {
+            return;
+        }
+        let path = entry.path();
+        found(&path);
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk_bpffs(&path, depth + 1, seen, found);
+        }
+    }
+}
+
+/// The identity of process `pid`'s network namespace (`net:[INODE]`).
+fn netns_inode_of(pid: u32) -> Option<u64> {
+    let link = fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    parse_ns_link(&link.to_string_lossy())
+}
+
+fn parse_ns_link(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_ticks(&stat)
+}
+
+fn parse_start_ticks(stat: &str) -> Option<u64> {
+    // The command (field 2) may hold spaces and parentheses: count from the last `)`.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn ticks_since_boot() -> Option<u64> {
+    let uptime = fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    // SAFETY: sysconf(3) has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then_some((seconds * hz as f64) as u64)
+}
+
 /// Deletes lab namespaces (`bsc{pid}x{n}-*`) whose creating process is gone, after killing
 /// whatever still runs in them, and their scratch directories. Labs of live processes,
 /// and every namespace not named like a lab, are left alone. Returns what it deleted.
@@ -685,5 +880,16 @@ mod tests {
         assert_eq!(lab_owner_pid("bsc12x-sw"), None);
         assert_eq!(lab_owner_pid("other1234x0-sw"), None);
         assert_eq!(lab_owner_pid("bsc1234x0"), None);
+    }
+
+    #[test]
+    fn process_identity_is_read_from_proc() {
+        assert_eq!(parse_ns_link("net:[4026532281]"), Some(4_026_532_281));
+        assert_eq!(parse_ns_link("mnt:[4026532281]"), None);
+        let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_ticks(stat), Some(987_654));
+        assert_eq!(parse_start_ticks("garbage"), None);
+        let own = start_ticks(std::process::id()).expect("our own start time");
+        assert!(own <= ticks_since_boot().expect("uptime"));
     }
 }

@@ -16,6 +16,7 @@
 pub mod http;
 pub mod interrupt;
 pub mod lab;
+pub mod product;
 pub mod tcp;
 pub mod topology;
 pub mod traffic;

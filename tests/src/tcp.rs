@@ -6,8 +6,8 @@ use std::{
     io::{ErrorKind, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -24,6 +24,19 @@ const POLL: Duration = Duration::from_millis(20);
 pub struct EchoServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+}
+
+impl EchoServer {
+    /// The remote address of every connection accepted so far (the client's address and
+    /// port, as forwarding keeps them; IPv4 ones as IPv4, not IPv4-mapped), oldest first.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+        peers
+            .into_iter()
+            .map(|p| SocketAddr::new(p.ip().to_canonical(), p.port()))
+            .collect()
+    }
 }
 
 impl Drop for EchoServer {
@@ -41,6 +54,8 @@ pub fn echo_server(ns: &str, addr: SocketAddr) -> Result<EchoServer> {
     let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
     let ns_owned = ns.to_string();
     let stop_flag = stop.clone();
+    let peers = Arc::new(Mutex::new(Vec::new()));
+    let accepted = peers.clone();
     let thread = thread::Builder::new()
         .name(format!("echo-{ns}"))
         .spawn(move || {
@@ -61,7 +76,10 @@ pub fn echo_server(ns: &str, addr: SocketAddr) -> Result<EchoServer> {
             let mut connections = Vec::new();
             while !stop_flag.load(Ordering::SeqCst) {
                 match listener.accept() {
-                    Ok((stream, _)) => {
+                    Ok((stream, peer)) => {
+                        if let Ok(mut list) = accepted.lock() {
+                            list.push(peer);
+                        }
                         let stop = stop_flag.clone();
                         connections.push(thread::spawn(move || echo(stream, &stop)));
                     }
@@ -80,6 +98,7 @@ pub fn echo_server(ns: &str, addr: SocketAddr) -> Result<EchoServer> {
     Ok(EchoServer {
         stop,
         thread: Some(thread),
+        peers,
     })
 }
 
@@ -118,6 +137,8 @@ pub struct ProbeResult {
 pub struct Probes {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<ProbeResult>>,
+    /// Round trips of each connection so far, while it runs.
+    progress: Vec<Arc<AtomicU64>>,
 }
 
 /// Opens `count` connections from `ns` to `target` (each connect bounded by `timeout`),
@@ -141,21 +162,57 @@ pub fn start_probes(
     })?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
+    let mut progress = Vec::new();
     for stream in streams {
         let stop = stop.clone();
-        threads.push(thread::spawn(move || probe(stream, period, give_up, &stop)));
+        let round_trips = Arc::new(AtomicU64::new(0));
+        progress.push(round_trips.clone());
+        threads.push(thread::spawn(move || {
+            probe(stream, period, give_up, &stop, &round_trips)
+        }));
     }
-    Ok(Probes { stop, threads })
+    Ok(Probes {
+        stop,
+        threads,
+        progress,
+    })
 }
 
 impl Probes {
+    /// How many connections.
+    pub fn len(&self) -> usize {
+        self.threads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.threads.is_empty()
+    }
+
+    /// Round trips completed so far by each connection, and whether it has stopped (a
+    /// connection stops before [`Probes::stop`] only when it failed).
+    pub fn progress(&self) -> Vec<(u64, bool)> {
+        self.progress
+            .iter()
+            .zip(&self.threads)
+            .map(|(n, t)| (n.load(Ordering::SeqCst), t.is_finished()))
+            .collect()
+    }
+
     /// Stops every connection and returns what each saw.
-    pub fn stop(self) -> Vec<ProbeResult> {
+    pub fn stop(mut self) -> Vec<ProbeResult> {
         self.stop.store(true, Ordering::SeqCst);
-        self.threads
+        std::mem::take(&mut self.threads)
             .into_iter()
             .map(|t| t.join().expect("probe thread"))
             .collect()
+    }
+}
+
+impl Drop for Probes {
+    /// Dropped without [`Probes::stop`] (a failing test, an interrupted demo): the
+    /// connections stop at their next message instead of running on unattended.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -164,6 +221,7 @@ fn probe(
     period: Duration,
     give_up: Duration,
     stop: &AtomicBool,
+    live: &AtomicU64,
 ) -> ProbeResult {
     let mut result = ProbeResult {
         local: stream.local_addr().expect("connected socket"),
@@ -210,6 +268,7 @@ fn probe(
         result.max_gap = result.max_gap.max(now - last_ok);
         last_ok = now;
         result.round_trips += 1;
+        live.store(result.round_trips, Ordering::SeqCst);
         thread::sleep(period);
     }
     result

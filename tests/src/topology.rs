@@ -460,12 +460,21 @@ mod tests {
         assert!(yaml.contains("- address: fd00:111::12\n"), "{yaml}");
     }
 
-    /// `deploy/examples/demo.yaml` is the config `cargo xtask demo` runs; it must stay the
-    /// three-backend dr config of this lab, whatever its comments say.
+    /// `deploy/examples/demo.yaml` is the config `cargo xtask demo` runs on lb1; it must
+    /// stay the three-backend dr config of the product lab (`crate::product`), whatever
+    /// its comments say.
     #[test]
     fn demo_example_is_the_lab_config() {
+        use crate::product::{lb_config, Mode, MASTER_PRIORITY};
         let example = include_str!("../../deploy/examples/demo.yaml");
-        let generated = lb_config_yaml(Forwarding::Dr, &[backend(1), backend(2), backend(3)]);
+        let lb1 = Host {
+            role: "lb1".to_string(),
+            netns: "bsc1x0-lb1".to_string(),
+            mac: String::new(),
+            addrs: vec![segment_v4(2), segment_v6(2)],
+        };
+        let backends = [backend(1), backend(2), backend(3)];
+        let generated = lb_config(Mode::Dr, &lb1, &backends, MASTER_PRIORITY);
         assert_eq!(meaningful_lines(example), meaningful_lines(&generated));
     }
 }
