@@ -104,19 +104,27 @@ struct Scan {
     _pad: u32,
 }
 
-extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut Scan) };
+/// The `i`-th listed backend of the scanned service, if it is eligible: `Err(1)` past the
+/// end of the list (stop the loop), `Err(0)` for a slot to skip.
+#[inline(always)]
+fn listed(s: &Scan, i: u64) -> Result<(u32, BackendInfo), i64> {
     let i = i as u32;
     if i >= s.len {
-        return 1;
+        return Err(1);
     }
-    let Some(id) = MAGLEV.get_value(s.service, &i).copied() else {
-        return 0;
-    };
+    let id = MAGLEV.get_value(s.service, &i).copied().ok_or(0i64)?;
     if id == NO_BACKEND {
-        return 0;
+        return Err(0);
     }
-    let Some(b) = eligible(id) else { return 0 };
+    eligible(id).map(|b| (id, b)).ok_or(0)
+}
+
+extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut Scan) };
+    let (id, b) = match listed(s, i) {
+        Ok(found) => found,
+        Err(next) => return next,
+    };
     let a = active(id);
     if s.scheduler == SCHED_NQ as u32 && a == 0 {
         s.best = id;
@@ -156,17 +164,10 @@ fn scan(service: &ServiceInfo, scheduler: u8) -> Option<u32> {
 
 extern "C" fn underloaded_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let s = unsafe { &mut *(ctx as *mut Scan) };
-    let i = i as u32;
-    if i >= s.len {
-        return 1;
-    }
-    let Some(id) = MAGLEV.get_value(s.service, &i).copied() else {
-        return 0;
+    let (id, b) = match listed(s, i) {
+        Ok(found) => found,
+        Err(next) => return next,
     };
-    if id == NO_BACKEND {
-        return 0;
-    }
-    let Some(b) = eligible(id) else { return 0 };
     if active(id) * 2 < b.weight as u64 {
         s.found = 1;
         return 1;
