@@ -115,6 +115,9 @@ fn main() {
     let mut figures: Vec<Figure> = Vec::new();
     xdp_figures(&s, &mut figures);
     control_figures(quick, &mut figures);
+    if !quick {
+        failover_figures(&mut figures);
+    }
     report(&figures, started.elapsed().as_secs_f64(), quick);
     // Every figure produced, every value a number: the smoke check `cargo xtask test` runs.
     let bad: Vec<&str> = figures
@@ -294,6 +297,44 @@ fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
         f.samples.push(t.elapsed().as_secs_f64());
     }
     figures.push(f);
+}
+
+/// `failover.{100ms,1s}.seconds`: a two-node lab (VRRP, dr, health checks) per advert
+/// interval; the master's bascule is SIGKILLed and its cable pulled while long-lived
+/// connections run; the figure is the time until the backup holds both VIPs (the lab's
+/// `fail_over`, as the demo measures it). One round per interval: each lab takes seconds.
+fn failover_figures(figures: &mut Vec<Figure>) {
+    use bascule_tests::product::{
+        with_priority, Mode, ProductLab, BACKUP_PRIORITY, MASTER_PRIORITY,
+    };
+    let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bascule"));
+    for (name, advert) in [
+        ("failover.100ms.seconds", "100ms"),
+        ("failover.1s.seconds", "1000ms"),
+    ] {
+        let mut f = Figure::new(name, "s");
+        let mut lab = ProductLab::new("bench-fo", Mode::Dr, &bin).expect("build the failover lab");
+        let master = lab.config(0, MASTER_PRIORITY).replace(
+            "advert_interval: 200ms",
+            &format!("advert_interval: {advert}"),
+        );
+        let backup =
+            with_priority(&master, MASTER_PRIORITY, BACKUP_PRIORITY).expect("backup config");
+        lab.start_node(0, &master).expect("start lb1");
+        lab.wait_for_master(0, &[]).expect("lb1 master");
+        lab.start_node(1, &backup).expect("start lb2");
+        lab.wait_for_health().expect("health settled");
+        let probes = lab.open_connections(10).expect("long-lived connections");
+        let fo = lab.fail_over(probes).expect("fail over");
+        println!(
+            "{name}: backup held the VIPs after {:.3} s; {}/{} long-lived connections survived",
+            fo.takeover.as_secs_f64(),
+            fo.survived(),
+            fo.connections.len()
+        );
+        f.samples.push(fo.takeover.as_secs_f64());
+        figures.push(f);
+    }
 }
 
 fn report(figures: &[Figure], seconds: f64, quick: bool) {
