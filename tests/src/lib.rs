@@ -25,3 +25,21 @@ pub mod vrrp;
 pub use http::{http_get, http_get_from, http_request, http_server, HttpServer};
 pub use lab::{cleanup_stale, in_netns, Host, Lab, Spawned};
 pub use topology::{Forwarding, Topology, TopologySpec};
+
+/// The `bascule` binary under test: env `BASCULE_BIN`, which `cargo xtask test` sets.
+pub fn bascule_bin() -> std::path::PathBuf {
+    match std::env::var_os("BASCULE_BIN") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
+    }
+}
+
+/// End-to-end tests create network namespaces and load XDP: they need root.
+pub fn require_root() {
+    // SAFETY: geteuid(2) cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "end-to-end tests create network namespaces and load XDP: run them as root (`cargo xtask test`)"
+    );
+}

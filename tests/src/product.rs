@@ -34,7 +34,7 @@ use anyhow::{bail, Context, Result};
 use crate::{
     http::{http_get, http_server, HttpServer},
     interrupt,
-    lab::{ip, sysctl, Footprint, Host, Spawned},
+    lab::{ip, Footprint, Host, Spawned},
     tcp::{echo_server, start_probes, EchoServer, ProbeResult, Probes},
     topology::{Topology, TopologySpec},
     vrrp::{hold_on_backends, holds, neighbour_mac, LINK_VIP4, LINK_VIP6},
@@ -380,7 +380,10 @@ impl ProductLab {
             Mode::Local => {
                 hold_on_backends(&topo, &vips)?;
                 for lb in &topo.lbs {
-                    hold_vips_without_answering(lb)?;
+                    // `local`: the LB node accepts the VIPs on `lo` (as a `dr` real server
+                    // of the other node) and answers ARP for them only while VRRP puts
+                    // them on `eth0`.
+                    crate::topology::hold_vips_on_lo(lb, &vips)?;
                 }
             }
         }
@@ -784,34 +787,6 @@ fn route_replies_via_vips(topo: &Topology) -> Result<()> {
             .exec_ok(&host.netns, &["ethtool", "-K", "eth0", "tx", "off"])
             .context("is ethtool installed (`cargo xtask setup`)?")?;
     }
-    Ok(())
-}
-
-/// `local`: an LB node accepts the VIPs on `lo` (as a `dr` real server of the other node)
-/// and answers ARP for them only on `eth0`, that is while VRRP puts them there.
-fn hold_vips_without_answering(lb: &Host) -> Result<()> {
-    let ns = lb.netns.as_str();
-    sysctl(
-        ns,
-        &[
-            ("net.ipv4.conf.all.arp_ignore", "1"),
-            ("net.ipv4.conf.all.arp_announce", "2"),
-            ("net.ipv4.conf.eth0.arp_ignore", "1"),
-            ("net.ipv4.conf.eth0.arp_announce", "2"),
-        ],
-    )?;
-    ip(&["-n", ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-    ip(&[
-        "-n",
-        ns,
-        "-6",
-        "addr",
-        "add",
-        &format!("{VIP6}/128"),
-        "dev",
-        "lo",
-        "nodad",
-    ])?;
     Ok(())
 }
 

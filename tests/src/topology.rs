@@ -142,7 +142,7 @@ impl Topology {
         for i in 1..=spec.backends {
             let last = 10 + i as u8;
             let backend = lab.add_host(&format!("b{i}"), &[segment_v4(last), segment_v6(last)])?;
-            hold_vips_on_lo(&backend)?;
+            hold_vips_on_lo(&backend, &[IpAddr::V4(VIP4), IpAddr::V6(VIP6)])?;
             backends.push(backend);
         }
         let via4 = lbs[0].ipv4().expect("lb has IPv4").to_string();
@@ -356,9 +356,10 @@ impl Topology {
     }
 }
 
-/// VIPs on `lo` (/32, /128), ARP for them suppressed, so only the LB attracts VIP traffic.
-fn hold_vips_on_lo(backend: &Host) -> Result<()> {
-    let ns = &backend.netns;
+/// `vips` held on `lo` (/32, /128) with ARP for them suppressed on every interface: the
+/// host accepts VIP traffic (a `dr` real server) but never attracts it.
+pub fn hold_vips_on_lo(host: &Host, vips: &[IpAddr]) -> Result<()> {
+    let ns = &host.netns;
     sysctl(
         ns,
         &[
@@ -368,18 +369,14 @@ fn hold_vips_on_lo(backend: &Host) -> Result<()> {
             ("net.ipv4.conf.eth0.arp_announce", "2"),
         ],
     )?;
-    ip(&["-n", ns, "addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
-    ip(&[
-        "-n",
-        ns,
-        "-6",
-        "addr",
-        "add",
-        &format!("{VIP6}/128"),
-        "dev",
-        "lo",
-        "nodad",
-    ])?;
+    for vip in vips {
+        let addr = format!("{vip}/{}", if vip.is_ipv4() { 32 } else { 128 });
+        let mut args = vec!["-n", ns, "addr", "add", &addr, "dev", "lo"];
+        if vip.is_ipv6() {
+            args.push("nodad");
+        }
+        ip(&args)?;
+    }
     Ok(())
 }
 

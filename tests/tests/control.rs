@@ -7,14 +7,14 @@ use std::{
     fmt::Write as _,
     io::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use bascule_tests::{
-    http_get_from, http_request, in_netns,
+    bascule_bin, http_get_from, http_request, in_netns, require_root,
     topology::{vip4, vip6, VIP4},
     traffic::{
         open_tcp_flows, open_udp_flows, tcp_name_server, udp_name_server, FlowRecord, Prober,
@@ -31,22 +31,6 @@ const BEAT: Duration = Duration::from_millis(50);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Ceiling for waiting on a number of prober rounds.
 const ROUNDS_LIMIT: Duration = Duration::from_secs(30);
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests create network namespaces and load XDP: run them as root (`cargo xtask test`)"
-    );
-}
 
 /// A service of the lab's IPv4 VIP, direct routing to every backend's IPv4 address.
 #[derive(Clone, Copy)]

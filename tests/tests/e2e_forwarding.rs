@@ -4,12 +4,11 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
 use bascule_tests::{
-    http_get_from,
+    bascule_bin, http_get_from, require_root,
     topology::{vip4, vip6},
     Forwarding, HttpServer, Spawned, Topology,
 };
@@ -25,22 +24,6 @@ const SILENCE: Duration = Duration::from_secs(1);
 /// Readiness polling after `bascule run`: 50 tries of at most 200 ms.
 const READY_ATTEMPTS: usize = 50;
 const READY_INTERVAL: Duration = Duration::from_millis(200);
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests create network namespaces and load XDP: run them as root (`cargo xtask test`)"
-    );
-}
 
 #[test]
 fn dr_balances_ipv4_and_ipv6_connections_over_both_backends() {

@@ -6,13 +6,12 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
 
 use bascule_tests::{
-    http_get_from, http_server,
+    bascule_bin, http_get_from, http_server, require_root,
     topology::{vip4, VIP_PORT},
     Forwarding, Spawned, Topology, TopologySpec,
 };
@@ -36,22 +35,6 @@ const PINNED_PORTS: u16 = 30;
 const BATCH: usize = 15;
 const CLEAN_BATCHES: usize = 3;
 const CONFIRM: usize = 40;
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests create network namespaces and load XDP: run them as root (`cargo xtask test`)"
-    );
-}
 
 /// The lab's dr config with `health_check` (YAML flow mapping) on every service.
 fn config_with_check(topo: &Topology, check: &str) -> String {

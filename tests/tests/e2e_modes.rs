@@ -5,24 +5,17 @@
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
     time::Duration,
 };
 
 use bascule_tests::{
-    http_get_from, http_server, lab::ip, topology::vip4, topology::vip6, HttpServer, Topology,
+    bascule_bin, http_get_from, http_server, lab::ip, topology::vip4, topology::vip6, HttpServer,
+    Topology,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 const READY_ATTEMPTS: usize = 50;
 const READY_INTERVAL: Duration = Duration::from_millis(200);
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
 
 /// Full checksums on the wire: with checksum offload, veth hands partial checksums along
 /// and no receiver verifies them; without it, the backend's and the client's stacks check

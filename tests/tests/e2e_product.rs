@@ -19,13 +19,13 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
     sync::Mutex,
 };
 
 use bascule_tests::product::{
     echo4, log_message, web4, web6, Mode, ProductLab, Spread, ECHO_PORT, HTTP_PORT, VIP4,
 };
+use bascule_tests::{bascule_bin, require_root};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -34,22 +34,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 const REQUESTS: usize = 30;
 /// Long-lived connections through the failover.
 const CONNECTIONS: usize = 12;
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "end-to-end tests create network namespaces and load XDP: run them as root (`cargo xtask test`)"
-    );
-}
 
 #[test]
 fn story_dr() {

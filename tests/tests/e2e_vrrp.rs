@@ -17,6 +17,7 @@ use std::{
 };
 
 use bascule_tests::{
+    bascule_bin,
     lab::ip,
     tcp::{echo_server, start_probes},
     topology::VIP_PORT,
@@ -37,13 +38,6 @@ const TAKEOVER_SLACK: Duration = Duration::from_millis(200);
 /// master after its own Master_Down_Interval).
 const SETTLE: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn bascule_bin() -> PathBuf {
-    match std::env::var_os("BASCULE_BIN") {
-        Some(path) => PathBuf::from(path),
-        None => panic!("BASCULE_BIN is not set: run `cargo xtask test`"),
-    }
-}
 
 fn require_root() {
     // SAFETY: geteuid(2) cannot fail.
