@@ -17,6 +17,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "bench/figure.rs"]
+mod figure;
+
 use std::{net::IpAddr, time::Instant};
 
 use aya::{
@@ -28,6 +31,7 @@ use common::{
     harness::{xdp_md, Harness},
     packet::Frame,
 };
+use figure::{Figure, Settings};
 use lb_common::maglev::{build_table, MaglevBackend};
 use serde_json::{json, Value};
 
@@ -42,34 +46,6 @@ services:
   - { name: nat4, vip: 10.112.0.102, port: 80, forwarding: nat, backends: [{ address: 10.111.0.11, port: 8080 }, { address: 10.111.0.12, port: 8080 }] }
   - { name: nat6, vip: "fd00:112::102", port: 80, forwarding: nat, backends: [{ address: "fd00:111::11", port: 8080 }, { address: "fd00:111::12", port: 8080 }] }
 "#;
-
-struct Settings {
-    rounds: usize,
-    runs: u32,
-}
-
-#[derive(Default)]
-struct Figure {
-    name: String,
-    unit: &'static str,
-    samples: Vec<f64>,
-    baseline: Option<String>,
-}
-
-impl Figure {
-    fn new(name: &str, unit: &'static str) -> Self {
-        Figure {
-            name: name.into(),
-            unit,
-            ..Default::default()
-        }
-    }
-    fn median(&self) -> f64 {
-        let mut s = self.samples.clone();
-        s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        s[s.len() / 2]
-    }
-}
 
 /// Mean kernel-measured ns per run of `prog` over `frames` (cycled), one run per call.
 fn measure(
@@ -104,17 +80,19 @@ fn main() {
         Settings {
             rounds: 2,
             runs: 200,
+            quick,
         }
     } else {
         Settings {
             rounds: 7,
             runs: 20_000,
+            quick,
         }
     };
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     xdp_figures(&s, &mut figures);
-    control_figures(quick, &mut figures);
+    control_figures(s.quick, &mut figures);
     if !quick {
         failover_figures(&mut figures);
     }
@@ -338,10 +316,7 @@ fn failover_figures(figures: &mut Vec<Figure>) {
 }
 
 fn report(figures: &[Figure], seconds: f64, quick: bool) {
-    let floor = figures
-        .iter()
-        .find(|f| f.name == "xdp.floor.swapmac")
-        .map(Figure::median);
+    let median_of = |name: &str| figures.iter().find(|f| f.name == name).map(Figure::median);
     println!(
         "{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}",
         "figure", "median", "min", "max", "ratio", "Mpps/core"
@@ -353,7 +328,7 @@ fn report(figures: &[Figure], seconds: f64, quick: bool) {
             f.samples.iter().cloned().fold(f64::INFINITY, f64::min),
             f.samples.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
         );
-        let ratio = f.baseline.as_ref().and(floor).map(|b| value / b);
+        let ratio = f.baseline.as_deref().and_then(median_of).map(|b| value / b);
         let mpps = (f.unit == "ns").then(|| 1000.0 / value);
         println!(
             "{:<34} {:>9.3} {:<2} {:>10.3} {:>10.3} {:>8} {:>9}",
