@@ -19,6 +19,10 @@ pub const MAX_BACKENDS: u32 = 131_072;
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
+/// Flags of every service lookup table (the `MAGLEV` inner maps and their template):
+/// BPF_F_MMAPABLE, so userspace writes a whole table with one memory copy instead of one
+/// system call per slot. The kernel requires inner maps to carry the template's flags.
+pub const TABLE_MAP_FLAGS: u32 = 1024;
 /// Interface indexes below this get their MAC checked by the datapath (`IFACE_MACS`).
 pub const MAX_IFINDEX: u32 = 4096;
 /// Default connection-table capacity (total across CPUs); `conntrack.max_entries` overrides it.

@@ -10,6 +10,7 @@ use lb_common::{
     BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
     NatReply, PersistKey, PersistState, ServiceInfo, ServiceKey, Settings, VipKey,
     CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, REASON_COUNT,
+    TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service. Port 0 entries match every port of the VIP.
@@ -24,10 +25,11 @@ pub static BACKENDS: Array<BackendInfo, { MAX_BACKENDS as usize }> = Array::new(
 /// Service id -> that service's lookup table (slot -> backend id): the Maglev table (mh),
 /// the weighted bucket table (sh, dh), the backend list (rr, load schedulers) or the wrr
 /// cycle. Userspace builds a new inner table and swaps it in with one update, so a packet
-/// sees the old table or the new one, never a mix.
+/// sees the old table or the new one, never a mix. Tables are mmap-able
+/// (`TABLE_MAP_FLAGS`): userspace fills one with a memory copy.
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<
-    Array<u32, { MAGLEV_TABLE_SIZE as usize }>,
+    Array<u32, { MAGLEV_TABLE_SIZE as usize }, { TABLE_MAP_FLAGS as usize }>,
     { MAX_SERVICES as usize },
 > = ArrayOfMaps::new();
 

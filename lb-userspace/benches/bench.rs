@@ -11,28 +11,33 @@
 //! (its connection-table entry exists); "new": N packets with distinct 5-tuples (a new
 //! source port, and source address every 60,000), so each run schedules and inserts.
 //!
+//! `--only GROUP[,GROUP]` (xdp, control, failover, ...): just those figures.
+//!
 //! `--quick`: few rounds and small N; `cargo xtask test` runs it so the suite cannot rot
 //! (it checks that every figure is produced, not how fast).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "bench/control.rs"]
+mod control;
 #[path = "bench/figure.rs"]
 mod figure;
+#[path = "bench/health.rs"]
+mod health;
 
-use std::{net::IpAddr, time::Instant};
+use std::time::Instant;
 
 use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use bascule::{config::Config, datapath::FLOOR_OBJECT, plan};
+use bascule::datapath::FLOOR_OBJECT;
 use common::{
     harness::{xdp_md, Harness},
     packet::Frame,
 };
 use figure::{Figure, Settings};
-use lb_common::maglev::{build_table, MaglevBackend};
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
@@ -89,14 +94,36 @@ fn main() {
             quick,
         }
     };
+    // `--only xdp,control`: just those groups (results in results-xdp,control.json).
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let wanted = |group: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|g| g == group))
+    };
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    xdp_figures(&s, &mut figures);
-    control_figures(s.quick, &mut figures);
-    if !quick {
+    if wanted("xdp") {
+        xdp_figures(&s, &mut figures);
+    }
+    if wanted("control") {
+        control::figures(&s, &mut figures);
+    }
+    if wanted("health") {
+        health::figures(&s, &mut figures);
+    }
+    if !quick && wanted("failover") {
         failover_figures(&mut figures);
     }
-    report(&figures, started.elapsed().as_secs_f64(), quick);
+    report(
+        &figures,
+        started.elapsed().as_secs_f64(),
+        quick,
+        only.as_deref(),
+    );
     // Every figure produced, every value a number: the smoke check `cargo xtask test` runs.
     let bad: Vec<&str> = figures
         .iter()
@@ -202,120 +229,61 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
     }
 }
 
-fn backends(n: u32) -> Vec<MaglevBackend> {
-    (0..n)
-        .map(|i| {
-            MaglevBackend::new(
-                IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
-                80,
-                1,
-            )
-        })
-        .collect()
-}
-
-fn control_figures(quick: bool, figures: &mut Vec<Figure>) {
-    let rounds = if quick { 1 } else { 5 };
-    // Maglev disruption: share of all slots that change owner when one backend leaves,
-    // over the ideal share (the leaving backend's own slots, 1/N).
-    for n in [10u32, 100, 1000] {
-        let mut f = Figure::new(&format!("maglev.disruption.n{n}"), "ratio");
-        let all = backends(n);
-        let before = build_table(&all, 65537);
-        for r in 0..rounds.max(3) {
-            let gone = (r as u32 * 7919 + 1) % n;
-            let rest: Vec<MaglevBackend> = all
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i as u32 != gone)
-                .map(|(_, b)| b.clone())
-                .collect();
-            let after = build_table(&rest, 65537);
-            let moved = before
-                .iter()
-                .zip(&after)
-                .filter(|(b, a)| all[**b as usize].key != rest[**a as usize].key)
-                .count();
-            f.samples
-                .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
-        }
-        figures.push(f);
-    }
-    let mut f = Figure::new("control.maglev_build.seconds", "s");
-    let many = backends(1000);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        std::hint::black_box(build_table(&many, 65537));
-        f.samples.push(t.elapsed().as_secs_f64());
-    }
-    figures.push(f);
-    // 1,000 services x 100 backends: parse, validate and plan (tables included).
-    let (services, per) = if quick { (20, 100) } else { (1000, 100) };
-    let mut yaml = String::from("node:\n  interfaces: [{ name: eth0 }]\nservices:\n");
-    for s in 0..services {
-        yaml.push_str(&format!("  - name: s{s}\n    vip: 10.{}.{}.1\n    port: 80\n    maglev_table_size: 65537\n    backends:\n", 100 + s / 250, s % 250));
-        for b in 0..per {
-            yaml.push_str(&format!(
-                "      - address: 10.200.{}.{}\n",
-                b / 250,
-                b % 250 + 1
-            ));
-        }
-    }
-    let mut f = Figure::new("control.load_1000x100.seconds", "s");
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let config = Config::parse(&yaml, "bench.yaml").expect("generated config");
-        let macs: plan::MacTable = config.services[0]
-            .backends
-            .iter()
-            .map(|b| (b.address, [2, 0, 0, 0, 0, 1]))
-            .collect();
-        std::hint::black_box(plan::plan(&config, &macs, Default::default(), None).expect("plan"));
-        f.samples.push(t.elapsed().as_secs_f64());
-    }
-    figures.push(f);
-}
-
 /// `failover.{100ms,1s}.seconds`: a two-node lab (VRRP, dr, health checks) per advert
 /// interval; the master's bascule is SIGKILLed and its cable pulled while long-lived
 /// connections run; the figure is the time until the backup holds both VIPs (the lab's
-/// `fail_over`, as the demo measures it). One round per interval: each lab takes seconds.
+/// `fail_over`, as the demo measures it), and `failover.*.survived` the share of the
+/// long-lived connections still answering after it. One round per interval: each lab
+/// takes seconds.
 fn failover_figures(figures: &mut Vec<Figure>) {
     use bascule_tests::product::{
         with_priority, Mode, ProductLab, BACKUP_PRIORITY, MASTER_PRIORITY,
     };
+    const ROUNDS: usize = 3;
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_bascule"));
-    for (name, advert) in [
-        ("failover.100ms.seconds", "100ms"),
-        ("failover.1s.seconds", "1000ms"),
-    ] {
-        let mut f = Figure::new(name, "s");
-        let mut lab = ProductLab::new("bench-fo", Mode::Dr, &bin).expect("build the failover lab");
-        let master = lab.config(0, MASTER_PRIORITY).replace(
-            "advert_interval: 200ms",
-            &format!("advert_interval: {advert}"),
-        );
-        let backup =
-            with_priority(&master, MASTER_PRIORITY, BACKUP_PRIORITY).expect("backup config");
-        lab.start_node(0, &master).expect("start lb1");
-        lab.wait_for_master(0, &[]).expect("lb1 master");
-        lab.start_node(1, &backup).expect("start lb2");
-        lab.wait_for_health().expect("health settled");
-        let probes = lab.open_connections(10).expect("long-lived connections");
-        let fo = lab.fail_over(probes).expect("fail over");
-        println!(
-            "{name}: backup held the VIPs after {:.3} s; {}/{} long-lived connections survived",
-            fo.takeover.as_secs_f64(),
-            fo.survived(),
-            fo.connections.len()
-        );
-        f.samples.push(fo.takeover.as_secs_f64());
-        figures.push(f);
+    let intervals = [("100ms", "100ms"), ("1s", "1000ms")];
+    let mut took: Vec<Figure> = intervals
+        .iter()
+        .map(|(n, _)| Figure::new(&format!("failover.{n}.seconds"), "s"))
+        .collect();
+    let mut kept: Vec<Figure> = intervals
+        .iter()
+        .map(|(n, _)| Figure::new(&format!("failover.{n}.survived"), "share"))
+        .collect();
+    for _ in 0..ROUNDS {
+        for (i, (name, advert)) in intervals.iter().enumerate() {
+            let mut lab =
+                ProductLab::new("bench-fo", Mode::Dr, &bin).expect("build the failover lab");
+            let master = lab.config(0, MASTER_PRIORITY).replace(
+                "advert_interval: 200ms",
+                &format!("advert_interval: {advert}"),
+            );
+            let backup =
+                with_priority(&master, MASTER_PRIORITY, BACKUP_PRIORITY).expect("backup config");
+            lab.start_node(0, &master).expect("start lb1");
+            lab.wait_for_master(0, &[]).expect("lb1 master");
+            lab.start_node(1, &backup).expect("start lb2");
+            lab.wait_for_health().expect("health settled");
+            let probes = lab.open_connections(10).expect("long-lived connections");
+            let fo = lab.fail_over(probes).expect("fail over");
+            println!(
+                "failover {name}: backup held the VIPs after {:.3} s; {}/{} long-lived connections survived",
+                fo.takeover.as_secs_f64(),
+                fo.survived(),
+                fo.connections.len()
+            );
+            took[i].samples.push(fo.takeover.as_secs_f64());
+            // The share of established TCP connections that lived through it.
+            kept[i]
+                .samples
+                .push(fo.survived() as f64 / fo.connections.len().max(1) as f64);
+        }
     }
+    figures.extend(took);
+    figures.extend(kept);
 }
 
-fn report(figures: &[Figure], seconds: f64, quick: bool) {
+fn report(figures: &[Figure], seconds: f64, quick: bool, only: Option<&str>) {
     let median_of = |name: &str| figures.iter().find(|f| f.name == name).map(Figure::median);
     println!(
         "{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}",
@@ -357,10 +325,10 @@ fn report(figures: &[Figure], seconds: f64, quick: bool) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
     let doc: Value = json!({"machine": machine, "figures": out});
-    let path = dir.join(if quick {
-        "results-quick.json"
-    } else {
-        "results.json"
+    let path = dir.join(match (quick, only) {
+        (_, Some(groups)) => format!("results-{groups}.json"),
+        (true, None) => "results-quick.json".into(),
+        (false, None) => "results.json".into(),
     });
     std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).expect("write results");
     println!(

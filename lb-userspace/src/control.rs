@@ -1007,8 +1007,16 @@ impl Controller {
     /// ids first (a crash after this point restarts with the ids the maps are about to
     /// hold). `fresh`: the maps are new, every id is new.
     fn commit(&mut self, next: Plan, fresh: bool) -> Result<()> {
-        let known = |p: &Plan, id: u32| p.backends.iter().any(|b| b.id == id);
-        for gone in self.plan.backends.iter().filter(|b| !known(&next, b.id)) {
+        let ids = |p: &Plan| -> std::collections::HashSet<u32> {
+            p.backends.iter().map(|b| b.id).collect()
+        };
+        let (next_ids, current_ids) = (ids(&next), ids(&self.plan));
+        for gone in self
+            .plan
+            .backends
+            .iter()
+            .filter(|b| !next_ids.contains(&b.id))
+        {
             if let Ok(c) = self.datapath.backend_counters(gone.id) {
                 let key = BackendKey {
                     service: gone.service.clone(),
@@ -1019,17 +1027,19 @@ impl Controller {
                 self.retired.insert(key, total);
             }
         }
+        let current_services: std::collections::HashSet<u32> =
+            self.plan.services.iter().map(|s| s.info.id).collect();
         let new_services: Vec<u32> = next
             .services
             .iter()
             .map(|s| s.info.id)
-            .filter(|id| fresh || !self.plan.services.iter().any(|p| p.info.id == *id))
+            .filter(|id| fresh || !current_services.contains(id))
             .collect();
         let new_backends: Vec<u32> = next
             .backends
             .iter()
             .map(|b| b.id)
-            .filter(|&id| fresh || !known(&self.plan, id))
+            .filter(|id| fresh || !current_ids.contains(id))
             .collect();
         self.save_state(&next)?;
         self.datapath
@@ -1045,6 +1055,7 @@ impl Controller {
             .map(|(k, _)| k)
             .collect();
         self.retired.retain(|k, _| configured.contains(k));
+        release_freed_memory();
         Ok(())
     }
 
@@ -1551,6 +1562,17 @@ fn log_dropped_overrides(dropped: &[(BackendKey, String)]) {
 fn report_missing(missing: &[IpAddr]) {
     for a in missing {
         tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
+    }
+}
+
+/// Hands the memory a (re)plan freed back to the system: parsing a large file and building
+/// its tables on several threads leaves most of it in the allocator's per-thread arenas,
+/// which would otherwise count in the daemon's resident size until the next plan.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free pages of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

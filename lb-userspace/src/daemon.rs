@@ -83,13 +83,21 @@ pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
 /// `tun` and `nat` backends: their neighbour entries are warmed (not waited for), so that
 /// the first packets find the next hop resolved.
 pub fn warm_routed_backends(config: &Config) {
-    for s in &config.services {
-        for b in &s.backends {
-            if matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat) {
-                netinfo::provoke_resolution(b.address);
-            }
-        }
-    }
+    let mut addrs: Vec<IpAddr> = config
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.backends
+                .iter()
+                .filter(move |b| {
+                    matches!(b.effective_forwarding(s), Forwarding::Tun | Forwarding::Nat)
+                })
+                .map(|b| b.address)
+        })
+        .collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs.into_iter().for_each(netinfo::provoke_resolution);
 }
 
 /// `dr` backends and sorry servers of `dr` services without a MAC address yet.

@@ -19,7 +19,7 @@ use aya::{
 };
 use lb_common::{
     BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey, Settings,
-    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
+    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_MAP_FLAGS,
 };
 
 use crate::{pins::PinDir, plan::Plan};
@@ -314,38 +314,39 @@ impl Datapath {
         }
         {
             let mut backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
+            let before: StdHashMap<u32, &BackendInfo> =
+                previous.backends.iter().map(|b| (b.id, &b.info)).collect();
             for b in &plan.backends {
-                if !previous.backends.contains(b) {
+                if before.get(&b.id) != Some(&&b.info) {
                     backends
                         .set(b.id, b.info, 0)
                         .with_context(|| format!("backend {}", b.address))?;
                 }
             }
+            let now: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
             for old in &previous.backends {
-                if !plan.backends.iter().any(|b| b.id == old.id) {
+                if !now.contains(&old.id) {
                     backends.set(old.id, BackendInfo::default(), 0)?;
                 }
             }
         }
+        let before: StdHashMap<u32, &crate::plan::PlannedService> =
+            previous.services.iter().map(|s| (s.info.id, s)).collect();
+        let mut swaps = Vec::new();
         for svc in &plan.services {
-            let unchanged = previous
-                .services
-                .iter()
-                .any(|p| p.info == svc.info && p.table == svc.table);
+            let unchanged = before.get(&svc.info.id).is_some_and(|p| {
+                p.info == svc.info
+                    && ((p.table_source.is_some() && p.table_source == svc.table_source)
+                        || p.table == svc.table)
+            });
             if unchanged {
                 continue;
             }
-            let mut table: Array<MapData, u32> =
-                Array::create(MAGLEV_TABLE_SIZE, 0).context("cannot create a Maglev table map")?;
-            for (slot, id) in svc.table.iter().enumerate() {
-                table.set(slot as u32, id, 0)?;
-            }
-            let mut outer: ArrayOfMaps<_, Array<MapData, u32>> =
-                ArrayOfMaps::try_from(self.map("MAGLEV")?)?;
-            outer
-                .set(svc.info.id, &table, 0)
-                .with_context(|| format!("service {}: Maglev table swap", svc.name))?;
+            let table = table_map(&svc.table)
+                .with_context(|| format!("service {}: Maglev table", svc.name))?;
+            swaps.push((svc.info.id, table));
         }
+        self.swap_tables(&swaps)?;
         {
             let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
                 p.services
@@ -381,10 +382,53 @@ impl Datapath {
                 .insert(svc.key, svc.info, 0)
                 .with_context(|| format!("service {}", svc.name))?;
         }
+        let keys: std::collections::HashSet<ServiceKey> =
+            plan.services.iter().map(|s| s.key).collect();
         for old in &previous.services {
-            if !plan.services.iter().any(|s| s.key == old.key) {
+            if !keys.contains(&old.key) {
                 let _ = services.remove(&old.key);
             }
+        }
+        Ok(())
+    }
+
+    /// Puts each new table in its service's slot of `MAGLEV`. The kernel waits for an RCU
+    /// grace period after every update of a map of maps (milliseconds each), so all slots
+    /// are written with one BPF_MAP_UPDATE_BATCH call (one wait); one update per slot if
+    /// the kernel refuses batches. Each slot changes atomically either way.
+    fn swap_tables(&mut self, swaps: &[(u32, Array<MapData, u32>)]) -> Result<()> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd, AsRawFd};
+        if swaps.is_empty() {
+            return Ok(());
+        }
+        let outer_fd = match self.map("MAGLEV")? {
+            aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map MAGLEV is not an array of maps")),
+        };
+        let keys: Vec<u32> = swaps.iter().map(|(id, _)| *id).collect();
+        let fds: Vec<u32> = swaps
+            .iter()
+            .map(|(_, t)| t.map().fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        match update_batch(outer_fd, &keys, &fds) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
+                ) =>
+            {
+                tracing::debug!("batched table swap refused ({e}); one update per table");
+            }
+            Err(e) => return Err(e).context("Maglev table swap"),
+        }
+        let mut outer: ArrayOfMaps<_, Array<MapData, u32>> =
+            ArrayOfMaps::try_from(self.map("MAGLEV")?)?;
+        for (id, table) in swaps {
+            outer
+                .set(*id, table, 0)
+                .with_context(|| format!("service id {id}: Maglev table swap"))?;
         }
         Ok(())
     }
@@ -625,6 +669,96 @@ impl Datapath {
         macs.set(ifindex, u64::from_ne_bytes(word), 0)?;
         Ok(())
     }
+}
+
+/// A new lookup-table map holding `slots` (the rest of its `MAGLEV_TABLE_SIZE` slots 0),
+/// filled through a shared mapping of the map's memory: one copy, not one `bpf()` call
+/// per slot (1,000 tables of 65,537 slots would take tens of seconds otherwise).
+fn table_map(slots: &[u32]) -> Result<Array<MapData, u32>> {
+    if slots.len() > MAGLEV_TABLE_SIZE as usize {
+        return Err(anyhow!(
+            "{} slots, a table holds at most {MAGLEV_TABLE_SIZE}",
+            slots.len()
+        ));
+    }
+    let table: Array<MapData, u32> =
+        Array::create(MAGLEV_TABLE_SIZE, TABLE_MAP_FLAGS).context("cannot create a table map")?;
+    // An array map stores each value in an 8-byte-aligned cell: slot i is at 8 * i.
+    const CELL: usize = 8;
+    let len = MAGLEV_TABLE_SIZE as usize * CELL;
+    let fd = {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd, AsRawFd};
+        table.map().fd().as_fd().as_raw_fd()
+    };
+    // SAFETY: maps `len` bytes of the array's value area (an mmap-able array map exposes
+    // its value cells from offset 0, page-rounded); the mapping is private to this function and
+    // unmapped before it returns; the map outlives it.
+    unsafe {
+        let mem = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if mem == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("cannot map a table map");
+        }
+        let base = mem.cast::<u32>();
+        for (slot, &id) in slots.iter().enumerate() {
+            base.add(slot * CELL / 4).write(id);
+        }
+        libc::munmap(mem, len);
+    }
+    Ok(table)
+}
+
+/// BPF_MAP_UPDATE_BATCH: `keys[i]` -> `values[i]` in the map `map_fd`, in one call.
+fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// The `batch` member of `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map_fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` points at `keys` and `values`, which outlive the call; the size
+    // passed is the struct's (the kernel zero-extends the rest of bpf_attr).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if attr.count as usize != keys.len() {
+        return Err(std::io::Error::other(format!(
+            "batch update wrote {} of {} entries",
+            attr.count,
+            keys.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `bpf_ktime_get_ns()`'s clock, seen from userspace.

@@ -3,6 +3,7 @@
 //! target host has.
 
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     process::Command,
     time::{Duration, Instant},
@@ -40,18 +41,23 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// The neighbour entry's MAC for `addr`, if the kernel has a usable one.
-pub fn neighbour_mac(addr: IpAddr) -> Result<Option<[u8; 6]>> {
-    let v = ip_json(&["neigh", "show", "to", &addr.to_string()])?;
+/// Every usable neighbour entry (both families): address -> MAC. One dump, however
+/// many backends are looked up (a per-address query would spawn `ip` per backend).
+pub fn neighbour_macs() -> Result<HashMap<IpAddr, [u8; 6]>> {
+    let v = ip_json(&["neigh", "show"])?;
+    let mut out = HashMap::new();
     for entry in v.as_array().into_iter().flatten() {
         let failed = entry["state"]
             .as_array()
             .is_some_and(|s| s.iter().any(|x| x == "FAILED" || x == "INCOMPLETE"));
-        if let (Some(mac), false) = (entry["lladdr"].as_str().and_then(parse_mac), failed) {
-            return Ok(Some(mac));
+        let addr = entry["dst"].as_str().and_then(|a| a.parse::<IpAddr>().ok());
+        if let (Some(addr), Some(mac), false) =
+            (addr, entry["lladdr"].as_str().and_then(parse_mac), failed)
+        {
+            out.entry(addr).or_insert(mac);
         }
     }
-    Ok(None)
+    Ok(out)
 }
 
 /// Makes the kernel resolve `addr`'s neighbour entry: one empty UDP datagram to the
@@ -71,30 +77,26 @@ pub fn provoke_resolution(addr: IpAddr) {
 pub fn resolve_macs(addrs: &[IpAddr], wait: Duration) -> Result<Vec<(IpAddr, [u8; 6])>> {
     let deadline = Instant::now() + wait;
     let mut found = Vec::new();
-    let mut missing: Vec<IpAddr> = Vec::new();
-    for &a in addrs {
-        match neighbour_mac(a)? {
-            Some(mac) => found.push((a, mac)),
-            None => missing.push(a),
-        }
-    }
+    let mut missing: Vec<IpAddr> = addrs.to_vec();
     let mut provoked = false;
-    while !missing.is_empty() && Instant::now() < deadline {
+    loop {
+        let table = neighbour_macs()?;
+        missing.retain(|a| match table.get(a) {
+            Some(mac) => {
+                found.push((*a, *mac));
+                false
+            }
+            None => true,
+        });
+        if missing.is_empty() || Instant::now() >= deadline {
+            return Ok(found);
+        }
         if !provoked {
             missing.iter().for_each(|&a| provoke_resolution(a));
             provoked = true;
         }
         std::thread::sleep(Duration::from_millis(50));
-        let mut still = Vec::new();
-        for a in missing {
-            match neighbour_mac(a)? {
-                Some(mac) => found.push((a, mac)),
-                None => still.push(a),
-            }
-        }
-        missing = still;
     }
-    Ok(found)
 }
 
 /// Global-scope addresses of an interface, IPv4 first.

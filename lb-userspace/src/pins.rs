@@ -128,8 +128,9 @@ impl SavedState {
                         id: s.id,
                         ..Default::default()
                     },
-                    table: Vec::new(),
+                    table: Default::default(),
                     backends: Vec::new(),
+                    table_source: None,
                 })
                 .collect(),
             backends: self

@@ -24,10 +24,16 @@ pub struct PlannedService {
     pub name: String,
     pub key: ServiceKey,
     pub info: ServiceInfo,
-    /// Lookup table (see `tables`): slot -> backend id (`NO_BACKEND` when none).
-    pub table: Vec<u32>,
+    /// Lookup table (see `tables`): slot -> backend id (`NO_BACKEND` when none). Shared:
+    /// the plans the daemon keeps (applied, current, its status) hold one copy of each.
+    pub table: std::sync::Arc<Vec<u32>>,
     /// Backend ids of this service, in config order.
     pub backends: Vec<u32>,
+    /// Digest of everything `table` was built from (scheduler, size, each backend's
+    /// identity, effective weight and id): equal digests mean equal tables, so a re-plan
+    /// reuses the previous table instead of building it again, and the datapath keeps the
+    /// table it has. `None` when unknown.
+    pub table_source: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -184,12 +190,13 @@ pub fn plan(
                 scheduler: tables::code(svc.scheduler),
                 _pad: [0; 7],
             },
-            table: Vec::new(),
+            table: Default::default(),
             backends: ids,
+            table_source: None,
         });
         inputs.push(maglev);
     }
-    fill_tables(config, &mut services, &inputs)?;
+    fill_tables(config, &mut services, &inputs, previous)?;
     Ok(Plan {
         settings,
         services,
@@ -198,16 +205,27 @@ pub fn plan(
 }
 
 /// Builds every service's lookup table (on all cores: at 1,000 services of 65,537-slot
-/// tables this is most of a load) and maps entries to backend ids.
+/// tables this is most of a load) and maps entries to backend ids. A service whose table
+/// inputs are those of the previous plan gets the previous table back (a reload that
+/// changes one service builds one table).
 fn fill_tables(
     config: &Config,
     services: &mut [PlannedService],
     inputs: &[Vec<MaglevBackend>],
+    previous: Option<&Plan>,
 ) -> Result<()> {
+    let reusable: HashMap<&str, (u64, &std::sync::Arc<Vec<u32>>)> =
+        previous.map_or_else(HashMap::new, |p| {
+            p.services
+                .iter()
+                .filter_map(|s| Some((s.name.as_str(), (s.table_source?, &s.table))))
+                .collect()
+        });
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(services.len().max(1));
     let chunk = services.len().div_ceil(workers).max(1);
+    let reusable = &reusable;
     let results: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = services
             .chunks_mut(chunk)
@@ -216,18 +234,28 @@ fn fill_tables(
             .map(|((planned, maglev), configured)| {
                 scope.spawn(move || {
                     for ((p, m), svc) in planned.iter_mut().zip(maglev).zip(configured) {
-                        let table = tables::build(svc.scheduler, m, svc.maglev_table_size)
-                            .with_context(|| format!("service {}", svc.name))?;
-                        p.table = table
-                            .into_iter()
-                            .map(|i| {
-                                if i == NO_BACKEND {
-                                    NO_BACKEND
-                                } else {
-                                    p.backends[i as usize]
-                                }
-                            })
-                            .collect();
+                        let source = table_source(svc, m, &p.backends);
+                        p.table_source = Some(source);
+                        if let Some((_, table)) =
+                            reusable.get(p.name.as_str()).filter(|(s, _)| *s == source)
+                        {
+                            p.table = std::sync::Arc::clone(table);
+                        } else {
+                            let table = tables::build(svc.scheduler, m, svc.maglev_table_size)
+                                .with_context(|| format!("service {}", svc.name))?;
+                            p.table = std::sync::Arc::new(
+                                table
+                                    .into_iter()
+                                    .map(|i| {
+                                        if i == NO_BACKEND {
+                                            NO_BACKEND
+                                        } else {
+                                            p.backends[i as usize]
+                                        }
+                                    })
+                                    .collect(),
+                            );
+                        }
                         p.info.table_size = p.table.len() as u32;
                     }
                     Ok(())
@@ -240,6 +268,20 @@ fn fill_tables(
             .collect()
     });
     results.into_iter().collect()
+}
+
+/// The digest of a service's table inputs (see `PlannedService::table_source`).
+fn table_source(svc: &crate::config::Service, inputs: &[MaglevBackend], ids: &[u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tables::code(svc.scheduler).hash(&mut h);
+    svc.maglev_table_size.hash(&mut h);
+    for (b, id) in inputs.iter().zip(ids) {
+        b.key.hash(&mut h);
+        b.weight.hash(&mut h);
+        id.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// Hands out the lowest ids not reserved (reserved = kept from the previous plan).
@@ -277,7 +319,7 @@ pub fn table_digest(plan: &Plan, svc: &PlannedService) -> u64 {
         .map(|b| (b.id, b.address.to_string()))
         .collect();
     let mut bytes = Vec::with_capacity(svc.table.len() * 12);
-    for id in &svc.table {
+    for id in svc.table.iter() {
         bytes.extend_from_slice(names.get(id).map_or("-", String::as_str).as_bytes());
         bytes.push(b',');
     }

@@ -25,7 +25,8 @@ commands:
   run [--release] -- ARGS...  build, then run target/{debug,release}/bascule ARGS...
   test                        fmt, prerequisites, clippy, build, every test including privileged ones (root)
   demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
-  bench [--quick]             benchmark suite: table + target/bench/results.json (root)";
+  bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
+                              G: xdp, veth, http, control, health, failover (comma-separated)";
 
 /// Crates that are not built for the host: the eBPF crate is built by lb-userspace's build
 /// script for the BPF target, with nightly.
@@ -76,15 +77,23 @@ fn dispatch(args: &[String]) -> Result<()> {
         }
         "demo" => demo::run(rest),
         "bench" => {
-            let quick = match rest {
-                [] => false,
-                [flag] if flag == "--quick" => true,
-                _ => bail!(
-                    "`cargo xtask bench` takes only `--quick`, got `{}`",
-                    rest.join(" ")
-                ),
-            };
-            bench(quick)
+            let mut quick = false;
+            let mut only = None;
+            let mut args = rest.iter();
+            while let Some(a) = args.next() {
+                match (a.as_str(), args.clone().next()) {
+                    ("--quick", _) => quick = true,
+                    ("--only", Some(groups)) => {
+                        only = Some(groups.clone());
+                        args.next();
+                    }
+                    _ => bail!(
+                        "`cargo xtask bench` takes `--quick` and `--only GROUP[,GROUP]`, got `{}`",
+                        rest.join(" ")
+                    ),
+                }
+            }
+            bench(quick, only.as_deref())
         }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -232,7 +241,7 @@ fn build_and_test() -> Result<()> {
 }
 
 /// `cargo xtask bench [--quick]`: the benchmark suite, optimised build, as root.
-fn bench(quick: bool) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if !setup::is_root() {
         bail!("`cargo xtask bench` loads XDP programs and builds namespace labs: run it as root");
     }
@@ -242,6 +251,9 @@ fn bench(quick: bool) -> Result<()> {
     cmd.args(["bench", "-p", "lb-userspace", "--bench", "bench", "--"]);
     if quick {
         cmd.arg("--quick");
+    }
+    if let Some(groups) = only {
+        cmd.args(["--only", groups]);
     }
     run_checked(&mut cmd)
 }

@@ -201,7 +201,7 @@ services:
         let pairs = before.services[0]
             .table
             .iter()
-            .zip(&after.services[0].table);
+            .zip(after.services[0].table.iter());
         let others_moved = pairs
             .filter(|(old, new)| **old != down && old != new)
             .count();

@@ -1,0 +1,297 @@
+//! Control-plane figures: Maglev disruption and build time (pure functions), and a
+//! 1,000-service x 100-backend configuration loaded, reloaded with one service changed,
+//! and held by the real daemon (its memory).
+//!
+//! - `control.load_1000x100.seconds`: in this process, parse + validate + plan (1,000
+//!   tables of 65,537 slots, on all cores) + write every map of a freshly loaded datapath
+//!   (in a throwaway namespace). The breakdown is printed.
+//! - `control.daemon_start_1000x100.seconds`: `bascule run` in a namespace, from spawn to
+//!   `/readyz` answering 200 (program load and verification, maps, pins included).
+//! - `control.reload_one.seconds`: that daemon's `POST /api/v1/reload` round trip after
+//!   one service of the file lost (or got back) one backend: the whole file is parsed and
+//!   checked, one table is rebuilt and swapped in.
+//! - `control.memory.bytes`: the daemon's resident memory (VmRSS) holding that
+//!   configuration, after the reloads; `control.maps.bytes`: the kernel memory of its BPF
+//!   maps (the `memlock` of every map it holds, from /proc/PID/fdinfo).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use bascule::{config::Config, datapath::Datapath, plan};
+use lb_common::maglev::{build_table, MaglevBackend};
+
+use super::figure::{Figure, Settings};
+
+pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
+    let rounds = if s.quick { 1 } else { 5 };
+    disruption(rounds, figures);
+    let mut f = Figure::new("control.maglev_build.seconds", "s");
+    let many = backends(1000);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        std::hint::black_box(build_table(&many, 65537));
+        f.samples.push(t.elapsed().as_secs_f64());
+    }
+    figures.push(f);
+    let (services, per) = if s.quick { (20, 100) } else { (1000, 100) };
+    load_in_process(services, per, rounds, figures);
+    daemon(services, per, if s.quick { 2 } else { 10 }, figures);
+}
+
+fn backends(n: u32) -> Vec<MaglevBackend> {
+    (0..n)
+        .map(|i| {
+            MaglevBackend::new(
+                IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]),
+                80,
+                1,
+            )
+        })
+        .collect()
+}
+
+/// Maglev disruption: share of all slots that change owner when one backend leaves,
+/// over the ideal share (the leaving backend's own slots, 1/N). This is what moves for
+/// flows the load balancer holds no state for (a peer after failover, an evicted
+/// connection-table entry); established flows keep their backend through the connection
+/// table.
+fn disruption(rounds: usize, figures: &mut Vec<Figure>) {
+    for n in [10u32, 100, 1000] {
+        let mut f = Figure::new(&format!("maglev.disruption.n{n}"), "ratio");
+        let all = backends(n);
+        let before = build_table(&all, 65537);
+        for r in 0..rounds.max(3) {
+            let gone = (r as u32 * 7919 + 1) % n;
+            let rest: Vec<MaglevBackend> = all
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u32 != gone)
+                .map(|(_, b)| b.clone())
+                .collect();
+            let after = build_table(&rest, 65537);
+            let moved = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| all[**b as usize].key != rest[**a as usize].key)
+                .count();
+            f.samples
+                .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
+        }
+        figures.push(f);
+    }
+}
+
+/// A config of `services` tun services of `per` backends each, listening for the API on
+/// `api` (no health checks: every backend is up).
+fn big_config(services: usize, per: usize, api: &str, skip: Option<(usize, usize)>) -> String {
+    let mut yaml = format!(
+        "node:\n  interfaces: [{{ name: eth0, xdp_mode: generic }}]\nhttp:\n  listen: \"{api}\"\nservices:\n"
+    );
+    for s in 0..services {
+        yaml.push_str(&format!(
+            "  - name: s{s}\n    vip: 10.{}.{}.1\n    port: 80\n    forwarding: tun\n    backends:\n",
+            100 + s / 250,
+            s % 250
+        ));
+        for b in 0..per {
+            if skip == Some((s, b)) {
+                continue;
+            }
+            yaml.push_str(&format!(
+                "      - address: 10.200.{}.{}\n",
+                b / 250,
+                b % 250 + 1
+            ));
+        }
+    }
+    yaml
+}
+
+fn load_in_process(services: usize, per: usize, rounds: usize, figures: &mut Vec<Figure>) {
+    let yaml = big_config(services, per, "127.0.0.1:9469", None);
+    let mut f = Figure::new(&format!("control.load_{services}x{per}.seconds"), "s");
+    let ns = super::common::Netns::new("ctl");
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    ns.ip(&["link", "set", "eth0", "up"]);
+    ns.ip(&["link", "set", "peer0", "up"]);
+    ns.ip(&["addr", "add", "10.111.0.2/24", "dev", "eth0"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            ns.enter();
+            for _ in 0..rounds {
+                let mut datapath = Datapath::load(65536).expect("load the XDP program");
+                let t = Instant::now();
+                let config = Config::parse(&yaml, "bench.yaml").expect("generated config");
+                let parsed = t.elapsed();
+                let tunnel = plan::TunnelSources {
+                    v4: Some([10, 111, 0, 2].into()),
+                    v6: None,
+                };
+                let p = plan::plan(&config, &Default::default(), tunnel, None).expect("plan");
+                let planned = t.elapsed();
+                datapath.apply(&p).expect("write the maps");
+                let total = t.elapsed();
+                tx.send((parsed, planned - parsed, total - planned, total))
+                    .unwrap();
+            }
+        });
+    });
+    for (parse, plan, maps, total) in rx.try_iter() {
+        println!(
+            "load {services}x{per}: parse+validate {:.3} s, plan {:.3} s, maps {:.3} s",
+            parse.as_secs_f64(),
+            plan.as_secs_f64(),
+            maps.as_secs_f64()
+        );
+        f.samples.push(total.as_secs_f64());
+    }
+    figures.push(f);
+}
+
+fn daemon(services: usize, per: usize, reloads: usize, figures: &mut Vec<Figure>) {
+    use bascule_tests::{http::http_request, lab::Lab};
+    let bin = env!("CARGO_BIN_EXE_bascule");
+    let mut lab = Lab::new("bench-ctl").expect("lab");
+    let lb = lab
+        .add_host("lb", &["10.111.0.2".parse().unwrap()])
+        .expect("lb host");
+    let api = "127.0.0.1:9469";
+    let api_addr: SocketAddr = api.parse().unwrap();
+    let path = lab.dir().join("big.yaml");
+    std::fs::write(&path, big_config(services, per, api, None)).unwrap();
+    let get_ready = || {
+        http_request(
+            &lb.netns,
+            api_addr,
+            "GET",
+            "/readyz",
+            &[],
+            None,
+            Duration::from_secs(2),
+        )
+        .map(|(code, _)| code)
+        .unwrap_or(0)
+    };
+    let t = Instant::now();
+    let daemon = lab
+        .spawn_net_only(
+            &lb.netns,
+            "bascule",
+            &[bin, "run", "-c", path.to_str().unwrap()],
+        )
+        .expect("start bascule");
+    let deadline = t + Duration::from_secs(120);
+    while get_ready() != 200 {
+        assert!(
+            Instant::now() < deadline && lab.exit_status(&daemon).is_none(),
+            "bascule did not become ready:\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut start = Figure::new(
+        &format!("control.daemon_start_{services}x{per}.seconds"),
+        "s",
+    );
+    start.samples.push(t.elapsed().as_secs_f64());
+    figures.push(start);
+    let mut reload = Figure::new("control.reload_one.seconds", "s");
+    for r in 0..reloads {
+        // Odd rounds: service s{mid} without its first backend; even rounds: back whole.
+        let skip = (r % 2 == 0).then_some((services / 2, 0));
+        std::fs::write(&path, big_config(services, per, api, skip)).unwrap();
+        let t = Instant::now();
+        let (code, body) = http_request(
+            &lb.netns,
+            api_addr,
+            "POST",
+            "/api/v1/reload",
+            &[],
+            None,
+            Duration::from_secs(60),
+        )
+        .expect("reload request");
+        let took = t.elapsed();
+        assert_eq!(code, 200, "reload refused: {body}");
+        reload.samples.push(took.as_secs_f64());
+    }
+    figures.push(reload);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid)).unwrap();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS of the daemon");
+    let mut memory = Figure::new("control.memory.bytes", "B");
+    memory.samples.push(rss_kib * 1024.0);
+    figures.push(memory);
+    let mut maps = Figure::new("control.maps.bytes", "B");
+    maps.samples.push(map_memory(daemon.pid, &lb.netns) as f64);
+    figures.push(maps);
+    lab.terminate(&daemon).expect("stop bascule");
+}
+
+/// Kernel memory of the daemon's BPF maps: `memlock` of every map process `pid` holds
+/// open, plus the lookup tables inside `MAGLEV` (the daemon does not keep their fds; their
+/// ids are read from the pinned outer map with bpftool).
+fn map_memory(pid: u32, netns: &str) -> u64 {
+    let all: serde_json::Value = bpftool(&["map", "show"]);
+    let memlock = |id: u64| {
+        all.as_array()
+            .and_then(|maps| maps.iter().find(|m| m["id"].as_u64() == Some(id)))
+            .and_then(|m| m["bytes_memlock"].as_u64())
+            .unwrap_or(0)
+    };
+    let mut ids = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        if let Some(id) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("map_id:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            ids.insert(id);
+        }
+    }
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(format!("/run/netns/{netns}"))
+        .map(|m| m.ino())
+        .unwrap_or(0);
+    let outer: serde_json::Value = bpftool(&[
+        "map",
+        "dump",
+        "pinned",
+        &format!("/sys/fs/bpf/bascule/{inode}/maps/MAGLEV"),
+    ]);
+    for e in outer.as_array().into_iter().flatten() {
+        // The value is the inner map's id, as little-endian hex bytes.
+        let bytes: Vec<u8> = e["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        if let Ok(b) = <[u8; 4]>::try_from(bytes.as_slice()) {
+            ids.insert(u64::from(u32::from_le_bytes(b)));
+        }
+    }
+    ids.into_iter().map(memlock).sum()
+}
+
+fn bpftool(args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("run bpftool");
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
