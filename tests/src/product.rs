@@ -43,8 +43,6 @@ use crate::{
 /// The VIPs: in the lab segment, held by the VRRP master.
 pub const VIP4: Ipv4Addr = LINK_VIP4;
 pub const VIP6: Ipv6Addr = LINK_VIP6;
-/// The lab segment's IPv6 prefix (see `crate::topology`).
-const SEGMENT6: &str = "fd00:111::/64";
 /// Services `web` and `web6` (HTTP, checked by `http_get`).
 pub const HTTP_PORT: u16 = 80;
 /// Service `echo` (long-lived connections, checked by `tcp`).
@@ -371,9 +369,6 @@ impl ProductLab {
             Mode::Local => topo.lbs.iter().chain(&topo.backends).cloned().collect(),
             _ => topo.backends.clone(),
         };
-        for lb in &topo.lbs {
-            own_ipv6_source(lb)?;
-        }
         match mode {
             Mode::Dr | Mode::Tun => hold_on_backends(&topo, &vips)?,
             Mode::Nat => route_replies_via_vips(&topo)?,
@@ -739,20 +734,6 @@ impl ProductLab {
         drop(self);
         footprint.leftovers()
     }
-}
-
-/// Makes LB node `lb` use its own IPv6 address, not the VIP, as the source of what it
-/// sends on the segment (health checks). Linux ranks the VIP, once VRRP adds it to `eth0`
-/// with the same /64, level with the node's address and may pick it; a `dr` backend would
-/// then answer the check to its own `lo`. A more specific route (lower metric) with a
-/// preferred source settles it, as an operator would on a real host.
-fn own_ipv6_source(lb: &Host) -> Result<()> {
-    let own = lb.ipv6().context("LB node IPv6")?.to_string();
-    ip(&[
-        "-n", &lb.netns, "-6", "route", "add", SEGMENT6, "dev", "eth0", "src", &own, "metric",
-        "100",
-    ])
-    .map(drop)
 }
 
 /// `nat`: the backends send replies to the client through the VIP (whichever node is

@@ -130,6 +130,28 @@ fn story(mode: Mode) {
     // 1. lb1 is master; both nodes bring every server up and balance the same way.
     ok!(lab, "start bascule", lab.start());
     ok!(lab, "lb1 master", lab.wait_for_master(0, &[1]));
+    // The IPv6 VIP lb1 now holds on eth0 (same /64 as its own address) is never the
+    // source the kernel picks for lb1's own traffic (health checks, tunnels).
+    let lb1 = lab.lb(0).clone();
+    let route = ok!(
+        lab,
+        "route from lb1",
+        lab.topo.lab.exec_ok(
+            &lb1.netns,
+            &[
+                "ip",
+                "-6",
+                "route",
+                "get",
+                &lab.topo.client.ipv6().unwrap().to_string()
+            ]
+        )
+    );
+    let own = lb1.ipv6().unwrap().to_string();
+    assert!(
+        route.contains(&format!("src {own} ")),
+        "{m}: lb1's own traffic must leave from {own}, not from the VIP: {route}"
+    );
     ok!(lab, "health checks up", lab.wait_for_health());
     let (d1, d2) = (digests(&lab, 0), digests(&lab, 1));
     assert_eq!(d1.len(), 3, "{m}: three services: {d1:?}");

@@ -8,7 +8,7 @@ use futures::{StreamExt, TryStreamExt};
 use rtnetlink::{
     packet_core::NetlinkPayload,
     packet_route::{
-        address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
+        address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage, CacheInfo},
         link::{LinkAttribute, LinkFlags, LinkMessage},
         RouteNetlinkMessage,
     },
@@ -113,7 +113,8 @@ impl Netlink {
     }
 
     /// Adds `prefix` to interface `index` (IPv6 without duplicate address detection, so it
-    /// is usable at once, as the VRRP master must). Already there: fine.
+    /// is usable at once, as the VRRP master must, and deprecated from the start: never
+    /// chosen as a source address). Already there: fine.
     pub async fn add_address(&self, index: u32, prefix: IpPrefix) -> Result<()> {
         let _turn = self.turn.lock().await;
         let mut req = self
@@ -125,6 +126,14 @@ impl Netlink {
             msg.header.flags |= AddressHeaderFlags::Nodad;
             msg.attributes
                 .push(AddressAttribute::Flags(AddressFlags::Nodad));
+            // Preferred lifetime 0 (valid forever): the address answers and is the source
+            // of replies to it, but the kernel never picks it as the source of the node's
+            // own new connections (health checks, tunnels), which must not depend on
+            // which node holds the VIP.
+            let mut lifetimes = CacheInfo::default();
+            lifetimes.ifa_preferred = 0;
+            lifetimes.ifa_valid = u32::MAX;
+            msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
         }
         match req.execute().await {
             Ok(()) => Ok(()),
