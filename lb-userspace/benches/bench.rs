@@ -26,6 +26,9 @@ mod figure;
 #[path = "bench/health.rs"]
 mod health;
 
+#[path = "bench/veth.rs"]
+mod veth;
+
 use std::time::Instant;
 
 use aya::{
@@ -108,6 +111,9 @@ fn main() {
     let mut figures: Vec<Figure> = Vec::new();
     if wanted("xdp") {
         xdp_figures(&s, &mut figures);
+    }
+    if wanted("veth") {
+        veth::figures(&s, &mut figures);
     }
     if wanted("control") {
         control::figures(&s, &mut figures);
