@@ -20,6 +20,9 @@ mod common;
 #[path = "bench/figure.rs"]
 mod figure;
 
+#[path = "bench/http.rs"]
+mod http;
+
 use std::{net::IpAddr, time::Instant};
 
 use aya::{
@@ -92,6 +95,7 @@ fn main() {
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
     xdp_figures(&s, &mut figures);
+    http::figures(&s, &mut figures);
     control_figures(s.quick, &mut figures);
     if !quick {
         failover_figures(&mut figures);
