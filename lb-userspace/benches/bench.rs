@@ -26,6 +26,8 @@ mod figure;
 #[path = "bench/health.rs"]
 mod health;
 
+#[path = "bench/http.rs"]
+mod http;
 #[path = "bench/veth.rs"]
 mod veth;
 
@@ -114,6 +116,9 @@ fn main() {
     }
     if wanted("veth") {
         veth::figures(&s, &mut figures);
+    }
+    if wanted("http") {
+        http::figures(&s, &mut figures);
     }
     if wanted("control") {
         control::figures(&s, &mut figures);
