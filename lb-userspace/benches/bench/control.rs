@@ -27,6 +27,7 @@ use super::figure::{Figure, Settings};
 pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
     let rounds = if s.quick { 1 } else { 5 };
     disruption(rounds, figures);
+    established_disruption(if s.quick { &[10] } else { &[10, 100, 1000] }, figures);
     let mut f = Figure::new("control.maglev_build.seconds", "s");
     let many = backends(1000);
     for _ in 0..rounds {
@@ -79,6 +80,76 @@ fn disruption(rounds: usize, figures: &mut Vec<Figure>) {
             f.samples
                 .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
         }
+        figures.push(f);
+    }
+}
+
+/// `flows.disruption.n{N}`: what the datapath does with established flows when one of N
+/// backends leaves. 20,000 TCP flows run through the real program (BPF_PROG_TEST_RUN)
+/// over a `dr` service of N backends; one backend is removed from the config (re-planned,
+/// maps rewritten as a reload does); the same flows run again. The figure is the flows
+/// that changed backend over the flows the leaving backend had: 1.0 means only its own
+/// flows moved (the connection table holds every other flow's backend), whatever Maglev's
+/// table did.
+fn established_disruption(sizes: &[u32], figures: &mut Vec<Figure>) {
+    use super::common::{
+        harness::{flow_key, Harness},
+        packet::Frame,
+    };
+    const FLOWS: u32 = 20_000;
+    let config = |n: u32, without: Option<u32>| {
+        let mut yaml = String::from(
+            "node:\n  interfaces: [{ name: eth0 }]\nservices:\n  - name: web\n    vip: 10.112.0.100\n    port: 80\n    backends:\n",
+        );
+        for i in (0..n).filter(|i| Some(*i) != without) {
+            yaml.push_str(&format!(
+                "      - address: 10.120.{}.{}\n",
+                i / 250,
+                i % 250 + 1
+            ));
+        }
+        yaml
+    };
+    for &n in sizes {
+        let mut f = Figure::new(&format!("flows.disruption.n{n}"), "ratio");
+        let text = config(n, None);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut h = Harness::new(&text);
+                let frames: Vec<Frame> = (0..FLOWS)
+                    .map(|i| {
+                        let src =
+                            format!("10.{}.{}.{}", 130 + i / 60_000, (i >> 8) & 0xff, i & 0xff);
+                        Frame::tcp(&src, 1024 + (i % 60_000) as u16, "10.112.0.100", 80)
+                    })
+                    .collect();
+                let backends = |h: &mut Harness| -> Vec<u32> {
+                    frames
+                        .iter()
+                        .map(|fr| {
+                            h.run(&fr.bytes());
+                            h.datapath
+                                .conntrack_lookup(&flow_key(fr))
+                                .expect("connection table")
+                                .expect("an entry for every flow")
+                                .backend
+                        })
+                        .collect()
+                };
+                let before = backends(&mut h);
+                let leaving = n / 2;
+                let id = h.plan.backends[leaving as usize].id;
+                h.apply(&config(n, Some(leaving)));
+                let after = backends(&mut h);
+                let had = before.iter().filter(|b| **b == id).count();
+                let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+                tx.send((had, moved)).unwrap();
+            });
+        });
+        let (had, moved) = rx.recv().expect("disruption run");
+        println!("flows: {n} backends, one leaves: {moved} of {FLOWS} flows moved, the leaving backend had {had}");
+        f.samples.push(moved as f64 / had.max(1) as f64);
         figures.push(f);
     }
 }
