@@ -313,22 +313,23 @@ impl Datapath {
             settings.set(0, plan.settings, 0)?;
         }
         {
-            let mut backends: Array<_, BackendInfo> = Array::try_from(self.map("BACKENDS")?)?;
             let before: StdHashMap<u32, &BackendInfo> =
                 previous.backends.iter().map(|b| (b.id, &b.info)).collect();
-            for b in &plan.backends {
-                if before.get(&b.id) != Some(&&b.info) {
-                    backends
-                        .set(b.id, b.info, 0)
-                        .with_context(|| format!("backend {}", b.address))?;
-                }
-            }
             let now: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
-            for old in &previous.backends {
-                if !now.contains(&old.id) {
-                    backends.set(old.id, BackendInfo::default(), 0)?;
-                }
-            }
+            let (ids, infos): (Vec<u32>, Vec<BackendInfo>) = plan
+                .backends
+                .iter()
+                .filter(|b| before.get(&b.id) != Some(&&b.info))
+                .map(|b| (b.id, b.info))
+                .chain(
+                    previous
+                        .backends
+                        .iter()
+                        .filter(|old| !now.contains(&old.id))
+                        .map(|old| (old.id, BackendInfo::default())),
+                )
+                .unzip();
+            self.write_array("BACKENDS", &ids, &infos)?;
         }
         let before: StdHashMap<u32, &crate::plan::PlannedService> =
             previous.services.iter().map(|s| (s.info.id, s)).collect();
@@ -392,6 +393,34 @@ impl Datapath {
         Ok(())
     }
 
+    /// `keys[i]` -> `values[i]` in array map `name`: one BPF_MAP_UPDATE_BATCH call (a
+    /// 100,000-backend plan is otherwise 100,000 system calls), one update per entry if the
+    /// kernel refuses batches.
+    fn write_array<V: aya::Pod>(&mut self, name: &str, keys: &[u32], values: &[V]) -> Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let fd = match self.map(name)? {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map {name} is not an array")),
+        };
+        match update_batch(fd, keys, values) {
+            Ok(()) => return Ok(()),
+            Err(e) if batch_refused(&e) => {
+                tracing::debug!("batched update of {name} refused ({e}); one update per entry");
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot update map {name}")),
+        }
+        let mut array: Array<_, V> = Array::try_from(self.map(name)?)?;
+        for (k, v) in keys.iter().zip(values) {
+            array
+                .set(*k, v, 0)
+                .with_context(|| format!("map {name}, entry {k}"))?;
+        }
+        Ok(())
+    }
+
     /// Puts each new table in its service's slot of `MAGLEV`. The kernel waits for an RCU
     /// grace period after every update of a map of maps (milliseconds each), so all slots
     /// are written with one BPF_MAP_UPDATE_BATCH call (one wait); one update per slot if
@@ -413,12 +442,7 @@ impl Datapath {
             .collect();
         match update_batch(outer_fd, &keys, &fds) {
             Ok(()) => return Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
-                ) =>
-            {
+            Err(e) if batch_refused(&e) => {
                 tracing::debug!("batched table swap refused ({e}); one update per table");
             }
             Err(e) => return Err(e).context("Maglev table swap"),
@@ -715,8 +739,19 @@ fn table_map(slots: &[u32]) -> Result<Array<MapData, u32>> {
     Ok(table)
 }
 
+/// A batch operation this kernel or map type does not do (the caller falls back to one
+/// update per entry, which reports a real error if there is one).
+fn batch_refused(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
+    )
+}
+
 /// BPF_MAP_UPDATE_BATCH: `keys[i]` -> `values[i]` in the map `map_fd`, in one call.
-fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+/// `values` are laid out as the map's values (`V` is the map's value type).
+fn update_batch<V: Copy>(map_fd: i32, keys: &[u32], values: &[V]) -> std::io::Result<()> {
+    assert_eq!(keys.len(), values.len());
     /// The `batch` member of `union bpf_attr`.
     #[repr(C)]
     #[derive(Default)]
