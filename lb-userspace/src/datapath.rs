@@ -442,6 +442,17 @@ impl Datapath {
         }
         Ok(())
     }
+
+    /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
+    /// figure from empty tables).
+    pub fn clear_nat_replies(&mut self) -> Result<()> {
+        let mut m: HashMap<&mut MapData, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
+        let keys: Vec<_> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
 }
 
 /// Whether the maps pinned in `pins` can be adopted by this build: every map of the
