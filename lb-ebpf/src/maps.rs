@@ -62,7 +62,8 @@ pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 /// Reply direction of `nat` flows: (backend, client) -> the VIP to put back as source.
 /// One table for all CPUs (a reply may arrive on any), LRU-bounded; userspace removes the
-/// entries of expired flows.
+/// entries of expired flows. Capacity set by userspace at load time, the connection
+/// table's (a `nat` flow has one entry in each).
 #[btf_map]
 pub static NAT: LruHashMap<NatKey, NatReply, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
     LruHashMap::new();

@@ -112,9 +112,9 @@ fn main() {
     }
 }
 
-/// The benchmark datapath's connection-table capacity: its entries (about 8 MB) do not
-/// fit in a core's caches, and it fills in a fraction of a second for the full-table
-/// figures. Small in `--quick` mode.
+/// The benchmark datapath's connection-table capacity (the `nat` reply table's too): its
+/// entries (about 8 MB) do not fit in a core's caches, and it fills in a fraction of a
+/// second for the full-table figures. Small in `--quick` mode.
 fn conntrack_entries(quick: bool) -> u32 {
     if quick {
         4096
