@@ -253,6 +253,35 @@ pub struct VipKey {
     pub _pad: [u8; 3],
 }
 
+/// Slots of the per-CPU next-hop cache (`NEXT_HOPS`): a backend uses slot `id % this`.
+pub const NEXT_HOP_SLOTS: u32 = 4096;
+/// How long a next hop the FIB gave for a backend is used before the FIB is asked again:
+/// a route or neighbour change reaches `tun`/`nat` forwarding within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// The kernel FIB's answer for a `tun`/`nat` backend, cached per CPU (`NEXT_HOPS`): used
+/// while it is younger than `NEXT_HOP_TTL_NS`, for the same backend, destination and
+/// ingress interface, and for packets no longer than one the FIB accepted (its MTU check).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    /// The address looked up (the backend's, or its tunnel endpoint's).
+    pub dst: [u32; 4],
+    /// When the FIB gave this answer (`bpf_ktime_get_coarse_ns`).
+    pub checked: u64,
+    /// Backend id + 1 (0: empty slot).
+    pub backend: u32,
+    /// Interface the lookup was made from (the packet's ingress).
+    pub ingress: u32,
+    /// Interface to send on.
+    pub egress: u32,
+    /// Longest L3 packet the FIB accepted on this route since `checked`.
+    pub max_len: u16,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub _pad: [u8; 6],
+}
+
 /// Key of the backend-side decapsulation map: a VIP this host serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

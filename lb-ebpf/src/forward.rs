@@ -3,17 +3,18 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_head},
+    helpers::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_xdp_adjust_head},
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
     BackendInfo, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP, IPPROTO_IPV6,
-    TUNNEL_TTL,
+    NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NO_BACKEND, TUNNEL_TTL,
 };
 
 use crate::{
     csum,
+    maps::NEXT_HOPS,
     parse::{ptr_at, Packet, Stop, IPV4_LEN, IPV6_LEN},
 };
 
@@ -41,9 +42,25 @@ pub fn direct(ctx: &XdpContext, backend: &BackendInfo) -> Result<u32, Stop> {
     Ok(xdp_action::XDP_TX)
 }
 
+/// Where a frame goes next: the next hop's MAC, ours on that link, and the interface.
+#[derive(Clone, Copy)]
+struct Hop {
+    dmac: [u8; 6],
+    smac: [u8; 6],
+    ifindex: u32,
+}
+
+/// `next_hop`'s `backend` when the destination is not a backend (a `nat` reply's client):
+/// the FIB is asked every time.
+pub const UNCACHED: u32 = NO_BACKEND;
+
 /// The kernel's next hop towards `dst` (of family `v4`), as seen from the ingress
 /// interface. Fails (passing the packet to the kernel, counted) without a route or a
-/// resolved neighbour, or with forwarding disabled on the interface.
+/// resolved neighbour, or with forwarding disabled on the interface. Towards a backend
+/// (`backend` its id) the FIB's answer is reused from this CPU's `NEXT_HOPS` slot while
+/// it is younger than `NEXT_HOP_TTL_NS`, for the same destination and ingress interface,
+/// and for packets no longer than one the FIB accepted (its MTU check): the lookup is the
+/// dearest step of `tun` and `nat` forwarding (IPv6 most). Failures are not cached.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -51,9 +68,33 @@ fn next_hop(
     src: &[u32; 4],
     dst: &[u32; 4],
     tot_len: u16,
-) -> Result<FibParams, Stop> {
+    backend: u32,
+) -> Result<Hop, Stop> {
+    let ingress = ingress_ifindex(ctx);
+    let slot = if backend == UNCACHED {
+        None
+    } else {
+        NEXT_HOPS.get_ptr_mut(backend % NEXT_HOP_SLOTS)
+    };
+    let mut now = 0;
+    let mut known = false;
+    if let Some(c) = slot {
+        now = unsafe { bpf_ktime_get_coarse_ns() };
+        let c = unsafe { &*c };
+        known = c.backend == backend + 1
+            && c.ingress == ingress
+            && c.dst == *dst
+            && now.wrapping_sub(c.checked) < NEXT_HOP_TTL_NS;
+        if known && tot_len <= c.max_len {
+            return Ok(Hop {
+                dmac: c.dmac,
+                smac: c.smac,
+                ifindex: c.egress,
+            });
+        }
+    }
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.ifindex = ingress_ifindex(ctx);
+    fib.ifindex = ingress;
     fib.__bindgen_anon_1.tot_len = tot_len;
     if v4 {
         fib.family = AF_INET;
@@ -75,7 +116,28 @@ fn next_hop(
     if rc != FIB_SUCCESS {
         return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
     }
-    Ok(fib)
+    let hop = Hop {
+        dmac: fib.dmac,
+        smac: fib.smac,
+        ifindex: fib.ifindex,
+    };
+    if let Some(c) = slot {
+        let c = unsafe { &mut *c };
+        // A longer packet on the same route widens the entry; anything else starts it anew.
+        if known && c.dmac == hop.dmac && c.smac == hop.smac && c.egress == hop.ifindex {
+            c.max_len = tot_len;
+        } else {
+            c.dst = *dst;
+            c.checked = now;
+            c.backend = backend + 1;
+            c.ingress = ingress;
+            c.egress = hop.ifindex;
+            c.max_len = tot_len;
+            c.dmac = hop.dmac;
+            c.smac = hop.smac;
+        }
+    }
+    Ok(hop)
 }
 
 /// The interface the frame arrived on (`xdp_md.ingress_ifindex`, offset 12). Written as
@@ -90,32 +152,38 @@ pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     v as u32
 }
 
-/// Sends the frame out of the FIB's interface: back out of the one it came in on
+/// Sends the frame out of the next hop's interface: back out of the one it came in on
 /// (XDP_TX) or another (redirect).
 #[inline(always)]
-fn transmit(ctx: &XdpContext, fib: &FibParams) -> u32 {
-    if fib.ifindex == ingress_ifindex(ctx) {
+fn transmit(ctx: &XdpContext, hop: &Hop) -> u32 {
+    if hop.ifindex == ingress_ifindex(ctx) {
         xdp_action::XDP_TX
     } else {
-        unsafe { bpf_redirect(fib.ifindex, 0) as u32 }
+        unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
     }
 }
 
-/// Routed delivery of the (already rewritten) packet to `dst`, same family. A separate
-/// BPF function (own stack frame); the result comes back packed in one word.
+/// Routed delivery of the (already rewritten) packet to `dst`, same family: backend
+/// `backend`, or `UNCACHED`. A separate BPF function (own stack frame); the result comes
+/// back packed in one word.
 #[inline(never)]
-pub fn route(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, dst: &[u32; 4]) -> u32 {
-    Stop::pack(route_inner(&crate::parse::context(raw), pkt, dst))
+pub fn route(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    dst: &[u32; 4],
+    backend: u32,
+) -> u32 {
+    Stop::pack(route_inner(&crate::parse::context(raw), pkt, dst, backend))
 }
 
 #[inline(always)]
-fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4]) -> Result<u32, Stop> {
+fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], backend: u32) -> Result<u32, Stop> {
     let src = if pkt.family == FAMILY_V4 {
         [0u32; 4]
     } else {
         pkt.src
     };
-    let fib = next_hop(ctx, pkt.family == FAMILY_V4, &src, dst, pkt.l3_len)?;
+    let hop = next_hop(ctx, pkt.family == FAMILY_V4, &src, dst, pkt.l3_len, backend)?;
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return Err(Stop::counted(
             xdp_action::XDP_DROP,
@@ -123,21 +191,23 @@ fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4]) -> Result<u32, St
         ));
     };
     let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&fib.dmac);
-    macs[6..].copy_from_slice(&fib.smac);
+    macs[..6].copy_from_slice(&hop.dmac);
+    macs[6..].copy_from_slice(&hop.smac);
     unsafe { eth.write_unaligned(macs) };
-    Ok(transmit(ctx, &fib))
+    Ok(transmit(ctx, &hop))
 }
 
 /// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
 /// from the node's tunnel source, with Ethernet addresses of the route's next hop.
-/// A separate BPF function (own stack frame); the result comes back packed in one word.
+/// `id` is the backend's. A separate BPF function (own stack frame); the result comes back
+/// packed in one word.
 #[inline(never)]
 pub fn tunnel(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
     hash: u32,
+    id: u32,
 ) -> u32 {
     let Some(settings) = crate::maps::SETTINGS.get(0) else {
         return xdp_action::XDP_PASS;
@@ -147,6 +217,7 @@ pub fn tunnel(
         pkt,
         backend,
         hash,
+        id,
         settings,
     ))
 }
@@ -157,6 +228,7 @@ fn tunnel_inner(
     pkt: &Packet,
     backend: &BackendInfo,
     hash: u32,
+    id: u32,
     settings: &Settings,
 ) -> Result<u32, Stop> {
     let outer_v4 = backend.family == FAMILY_V4;
@@ -181,7 +253,7 @@ fn tunnel_inner(
         }
         settings.tunnel_src_v6
     };
-    let fib = next_hop(ctx, outer_v4, &src, &backend.addr, outer_len as u16)?;
+    let hop = next_hop(ctx, outer_v4, &src, &backend.addr, outer_len as u16, id)?;
 
     // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
     let vlan = if pkt.l3_off() > 14 {
@@ -197,8 +269,8 @@ fn tunnel_inner(
         return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
     };
     let mut l2 = [0u8; 14];
-    l2[..6].copy_from_slice(&fib.dmac);
-    l2[6..12].copy_from_slice(&fib.smac);
+    l2[..6].copy_from_slice(&hop.dmac);
+    l2[6..12].copy_from_slice(&hop.smac);
     match vlan {
         Some(tag) => {
             l2[12..14].copy_from_slice(&tag[..2]);
@@ -257,5 +329,5 @@ fn tunnel_inner(
         ];
         unsafe { ip.write_unaligned(h) };
     }
-    Ok(transmit(ctx, &fib))
+    Ok(transmit(ctx, &hop))
 }

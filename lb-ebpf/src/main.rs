@@ -100,7 +100,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
         if reply != nat::REWRITTEN {
             return Stop::unpack(reply);
         }
-        return Stop::unpack(forward::route(raw, &pkt, &pkt.dst));
+        return Stop::unpack(forward::route(raw, &pkt, &pkt.dst, forward::UNCACHED));
     }
     if target & DONE != 0 {
         return Stop::unpack(target as u32);
@@ -121,14 +121,14 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
             } else {
                 flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
             };
-            Stop::unpack(forward::tunnel(raw, &pkt, backend, hash))
+            Stop::unpack(forward::tunnel(raw, &pkt, backend, hash, id))
         }
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
             if !pkt.is_icmp() {
                 nat::to_backend(raw, &pkt, backend, service).map_err(Stop::decode)?;
             }
-            Stop::unpack(forward::route(raw, &pkt, &backend.addr))
+            Stop::unpack(forward::route(raw, &pkt, &backend.addr, id))
         }
         // The node itself serves this flow: up its own stack (the VIP is local to it).
         FORWARD_LOCAL => Ok(xdp_action::XDP_PASS),

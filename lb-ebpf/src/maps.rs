@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
-    NatReply, PersistKey, PersistState, ServiceInfo, ServiceKey, Settings, VipKey,
-    CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, REASON_COUNT,
-    TABLE_MAP_FLAGS,
+    NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, Settings, VipKey,
+    CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEXT_HOP_SLOTS,
+    REASON_COUNT, TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service. Port 0 entries match every port of the VIP.
@@ -64,7 +64,8 @@ pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 /// Reply direction of `nat` flows: (backend, client) -> the VIP to put back as source.
 /// One table for all CPUs (a reply may arrive on any), LRU-bounded; userspace removes the
-/// entries of expired flows.
+/// entries of expired flows. Capacity set by userspace at load time, the connection
+/// table's (a `nat` flow has one entry in each).
 #[btf_map]
 pub static NAT: LruHashMap<NatKey, NatReply, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
     LruHashMap::new();
@@ -104,3 +105,8 @@ pub static CURSORS: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::n
 /// by userspace at attach time: only frames addressed to it are balanced.
 #[btf_map]
 pub static IFACE_MACS: Array<u64, { lb_common::MAX_IFINDEX as usize }> = Array::new();
+
+/// `tun`/`nat` next hops per CPU, slot `backend id % NEXT_HOP_SLOTS`: the FIB's answer,
+/// reused for `NEXT_HOP_TTL_NS` (see `forward::next_hop`).
+#[btf_map]
+pub static NEXT_HOPS: PerCpuArray<NextHop, { NEXT_HOP_SLOTS as usize }> = PerCpuArray::new();

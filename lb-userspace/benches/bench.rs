@@ -8,8 +8,11 @@
 //! measurement of that run (it excludes the syscall), averaged over N calls. One run per
 //! call because `tun` and `nat` rewrite the packet and a repeated run would see its own
 //! output; the floors are measured the same way. "established": the same packet N times
-//! (its connection-table entry exists); "new": N packets with distinct 5-tuples (a new
-//! source port, and source address every 60,000), so each run schedules and inserts.
+//! (its connection-table entry exists); "new": N TCP SYNs with distinct 5-tuples (source
+//! addresses, then ports), so each run schedules and inserts, into a table with room;
+//! "new_full": the same into a full table (filled first), so each insert also evicts.
+//! Every case starts from empty tables (connection table and `nat` replies), and the
+//! whole XDP part runs pinned to one CPU.
 //!
 //! `--only GROUP[,GROUP]` (xdp, control, failover, ...): just those figures.
 //!
@@ -147,8 +150,70 @@ fn main() {
     }
 }
 
+/// The benchmark datapath's connection-table capacity (the `nat` reply table's too): its
+/// entries (about 8 MB) do not fit in a core's caches, and it fills in a fraction of a
+/// second for the full-table figures. Small in `--quick` mode.
+fn conntrack_entries(quick: bool) -> u32 {
+    if quick {
+        4096
+    } else {
+        65_536
+    }
+}
+
+/// Keeps the calling thread on the CPU it runs on until dropped (the previous CPU set is
+/// restored then). Every XDP figure is then taken on the same CPU, with the same per-CPU
+/// state (the connection table's LRU lists, counters) and caches.
+struct Pinned(Option<libc::cpu_set_t>);
+
+impl Pinned {
+    fn here() -> Pinned {
+        // SAFETY: plain libc calls on this thread, with a zeroed cpu_set_t of the right size.
+        unsafe {
+            let mut before: libc::cpu_set_t = std::mem::zeroed();
+            let size = std::mem::size_of::<libc::cpu_set_t>();
+            let cpu = libc::sched_getcpu();
+            if cpu < 0 || libc::sched_getaffinity(0, size, &mut before) != 0 {
+                return Pinned(None);
+            }
+            let mut one: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu as usize, &mut one);
+            if libc::sched_setaffinity(0, size, &one) != 0 {
+                return Pinned(None);
+            }
+            Pinned(Some(before))
+        }
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if let Some(before) = &self.0 {
+            // SAFETY: restores the set read in `here`.
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), before) };
+        }
+    }
+}
+
+/// A TCP SYN from the `n`-th client of a range (`range` 0, 1, ... keep ranges apart) to
+/// `vip`:80: a distinct 5-tuple for every `n` below 2^24.
+fn client_syn(fam: &str, range: u32, n: u32, vip: &str) -> Vec<u8> {
+    let src = if fam == "v4" {
+        format!(
+            "10.{}.{}.{}",
+            120 + range * 32 + (n >> 16) % 32,
+            (n >> 8) & 0xff,
+            n & 0xff
+        )
+    } else {
+        format!("fd00:{:x}::{:x}:{:x}", 0x120 + range, n >> 16, n & 0xffff)
+    };
+    Frame::tcp(&src, 1024 + (n >> 21) as u16, vip, 80).bytes()
+}
+
 fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
-    let mut h = Harness::new(CONFIG);
+    let entries = conntrack_entries(s.quick);
+    let mut h = Harness::with_conntrack(CONFIG, entries);
     let ifindex = h.ifindex;
     let mut floor = Ebpf::load(FLOOR_OBJECT).expect("load the floor programs");
     for name in ["floor_drop", "floor_swapmac"] {
@@ -165,17 +230,25 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
     ];
     let mut fig_drop = Figure::new("xdp.floor.drop", "ns");
     let mut fig_swap = Figure::new("xdp.floor.swapmac", "ns");
-    let mut per_case: Vec<(Figure, Figure)> = cases
+    let mut per_case: Vec<[Figure; 3]> = cases
         .iter()
         .map(|(m, f, _, _)| {
-            let mut e = Figure::new(&format!("xdp.{m}.{f}.established"), "ns");
-            let mut n = Figure::new(&format!("xdp.{m}.{f}.new"), "ns");
-            e.baseline = Some("xdp.floor.swapmac".into());
-            n.baseline = Some("xdp.floor.swapmac".into());
-            (e, n)
+            ["established", "new", "new_full"].map(|path| {
+                let mut fig = Figure::new(&format!("xdp.{m}.{f}.{path}"), "ns");
+                fig.baseline = Some("xdp.floor.swapmac".into());
+                fig
+            })
         })
         .collect();
+    // Enough SYNs to fill the tables (a quarter more than their capacity, so that every
+    // CPU's LRU lists are full whatever their flavour), from a client range of their own.
+    let fill = entries + entries / 4;
+    let fillers: Vec<Vec<Vec<u8>>> = cases
+        .iter()
+        .map(|(_, fam, vip, _)| (0..fill).map(|n| client_syn(fam, 2, n, vip)).collect())
+        .collect();
     let base = Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80).bytes();
+    let _pinned = Pinned::here();
     for round in 0..s.rounds {
         {
             let p: &mut Xdp = floor.program_mut("floor_drop").unwrap().try_into().unwrap();
@@ -193,7 +266,14 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 .samples
                 .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 3));
         }
-        for ((_, fam, vip, verdict), (est, new)) in cases.iter().zip(per_case.iter_mut()) {
+        for (((_, fam, vip, verdict), [est, new, full]), filler) in
+            cases.iter().zip(per_case.iter_mut()).zip(&fillers)
+        {
+            // Every case starts from empty tables, whatever the cases before it left.
+            h.datapath
+                .clear_conntrack()
+                .expect("clear the connection table");
+            h.datapath.clear_nat_replies().expect("clear the nat table");
             let client = if *fam == "v4" {
                 "10.111.0.10"
             } else {
@@ -209,35 +289,37 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 s.runs,
                 *verdict,
             ));
-            // Distinct 5-tuples: source port, then source address, unique per round.
-            let r = round as u32;
-            let mut fresh = |i: u32| {
-                let n = r * s.runs + i;
-                let src = if *fam == "v4" {
-                    format!(
-                        "10.{}.{}.{}",
-                        120 + (n >> 16) % 100,
-                        (n >> 8) & 0xff,
-                        n & 0xff
-                    )
-                } else {
-                    format!("fd00:120::{:x}:{:x}", n >> 16, n & 0xffff)
-                };
-                let f = Frame::tcp(&src, 1024 + (n % 60_000) as u16, vip, 80);
-                f.bytes()
-            };
-            let prog = h.datapath.program();
-            new.samples
-                .push(measure(prog, ifindex, &mut fresh, s.runs, *verdict));
+            // New flows while the table has room: distinct 5-tuples, unique per round.
+            let first = round as u32 * s.runs;
+            new.samples.push(measure(
+                prog,
+                ifindex,
+                &mut |i| client_syn(fam, 0, first + i, vip),
+                s.runs,
+                *verdict,
+            ));
+            // New flows into a full table (a busy node's steady state): each insert
+            // evicts the least recently used entry.
+            let n = filler.len() as u32;
+            measure(
+                prog,
+                ifindex,
+                &mut |i| filler[i as usize].clone(),
+                n,
+                *verdict,
+            );
+            full.samples.push(measure(
+                prog,
+                ifindex,
+                &mut |i| client_syn(fam, 1, first + i, vip),
+                s.runs,
+                *verdict,
+            ));
         }
-        h.datapath.clear_conntrack().ok();
     }
     figures.push(fig_drop);
     figures.push(fig_swap);
-    for (e, n) in per_case {
-        figures.push(e);
-        figures.push(n);
-    }
+    figures.extend(per_case.into_iter().flatten());
 }
 
 /// `failover.{100ms,1s}.seconds`: a two-node lab (VRRP, dr, health checks) per advert

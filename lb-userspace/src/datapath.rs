@@ -82,6 +82,19 @@ fn conntrack_capacity(configured: u32) -> u32 {
     configured.max(1024)
 }
 
+/// Maps sized by `conntrack.max_entries`: the connection table, and the `nat` reply
+/// table (a `nat` flow has one entry in each).
+const FLOW_TABLES: [&str; 2] = ["CONNTRACK", "NAT"];
+
+/// A loader with the flow tables sized for `conntrack.max_entries`.
+fn loader(conntrack_entries: u32) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in FLOW_TABLES {
+        loader.map_max_entries(name, conntrack_capacity(conntrack_entries));
+    }
+    loader
+}
+
 /// A digest of the embedded XDP object: pinned state written by another build is checked
 /// map by map before it is adopted.
 pub fn object_digest() -> u64 {
@@ -91,12 +104,9 @@ pub fn object_digest() -> u64 {
 impl Datapath {
     /// Loads the program and creates its maps (not attached yet).
     pub fn load(conntrack_entries: u32) -> Result<Self> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("CONNTRACK", conntrack_capacity(conntrack_entries))
-            .load(XDP_OBJECT)
-            .context(
-                "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
-            )?;
+        let mut ebpf = loader(conntrack_entries).load(XDP_OBJECT).context(
+            "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
+        )?;
         load_program(&mut ebpf)?;
         Ok(Datapath {
             ebpf,
@@ -112,8 +122,7 @@ impl Datapath {
     /// already pinned are taken over. Check [`pinned_maps_mismatch`] first.
     pub fn load_pinned(conntrack_entries: u32, pins: &PinDir) -> Result<Self> {
         let maps = object_maps()?;
-        let mut loader = EbpfLoader::new();
-        loader.map_max_entries("CONNTRACK", conntrack_capacity(conntrack_entries));
+        let mut loader = loader(conntrack_entries);
         for (name, _) in &maps {
             loader.map_pin_path(name, pins.maps().join(name));
         }
@@ -510,6 +519,17 @@ impl Datapath {
         }
         Ok(())
     }
+
+    /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
+    /// figure from empty tables).
+    pub fn clear_nat_replies(&mut self) -> Result<()> {
+        let mut m: HashMap<&mut MapData, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
+        let keys: Vec<_> = m.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
 }
 
 /// Whether the maps pinned in `pins` can be adopted by this build: every map of the
@@ -529,7 +549,7 @@ pub fn pinned_maps_mismatch(conntrack_entries: u32, pins: &PinDir) -> Result<Vec
                 continue;
             }
         };
-        let max_entries = if name == "CONNTRACK" {
+        let max_entries = if FLOW_TABLES.contains(&name.as_str()) {
             conntrack_capacity(conntrack_entries)
         } else {
             def.max_entries()

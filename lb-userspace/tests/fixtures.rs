@@ -361,6 +361,58 @@ fn forwarding_fixtures() {
     drop(h.ns);
 }
 
+/// `tun` reuses the FIB's next hop of a backend for a while (`NEXT_HOP_TTL_NS`), never
+/// past what the FIB said: a packet longer than the ones the FIB accepted is checked
+/// again (too long for the link once tunnelled: it goes to the kernel, counted), and a
+/// changed neighbour is followed once the cached answer has expired.
+#[test]
+fn tun_next_hops_follow_the_fib() {
+    let mut h = Harness::new(CONFIG);
+    let small = Frame::tcp("10.111.0.10", 41000, "10.112.0.101", 443);
+    // 20 + 20 + 1450 bytes inside, 1510 with the outer header: over eth0's MTU of 1500.
+    let big = Frame {
+        payload: vec![0x5a; 1450],
+        ..small.clone()
+    };
+    let cases = vec![
+        Case {
+            name: "small packet: tunnelled (its next hop now cached)",
+            input: small.bytes(),
+            verdict: XDP_TX,
+            expect: tun_expected(&h, &small),
+        },
+        Case {
+            name: "same flow, too long for the link once tunnelled: to the kernel",
+            input: big.bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+    ];
+    check(&mut h, cases);
+    assert_eq!(h.datapath.reasons().unwrap()["fib_lookup_failed"], 1);
+
+    let backend = h.predicted(&small).to_string();
+    h.ns.ip(&[
+        "neigh",
+        "replace",
+        &backend,
+        "lladdr",
+        "02:00:00:00:00:99",
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
+    std::thread::sleep(std::time::Duration::from_nanos(lb_common::NEXT_HOP_TTL_NS) * 3 / 2);
+    let (verdict, out) = h.run(&small.bytes());
+    assert_eq!(verdict, XDP_TX);
+    assert_eq!(
+        out[0..6],
+        [2, 0, 0, 0, 0, 0x99],
+        "the backend's new MAC, once the cached next hop expired"
+    );
+}
+
 #[test]
 fn same_flow_same_backend_and_counters() {
     let mut h = Harness::new(CONFIG);

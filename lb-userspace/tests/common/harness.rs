@@ -46,6 +46,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(config_text: &str) -> Harness {
+        Harness::with_conntrack(config_text, 65536)
+    }
+
+    /// Like `new`, with a connection table of `entries`.
+    pub fn with_conntrack(config_text: &str, entries: u32) -> Harness {
         let config = Config::parse(config_text, "fixtures.yaml").expect("fixture config");
         let ns = Netns::new("fx");
         ns.ip(&[
@@ -104,7 +109,7 @@ impl Harness {
         ns.enter();
         let ifindex = ns.ifindex("eth0");
         daemon::prepare_interfaces(&config).expect("forwarding sysctls");
-        let mut datapath = Datapath::load(65536).expect("load the XDP program");
+        let mut datapath = Datapath::load(entries).expect("load the XDP program");
         let tunnel = daemon::tunnel_sources(&config).expect("tunnel sources from eth0");
         let plan = plan::plan(&config, &macs, tunnel, None).expect("plan");
         datapath.apply(&plan).expect("program the maps");
