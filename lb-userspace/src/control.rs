@@ -1104,12 +1104,18 @@ impl Controller {
     }
 
     fn reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let started = Instant::now();
         let result = self.try_reload();
         match &result {
             Ok(report) => {
                 self.reloads.ok += 1;
                 self.reloads.last_error = None;
-                tracing::info!(file = %self.path.display(), "configuration reloaded: {}", report.diff);
+                tracing::info!(
+                    file = %self.path.display(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "configuration reloaded: {}",
+                    report.diff
+                );
             }
             Err(e) => {
                 self.reloads.error += 1;
@@ -1121,8 +1127,13 @@ impl Controller {
     }
 
     fn try_reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let started = Instant::now();
         let new =
             daemon::load_config(&self.path).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: file parsed and checked"
+        );
         let host = netinfo::host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
         check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         let restart = restart_only_changes(&self.config, &new);
@@ -1148,6 +1159,10 @@ impl Controller {
         let dropped = retain_overrides(&mut overrides, &new);
         let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
         let result = self.replan(&new, RESOLVE_WAIT_CHANGE).and_then(|next| {
+            tracing::debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "reload: planned"
+            );
             let old = std::mem::replace(&mut self.config, new);
             self.commit(next, false).inspect_err(|_| self.config = old)
         });
