@@ -91,6 +91,42 @@ pub struct ServiceKey {
     pub family: u8,
 }
 
+/// Key of the IPv4 service map (`SERVICES4`): `ServiceKey` without the unused address
+/// words, so the kernel hashes 8 bytes instead of 20 on every IPv4 packet's lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey4 {
+    pub addr: u32,
+    /// Network byte order, as on the wire.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ServiceKey {
+    /// The compact key of an IPv4 service, `None` for IPv6.
+    pub fn v4(&self) -> Option<ServiceKey4> {
+        (self.family == FAMILY_V4).then_some(ServiceKey4 {
+            addr: self.addr[0],
+            port: self.port,
+            proto: self.proto,
+            _pad: 0,
+        })
+    }
+}
+
+impl ServiceKey4 {
+    /// The same key in the four-word form the plan uses.
+    pub fn wide(&self) -> ServiceKey {
+        ServiceKey {
+            addr: [self.addr, 0, 0, 0],
+            port: self.port,
+            proto: self.proto,
+            family: FAMILY_V4,
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceInfo {
@@ -398,6 +434,7 @@ pub const REASON_NAMES: [(&str, bool); REASON_COUNT as usize] = [
 mod pod {
     use super::*;
     unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceKey4 {}
     unsafe impl aya::Pod for ServiceInfo {}
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for FlowKey {}

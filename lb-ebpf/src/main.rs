@@ -18,10 +18,13 @@ mod sched;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    hash::flow_hash, BackendInfo, FragKey, FragState, Reason, ServiceInfo, ServiceKey, FORWARD_DR,
-    FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
+    hash::flow_hash, BackendInfo, FragKey, FragState, Reason, ServiceInfo, ServiceKey, ServiceKey4,
+    FAMILY_V4, FORWARD_DR, FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
 };
-use maps::{ACTIONS, BACKEND_STATS, FRAGS, IFACE_MACS, REASONS, SERVICES, SERVICE_STATS, SETTINGS};
+use maps::{
+    ACTIONS, BACKEND_STATS, FRAGS, IFACE_MACS, REASONS, SERVICES, SERVICES4, SERVICE_STATS,
+    SETTINGS,
+};
 use parse::{Fragment, Packet, Stop};
 
 #[xdp]
@@ -192,6 +195,19 @@ fn addressed_to_us(ctx: &XdpContext) -> bool {
 /// The service for (VIP, port, protocol), else the VIP's all-ports service.
 #[inline(always)]
 fn find_service(pkt: &Packet) -> Option<ServiceInfo> {
+    if pkt.family == FAMILY_V4 {
+        let mut key = ServiceKey4 {
+            addr: pkt.dst[0],
+            port: pkt.dport,
+            proto: pkt.proto,
+            _pad: 0,
+        };
+        if let Some(s) = SERVICES4.get_ptr(&key) {
+            return Some(unsafe { *s });
+        }
+        key.port = 0;
+        return SERVICES4.get_ptr(&key).map(|s| unsafe { *s });
+    }
     let mut key = ServiceKey {
         addr: pkt.dst,
         port: pkt.dport,

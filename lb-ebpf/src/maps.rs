@@ -8,14 +8,19 @@ use aya_ebpf::{
 };
 use lb_common::{
     BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
-    NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, Settings, VipKey,
-    CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES, NEXT_HOP_SLOTS,
-    REASON_COUNT, TABLE_MAP_FLAGS,
+    NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4, Settings,
+    VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NEXT_HOP_SLOTS, REASON_COUNT, TABLE_MAP_FLAGS,
 };
 
-/// (VIP, port, protocol) -> service. Port 0 entries match every port of the VIP.
+/// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.
 #[btf_map]
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// The same for IPv4 VIPs, with the compact key: the kernel hashes the whole key on every
+/// lookup, and a 20-byte key was a large share of an established packet's cost.
+#[btf_map]
+pub static SERVICES4: HashMap<ServiceKey4, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
 
 /// Backend id -> where and how to forward. Ids are assigned by userspace, unique per
 /// (service, backend) pair.

@@ -18,8 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey, Settings,
-    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_MAP_FLAGS,
+    BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey,
+    ServiceKey4, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
+    TABLE_MAP_FLAGS,
 };
 
 use crate::{pins::PinDir, plan::Plan};
@@ -385,21 +386,64 @@ impl Datapath {
                 });
             }
         }
-        let mut services: HashMap<_, ServiceKey, ServiceInfo> =
-            HashMap::try_from(self.map("SERVICES")?)?;
         for svc in &plan.services {
-            services
-                .insert(svc.key, svc.info, 0)
+            self.insert_service(&svc.key, svc.info)
                 .with_context(|| format!("service {}", svc.name))?;
         }
         let keys: std::collections::HashSet<ServiceKey> =
             plan.services.iter().map(|s| s.key).collect();
         for old in &previous.services {
             if !keys.contains(&old.key) {
-                let _ = services.remove(&old.key);
+                let _ = self.remove_service(&old.key);
             }
         }
         Ok(())
+    }
+
+    /// Writes a service: IPv4 ones to `SERVICES4` (compact key), IPv6 ones to `SERVICES`.
+    fn insert_service(&mut self, key: &ServiceKey, info: ServiceInfo) -> Result<()> {
+        if let Some(k4) = key.v4() {
+            let mut m: HashMap<_, ServiceKey4, ServiceInfo> =
+                HashMap::try_from(self.map("SERVICES4")?)?;
+            m.insert(k4, info, 0)?;
+        } else {
+            let mut m: HashMap<_, ServiceKey, ServiceInfo> =
+                HashMap::try_from(self.map("SERVICES")?)?;
+            m.insert(*key, info, 0)?;
+        }
+        Ok(())
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        if let Some(k4) = key.v4() {
+            let mut m: HashMap<_, ServiceKey4, ServiceInfo> =
+                HashMap::try_from(self.map("SERVICES4")?)?;
+            m.remove(&k4)?;
+        } else {
+            let mut m: HashMap<_, ServiceKey, ServiceInfo> =
+                HashMap::try_from(self.map("SERVICES")?)?;
+            m.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// Every service key in the maps, in the plan's four-word form, with the map it is
+    /// in (`SERVICES` entries of the IPv4 family are misplaced: the datapath never looks
+    /// them up there).
+    fn service_keys(&mut self) -> Result<Vec<(ServiceKey, bool)>> {
+        let m: HashMap<_, ServiceKey4, ServiceInfo> = HashMap::try_from(self.map("SERVICES4")?)?;
+        let mut out: Vec<(ServiceKey, bool)> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .map(|k| (k.wide(), true))
+            .collect();
+        let m: HashMap<_, ServiceKey, ServiceInfo> = HashMap::try_from(self.map("SERVICES")?)?;
+        out.extend(
+            m.keys()
+                .filter_map(|k| k.ok())
+                .map(|k| (k, k.family != lb_common::FAMILY_V4)),
+        );
+        Ok(out)
     }
 
     /// `keys[i]` -> `values[i]` in array map `name`: one BPF_MAP_UPDATE_BATCH call (a
@@ -656,15 +700,20 @@ impl Datapath {
             let mut settings: Array<_, Settings> = Array::try_from(self.map("SETTINGS")?)?;
             settings.set(0, plan.settings, 0)?;
         }
-        let mut services: HashMap<_, ServiceKey, ServiceInfo> =
-            HashMap::try_from(self.map("SERVICES")?)?;
-        let stale: Vec<ServiceKey> = services
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !plan.services.iter().any(|s| s.key == *k))
-            .collect();
-        for k in &stale {
-            let _ = services.remove(k);
+        let mut stale = 0;
+        for (k, placed) in self.service_keys()? {
+            if !placed {
+                // An IPv4 service a build before `SERVICES4` wrote: never looked up there.
+                let mut m: HashMap<_, ServiceKey, ServiceInfo> =
+                    HashMap::try_from(self.map("SERVICES")?)?;
+                let _ = m.remove(&k);
+                if !plan.services.iter().any(|s| s.key == k) {
+                    stale += 1;
+                }
+            } else if !plan.services.iter().any(|s| s.key == k) {
+                let _ = self.remove_service(&k);
+                stale += 1;
+            }
         }
         let mut vips: HashMap<_, VipKey, u32> = HashMap::try_from(self.map("VIPS")?)?;
         let stale_vips: Vec<VipKey> = vips
@@ -692,7 +741,7 @@ impl Datapath {
                 cleared += 1;
             }
         }
-        Ok((stale.len(), cleared))
+        Ok((stale, cleared))
     }
 }
 
