@@ -23,6 +23,10 @@ pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// BPF_F_MMAPABLE, so userspace writes a whole table with one memory copy instead of one
 /// system call per slot. The kernel requires inner maps to carry the template's flags.
 pub const TABLE_MAP_FLAGS: u32 = 1024;
+/// Cells of a service lookup table: two slots (backend ids) per u64 cell, slot `2i` in
+/// the low half of cell `i`, slot `2i + 1` in the high half (an array map stores every
+/// value in an 8-byte cell, so one u32 per cell would take twice the kernel memory).
+pub const TABLE_CELLS: u32 = MAGLEV_TABLE_SIZE.div_ceil(2);
 /// Interface indexes below this get their MAC checked by the datapath (`IFACE_MACS`).
 pub const MAX_IFINDEX: u32 = 4096;
 /// Default connection-table capacity (total across CPUs); `conntrack.max_entries` overrides it.

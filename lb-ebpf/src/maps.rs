@@ -10,7 +10,7 @@ use lb_common::{
     BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
     NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4, Settings,
     VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    NEXT_HOP_SLOTS, REASON_COUNT, TABLE_MAP_FLAGS,
+    NEXT_HOP_SLOTS, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.
@@ -31,10 +31,11 @@ pub static BACKENDS: Array<BackendInfo, { MAX_BACKENDS as usize }> = Array::new(
 /// the weighted bucket table (sh, dh), the backend list (rr, load schedulers) or the wrr
 /// cycle. Userspace builds a new inner table and swaps it in with one update, so a packet
 /// sees the old table or the new one, never a mix. Tables are mmap-able
-/// (`TABLE_MAP_FLAGS`): userspace fills one with a memory copy.
+/// (`TABLE_MAP_FLAGS`): userspace fills one with a memory copy. Two slots per cell
+/// (`TABLE_CELLS`).
 #[btf_map]
 pub static MAGLEV: ArrayOfMaps<
-    Array<u32, { MAGLEV_TABLE_SIZE as usize }, { TABLE_MAP_FLAGS as usize }>,
+    Array<u64, { TABLE_CELLS as usize }, { TABLE_MAP_FLAGS as usize }>,
     { MAX_SERVICES as usize },
 > = ArrayOfMaps::new();
 

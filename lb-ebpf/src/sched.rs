@@ -36,9 +36,21 @@ pub fn choose(pkt: &Packet, service: &ServiceInfo, flow_hash: u32, now: u64) -> 
     }
 }
 
+/// Slot `index` of a service's table (two slots per u64 cell, the even one in the low
+/// half; see `lb_common::TABLE_CELLS`).
+#[inline(always)]
+fn table_slot(service_id: u32, index: u32) -> Option<u32> {
+    let cell = *MAGLEV.get_value(service_id, &(index >> 1))?;
+    Some(if index & 1 == 0 {
+        cell as u32
+    } else {
+        (cell >> 32) as u32
+    })
+}
+
 #[inline(always)]
 fn entry(service: &ServiceInfo, index: u32) -> Option<u32> {
-    let id = *MAGLEV.get_value(service.id, &index)?;
+    let id = table_slot(service.id, index)?;
     (id != NO_BACKEND).then_some(id)
 }
 
@@ -112,7 +124,7 @@ fn listed(s: &Scan, i: u64) -> Result<(u32, BackendInfo), i64> {
     if i >= s.len {
         return Err(1);
     }
-    let id = MAGLEV.get_value(s.service, &i).copied().ok_or(0i64)?;
+    let id = table_slot(s.service, i).ok_or(0i64)?;
     if id == NO_BACKEND {
         return Err(0);
     }

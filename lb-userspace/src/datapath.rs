@@ -20,7 +20,7 @@ use aya::{
 use lb_common::{
     BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey,
     ServiceKey4, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
-    TABLE_MAP_FLAGS,
+    TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 use crate::{pins::PinDir, plan::Plan};
@@ -478,7 +478,7 @@ impl Datapath {
     /// grace period after every update of a map of maps (milliseconds each), so all slots
     /// are written with one BPF_MAP_UPDATE_BATCH call (one wait); one update per slot if
     /// the kernel refuses batches. Each slot changes atomically either way.
-    fn swap_tables(&mut self, swaps: &[(u32, Array<MapData, u32>)]) -> Result<()> {
+    fn swap_tables(&mut self, swaps: &[(u32, Array<MapData, u64>)]) -> Result<()> {
         use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd, AsRawFd};
         if swaps.is_empty() {
@@ -500,7 +500,7 @@ impl Datapath {
             }
             Err(e) => return Err(e).context("Maglev table swap"),
         }
-        let mut outer: ArrayOfMaps<_, Array<MapData, u32>> =
+        let mut outer: ArrayOfMaps<_, Array<MapData, u64>> =
             ArrayOfMaps::try_from(self.map("MAGLEV")?)?;
         for (id, table) in swaps {
             outer
@@ -764,28 +764,26 @@ impl Datapath {
     }
 }
 
-/// A new lookup-table map holding `slots` (the rest of its `MAGLEV_TABLE_SIZE` slots 0),
-/// filled through a shared mapping of the map's memory: one copy, not one `bpf()` call
-/// per slot (1,000 tables of 65,537 slots would take tens of seconds otherwise).
-fn table_map(slots: &[u32]) -> Result<Array<MapData, u32>> {
+/// A new lookup-table map holding `slots` (two per cell, see `lb_common::TABLE_CELLS`; the
+/// rest 0), filled through a shared mapping of the map's memory: one copy, not one `bpf()`
+/// call per cell (1,000 tables would take tens of seconds otherwise).
+fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
     if slots.len() > MAGLEV_TABLE_SIZE as usize {
         return Err(anyhow!(
             "{} slots, a table holds at most {MAGLEV_TABLE_SIZE}",
             slots.len()
         ));
     }
-    let table: Array<MapData, u32> =
-        Array::create(MAGLEV_TABLE_SIZE, TABLE_MAP_FLAGS).context("cannot create a table map")?;
-    // An array map stores each value in an 8-byte-aligned cell: slot i is at 8 * i.
-    const CELL: usize = 8;
-    let len = MAGLEV_TABLE_SIZE as usize * CELL;
+    let table: Array<MapData, u64> =
+        Array::create(TABLE_CELLS, TABLE_MAP_FLAGS).context("cannot create a table map")?;
+    let len = TABLE_CELLS as usize * std::mem::size_of::<u64>();
     let fd = {
         use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd, AsRawFd};
         table.map().fd().as_fd().as_raw_fd()
     };
-    // SAFETY: maps `len` bytes of the array's value area (an mmap-able array map exposes
-    // its value cells from offset 0, page-rounded); the mapping is private to this function and
+    // SAFETY: maps the `len` bytes of the array's values (an mmap-able array map exposes
+    // its 8-byte value cells from offset 0); the mapping is private to this function and
     // unmapped before it returns; the map outlives it.
     unsafe {
         let mem = libc::mmap(
@@ -799,9 +797,10 @@ fn table_map(slots: &[u32]) -> Result<Array<MapData, u32>> {
         if mem == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("cannot map a table map");
         }
-        let base = mem.cast::<u32>();
-        for (slot, &id) in slots.iter().enumerate() {
-            base.add(slot * CELL / 4).write(id);
+        let cells = std::slice::from_raw_parts_mut(mem.cast::<u64>(), TABLE_CELLS as usize);
+        for (cell, pair) in cells.iter_mut().zip(slots.chunks(2)) {
+            let high = pair.get(1).copied().unwrap_or(0);
+            *cell = u64::from(pair[0]) | u64::from(high) << 32;
         }
         libc::munmap(mem, len);
     }
