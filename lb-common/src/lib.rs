@@ -18,6 +18,22 @@ pub const MAX_BACKENDS: u32 = 131_072;
 /// Entries of each service's lookup table (inner map): the Maglev table for mh. A prime, so that every
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
+/// ICMP and ICMPv6 message types and codes, as the datapath (echo replies, too-big
+/// steering) and the ping health check use them.
+pub mod icmp {
+    pub const ECHO_REPLY_V4: u8 = 0;
+    pub const UNREACHABLE_V4: u8 = 3;
+    /// Code of "fragmentation needed" under `UNREACHABLE_V4`.
+    pub const FRAG_NEEDED_CODE: u8 = 4;
+    pub const ECHO_REQUEST_V4: u8 = 8;
+    pub const TIME_EXCEEDED_V4: u8 = 11;
+    pub const UNREACHABLE_V6: u8 = 1;
+    pub const PACKET_TOO_BIG_V6: u8 = 2;
+    pub const TIME_EXCEEDED_V6: u8 = 3;
+    pub const ECHO_REQUEST_V6: u8 = 128;
+    pub const ECHO_REPLY_V6: u8 = 129;
+}
+
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Flags of every service lookup table (the `MAGLEV` inner maps and their template):
 /// BPF_F_MMAPABLE, so userspace writes a whole table with one memory copy instead of one

@@ -4,7 +4,13 @@
 //! through the balancer. Other ICMP goes to the kernel.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::{FlowKey, Reason, VipKey, BACKEND_ACTIVE, FAMILY_V4, FAMILY_V6, FORWARD_NAT};
+use lb_common::{
+    icmp::{
+        ECHO_REPLY_V4, ECHO_REPLY_V6, ECHO_REQUEST_V4, ECHO_REQUEST_V6, FRAG_NEEDED_CODE,
+        PACKET_TOO_BIG_V6, UNREACHABLE_V4,
+    },
+    FlowKey, Reason, VipKey, BACKEND_ACTIVE, FAMILY_V4, FAMILY_V6, FORWARD_NAT,
+};
 
 use crate::{
     csum::Delta,
@@ -12,13 +18,6 @@ use crate::{
     parse::{ptr_at, read, Packet, Stop, IPV4_LEN, IPV6_LEN, MAX_L4_OFFSET},
 };
 
-const ECHO_REQUEST_V4: u8 = 8;
-const ECHO_REPLY_V4: u8 = 0;
-const UNREACHABLE_V4: u8 = 3;
-const FRAG_NEEDED_CODE: u8 = 4;
-const PACKET_TOO_BIG_V6: u8 = 2;
-const ECHO_REQUEST_V6: u8 = 128;
-const ECHO_REPLY_V6: u8 = 129;
 /// TTL / hop limit of the echo replies the datapath writes.
 const REPLY_TTL: u8 = 64;
 

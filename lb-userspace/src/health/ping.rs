@@ -22,14 +22,10 @@ use tokio::{io::unix::AsyncFd, sync::oneshot, task::JoinHandle};
 
 use super::check::Deadline;
 
-const ECHO_REQUEST_V4: u8 = 8;
-const ECHO_REPLY_V4: u8 = 0;
-const UNREACHABLE_V4: u8 = 3;
-const TIME_EXCEEDED_V4: u8 = 11;
-const ECHO_REQUEST_V6: u8 = 128;
-const ECHO_REPLY_V6: u8 = 129;
-const UNREACHABLE_V6: u8 = 1;
-const TIME_EXCEEDED_V6: u8 = 3;
+use lb_common::icmp::{
+    ECHO_REPLY_V4, ECHO_REPLY_V6, ECHO_REQUEST_V4, ECHO_REQUEST_V6, TIME_EXCEEDED_V4,
+    TIME_EXCEEDED_V6, UNREACHABLE_V4, UNREACHABLE_V6,
+};
 /// Sent after the echo header, so a capture shows who asked.
 const PAYLOAD: &[u8] = b"bascule health check";
 
