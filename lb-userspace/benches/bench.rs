@@ -108,6 +108,18 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
+    const GROUPS: [&str; 6] = ["xdp", "veth", "http", "control", "health", "failover"];
+    if let Some(unknown) = only
+        .iter()
+        .flat_map(|o| o.split(','))
+        .find(|g| !GROUPS.contains(g))
+    {
+        eprintln!(
+            "--only: no group `{unknown}`; the groups are {}",
+            GROUPS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let wanted = |group: &str| {
         only.as_deref()
             .is_none_or(|o| o.split(',').any(|g| g == group))
