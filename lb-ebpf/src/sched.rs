@@ -116,6 +116,35 @@ struct Scan {
     _pad: u32,
 }
 
+impl Scan {
+    #[inline(always)]
+    fn of(service: &ServiceInfo, scheduler: u32) -> Scan {
+        Scan {
+            service: service.id,
+            len: service.table_size,
+            scheduler,
+            best: NO_BACKEND,
+            best_a: 0,
+            best_w: 1,
+            found: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Calls `step` for each listed backend (at most MAX_SCAN_BACKENDS) until it stops.
+    #[inline(always)]
+    fn run(&mut self, step: extern "C" fn(u64, *mut core::ffi::c_void) -> i64) {
+        unsafe {
+            bpf_loop(
+                MAX_SCAN_BACKENDS,
+                step as *mut core::ffi::c_void,
+                self as *mut Scan as *mut core::ffi::c_void,
+                0,
+            )
+        };
+    }
+}
+
 /// The `i`-th listed backend of the scanned service, if it is eligible: `Err(1)` past the
 /// end of the list (stop the loop), `Err(0)` for a slot to skip.
 #[inline(always)]
@@ -153,24 +182,8 @@ extern "C" fn scan_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 
 #[inline(always)]
 fn scan(service: &ServiceInfo, scheduler: u8) -> Option<u32> {
-    let mut s = Scan {
-        service: service.id,
-        len: service.table_size,
-        scheduler: scheduler as u32,
-        best: NO_BACKEND,
-        best_a: 0,
-        best_w: 1,
-        found: 0,
-        _pad: 0,
-    };
-    unsafe {
-        bpf_loop(
-            MAX_SCAN_BACKENDS,
-            scan_step as *mut core::ffi::c_void,
-            &mut s as *mut Scan as *mut core::ffi::c_void,
-            0,
-        )
-    };
+    let mut s = Scan::of(service, scheduler as u32);
+    s.run(scan_step);
     (s.best != NO_BACKEND).then_some(s.best)
 }
 
@@ -194,24 +207,8 @@ fn overloaded(service: &ServiceInfo, id: u32, b: &BackendInfo) -> bool {
     if active(id) <= b.weight as u64 {
         return false;
     }
-    let mut s = Scan {
-        service: service.id,
-        len: service.table_size,
-        scheduler: 0,
-        best: NO_BACKEND,
-        best_a: 0,
-        best_w: 1,
-        found: 0,
-        _pad: 0,
-    };
-    unsafe {
-        bpf_loop(
-            MAX_SCAN_BACKENDS,
-            underloaded_step as *mut core::ffi::c_void,
-            &mut s as *mut Scan as *mut core::ffi::c_void,
-            0,
-        )
-    };
+    let mut s = Scan::of(service, 0);
+    s.run(underloaded_step);
     s.found != 0
 }
 

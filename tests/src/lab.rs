@@ -357,21 +357,27 @@ impl Lab {
         Ok(())
     }
 
-    /// SIGKILL, as a crash would: the process gets no chance to clean up. Returns once it
-    /// is gone.
-    pub fn kill(&self, process: &Spawned) -> Result<ExitStatus> {
+    /// Stops tracking `process` and hands over its child handle.
+    fn take_child(&self, process: &Spawned) -> Result<Child> {
         let entry = self
             .children
             .lock()
             .expect("lab children lock")
             .remove(&process.pid);
-        let Some((mut child, _)) = entry else {
-            bail!(
+        match entry {
+            Some((child, _)) => Ok(child),
+            None => bail!(
                 "{} (pid {}) is not a process of this lab",
                 process.name,
                 process.pid
-            );
-        };
+            ),
+        }
+    }
+
+    /// SIGKILL, as a crash would: the process gets no chance to clean up. Returns once it
+    /// is gone.
+    pub fn kill(&self, process: &Spawned) -> Result<ExitStatus> {
+        let mut child = self.take_child(process)?;
         child.kill()?;
         Ok(child.wait()?)
     }
@@ -386,18 +392,7 @@ impl Lab {
     /// Sends SIGTERM, waits up to 5 s, then SIGKILL. Returns the exit status and whether
     /// it exited on its own within the grace period.
     pub fn terminate(&self, process: &Spawned) -> Result<(ExitStatus, bool)> {
-        let entry = self
-            .children
-            .lock()
-            .expect("lab children lock")
-            .remove(&process.pid);
-        let Some((mut child, _)) = entry else {
-            bail!(
-                "{} (pid {}) is not a process of this lab",
-                process.name,
-                process.pid
-            );
-        };
+        let mut child = self.take_child(process)?;
         terminate_child(&mut child)
     }
 

@@ -89,18 +89,22 @@ impl Netlink {
             .ok_or_else(|| anyhow!("interface {name} does not exist (see `ip link`)"))
     }
 
-    /// Addresses on interface `index` with their prefix lengths.
-    pub async fn addresses(&self, index: u32) -> Result<Vec<IpPrefix>> {
-        let _turn = self.turn.lock().await;
-        let msgs: Vec<AddressMessage> = self
-            .handle
+    /// The kernel's address messages for interface `index` (the caller holds `turn`).
+    async fn address_messages(&self, index: u32) -> Result<Vec<AddressMessage>> {
+        self.handle
             .address()
             .get()
             .set_link_index_filter(index)
             .execute()
             .try_collect()
             .await
-            .context("cannot list addresses")?;
+            .context("cannot list addresses")
+    }
+
+    /// Addresses on interface `index` with their prefix lengths.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<IpPrefix>> {
+        let _turn = self.turn.lock().await;
+        let msgs = self.address_messages(index).await?;
         Ok(msgs
             .iter()
             .filter_map(|m| {
@@ -146,15 +150,7 @@ impl Netlink {
     /// there.
     pub async fn remove_address(&self, index: u32, addr: IpAddr) -> Result<bool> {
         let _turn = self.turn.lock().await;
-        let msgs: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .context("cannot list addresses")?;
+        let msgs = self.address_messages(index).await?;
         let mut removed = false;
         for m in msgs.into_iter().filter(|m| address_of(m) == Some(addr)) {
             match self.handle.address().del(m).execute().await {
