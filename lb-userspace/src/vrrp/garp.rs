@@ -14,7 +14,7 @@ use std::{
     os::fd::{AsRawFd, OwnedFd},
 };
 
-use super::socket::{cvt, new_socket, set_int, set_opt, sockaddr_v6};
+use super::socket::{new_socket, send_to, set_int, set_opt, sockaddr_v6};
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -103,35 +103,13 @@ impl Announcer {
                 to.sll_ifindex = self.ifindex as i32;
                 to.sll_halen = 6;
                 to.sll_addr[..6].copy_from_slice(&BROADCAST);
-                // SAFETY: valid frame and sockaddr_ll of the given length.
-                cvt(unsafe {
-                    libc::sendto(
-                        raw,
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&to as *const libc::sockaddr_ll).cast(),
-                        mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                } as i32)
-                .map(drop)
+                send_to(raw, &frame, &to)
             }
             (IpAddr::V6(a), true) => {
                 let message = neighbour_advertisement(self.mac, a);
                 let mut to = sockaddr_v6(ALL_NODES);
                 to.sin6_scope_id = self.ifindex;
-                // SAFETY: valid message and sockaddr_in6 of the given length.
-                cvt(unsafe {
-                    libc::sendto(
-                        raw,
-                        message.as_ptr().cast(),
-                        message.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in6).cast(),
-                        mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    )
-                } as i32)
-                .map(drop)
+                send_to(raw, &message, &to)
             }
             _ => Ok(()),
         }

@@ -120,18 +120,7 @@ impl VrrpSocket {
                 let mut packet = packet::ipv4_header(s, d, message.len()).to_vec();
                 packet.extend_from_slice(message);
                 let to = sockaddr_v4(d);
-                // SAFETY: valid buffer and sockaddr_in of the given length.
-                cvt(unsafe {
-                    libc::sendto(
-                        raw,
-                        packet.as_ptr().cast(),
-                        packet.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in).cast(),
-                        mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                } as i32)
-                .map(drop)
+                send_to(raw, &packet, &to)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => send_v6(raw, self.ifindex, s, d, message),
             _ => Err(io::Error::new(
@@ -291,6 +280,22 @@ pub(super) fn set_opt<T>(fd: RawFd, level: i32, name: i32, value: &T) -> io::Res
             mem::size_of::<T>() as libc::socklen_t,
         )
     })
+    .map(drop)
+}
+
+/// sendto(2) of `buf` to `to`, a libc `sockaddr_*` structure.
+pub(super) fn send_to<A>(fd: RawFd, buf: &[u8], to: &A) -> io::Result<()> {
+    // SAFETY: `buf` is valid for its length and `to` for `size_of::<A>()` bytes.
+    cvt(unsafe {
+        libc::sendto(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+            (to as *const A).cast(),
+            mem::size_of::<A>() as libc::socklen_t,
+        )
+    } as i32)
     .map(drop)
 }
 
