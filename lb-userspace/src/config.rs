@@ -134,6 +134,12 @@ pub struct Backend {
     pub weight: u32,
     /// Overrides the service's forwarding method for this backend.
     pub forwarding: Option<Forwarding>,
+    /// Not from YAML: the weight a backend that fails its health check would have (its
+    /// `weight` is then 0), set by `health::effect`. `mh` keeps the backend's place in the
+    /// table at this weight and hands its slots to stand-ins, so that no other backend's
+    /// slots move (see `lb_common::maglev`). 0 otherwise.
+    #[serde(skip)]
+    pub failed_weight: u32,
 }
 
 impl Backend {
@@ -2186,6 +2192,7 @@ impl<'t> Cx<'t> {
                 port,
                 weight,
                 forwarding,
+                failed_weight: 0,
             },
             BackendPos {
                 address: o.pos("address"),
@@ -2967,12 +2974,14 @@ mod tests {
                     port: Some(80),
                     weight: 1,
                     forwarding: Some(Forwarding::Nat),
+                    failed_weight: 0,
                 },
                 Backend {
                     address: ip("10.0.0.12"),
                     port: None,
                     weight: 2,
                     forwarding: None,
+                    failed_weight: 0,
                 },
             ]
         );
@@ -3055,7 +3064,8 @@ mod tests {
                 address: ip("fd00::11"),
                 port: None,
                 weight: 1,
-                forwarding: None
+                forwarding: None,
+                failed_weight: 0,
             }
         );
         assert!(c.unsupported().is_empty());

@@ -1658,6 +1658,7 @@ services:
         // down, inhibited: weight 0 but active).
         let mut initial = c.clone();
         initial.services[1].backends[0].weight = 0;
+        initial.services[1].backends[0].failed_weight = 1;
         assert_eq!(effective_config(&c, &rt), (initial, HashSet::new()));
         rt.overrides.insert(
             key("a", "10.0.0.12", 80),

@@ -161,11 +161,12 @@ pub fn plan(
                 port: nat_port,
                 weight: if usable { b.weight } else { 0 },
             };
-            maglev.push(MaglevBackend::new(
-                b.address,
-                port,
-                if usable { b.weight } else { 0 },
-            ));
+            // A backend down (failing its check, or dr without a MAC yet) keeps its place
+            // in an mh table, at the weight it would have, and its slots are handed over.
+            maglev.push(
+                MaglevBackend::new(b.address, port, b.weight.max(b.failed_weight))
+                    .with_up(usable && b.weight > 0),
+            );
             ids.push(id);
             backends.push(PlannedBackend {
                 id,
@@ -279,6 +280,7 @@ fn table_source(svc: &crate::config::Service, inputs: &[MaglevBackend], ids: &[u
     for (b, id) in inputs.iter().zip(ids) {
         b.key.hash(&mut h);
         b.weight.hash(&mut h);
+        b.up.hash(&mut h);
         id.hash(&mut h);
     }
     h.finish()

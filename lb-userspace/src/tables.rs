@@ -36,16 +36,18 @@ pub fn code(s: Scheduler) -> u8 {
     }
 }
 
-/// The table for `backends` (their Maglev identity and effective weight; weight 0 =
-/// drained or unusable) under `scheduler`. `size` is the prime table size for mh/sh/dh.
+/// The table for `backends` (their Maglev identity, weight and whether they are up; weight
+/// 0 = drained) under `scheduler`. `size` is the prime table size for mh/sh/dh. Only mh
+/// gives a backend that is down a place of its own (handed over, see `lb_common::maglev`);
+/// the other schedulers treat it as weight 0, as IPVS does.
 pub fn build(scheduler: Scheduler, backends: &[MaglevBackend], size: u32) -> Result<Vec<u32>> {
     Ok(match scheduler {
         Scheduler::Mh => build_table(backends, size),
         Scheduler::Sh | Scheduler::Dh => buckets(backends, size),
         Scheduler::Rr => (0..backends.len() as u32)
-            .filter(|&i| backends[i as usize].weight > 0)
+            .filter(|&i| share(&backends[i as usize]) > 0)
             .collect(),
-        Scheduler::Wrr => wrr_cycle(&backends.iter().map(|b| b.weight).collect::<Vec<_>>()),
+        Scheduler::Wrr => wrr_cycle(&backends.iter().map(share).collect::<Vec<_>>()),
         Scheduler::Lc
         | Scheduler::Wlc
         | Scheduler::Sed
@@ -64,12 +66,21 @@ pub fn build(scheduler: Scheduler, backends: &[MaglevBackend], size: u32) -> Res
     })
 }
 
+/// A backend's weight for the schedulers other than mh: 0 while it is down.
+fn share(b: &MaglevBackend) -> u32 {
+    if b.up {
+        b.weight
+    } else {
+        0
+    }
+}
+
 /// IPVS's sh/dh fill: backends in turn, each taking `weight` consecutive buckets.
 fn buckets(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     let eligible: Vec<(u32, u32)> = backends
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.weight > 0)
+        .filter(|(_, b)| share(b) > 0)
         .map(|(i, b)| (i as u32, b.weight))
         .collect();
     if eligible.is_empty() {

@@ -57,14 +57,25 @@ fn backends(n: u32) -> Vec<MaglevBackend> {
 /// over the ideal share (the leaving backend's own slots, 1/N). This is what moves for
 /// flows the load balancer holds no state for (a peer after failover, an evicted
 /// connection-table entry); established flows keep their backend through the connection
-/// table.
+/// table. Two ways to leave:
+/// - `maglev.disruption.n{N}`: the backend fails (its health check, or a `dr` backend's
+///   MAC unknown): it keeps its place and its slots are handed over (`lb_common::maglev`);
+/// - `maglev.disruption.removed.n{N}`: it is deleted from the configuration: the table is
+///   rebuilt without it, which also moves some slots between the backends that stay.
 fn disruption(rounds: usize, figures: &mut Vec<Figure>) {
     for n in [10u32, 100, 1000] {
-        let mut f = Figure::new(&format!("maglev.disruption.n{n}"), "ratio");
+        let mut failed = Figure::new(&format!("maglev.disruption.n{n}"), "ratio");
+        let mut removed = Figure::new(&format!("maglev.disruption.removed.n{n}"), "ratio");
         let all = backends(n);
         let before = build_table(&all, 65537);
+        let ratio = |moved: usize| (moved as f64 / 65537.0) / (1.0 / f64::from(n));
         for r in 0..rounds.max(3) {
             let gone = (r as u32 * 7919 + 1) % n;
+            let mut down = all.clone();
+            down[gone as usize].up = false;
+            let after = build_table(&down, 65537);
+            let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+            failed.samples.push(ratio(moved));
             let rest: Vec<MaglevBackend> = all
                 .iter()
                 .enumerate()
@@ -77,10 +88,10 @@ fn disruption(rounds: usize, figures: &mut Vec<Figure>) {
                 .zip(&after)
                 .filter(|(b, a)| all[**b as usize].key != rest[**a as usize].key)
                 .count();
-            f.samples
-                .push((moved as f64 / 65537.0) / (1.0 / f64::from(n)));
+            removed.samples.push(ratio(moved));
         }
-        figures.push(f);
+        figures.push(failed);
+        figures.push(removed);
     }
 }
 

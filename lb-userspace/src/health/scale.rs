@@ -248,6 +248,7 @@ fn scale_services(o: &ScaleOptions) -> Vec<Service> {
                             port: None,
                             weight: 1,
                             forwarding: None,
+                            failed_weight: 0,
                         }
                     })
                     .collect(),
