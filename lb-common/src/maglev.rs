@@ -103,10 +103,7 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
     if weighted.iter().all(|&i| backends[i].up) {
         return table;
     }
-    let up: Vec<usize> = weighted
-        .into_iter()
-        .filter(|&i| backends[i].up)
-        .collect();
+    let up: Vec<usize> = weighted.into_iter().filter(|&i| backends[i].up).collect();
     let fallback = fill(backends, up, size);
     for (owner, stand_in) in table.iter_mut().zip(fallback) {
         if *owner != NO_BACKEND && !backends[*owner as usize].up {
@@ -465,7 +462,10 @@ mod tests {
                 }
             }
             let handed: u32 = received.iter().sum();
-            assert_eq!(handed, before.iter().filter(|&&i| i as usize == gone).count() as u32);
+            assert_eq!(
+                handed,
+                before.iter().filter(|&&i| i as usize == gone).count() as u32
+            );
             // The stand-ins are a Maglev fill's owners of a scattered set of slots: each
             // healthy backend ends up within a few percent of an even share.
             let fair = 65537.0 / f64::from(n - 1);

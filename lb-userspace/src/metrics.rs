@@ -295,6 +295,15 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
                 instance: v.instance.clone(),
             })
             .inc_by(v.adverts_received);
+        // Every known reason, 0 until it happens, so that rate() sees the first one.
+        for reason in crate::vrrp::packet::Invalid::ALL {
+            vrrp_invalid
+                .get_or_create(&InstanceReasonLabels {
+                    instance: v.instance.clone(),
+                    reason: reason.label().to_string(),
+                })
+                .inc_by(0);
+        }
         for (reason, n) in &v.adverts_invalid {
             vrrp_invalid
                 .get_or_create(&InstanceReasonLabels {
@@ -515,6 +524,31 @@ mod tests {
             )
             .as_deref(),
             Some("2")
+        );
+        assert_eq!(
+            value(
+                &text,
+                "bascule_vrrp_adverts_invalid_total{instance=\"VI_1\",reason=\"checksum\"}"
+            )
+            .as_deref(),
+            Some("0"),
+            "every reason is exposed from the start"
+        );
+        assert_eq!(
+            value(
+                &text,
+                "bascule_vrrp_transitions_total{instance=\"VI_1\",to=\"fault\"}"
+            )
+            .as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            value(
+                &text,
+                "bascule_vrrp_adverts_received_total{instance=\"VI_1\"}"
+            )
+            .as_deref(),
+            Some("7")
         );
     }
 

@@ -109,75 +109,6 @@ impl StatusBoard {
     }
 }
 
-/// The Prometheus text of the `bascule_vrrp_*` families for these statuses (HELP and TYPE
-/// lines included), for the metrics endpoint to append.
-pub fn metrics_text(statuses: &[VrrpStatus]) -> String {
-    let mut out = String::new();
-    let esc = |s: &str| {
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n")
-    };
-    out.push_str(
-        "# HELP bascule_vrrp_state VRRP state of the instance (1 for the current state).\n",
-    );
-    out.push_str("# TYPE bascule_vrrp_state gauge\n");
-    for s in statuses {
-        for state in State::ALL {
-            let _ = writeln!(
-                out,
-                "bascule_vrrp_state{{instance=\"{}\",state=\"{}\"}} {}",
-                esc(&s.instance),
-                state.label(),
-                u8::from(s.state == state)
-            );
-        }
-    }
-    out.push_str(
-        "# HELP bascule_vrrp_transitions_total VRRP state transitions, by state entered.\n",
-    );
-    out.push_str("# TYPE bascule_vrrp_transitions_total counter\n");
-    for s in statuses {
-        for state in State::ALL {
-            let _ = writeln!(
-                out,
-                "bascule_vrrp_transitions_total{{instance=\"{}\",to=\"{}\"}} {}",
-                esc(&s.instance),
-                state.label(),
-                s.transitions.get(&state).copied().unwrap_or(0)
-            );
-        }
-    }
-    out.push_str(
-        "# HELP bascule_vrrp_adverts_received_total Valid VRRP advertisements received.\n",
-    );
-    out.push_str("# TYPE bascule_vrrp_adverts_received_total counter\n");
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "bascule_vrrp_adverts_received_total{{instance=\"{}\"}} {}",
-            esc(&s.instance),
-            s.adverts_received
-        );
-    }
-    out.push_str(
-        "# HELP bascule_vrrp_adverts_invalid_total VRRP advertisements dropped, by reason.\n",
-    );
-    out.push_str("# TYPE bascule_vrrp_adverts_invalid_total counter\n");
-    for s in statuses {
-        for reason in Invalid::ALL {
-            let _ = writeln!(
-                out,
-                "bascule_vrrp_adverts_invalid_total{{instance=\"{}\",reason=\"{}\"}} {}",
-                esc(&s.instance),
-                reason.label(),
-                s.adverts_invalid.get(reason.label()).copied().unwrap_or(0)
-            );
-        }
-    }
-    out
-}
-
 /// The VRRP part of `bascule status`: one line per instance, in the spirit of
 /// `ipvsadm -L -n`.
 pub fn status_table(statuses: &[VrrpStatus]) -> String {
@@ -366,24 +297,6 @@ mod tests {
             adverts_received: 7,
             adverts_invalid: [("checksum".to_string(), 2)].into(),
         }
-    }
-
-    #[test]
-    fn metrics_have_one_state_set_and_every_reason() {
-        let text = metrics_text(&[status("VI_1", State::Master)]);
-        assert!(text.contains("bascule_vrrp_state{instance=\"VI_1\",state=\"master\"} 1\n"));
-        assert!(text.contains("bascule_vrrp_state{instance=\"VI_1\",state=\"backup\"} 0\n"));
-        assert!(
-            text.contains("bascule_vrrp_transitions_total{instance=\"VI_1\",to=\"master\"} 1\n")
-        );
-        assert!(text.contains("bascule_vrrp_transitions_total{instance=\"VI_1\",to=\"fault\"} 0\n"));
-        assert!(text.contains("bascule_vrrp_adverts_received_total{instance=\"VI_1\"} 7\n"));
-        assert!(text.contains(
-            "bascule_vrrp_adverts_invalid_total{instance=\"VI_1\",reason=\"checksum\"} 2\n"
-        ));
-        assert!(text
-            .contains("bascule_vrrp_adverts_invalid_total{instance=\"VI_1\",reason=\"ttl\"} 0\n"));
-        assert_eq!(text.matches("# TYPE").count(), 4);
     }
 
     #[test]
