@@ -212,6 +212,23 @@ impl Topology {
         Ok(path)
     }
 
+    /// The usual start of an e2e test: writes `yaml` into the lab directory as `file_name`,
+    /// starts `bascule run` with it on `lb`, and waits until `vip` answers the client (at
+    /// most 75 tries 200 ms apart; the error carries the daemon's log).
+    pub fn serve(
+        &self,
+        bin: &Path,
+        lb: &Host,
+        file_name: &str,
+        yaml: &str,
+        vip: SocketAddr,
+    ) -> Result<Spawned> {
+        let config = self.write_config(file_name, yaml)?;
+        let daemon = self.start_bascule(bin, lb, &config)?;
+        self.wait_for_vip(vip, &[&daemon], 75, Duration::from_millis(200))?;
+        Ok(daemon)
+    }
+
     /// Starts `bascule run -c CONFIG` on LB node `lb` (its stderr in the returned log).
     pub fn start_bascule(&self, bin: &Path, lb: &Host, config: &Path) -> Result<Spawned> {
         self.start_bascule_with(bin, lb, config, &[])

@@ -17,8 +17,6 @@ use bascule_tests::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-const READY_ATTEMPTS: usize = 75;
-const READY_INTERVAL: Duration = Duration::from_millis(200);
 /// The checks of the first test: detection within INTERVAL x FALL + CHECK_TIMEOUT.
 const INTERVAL: Duration = Duration::from_secs(1);
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -132,13 +130,14 @@ fn a_backend_that_stops_answering_leaves_and_comes_back() {
         INTERVAL.as_secs(),
         CHECK_TIMEOUT.as_secs()
     );
-    let config = topo
-        .write_config("bascule-health.yaml", &config_with_check(&topo, &check))
-        .expect("write config");
     let daemon = topo
-        .start_bascule(&bin, &topo.lbs[0], &config)
-        .expect("start bascule run");
-    topo.wait_for_vip(vip4(), &[&daemon], READY_ATTEMPTS, READY_INTERVAL)
+        .serve(
+            &bin,
+            &topo.lbs[0],
+            "bascule-health.yaml",
+            &config_with_check(&topo, &check),
+            vip4(),
+        )
         .unwrap_or_else(|e| panic!("{e:#}"));
     for b in &topo.backends {
         let addr = SocketAddr::new(b.ipv4().unwrap(), VIP_PORT);
@@ -310,13 +309,14 @@ fn misc_dynamic_weights_change_the_split() {
         "{{type: misc, dynamic: true, interval: 200ms, timeout: 2s, rise: 1, fall: 1, command: 'exit $(cat {}/exit-$BASCULE_BACKEND_ADDRESS)'}}",
         dir.display()
     );
-    let config = topo
-        .write_config("bascule-misc.yaml", &config_with_check(&topo, &check))
-        .expect("write config");
     let daemon = topo
-        .start_bascule(&bin, &topo.lbs[0], &config)
-        .expect("start bascule run");
-    topo.wait_for_vip(vip4(), &[&daemon], READY_ATTEMPTS, READY_INTERVAL)
+        .serve(
+            &bin,
+            &topo.lbs[0],
+            "bascule-misc.yaml",
+            &config_with_check(&topo, &check),
+            vip4(),
+        )
         .unwrap_or_else(|e| panic!("{e:#}"));
     let b1 = SocketAddr::new(topo.backend("b1").unwrap().ipv4().unwrap(), VIP_PORT);
     let b2 = SocketAddr::new(topo.backend("b2").unwrap().ipv4().unwrap(), VIP_PORT);
@@ -418,13 +418,8 @@ fn sorry_server_takes_over_when_every_backend_is_down() {
         );
     }
     assert_eq!(yaml.matches("sorry_server").count(), 2, "{yaml}");
-    let config = topo
-        .write_config("bascule-sorry.yaml", &yaml)
-        .expect("write config");
     let daemon = topo
-        .start_bascule(&bin, &topo.lbs[0], &config)
-        .expect("start bascule run");
-    topo.wait_for_vip(vip4(), &[&daemon], READY_ATTEMPTS, READY_INTERVAL)
+        .serve(&bin, &topo.lbs[0], "bascule-sorry.yaml", &yaml, vip4())
         .unwrap_or_else(|e| panic!("{e:#}"));
     let b2 = SocketAddr::new(topo.backend("b2").unwrap().ipv4().unwrap(), VIP_PORT);
     // Up, and the datapath re-planned after it (until then the sorry server is the plan).

@@ -193,11 +193,8 @@ fn persistence_sends_every_connection_of_a_client_to_one_backend() {
     for b in &topo.backends {
         yaml.push_str(&format!("      - {{ address: {} }}\n", b.ipv4().unwrap()));
     }
-    let config = topo.write_config("persist.yaml", &yaml).unwrap();
     let daemon = topo
-        .start_bascule(&bin, &topo.lbs[0], &config)
-        .expect("start bascule");
-    topo.wait_for_vip(vip4(), &[&daemon], READY_ATTEMPTS, READY_INTERVAL)
+        .serve(&bin, &topo.lbs[0], "persist.yaml", &yaml, vip4())
         .unwrap_or_else(|e| panic!("{e:#}"));
     // New connections from many source ports: without persistence Maglev would spread
     // them (2^-29 odds of 30 landing on one backend by chance).
