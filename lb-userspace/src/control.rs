@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    config::{Config, HostFacts, XdpMode},
+    config::{Config, HostFacts, ParseCache, XdpMode},
     daemon,
     datapath::{self, AttachMode, Datapath},
     health::{self, plan_with_health, HealthMap},
@@ -734,6 +734,8 @@ pub struct Controller {
     path: PathBuf,
     /// The configuration as the file says.
     config: Config,
+    /// The file's services by the text of their item (see `Start::parse_cache`).
+    parse_cache: ParseCache,
     runtime: Runtime,
     /// What the maps hold.
     plan: Plan,
@@ -762,6 +764,9 @@ pub struct Controller {
 pub struct Start {
     pub path: PathBuf,
     pub config: Config,
+    /// The services parsed from `path` (`Config::load_cached`): a reload re-parses only
+    /// the items of the file that changed. Empty: the first reload parses everything.
+    pub parse_cache: ParseCache,
     /// Pin the datapath under `/sys/fs/bpf/bascule` (and adopt what is pinned there).
     pub pinned: bool,
     /// The VRRP instances' status (`snapshot::no_vrrp()` without VRRP).
@@ -824,6 +829,7 @@ impl Controller {
         let mut c = Controller {
             path: s.path,
             config: s.config,
+            parse_cache: s.parse_cache,
             runtime,
             plan: previous.clone().unwrap_or_else(empty_plan),
             missing_macs: Vec::new(),
@@ -1128,8 +1134,8 @@ impl Controller {
 
     fn try_reload(&mut self) -> Result<ReloadReport, ControlError> {
         let started = Instant::now();
-        let new =
-            daemon::load_config(&self.path).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        let new = daemon::load_config_cached(&self.path, &mut self.parse_cache)
+            .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         tracing::debug!(
             took_ms = started.elapsed().as_millis() as u64,
             "reload: file parsed and checked"

@@ -131,6 +131,7 @@ impl SavedState {
                     table: Default::default(),
                     backends: Vec::new(),
                     table_source: None,
+                    source: None,
                 })
                 .collect(),
             backends: self
