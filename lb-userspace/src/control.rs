@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    config::{Config, HostFacts, ParseCache, XdpMode},
+    config::{Config, HostFacts, ParseCache, Service, XdpMode},
     daemon,
     datapath::{self, AttachMode, Datapath},
     health::{self, plan_with_health, HealthMap},
@@ -156,16 +156,30 @@ pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runti
 /// What `health::plan_with_health` is given: the file's configuration with the operators'
 /// weight overrides, and the health map without the checks' dynamic weights of overridden
 /// backends (an operator's override wins over a check's weight; a down backend still gets 0).
-pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, HealthMap>) {
+pub fn planning_input<'c, 'r>(
+    config: &'c Config,
+    rt: &'r Runtime,
+) -> (Cow<'c, Config>, Cow<'r, HealthMap>) {
+    let health = Cow::Borrowed(&rt.health);
+    if rt.overrides.is_empty() {
+        return (Cow::Borrowed(config), health);
+    }
     let mut out = config.clone();
-    let mut health = Cow::Borrowed(&rt.health);
+    let mut health = health;
+    let overridden: HashSet<&str> = rt.overrides.keys().map(|k| k.service.as_str()).collect();
     for svc in &mut out.services {
-        let svc_ref = svc.clone();
+        if !overridden.contains(svc.name.as_str()) {
+            continue;
+        }
+        let (name, port, forwarding) = (svc.name.clone(), svc.port, svc.forwarding);
         for b in &mut svc.backends {
             let key = BackendKey {
-                service: svc_ref.name.clone(),
+                service: name.clone(),
                 address: b.address,
-                port: b.effective_port(&svc_ref),
+                port: match b.forwarding.unwrap_or(forwarding) {
+                    crate::config::Forwarding::Nat => b.port.unwrap_or(port),
+                    _ => port,
+                },
             };
             let Some(o) = rt.overrides.get(&key) else {
                 continue;
@@ -179,7 +193,7 @@ pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, 
             }
         }
     }
-    (out, health)
+    (Cow::Owned(out), health)
 }
 
 /// The configuration the scheduler sees (overrides and health applied, a sorry server
@@ -188,6 +202,7 @@ pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, 
 pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<BackendKey>) {
     let (input, health) = planning_input(config, rt);
     let (out, inactive) = health::apply_health(&input, &health);
+    let out = out.into_owned();
     let inactive = inactive
         .into_iter()
         .map(|k| BackendKey {
@@ -222,6 +237,9 @@ pub fn backend_keys(config: &Config) -> Vec<(BackendKey, u32)> {
 /// After a reload: drops the overrides of backends that left, or whose weight the new
 /// file changes. Returns what was dropped and why.
 pub fn retain_overrides(overrides: &mut Overrides, config: &Config) -> Vec<(BackendKey, String)> {
+    if overrides.is_empty() {
+        return Vec::new();
+    }
     let weights: HashMap<BackendKey, u32> = backend_keys(config).into_iter().collect();
     let mut dropped = Vec::new();
     overrides.retain(|key, o| match weights.get(key) {
@@ -330,19 +348,67 @@ pub struct ConfigDiff {
 
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff::default();
+    let before = by_name(old);
+    let after = by_name(new);
     for s in &new.services {
-        match old.services.iter().find(|o| o.name == s.name) {
+        match before.get(s.name.as_str()) {
             None => d.added.push(s.name.clone()),
-            Some(o) if o != s => d.changed.push(s.name.clone()),
+            Some(o) if *o != s => d.changed.push(s.name.clone()),
             Some(_) => d.unchanged += 1,
         }
     }
     for o in &old.services {
-        if !new.services.iter().any(|s| s.name == o.name) {
+        if !after.contains_key(o.name.as_str()) {
             d.removed.push(o.name.clone());
         }
     }
     d
+}
+
+fn by_name(config: &Config) -> HashMap<&str, &Service> {
+    config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect()
+}
+
+/// Backends of `old` that `new` does not have (in the same service, at the same address
+/// and port). Work only for the services that changed.
+pub fn gone_backends(old: &Config, new: &Config) -> Vec<BackendKey> {
+    let after = by_name(new);
+    let mut gone = Vec::new();
+    for o in &old.services {
+        let kept: HashSet<(IpAddr, u16)> = match after.get(o.name.as_str()) {
+            Some(n) if *n == o => continue,
+            Some(n) => n
+                .backends
+                .iter()
+                .map(|b| (b.address, b.effective_port(n)))
+                .collect(),
+            None => HashSet::new(),
+        };
+        for b in &o.backends {
+            let port = b.effective_port(o);
+            if !kept.contains(&(b.address, port)) {
+                gone.push(BackendKey {
+                    service: o.name.clone(),
+                    address: b.address,
+                    port,
+                });
+            }
+        }
+    }
+    gone
+}
+
+/// Whether `config` has the backend `key`.
+fn configured(services: &HashMap<&str, &Service>, key: &BackendKey) -> bool {
+    services.get(key.service.as_str()).is_some_and(|s| {
+        s.backends
+            .iter()
+            .any(|b| b.address == key.address && b.effective_port(s) == key.port)
+    })
 }
 
 impl fmt::Display for ConfigDiff {
@@ -862,6 +928,7 @@ impl Controller {
     /// Plans, programs the maps, attaches to every interface. `fresh`: the maps are new.
     fn bring_up(&mut self, fresh: bool) -> Result<()> {
         let config = self.config.clone();
+        daemon::warm_routed_backends(&config.services);
         let next = self.replan(&config, RESOLVE_WAIT_START)?;
         report_missing(&self.missing_macs);
         // Fresh maps hold nothing to keep; adopted ones are rewritten whole (same ids,
@@ -982,9 +1049,6 @@ impl Controller {
     /// The plan for `config` under the current runtime state, ids kept from the plan the
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
-        if !wait.is_zero() {
-            daemon::warm_routed_backends(config);
-        }
         // dr backends' and sorry servers' MACs, whatever their health.
         let macs: MacTable = netinfo::resolve_macs(&daemon::dr_backend_addresses(config), wait)?
             .into_iter()
@@ -1013,15 +1077,13 @@ impl Controller {
     /// ids first (a crash after this point restarts with the ids the maps are about to
     /// hold). `fresh`: the maps are new, every id is new.
     fn commit(&mut self, next: Plan, fresh: bool) -> Result<()> {
-        let ids = |p: &Plan| -> std::collections::HashSet<u32> {
-            p.backends.iter().map(|b| b.id).collect()
-        };
+        let ids = |p: &Plan| IdSet::of(p.backends.iter().map(|b| b.id));
         let (next_ids, current_ids) = (ids(&next), ids(&self.plan));
         for gone in self
             .plan
             .backends
             .iter()
-            .filter(|b| !next_ids.contains(&b.id))
+            .filter(|b| !next_ids.contains(b.id))
         {
             if let Ok(c) = self.datapath.backend_counters(gone.id) {
                 let key = BackendKey {
@@ -1045,7 +1107,7 @@ impl Controller {
             .backends
             .iter()
             .map(|b| b.id)
-            .filter(|id| fresh || !current_ids.contains(id))
+            .filter(|id| fresh || !current_ids.contains(*id))
             .collect();
         self.save_state(&next)?;
         self.datapath
@@ -1056,11 +1118,10 @@ impl Controller {
             .context("cannot update the datapath maps")?;
         self.plan = next;
         // Counts of backends no longer configured at all are forgotten.
-        let configured: std::collections::HashSet<BackendKey> = backend_keys(&self.config)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        self.retired.retain(|k, _| configured.contains(k));
+        if !self.retired.is_empty() {
+            let services = by_name(&self.config);
+            self.retired.retain(|k, _| configured(&services, k));
+        }
         release_freed_memory();
         Ok(())
     }
@@ -1151,16 +1212,20 @@ impl Controller {
             )));
         }
         let diff = diff(&self.config, &new);
-        let gone: Vec<BackendKey> = {
-            let kept: std::collections::HashSet<BackendKey> =
-                backend_keys(&new).into_iter().map(|(k, _)| k).collect();
-            backend_keys(&self.config)
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| !kept.contains(k))
-                .collect()
-        };
+        let gone = gone_backends(&self.config, &new);
         daemon::prepare_interfaces(&new).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        // New backends' next hops start resolving (those of unchanged services are known).
+        let touched: HashSet<&str> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .map(String::as_str)
+            .collect();
+        daemon::warm_routed_backends(
+            new.services
+                .iter()
+                .filter(|s| touched.contains(s.name.as_str())),
+        );
         let mut overrides = self.runtime.overrides.clone();
         let dropped = retain_overrides(&mut overrides, &new);
         let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
@@ -1583,6 +1648,27 @@ fn log_dropped_overrides(dropped: &[(BackendKey, String)]) {
 fn report_missing(missing: &[IpAddr]) {
     for a in missing {
         tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
+    }
+}
+
+/// A set of backend ids (below `MAX_BACKENDS`): one bit each.
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn of(ids: impl Iterator<Item = u32>) -> IdSet {
+        let mut words = vec![0u64; lb_common::MAX_BACKENDS.div_ceil(64) as usize];
+        for id in ids {
+            if let Some(w) = words.get_mut(id as usize / 64) {
+                *w |= 1 << (id % 64);
+            }
+        }
+        IdSet(words)
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.0
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 

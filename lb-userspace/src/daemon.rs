@@ -87,10 +87,9 @@ pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
 
 /// `tun` and `nat` backends: their neighbour entries are warmed (not waited for), so that
 /// the first packets find the next hop resolved.
-pub fn warm_routed_backends(config: &Config) {
-    let mut addrs: Vec<IpAddr> = config
-        .services
-        .iter()
+pub fn warm_routed_backends<'s>(services: impl IntoIterator<Item = &'s crate::config::Service>) {
+    let mut addrs: Vec<IpAddr> = services
+        .into_iter()
         .flat_map(|s| {
             s.backends
                 .iter()

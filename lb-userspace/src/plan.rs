@@ -128,7 +128,10 @@ pub fn plan(
     for svc in &config.services {
         let before = previous.as_ref().and_then(|p| p.service(&svc.name));
         let same = before.filter(|(s, b)| {
-            b.is_some() && s.source.as_ref().is_some_and(|src| src.is(svc, macs, config))
+            b.is_some()
+                && s.source
+                    .as_ref()
+                    .is_some_and(|src| src.is(svc, macs, config))
         });
         if let Some((s, Some(b))) = same {
             reserved.extend(b.iter().map(|b| b.id));
@@ -178,7 +181,8 @@ pub fn plan(
             backends.extend(planned.iter().zip(&source.macs).map(|(b, mac)| {
                 let mut b = b.clone();
                 let usable = b.info.forward != FORWARD_DR || mac.is_some();
-                b.info.flags = (b.info.flags & !BACKEND_ACTIVE) | if usable { BACKEND_ACTIVE } else { 0 };
+                b.info.flags =
+                    (b.info.flags & !BACKEND_ACTIVE) | if usable { BACKEND_ACTIVE } else { 0 };
                 b
             }));
             inputs.push(Vec::new());
@@ -425,6 +429,9 @@ impl<'p> Previous<'p> {
             at += s.backends.len();
         }
         laid_out &= at == plan.backends.len();
+        if !laid_out {
+            services.values_mut().for_each(|(_, slice)| *slice = None);
+        }
         let mut all: HashMap<&str, HashMap<(IpAddr, u16), u32>> = HashMap::new();
         if !laid_out {
             for b in &plan.backends {
@@ -681,9 +688,10 @@ services:
             .info
             .flags = 0;
         // "nat" loses a backend, "gone" leaves, "new" arrives; nothing else changes.
-        let yaml = YAML
-            .replace("      - address: 10.0.2.12\n", "")
-            .replace("  - name: gone\n    vip: 10.0.0.103", "  - name: new\n    vip: 10.0.0.104");
+        let yaml = YAML.replace("      - address: 10.0.2.12\n", "").replace(
+            "  - name: gone\n    vip: 10.0.0.103",
+            "  - name: new\n    vip: 10.0.0.104",
+        );
         let cfg2 = Config::parse(&yaml, "t.yaml").unwrap();
         let second = plan(&cfg2, &macs, TunnelSources::default(), Some(&first)).unwrap();
         let full = plan(
@@ -735,7 +743,13 @@ services:
         assert!(reused(&third, &fourth, "web"));
         assert_eq!(
             fourth,
-            plan(&cfg3, &macs2, TunnelSources::default(), Some(&without_sources(&third))).unwrap()
+            plan(
+                &cfg3,
+                &macs2,
+                TunnelSources::default(),
+                Some(&without_sources(&third))
+            )
+            .unwrap()
         );
     }
 
@@ -747,7 +761,23 @@ services:
         let mut ids = without_sources(&first);
         ids.services.iter_mut().for_each(|s| s.backends.clear());
         ids.backends.reverse();
-        let again = plan(&cfg, &MacTable::new(), TunnelSources::default(), Some(&ids)).unwrap();
-        assert_eq!(without_sources(&again), without_sources(&first));
+        // In another order: planned afresh, "gone" would take the first ids.
+        let mut reversed = cfg.clone();
+        reversed.services.reverse();
+        let again = plan(
+            &reversed,
+            &MacTable::new(),
+            TunnelSources::default(),
+            Some(&ids),
+        )
+        .unwrap();
+        let id_of =
+            |p: &Plan, addr: IpAddr| p.backends.iter().find(|b| b.address == addr).unwrap().id;
+        for b in &first.backends {
+            assert_eq!(id_of(&again, b.address), b.id);
+        }
+        for s in &first.services {
+            assert_eq!(find(&again, &s.name).info.id, s.info.id);
+        }
     }
 }
