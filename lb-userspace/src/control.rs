@@ -37,7 +37,7 @@ use crate::{
     datapath::{self, AttachMode, Datapath},
     health::{self, plan_with_health, HealthMap},
     netinfo,
-    pins::{PinDir, SavedOverride, SavedState},
+    pins::{PinDir, SavedOverride, SavedState, StateText},
     plan::{MacTable, Plan},
     snapshot::{
         endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
@@ -802,6 +802,8 @@ pub struct Controller {
     config: Config,
     /// The file's services by the text of their item (see `Start::parse_cache`).
     parse_cache: ParseCache,
+    /// The state file's text, kept per service between writes.
+    state_text: StateText,
     runtime: Runtime,
     /// What the maps hold.
     plan: Plan,
@@ -896,6 +898,7 @@ impl Controller {
             path: s.path,
             config: s.config,
             parse_cache: s.parse_cache,
+            state_text: StateText::default(),
             runtime,
             plan: previous.clone().unwrap_or_else(empty_plan),
             missing_macs: Vec::new(),
@@ -1109,34 +1112,47 @@ impl Controller {
             .map(|b| b.id)
             .filter(|id| fresh || !current_ids.contains(*id))
             .collect();
+        let t = Instant::now();
         self.save_state(&next)?;
+        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: state saved");
         self.datapath
             .reset_counters(&new_services, &new_backends)
             .context("cannot reset the counters of new services and backends")?;
+        let t = Instant::now();
         self.datapath
             .apply(&next)
             .context("cannot update the datapath maps")?;
+        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: maps written");
         self.plan = next;
         // Counts of backends no longer configured at all are forgotten.
         if !self.retired.is_empty() {
             let services = by_name(&self.config);
             self.retired.retain(|k, _| configured(&services, k));
         }
+        let t = Instant::now();
         release_freed_memory();
+        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: memory released");
         Ok(())
     }
 
-    fn save_state(&self, plan: &Plan) -> Result<()> {
+    fn save_state(&mut self, plan: &Plan) -> Result<()> {
         let Some(pins) = &self.pins else {
             return Ok(());
         };
-        let (services, backends) = SavedState::ids_of(plan);
+        let services = plan
+            .services
+            .iter()
+            .map(|s| crate::pins::SavedService {
+                name: s.name.clone(),
+                id: s.info.id,
+            })
+            .collect();
         let state = SavedState {
             netns_cookie: pins.netns_cookie(),
             object_digest: datapath::object_digest(),
             conntrack_entries: self.config.conntrack.max_entries,
             services,
-            backends,
+            backends: Vec::new(),
             overrides: self
                 .runtime
                 .overrides
@@ -1150,7 +1166,7 @@ impl Controller {
                 })
                 .collect(),
         };
-        pins.write_state(&state)
+        pins.write_state_text(&self.state_text.of(&state, plan)?)
     }
 
     /// Re-plans the current config (MACs may have changed) and applies any difference.
@@ -1203,6 +1219,10 @@ impl Controller {
         );
         let host = netinfo::host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
         check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: host checked"
+        );
         let restart = restart_only_changes(&self.config, &new);
         if !restart.is_empty() {
             return Err(ControlError::Invalid(format!(
@@ -1229,6 +1249,10 @@ impl Controller {
         let mut overrides = self.runtime.overrides.clone();
         let dropped = retain_overrides(&mut overrides, &new);
         let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: diffed"
+        );
         let result = self.replan(&new, RESOLVE_WAIT_CHANGE).and_then(|next| {
             tracing::debug!(
                 took_ms = started.elapsed().as_millis() as u64,
@@ -1241,6 +1265,10 @@ impl Controller {
             self.runtime.overrides = previous_overrides;
             return Err(ControlError::Failed(format!("{e:#}")));
         }
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: committed"
+        );
         log_dropped_overrides(&dropped);
         report_missing(&self.missing_macs);
         for k in gone {

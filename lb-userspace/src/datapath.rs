@@ -310,7 +310,12 @@ impl Datapath {
             services: Vec::new(),
             backends: Vec::new(),
         });
+        let t = std::time::Instant::now();
         let result = self.write(plan, &previous);
+        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "TMP apply: written");
+        let t = std::time::Instant::now();
+        drop(previous);
+        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "TMP apply: dropped");
         // On failure the maps may hold part of the new plan: forget what was applied so
         // the next apply rewrites everything.
         self.applied = result.is_ok().then(|| plan.clone());
@@ -323,23 +328,32 @@ impl Datapath {
             settings.set(0, plan.settings, 0)?;
         }
         {
-            let before: StdHashMap<u32, &BackendInfo> =
-                previous.backends.iter().map(|b| (b.id, &b.info)).collect();
-            let now: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
+            // Indexed by id (ids are dense, below MAX_BACKENDS): no hashing of 100,000 ids.
+            let by_id = |p: &'_ Plan| {
+                let len = p.backends.iter().map(|b| b.id as usize + 1).max().unwrap_or(0);
+                let mut v: Vec<Option<BackendInfo>> = vec![None; len];
+                for b in &p.backends {
+                    v[b.id as usize] = Some(b.info);
+                }
+                v
+            };
+            let (before, now) = (by_id(previous), by_id(plan));
             let (ids, infos): (Vec<u32>, Vec<BackendInfo>) = plan
                 .backends
                 .iter()
-                .filter(|b| before.get(&b.id) != Some(&&b.info))
+                .filter(|b| before.get(b.id as usize).copied().flatten() != Some(b.info))
                 .map(|b| (b.id, b.info))
                 .chain(
                     previous
                         .backends
                         .iter()
-                        .filter(|old| !now.contains(&old.id))
+                        .filter(|old| now.get(old.id as usize).copied().flatten().is_none())
                         .map(|old| (old.id, BackendInfo::default())),
                 )
                 .unzip();
+            tracing::debug!(n = ids.len(), "TMP backends diffed");
             self.write_array("BACKENDS", &ids, &infos)?;
+            tracing::debug!("TMP backends written");
         }
         let before: StdHashMap<u32, &crate::plan::PlannedService> =
             previous.services.iter().map(|s| (s.info.id, s)).collect();
@@ -357,7 +371,9 @@ impl Datapath {
                 .with_context(|| format!("service {}: Maglev table", svc.name))?;
             swaps.push((svc.info.id, table));
         }
+        tracing::debug!(n = swaps.len(), "TMP tables built");
         self.swap_tables(&swaps)?;
+        tracing::debug!("TMP tables swapped");
         {
             let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
                 p.services
@@ -386,7 +402,15 @@ impl Datapath {
                 });
             }
         }
+        let written: StdHashMap<ServiceKey, &ServiceInfo> = previous
+            .services
+            .iter()
+            .map(|s| (s.key, &s.info))
+            .collect();
         for svc in &plan.services {
+            if written.get(&svc.key) == Some(&&svc.info) {
+                continue;
+            }
             self.insert_service(&svc.key, svc.info)
                 .with_context(|| format!("service {}", svc.name))?;
         }

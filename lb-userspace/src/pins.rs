@@ -89,6 +89,60 @@ pub struct SavedOverride {
     pub config_weight: u32,
 }
 
+/// The state file's text for successive plans, each service's backends kept as JSON
+/// between writes: a service whose backends (addresses, ports, ids) did not change is not
+/// serialized again (at 100,000 backends the file is megabytes, written before every
+/// change of the maps). The text is what `serde_json` makes of the `SavedState`.
+#[derive(Default)]
+pub struct StateText {
+    by_service: std::collections::HashMap<String, (Vec<(IpAddr, u16, u32)>, String)>,
+}
+
+impl StateText {
+    /// `head` with the backends of `plan` (`head.backends` is ignored).
+    pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<String> {
+        let mut kept = std::collections::HashMap::with_capacity(plan.services.len());
+        let mut backends = String::new();
+        // Backends of one service are consecutive in a plan.
+        for group in plan.backends.chunk_by(|a, b| a.service == b.service) {
+            let service: &str = &group[0].service;
+            let key: Vec<(IpAddr, u16, u32)> =
+                group.iter().map(|b| (b.address, b.port, b.id)).collect();
+            let text = match self.by_service.remove(service) {
+                Some((k, text)) if k == key => text,
+                _ => {
+                    let items: Result<Vec<String>, _> = group
+                        .iter()
+                        .map(|b| {
+                            serde_json::to_string(&SavedBackend {
+                                service: service.to_string(),
+                                address: b.address,
+                                port: b.port,
+                                id: b.id,
+                            })
+                        })
+                        .collect();
+                    items?.join(",")
+                }
+            };
+            if !backends.is_empty() {
+                backends.push(',');
+            }
+            backends.push_str(&text);
+            kept.insert(service.to_string(), (key, text));
+        }
+        self.by_service = kept;
+        Ok(format!(
+            "{{\"netns_cookie\":{},\"object_digest\":{},\"conntrack_entries\":{},\"services\":{},\"backends\":[{backends}],\"overrides\":{}}}",
+            head.netns_cookie,
+            head.object_digest,
+            head.conntrack_entries,
+            serde_json::to_string(&head.services)?,
+            serde_json::to_string(&head.overrides)?,
+        ))
+    }
+}
+
 impl SavedState {
     /// The ids of a plan, to be found again by the next daemon.
     pub fn ids_of(plan: &Plan) -> (Vec<SavedService>, Vec<SavedBackend>) {
@@ -227,8 +281,12 @@ impl PinDir {
 
     /// Replaces the state file atomically (write, then rename).
     pub fn write_state(&self, state: &SavedState) -> Result<()> {
+        self.write_state_text(&serde_json::to_string(state)?)
+    }
+
+    /// Replaces the state file with `text` (a `SavedState` as JSON, see [`StateText`]).
+    pub fn write_state_text(&self, text: &str) -> Result<()> {
         let tmp = self.run.join("state.json.tmp");
-        let text = serde_json::to_string_pretty(state)?;
         fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, self.state_path())
             .with_context(|| format!("cannot write {}", self.state_path().display()))
@@ -383,6 +441,41 @@ mod tests {
     };
 
     const YAML: &str = "node:\n  interfaces: [{name: eth0}]\nservices:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.11}, {address: 10.0.0.12}]\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.13}]\n";
+
+    #[test]
+    fn state_text_is_the_json_of_the_state() {
+        let config = Config::parse(YAML, "t.yaml").unwrap();
+        let first = plan(&config, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let state = |p: &Plan| {
+            let (services, backends) = SavedState::ids_of(p);
+            SavedState {
+                netns_cookie: 7,
+                object_digest: 9,
+                conntrack_entries: 100,
+                services,
+                backends,
+                overrides: vec![SavedOverride {
+                    service: "a".into(),
+                    address: "10.0.0.11".parse().unwrap(),
+                    port: 80,
+                    weight: 3,
+                    config_weight: 1,
+                }],
+            }
+        };
+        let mut text = StateText::default();
+        assert_eq!(
+            text.of(&state(&first), &first).unwrap(),
+            serde_json::to_string(&state(&first)).unwrap()
+        );
+        // Again after a change of one service (the other's text is kept).
+        let yaml = YAML.replace("{address: 10.0.0.11}, ", "");
+        let config = Config::parse(&yaml, "t.yaml").unwrap();
+        let second = plan(&config, &MacTable::new(), TunnelSources::default(), Some(&first)).unwrap();
+        let written = text.of(&state(&second), &second).unwrap();
+        assert_eq!(written, serde_json::to_string(&state(&second)).unwrap());
+        assert_eq!(serde_json::from_str::<SavedState>(&written).unwrap(), state(&second));
+    }
 
     #[test]
     fn saved_ids_give_back_the_same_ids_after_a_reordering() {

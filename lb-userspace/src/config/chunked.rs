@@ -22,13 +22,32 @@ use super::{read_yaml, Config, Cx, Pos, Raw, Service, ServiceLoc, SvcDraft, P};
 /// configuration: a reload re-parses only the items whose text changed.
 #[derive(Default)]
 pub struct ParseCache {
-    items: HashMap<String, Parsed>,
+    /// By the hash of the item's text: the text and what it gave.
+    items: HashMap<u64, Vec<(String, Parsed)>>,
 }
 
 impl ParseCache {
     /// How many services it holds.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.items.values().map(Vec::len).sum()
+    }
+
+    fn get(&self, hash: u64, text: &str) -> Option<&Parsed> {
+        self.items
+            .get(&hash)?
+            .iter()
+            .find(|(t, _)| t == text)
+            .map(|(_, p)| p)
+    }
+
+    fn take(&mut self, hash: u64, text: &str) -> Option<(String, Parsed)> {
+        let entries = self.items.get_mut(&hash)?;
+        let at = entries.iter().position(|(t, _)| t == text)?;
+        Some(entries.swap_remove(at))
+    }
+
+    fn put(&mut self, hash: u64, text: String, parsed: Parsed) {
+        self.items.entry(hash).or_default().push((text, parsed));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -48,6 +67,8 @@ struct Parsed {
 /// One item of the `services:` list.
 struct Item<'t> {
     text: &'t str,
+    /// Of `text`, for the cache.
+    hash: u64,
     /// The file's line (1-based) of the item's first line.
     first_line: u32,
 }
@@ -61,6 +82,11 @@ struct Layout<'t> {
 
 /// Below this many items to parse, threads cost more than they save.
 const PARALLEL_FROM: usize = 64;
+
+fn hash_of(text: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(text)
+}
 
 fn indentation(line: &str) -> usize {
     line.len() - line.trim_start_matches(' ').len()
@@ -159,10 +185,14 @@ fn split(text: &str) -> Option<Layout<'_>> {
         skeleton,
         items: items
             .into_iter()
-            .map(|(from, to)| Item {
+            .map(|(from, to)| {
                 // The item's lines, each with its newline.
-                text: &text[byte(from)..byte(to).min(text.len())],
-                first_line: from as u32 + 1,
+                let text = &text[byte(from)..byte(to).min(text.len())];
+                Item {
+                    text,
+                    hash: hash_of(text),
+                    first_line: from as u32 + 1,
+                }
             })
             .collect(),
     })
@@ -272,23 +302,24 @@ pub(super) fn parse(text: &str, file: &str, cache: Option<&mut ParseCache>) -> O
     if !cx.errors.is_empty() || !config.services.is_empty() {
         return None;
     }
-    let empty = HashMap::new();
-    let known = cache.as_ref().map_or(&empty, |c| &c.items);
+    let empty = ParseCache::default();
+    let known = cache.as_deref().unwrap_or(&empty);
     let todo: Vec<usize> = (0..layout.items.len())
-        .filter(|&i| !known.contains_key(layout.items[i].text))
+        .filter(|&i| known.get(layout.items[i].hash, layout.items[i].text).is_none())
         .collect();
     let mut fresh = parse_many(&layout, &todo, file).into_iter();
-    let mut parsed: HashMap<&str, Parsed> = HashMap::with_capacity(todo.len());
+    let mut parsed: HashMap<usize, Parsed> = HashMap::with_capacity(todo.len());
     for &i in &todo {
-        parsed.insert(layout.items[i].text, fresh.next().flatten()?);
+        parsed.insert(i, fresh.next().flatten()?);
     }
     let drafts: Vec<SvcDraft> = layout
         .items
         .iter()
-        .map(|item| {
+        .enumerate()
+        .map(|(i, item)| {
             let p = parsed
-                .get(item.text)
-                .or_else(|| known.get(item.text))
+                .get(&i)
+                .or_else(|| known.get(item.hash, item.text))
                 .expect("every item parsed or cached");
             placed(p, item.first_line)
         })
@@ -300,18 +331,17 @@ pub(super) fn parse(text: &str, file: &str, cache: Option<&mut ParseCache>) -> O
     config.origin.services = drafts.iter().map(|d| d.loc.clone()).collect();
     config.services = drafts.into_iter().map(|d| d.svc).collect();
     if let Some(cache) = cache {
-        let mut old = std::mem::take(&mut cache.items);
-        for item in &layout.items {
-            let entry = match parsed.remove(item.text) {
-                Some(p) => p,
-                None => match old.remove(item.text) {
-                    Some(p) => p,
-                    // The same text twice (a duplicate service would be an error, but
-                    // an identical item could be repeated): already moved in.
-                    None => continue,
-                },
+        // This file's items: those kept move over, the new ones go in.
+        let mut old = std::mem::take(cache);
+        for (i, item) in layout.items.iter().enumerate() {
+            let entry = match parsed.remove(&i) {
+                Some(p) => Some((item.text.to_owned(), p)),
+                None => old.take(item.hash, item.text),
             };
-            cache.items.insert(item.text.to_owned(), entry);
+            // (None: the same text twice, already moved over.)
+            if let Some((text, p)) = entry {
+                cache.put(item.hash, text, p);
+            }
         }
     }
     Some(config)
