@@ -806,7 +806,7 @@ pub struct Controller {
     state_text: StateText,
     runtime: Runtime,
     /// What the maps hold.
-    plan: Plan,
+    plan: Arc<Plan>,
     missing_macs: Vec<IpAddr>,
     datapath: Datapath,
     pins: Option<PinDir>,
@@ -900,7 +900,7 @@ impl Controller {
             parse_cache: s.parse_cache,
             state_text: StateText::default(),
             runtime,
-            plan: previous.clone().unwrap_or_else(empty_plan),
+            plan: Arc::new(previous.clone().unwrap_or_else(empty_plan)),
             missing_macs: Vec::new(),
             datapath,
             pins,
@@ -1090,7 +1090,7 @@ impl Controller {
         {
             if let Ok(c) = self.datapath.backend_counters(gone.id) {
                 let key = BackendKey {
-                    service: gone.service.clone(),
+                    service: gone.service.to_string(),
                     address: gone.address,
                     port: gone.port,
                 };
@@ -1114,15 +1114,22 @@ impl Controller {
             .collect();
         let t = Instant::now();
         self.save_state(&next)?;
-        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: state saved");
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: state saved"
+        );
         self.datapath
             .reset_counters(&new_services, &new_backends)
             .context("cannot reset the counters of new services and backends")?;
         let t = Instant::now();
+        let next = Arc::new(next);
         self.datapath
-            .apply(&next)
+            .apply_shared(Arc::clone(&next))
             .context("cannot update the datapath maps")?;
-        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: maps written");
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: maps written"
+        );
         self.plan = next;
         // Counts of backends no longer configured at all are forgotten.
         if !self.retired.is_empty() {
@@ -1131,7 +1138,10 @@ impl Controller {
         }
         let t = Instant::now();
         release_freed_memory();
-        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "commit: memory released");
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: memory released"
+        );
         Ok(())
     }
 
@@ -1166,7 +1176,13 @@ impl Controller {
                 })
                 .collect(),
         };
-        pins.write_state_text(&self.state_text.of(&state, plan)?)
+        match self.state_text.of(&state, plan)? {
+            // Not written: the next plan writes the whole file again.
+            Some(text) => pins
+                .write_state_text(&text)
+                .inspect_err(|_| self.state_text = StateText::default()),
+            None => Ok(()),
+        }
     }
 
     /// Re-plans the current config (MACs may have changed) and applies any difference.
@@ -1477,8 +1493,21 @@ impl Controller {
     /// Everything `bascule status` and `/metrics` show, read now.
     fn snapshot(&mut self) -> Snapshot {
         let mut services = Vec::new();
+        // Looked up per configured service and backend: indexed once, not searched.
+        let planned_services: HashMap<&str, &crate::plan::PlannedService> = self
+            .plan
+            .services
+            .iter()
+            .map(|p| (p.name.as_str(), p))
+            .collect();
+        let planned_backends: HashMap<(&str, IpAddr, u16), &crate::plan::PlannedBackend> = self
+            .plan
+            .backends
+            .iter()
+            .map(|b| ((&*b.service, b.address, b.port), b))
+            .collect();
         for svc in &self.config.services {
-            let planned = self.plan.services.iter().find(|p| p.name == svc.name);
+            let planned = planned_services.get(svc.name.as_str()).copied();
             let counters = planned
                 .and_then(|p| self.datapath.service_counters(p.info.id).ok())
                 .unwrap_or_default();
@@ -1497,9 +1526,9 @@ impl Controller {
                     address: b.address,
                     port: b.effective_port(svc),
                 };
-                let planned_b = self.plan.backends.iter().find(|p| {
-                    p.service == key.service && p.address == key.address && p.port == key.port
-                });
+                let planned_b = planned_backends
+                    .get(&(key.service.as_str(), key.address, key.port))
+                    .copied();
                 let current = planned_b
                     .and_then(|p| self.datapath.backend_counters(p.id).ok())
                     .unwrap_or_default();
@@ -1987,7 +2016,7 @@ services:
         let other = p
             .backends
             .iter()
-            .find(|b| b.service == "a" && b.id != predicted)
+            .find(|b| &*b.service == "a" && b.id != predicted)
             .unwrap();
         let sid = p.services[0].info.id;
         let now: u64 = 10_000_000_000_000;

@@ -48,7 +48,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     links: Vec<(String, Attachment)>,
     /// The plan the maps hold, to apply only differences.
-    applied: Option<Plan>,
+    applied: Option<std::sync::Arc<Plan>>,
     /// Where links and the program are pinned, when loaded by `load_pinned`.
     pins: Option<PinPaths>,
 }
@@ -305,20 +305,22 @@ impl Datapath {
     /// service entries. Services and backends no longer planned are removed; a removed
     /// backend is marked inactive so its established flows are rescheduled.
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
-        let previous = self.applied.take().unwrap_or_else(|| Plan {
-            settings: Settings::default(),
-            services: Vec::new(),
-            backends: Vec::new(),
+        self.apply_shared(std::sync::Arc::new(plan.clone()))
+    }
+
+    /// [`Datapath::apply`] of a plan the caller keeps too (not copied).
+    pub fn apply_shared(&mut self, plan: std::sync::Arc<Plan>) -> Result<()> {
+        let previous = self.applied.take().unwrap_or_else(|| {
+            std::sync::Arc::new(Plan {
+                settings: Settings::default(),
+                services: Vec::new(),
+                backends: Vec::new(),
+            })
         });
-        let t = std::time::Instant::now();
-        let result = self.write(plan, &previous);
-        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "TMP apply: written");
-        let t = std::time::Instant::now();
-        drop(previous);
-        tracing::debug!(took_us = t.elapsed().as_micros() as u64, "TMP apply: dropped");
+        let result = self.write(&plan, &previous);
         // On failure the maps may hold part of the new plan: forget what was applied so
         // the next apply rewrites everything.
-        self.applied = result.is_ok().then(|| plan.clone());
+        self.applied = result.is_ok().then_some(plan);
         result
     }
 
@@ -329,19 +331,24 @@ impl Datapath {
         }
         {
             // Indexed by id (ids are dense, below MAX_BACKENDS): no hashing of 100,000 ids.
-            let by_id = |p: &'_ Plan| {
-                let len = p.backends.iter().map(|b| b.id as usize + 1).max().unwrap_or(0);
-                let mut v: Vec<Option<BackendInfo>> = vec![None; len];
+            fn by_id(p: &Plan) -> Vec<Option<&BackendInfo>> {
+                let len = p
+                    .backends
+                    .iter()
+                    .map(|b| b.id as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                let mut v = vec![None; len];
                 for b in &p.backends {
-                    v[b.id as usize] = Some(b.info);
+                    v[b.id as usize] = Some(&b.info);
                 }
                 v
-            };
+            }
             let (before, now) = (by_id(previous), by_id(plan));
             let (ids, infos): (Vec<u32>, Vec<BackendInfo>) = plan
                 .backends
                 .iter()
-                .filter(|b| before.get(b.id as usize).copied().flatten() != Some(b.info))
+                .filter(|b| before.get(b.id as usize).copied().flatten() != Some(&b.info))
                 .map(|b| (b.id, b.info))
                 .chain(
                     previous
@@ -402,11 +409,8 @@ impl Datapath {
                 });
             }
         }
-        let written: StdHashMap<ServiceKey, &ServiceInfo> = previous
-            .services
-            .iter()
-            .map(|s| (s.key, &s.info))
-            .collect();
+        let written: StdHashMap<ServiceKey, &ServiceInfo> =
+            previous.services.iter().map(|s| (s.key, &s.info)).collect();
         for svc in &plan.services {
             if written.get(&svc.key) == Some(&&svc.info) {
                 continue;

@@ -19,6 +19,7 @@
 //! were written by a compatible build; otherwise it starts over.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
     io,
     net::IpAddr,
@@ -91,34 +92,53 @@ pub struct SavedOverride {
 
 /// The state file's text for successive plans, each service's backends kept as JSON
 /// between writes: a service whose backends (addresses, ports, ids) did not change is not
-/// serialized again (at 100,000 backends the file is megabytes, written before every
-/// change of the maps). The text is what `serde_json` makes of the `SavedState`.
+/// serialized again (at 100,000 backends the file is megabytes). The text is what
+/// `serde_json` makes of the `SavedState`.
+///
+/// A plan whose every service and backend the file already names with the same id (same
+/// overrides and header) is not written again: after a reload that only removed
+/// backends, or brought one back under its old id, the file also names some that left.
+/// That is harmless: the next daemon keeps the ids of what its configuration has and
+/// ignores the rest, and no id is named twice, since every write is one plan's (an id
+/// handed to another backend is a new entry, so the file is rewritten).
 #[derive(Default)]
 pub struct StateText {
-    by_service: std::collections::HashMap<String, (Vec<(IpAddr, u16, u32)>, String)>,
+    /// Each service's backends as last written, and their text.
+    by_service: HashMap<String, (Vec<(IpAddr, u16, u32)>, String)>,
+    /// The rest of what was last written (no backends).
+    written: Option<SavedState>,
 }
 
 impl StateText {
-    /// `head` with the backends of `plan` (`head.backends` is ignored).
-    pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<String> {
-        let mut kept = std::collections::HashMap::with_capacity(plan.services.len());
-        let mut backends = String::new();
+    /// The text of `head` with the backends of `plan` (`head.backends` is ignored), or
+    /// `None` when the file last written already holds every id of the plan.
+    pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<Option<String>> {
         // Backends of one service are consecutive in a plan.
-        for group in plan.backends.chunk_by(|a, b| a.service == b.service) {
-            let service: &str = &group[0].service;
-            let key: Vec<(IpAddr, u16, u32)> =
-                group.iter().map(|b| (b.address, b.port, b.id)).collect();
+        let groups: Vec<(&str, Vec<(IpAddr, u16, u32)>)> = plan
+            .backends
+            .chunk_by(|a, b| a.service == b.service)
+            .map(|group| {
+                let key = group.iter().map(|b| (b.address, b.port, b.id)).collect();
+                (&*group[0].service, key)
+            })
+            .collect();
+        if self.holds(head, &groups) {
+            return Ok(None);
+        }
+        let mut kept = HashMap::with_capacity(plan.services.len());
+        let mut backends = String::new();
+        for (service, key) in groups {
             let text = match self.by_service.remove(service) {
                 Some((k, text)) if k == key => text,
                 _ => {
-                    let items: Result<Vec<String>, _> = group
+                    let items: Result<Vec<String>, _> = key
                         .iter()
-                        .map(|b| {
+                        .map(|&(address, port, id)| {
                             serde_json::to_string(&SavedBackend {
                                 service: service.to_string(),
-                                address: b.address,
-                                port: b.port,
-                                id: b.id,
+                                address,
+                                port,
+                                id,
                             })
                         })
                         .collect();
@@ -132,14 +152,56 @@ impl StateText {
             kept.insert(service.to_string(), (key, text));
         }
         self.by_service = kept;
-        Ok(format!(
+        self.written = Some(SavedState {
+            backends: Vec::new(),
+            ..head.clone()
+        });
+        Ok(Some(format!(
             "{{\"netns_cookie\":{},\"object_digest\":{},\"conntrack_entries\":{},\"services\":{},\"backends\":[{backends}],\"overrides\":{}}}",
             head.netns_cookie,
             head.object_digest,
             head.conntrack_entries,
             serde_json::to_string(&head.services)?,
             serde_json::to_string(&head.overrides)?,
-        ))
+        )))
+    }
+
+    /// Whether the file last written names every service and backend of `groups` and
+    /// `head` with the same ids, and has the same header and overrides.
+    fn holds(&self, head: &SavedState, groups: &[(&str, Vec<(IpAddr, u16, u32)>)]) -> bool {
+        let Some(w) = &self.written else {
+            return false;
+        };
+        if (w.netns_cookie, w.object_digest, w.conntrack_entries)
+            != (
+                head.netns_cookie,
+                head.object_digest,
+                head.conntrack_entries,
+            )
+            || w.overrides != head.overrides
+        {
+            return false;
+        }
+        let services: std::collections::HashSet<(&str, u32)> =
+            w.services.iter().map(|s| (s.name.as_str(), s.id)).collect();
+        if !head
+            .services
+            .iter()
+            .all(|s| services.contains(&(s.name.as_str(), s.id)))
+        {
+            return false;
+        }
+        groups
+            .iter()
+            .all(|(service, key)| match self.by_service.get(*service) {
+                Some((written, _)) if written == key => true,
+                Some((written, _)) => {
+                    let written: std::collections::HashSet<&(IpAddr, u16, u32)> =
+                        written.iter().collect();
+                    key.iter().all(|k| written.contains(k))
+                }
+                None => key.is_empty(),
+            })
     }
 }
 
@@ -158,7 +220,7 @@ impl SavedState {
             .backends
             .iter()
             .map(|b| SavedBackend {
-                service: b.service.clone(),
+                service: b.service.to_string(),
                 address: b.address,
                 port: b.port,
                 id: b.id,
@@ -193,7 +255,7 @@ impl SavedState {
                 .iter()
                 .map(|b| PlannedBackend {
                     id: b.id,
-                    service: b.service.clone(),
+                    service: b.service.as_str().into(),
                     address: b.address,
                     port: b.port,
                     info: Default::default(),
@@ -466,15 +528,47 @@ mod tests {
         let mut text = StateText::default();
         assert_eq!(
             text.of(&state(&first), &first).unwrap(),
-            serde_json::to_string(&state(&first)).unwrap()
+            Some(serde_json::to_string(&state(&first)).unwrap())
         );
-        // Again after a change of one service (the other's text is kept).
-        let yaml = YAML.replace("{address: 10.0.0.11}, ", "");
-        let config = Config::parse(&yaml, "t.yaml").unwrap();
-        let second = plan(&config, &MacTable::new(), TunnelSources::default(), Some(&first)).unwrap();
-        let written = text.of(&state(&second), &second).unwrap();
-        assert_eq!(written, serde_json::to_string(&state(&second)).unwrap());
-        assert_eq!(serde_json::from_str::<SavedState>(&written).unwrap(), state(&second));
+        assert_eq!(
+            text.of(&state(&first), &first).unwrap(),
+            None,
+            "nothing new"
+        );
+        // A backend leaves: the file still names it, and is not rewritten.
+        let without = |yaml: &str| {
+            let config = Config::parse(yaml, "t.yaml").unwrap();
+            move |previous: &Plan| {
+                plan(
+                    &config,
+                    &MacTable::new(),
+                    TunnelSources::default(),
+                    Some(previous),
+                )
+                .unwrap()
+            }
+        };
+        let second = without(&YAML.replace("{address: 10.0.0.11}, ", ""))(&first);
+        assert_eq!(text.of(&state(&second), &second).unwrap(), None);
+        // It comes back under its old id: still nothing new.
+        let third = without(YAML)(&second);
+        assert_eq!(third.backends, first.backends);
+        assert_eq!(text.of(&state(&third), &third).unwrap(), None);
+        // Another backend takes the freed id: written, without the one that left.
+        let fourth = without(&YAML.replace("10.0.0.11", "10.0.0.14"))(&second);
+        let written = text
+            .of(&state(&fourth), &fourth)
+            .unwrap()
+            .expect("a new id");
+        assert_eq!(written, serde_json::to_string(&state(&fourth)).unwrap());
+        assert_eq!(
+            serde_json::from_str::<SavedState>(&written).unwrap(),
+            state(&fourth)
+        );
+        // An override changes: written.
+        let mut other = state(&fourth);
+        other.overrides.clear();
+        assert!(text.of(&other, &fourth).unwrap().is_some());
     }
 
     #[test]

@@ -64,7 +64,9 @@ impl ServiceSource {
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedBackend {
     pub id: u32,
-    pub service: String,
+    /// The service's name, shared by its backends (plans are cloned and dropped whole:
+    /// 100,000 backends are then not 100,000 strings).
+    pub service: std::sync::Arc<str>,
     pub address: IpAddr,
     /// The port the backend listens on (the service's, unless the backend sets one).
     pub port: u16,
@@ -192,6 +194,7 @@ pub fn plan(
             Some(&id) => id,
             None => service_ids.next()?,
         };
+        let name: std::sync::Arc<str> = svc.name.as_str().into();
         let mut ids = Vec::new();
         let mut maglev = Vec::new();
         let mut planned_macs = Vec::with_capacity(svc.backends.len());
@@ -235,7 +238,7 @@ pub fn plan(
             ids.push(id);
             backends.push(PlannedBackend {
                 id,
-                service: svc.name.clone(),
+                service: name.clone(),
                 address: b.address,
                 port,
                 info,
@@ -435,7 +438,7 @@ impl<'p> Previous<'p> {
         let mut all: HashMap<&str, HashMap<(IpAddr, u16), u32>> = HashMap::new();
         if !laid_out {
             for b in &plan.backends {
-                all.entry(b.service.as_str())
+                all.entry(&*b.service)
                     .or_default()
                     .insert((b.address, b.port), b.id);
             }
@@ -584,7 +587,7 @@ services:
         let id = |p: &Plan, svc: &str, addr: &str| {
             p.backends
                 .iter()
-                .find(|b| b.service == svc && b.address.to_string() == addr)
+                .find(|b| &*b.service == svc && b.address.to_string() == addr)
                 .map(|b| b.id)
         };
         let sid = |p: &Plan, svc: &str| p.services.iter().find(|s| s.name == svc).unwrap().info.id;

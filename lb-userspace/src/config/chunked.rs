@@ -83,9 +83,13 @@ struct Layout<'t> {
 /// Below this many items to parse, threads cost more than they save.
 const PARALLEL_FROM: usize = 64;
 
+/// The cache's key of an item: its length and first bytes (cheap; entries under one key
+/// are told apart by their whole text).
 fn hash_of(text: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
-    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(text)
+    let head = &text.as_bytes()[..text.len().min(64)];
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one((text.len(), head))
 }
 
 fn indentation(line: &str) -> usize {
@@ -115,83 +119,109 @@ fn services_key(line: &str) -> bool {
 }
 
 /// Where the items are, if the layout allows a chunked parse (see the module's doc).
+/// One pass over the lines, looking at their first bytes.
 fn split(text: &str) -> Option<Layout<'_>> {
     if text.contains('\t') {
         return None;
     }
-    // (byte offset, line) of every line.
-    let mut lines: Vec<(usize, &str)> = Vec::new();
-    let mut offset = 0;
-    for line in text.split('\n') {
-        lines.push((offset, line));
-        offset += line.len() + 1;
+    #[derive(PartialEq)]
+    enum At {
+        Before,
+        /// After `services:`, before its first node.
+        Key,
+        /// In the list, whose items start at this indentation.
+        List(usize),
+        After,
     }
-    let mut services_at = None;
-    for (i, (_, line)) in lines.iter().enumerate() {
+    let mut at = At::Before;
+    // Byte offsets and line indexes of: the line after `services:`, each item's first
+    // line, the end of the list.
+    let (mut cut_from, mut cut_line) = (0, 0);
+    let mut items: Vec<(usize, usize)> = Vec::new();
+    let (mut cut_to, mut end_line) = (text.len(), usize::MAX);
+    let (mut offset, mut lines) = (0, 0);
+    for (i, line) in text.split('\n').enumerate() {
+        lines = i + 1;
+        let here = offset;
+        offset += line.len() + 1;
         let first = line.as_bytes().first().copied();
+        if first == Some(b' ') {
+            match at {
+                At::Key | At::List(_) if !insignificant(line) => {
+                    let indent = indentation(line);
+                    match at {
+                        At::Key if item_start(line, indent) => {
+                            at = At::List(indent);
+                            items.push((here, i));
+                        }
+                        At::List(k) if indent == k && item_start(line, k) => {
+                            items.push((here, i));
+                        }
+                        At::List(k) if indent > k => {}
+                        _ => return None,
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        // Column 0 (or an empty line).
         if matches!(first, Some(b'%')) || line.starts_with("---") || line.starts_with("...") {
             return None;
         }
-        if first == Some(b's') && services_key(line) {
-            if services_at.is_some() {
-                return None;
-            }
-            services_at = Some(i);
+        if insignificant(line) {
+            continue;
         }
-    }
-    let services_at = services_at?;
-    // The list's indentation: that of the first node after `services:`.
-    let first = (services_at + 1..lines.len()).find(|&i| !insignificant(lines[i].1));
-    let mut items: Vec<(usize, usize)> = Vec::new(); // (first line, end line) indexes
-    let mut end = lines.len();
-    if let Some(first) = first {
-        let k = indentation(lines[first].1);
-        if k == 0 && !item_start(lines[first].1, 0) {
-            // `services:` is null: nothing to cut.
-            end = first;
-        } else {
-            if !item_start(lines[first].1, k) {
-                return None;
-            }
-            for (i, (_, line)) in lines.iter().enumerate().skip(first) {
-                if insignificant(line) {
-                    continue;
-                }
-                let indent = indentation(line);
-                if indent == k && item_start(line, k) {
-                    if let Some(last) = items.last_mut() {
-                        last.1 = i;
-                    }
-                    items.push((i, lines.len()));
-                } else if indent == 0 {
-                    end = i;
-                    break;
-                } else if indent <= k {
+        match at {
+            At::Before | At::After if first == Some(b's') && services_key(line) => {
+                if at == At::After {
                     return None;
                 }
+                at = At::Key;
+                (cut_from, cut_line) = (offset, i + 1);
             }
-            if let Some(last) = items.last_mut() {
-                last.1 = end;
+            At::Key | At::List(0) if item_start(line, 0) => {
+                if at == At::Key {
+                    at = At::List(0);
+                }
+                items.push((here, i));
             }
+            At::Key | At::List(_) => {
+                at = At::After;
+                (cut_to, end_line) = (here, i);
+            }
+            At::Before | At::After => {}
         }
     }
-    let byte = |line: usize| lines.get(line).map_or(text.len(), |(o, _)| *o);
-    let (cut_from, cut_to) = (byte(services_at + 1), byte(end));
-    let mut skeleton = String::with_capacity(cut_from + (end - services_at) + text.len() - cut_to);
+    if at == At::Before {
+        return None;
+    }
+    // Lines of the list: from the one after `services:` to the end (of the list or file).
+    let end_line = end_line.min(lines);
+    let cut_from = cut_from.min(text.len());
+    let mut skeleton =
+        String::with_capacity(cut_from + (end_line - cut_line) + text.len() - cut_to);
     skeleton.push_str(&text[..cut_from]);
-    skeleton.extend(std::iter::repeat_n('\n', end - services_at - 1));
+    skeleton.extend(std::iter::repeat_n('\n', end_line.saturating_sub(cut_line)));
     skeleton.push_str(&text[cut_to..]);
+    let bounds: Vec<usize> = items
+        .iter()
+        .map(|&(o, _)| o)
+        .skip(1)
+        .chain(std::iter::once(cut_to))
+        .collect();
     Some(Layout {
         skeleton,
         items: items
-            .into_iter()
-            .map(|(from, to)| {
+            .iter()
+            .zip(bounds)
+            .map(|(&(from, line), to)| {
                 // The item's lines, each with its newline.
-                let text = &text[byte(from)..byte(to).min(text.len())];
+                let text = &text[from..to];
                 Item {
                     text,
                     hash: hash_of(text),
-                    first_line: from as u32 + 1,
+                    first_line: line as u32 + 1,
                 }
             })
             .collect(),
@@ -305,7 +335,11 @@ pub(super) fn parse(text: &str, file: &str, cache: Option<&mut ParseCache>) -> O
     let empty = ParseCache::default();
     let known = cache.as_deref().unwrap_or(&empty);
     let todo: Vec<usize> = (0..layout.items.len())
-        .filter(|&i| known.get(layout.items[i].hash, layout.items[i].text).is_none())
+        .filter(|&i| {
+            known
+                .get(layout.items[i].hash, layout.items[i].text)
+                .is_none()
+        })
         .collect();
     let mut fresh = parse_many(&layout, &todo, file).into_iter();
     let mut parsed: HashMap<usize, Parsed> = HashMap::with_capacity(todo.len());
@@ -524,17 +558,29 @@ vrrp:
 
     #[test]
     fn layouts_that_are_not_split() {
-        for text in [
-            "node: {}\nservices: []\n",
-            "node: {}\nservices:\n\t- name: a\n",
-            "%YAML 1.2\n---\nnode: {}\nservices:\n  - name: a\n",
-            "node: {}\nservices:\n  - name: a\n---\nnode: {}\n",
-            "node: {}\nservices:\n  - name: a\nservices:\n  - name: b\n",
-            "node: {}\nservices:\n  name: a\n",
-            "node: {}\nservices:\n    - name: a\n  - name: b\n",
-            "node: {}\n\"services\": [a]\n",
+        const NODE: &str = "node:\n  interfaces: [{ name: eth0 }]\n";
+        const ITEM: &str = "  - name: a\n    vip: 10.0.0.1\n    port: 80\n";
+        for rest in [
+            "services: []\n".to_string(),
+            format!("services:\n{}", ITEM.replace("    vip", "\tvip")),
+            format!("services:\n{ITEM}---\n{NODE}"),
+            format!("services:\n{ITEM}services:\n{ITEM}"),
+            format!("services:\n{ITEM}services: []\n"),
+            "services:\n  name: a\n".to_string(),
+            format!("services:\n    - name: b\n{ITEM}"),
+            format!("\"services\":\n{ITEM}"),
         ] {
-            assert!(!chunkable(text), "{text:?}");
+            for text in [
+                format!("{NODE}{rest}"),
+                format!("%YAML 1.2\n---\n{NODE}{rest}"),
+            ] {
+                assert!(parse(&text, "t.yaml", None).is_none(), "{text:?}");
+                assert_eq!(
+                    format!("{:?}", Config::parse(&text, "t.yaml")),
+                    format!("{:?}", Config::parse_whole(&text, "t.yaml")),
+                    "{text:?}"
+                );
+            }
         }
     }
 

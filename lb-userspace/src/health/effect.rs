@@ -38,7 +38,7 @@ pub fn plan_with_health(
     if !inactive.is_empty() {
         let services: HashSet<&str> = inactive.iter().map(|k| k.service.as_str()).collect();
         for b in &mut planned.backends {
-            if services.contains(b.service.as_str())
+            if services.contains(&*b.service)
                 && inactive.contains(&BackendKey::new(&b.service, b.address, b.port))
             {
                 b.info.flags &= !BACKEND_ACTIVE;
