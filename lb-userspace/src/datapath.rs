@@ -358,29 +358,23 @@ impl Datapath {
                         .map(|old| (old.id, BackendInfo::default())),
                 )
                 .unzip();
-            tracing::debug!(n = ids.len(), "TMP backends diffed");
             self.write_array("BACKENDS", &ids, &infos)?;
-            tracing::debug!("TMP backends written");
         }
         let before: StdHashMap<u32, &crate::plan::PlannedService> =
             previous.services.iter().map(|s| (s.info.id, s)).collect();
-        let mut swaps = Vec::new();
-        for svc in &plan.services {
-            let unchanged = before.get(&svc.info.id).is_some_and(|p| {
-                p.info == svc.info
-                    && ((p.table_source.is_some() && p.table_source == svc.table_source)
-                        || p.table == svc.table)
-            });
-            if unchanged {
-                continue;
-            }
-            let table = table_map(&svc.table)
-                .with_context(|| format!("service {}: Maglev table", svc.name))?;
-            swaps.push((svc.info.id, table));
-        }
-        tracing::debug!(n = swaps.len(), "TMP tables built");
+        let changed: Vec<&crate::plan::PlannedService> = plan
+            .services
+            .iter()
+            .filter(|svc| {
+                !before.get(&svc.info.id).is_some_and(|p| {
+                    p.info == svc.info
+                        && ((p.table_source.is_some() && p.table_source == svc.table_source)
+                            || p.table == svc.table)
+                })
+            })
+            .collect();
+        let swaps = table_maps(&changed)?;
         self.swap_tables(&swaps)?;
-        tracing::debug!("TMP tables swapped");
         {
             let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
                 p.services
@@ -795,6 +789,34 @@ impl Datapath {
 /// A new lookup-table map holding `slots` (two per cell, see `lb_common::TABLE_CELLS`; the
 /// rest 0), filled through a shared mapping of the map's memory: one copy, not one `bpf()`
 /// call per cell (1,000 tables would take tens of seconds otherwise).
+/// The new table maps of `services`, in order; on every core when they are many (a load
+/// fills 1,000 maps of 256 KiB: the kernel's page allocation is most of it).
+fn table_maps(
+    services: &[&crate::plan::PlannedService],
+) -> Result<Vec<(u32, Array<MapData, u64>)>> {
+    let one = |svc: &&crate::plan::PlannedService| {
+        table_map(&svc.table)
+            .with_context(|| format!("service {}: Maglev table", svc.name))
+            .map(|t| (svc.info.id, t))
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if services.len() < 16 || workers < 2 {
+        return services.iter().map(one).collect();
+    }
+    let chunk = services.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = services
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(services.len());
+        for h in handles {
+            out.extend(h.join().expect("table map writer panicked")?);
+        }
+        Ok(out)
+    })
+}
+
 fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
     if slots.len() > MAGLEV_TABLE_SIZE as usize {
         return Err(anyhow!(

@@ -332,18 +332,7 @@ fn fill_tables(
                         } else {
                             let table = tables::build(svc.scheduler, m, svc.maglev_table_size)
                                 .with_context(|| format!("service {}", svc.name))?;
-                            p.table = std::sync::Arc::new(
-                                table
-                                    .into_iter()
-                                    .map(|i| {
-                                        if i == NO_BACKEND {
-                                            NO_BACKEND
-                                        } else {
-                                            p.backends[i as usize]
-                                        }
-                                    })
-                                    .collect(),
-                            );
+                            p.table = std::sync::Arc::new(to_ids(table, &p.backends));
                         }
                         p.info.table_size = p.table.len() as u32;
                     }
@@ -357,6 +346,30 @@ fn fill_tables(
             .collect()
     });
     results.into_iter().collect()
+}
+
+/// A table of indexes into `ids` as a table of ids (in place). Ids handed out in one plan
+/// are mostly consecutive: then it is one addition per slot.
+fn to_ids(mut table: Vec<u32>, ids: &[u32]) -> Vec<u32> {
+    let base = ids.first().copied().unwrap_or(0);
+    let consecutive = ids
+        .iter()
+        .enumerate()
+        .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
+    if consecutive {
+        for slot in &mut table {
+            if *slot != NO_BACKEND {
+                *slot += base;
+            }
+        }
+    } else {
+        for slot in &mut table {
+            if *slot != NO_BACKEND {
+                *slot = ids[*slot as usize];
+            }
+        }
+    }
+    table
 }
 
 /// The digest of a service's table inputs (see `PlannedService::table_source`).
@@ -754,6 +767,13 @@ services:
             )
             .unwrap()
         );
+    }
+
+    #[test]
+    fn table_indexes_become_ids() {
+        let table = vec![0, 2, NO_BACKEND, 1];
+        assert_eq!(to_ids(table.clone(), &[7, 8, 9]), vec![7, 9, NO_BACKEND, 8]);
+        assert_eq!(to_ids(table, &[7, 3, 9]), vec![7, 9, NO_BACKEND, 3]);
     }
 
     #[test]
