@@ -90,6 +90,9 @@ pub struct SavedOverride {
     pub config_weight: u32,
 }
 
+/// One backend as the state file names it: address, port, id.
+type Entry = (IpAddr, u16, u32);
+
 /// The state file's text for successive plans, each service's backends kept as JSON
 /// between writes: a service whose backends (addresses, ports, ids) did not change is not
 /// serialized again (at 100,000 backends the file is megabytes). The text is what
@@ -104,7 +107,7 @@ pub struct SavedOverride {
 #[derive(Default)]
 pub struct StateText {
     /// Each service's backends as last written, and their text.
-    by_service: HashMap<String, (Vec<(IpAddr, u16, u32)>, String)>,
+    by_service: HashMap<String, (Vec<Entry>, String)>,
     /// The rest of what was last written (no backends).
     written: Option<SavedState>,
 }
@@ -114,7 +117,7 @@ impl StateText {
     /// `None` when the file last written already holds every id of the plan.
     pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<Option<String>> {
         // Backends of one service are consecutive in a plan.
-        let groups: Vec<(&str, Vec<(IpAddr, u16, u32)>)> = plan
+        let groups: Vec<(&str, Vec<Entry>)> = plan
             .backends
             .chunk_by(|a, b| a.service == b.service)
             .map(|group| {
@@ -168,7 +171,7 @@ impl StateText {
 
     /// Whether the file last written names every service and backend of `groups` and
     /// `head` with the same ids, and has the same header and overrides.
-    fn holds(&self, head: &SavedState, groups: &[(&str, Vec<(IpAddr, u16, u32)>)]) -> bool {
+    fn holds(&self, head: &SavedState, groups: &[(&str, Vec<Entry>)]) -> bool {
         let Some(w) = &self.written else {
             return false;
         };
@@ -196,8 +199,7 @@ impl StateText {
             .all(|(service, key)| match self.by_service.get(*service) {
                 Some((written, _)) if written == key => true,
                 Some((written, _)) => {
-                    let written: std::collections::HashSet<&(IpAddr, u16, u32)> =
-                        written.iter().collect();
+                    let written: std::collections::HashSet<&Entry> = written.iter().collect();
                     key.iter().all(|k| written.contains(k))
                 }
                 None => key.is_empty(),
