@@ -170,8 +170,8 @@ pub fn plan(
     );
     let mut backend_ids = IdAllocator::new(reserved, MAX_BACKENDS);
 
-    let mut services = Vec::new();
-    let mut backends = Vec::new();
+    let mut services = Vec::with_capacity(config.services.len());
+    let mut backends = Vec::with_capacity(config.services.iter().map(|s| s.backends.len()).sum());
     // Each service's table inputs (identity and effective weight per backend).
     let mut inputs: Vec<Vec<MaglevBackend>> = Vec::new();
     for ((svc, reuse), old_backends) in config.services.iter().zip(&reused).zip(&kept_ids) {

@@ -362,8 +362,7 @@ pub(super) fn parse(text: &str, file: &str, cache: Option<&mut ParseCache>) -> O
     if !cx.errors.is_empty() {
         return None;
     }
-    config.origin.services = drafts.iter().map(|d| d.loc.clone()).collect();
-    config.services = drafts.into_iter().map(|d| d.svc).collect();
+    (config.services, config.origin.services) = drafts.into_iter().map(|d| (d.svc, d.loc)).unzip();
     if let Some(cache) = cache {
         // This file's items: those kept move over, the new ones go in.
         let mut old = std::mem::take(cache);
