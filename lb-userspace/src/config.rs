@@ -21,6 +21,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_saphyr::Spanned;
 
+mod chunked;
+pub use chunked::ParseCache;
+
 // ------------------------------------------------------------------------------------------
 // Public types
 // ------------------------------------------------------------------------------------------
@@ -618,18 +621,48 @@ impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: name.clone(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read the configuration: {e}"),
-        })?;
+        let text = read_config(path, &name)?;
         Config::parse(&text, &name)
     }
 
     /// Parses and validates a configuration; `file_name` is used in error messages.
     /// Returns the first error (in file order).
+    ///
+    /// A large file is parsed service by service on every core when its layout allows it
+    /// (see `config/chunked.rs`: same result, same errors).
     pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+        match chunked::parse(text, file_name, None) {
+            Some(config) => Ok(config),
+            None => Config::parse_whole(text, file_name),
+        }
+    }
+
+    /// Like [`Config::parse`], reusing the services of `cache` whose text did not change
+    /// (a reload parses what changed). On success `cache` holds this file's services; on
+    /// error it is left as it was.
+    pub fn parse_cached(
+        text: &str,
+        file_name: &str,
+        cache: &mut ParseCache,
+    ) -> Result<Config, ConfigError> {
+        match chunked::parse(text, file_name, Some(cache)) {
+            Some(config) => Ok(config),
+            None => Config::parse_whole(text, file_name),
+        }
+    }
+
+    /// Reads `path` and parses it with [`Config::parse_cached`].
+    pub fn load_cached(
+        path: &std::path::Path,
+        cache: &mut ParseCache,
+    ) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = read_config(path, &name)?;
+        Config::parse_cached(&text, &name, cache)
+    }
+
+    /// The whole file in one parse (what the chunked parse must equal).
+    fn parse_whole(text: &str, file_name: &str) -> Result<Config, ConfigError> {
         Config::parse_all(text, file_name).map_err(|mut errors| errors.swap_remove(0))
     }
 
@@ -805,6 +838,15 @@ impl Config {
         out.sort_by_key(|e| (e.line, e.column));
         out
     }
+}
+
+fn read_config(path: &std::path::Path, name: &str) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: name.to_owned(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read the configuration: {e}"),
+    })
 }
 
 /// What [`Config::check_host`] needs to know about the node: its interfaces and their

@@ -32,12 +32,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
 use crate::{
-    config::{Config, HostFacts, XdpMode},
+    config::{Config, HostFacts, ParseCache, Service, XdpMode},
     daemon,
     datapath::{self, AttachMode, Datapath},
     health::{self, plan_with_health, HealthMap},
     netinfo,
-    pins::{PinDir, SavedOverride, SavedState},
+    pins::{PinDir, SavedOverride, SavedState, StateText},
     plan::{MacTable, Plan},
     snapshot::{
         endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
@@ -156,16 +156,30 @@ pub fn effective(config_weight: u32, key: &BackendKey, inhibit: bool, rt: &Runti
 /// What `health::plan_with_health` is given: the file's configuration with the operators'
 /// weight overrides, and the health map without the checks' dynamic weights of overridden
 /// backends (an operator's override wins over a check's weight; a down backend still gets 0).
-pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, HealthMap>) {
+pub fn planning_input<'c, 'r>(
+    config: &'c Config,
+    rt: &'r Runtime,
+) -> (Cow<'c, Config>, Cow<'r, HealthMap>) {
+    let health = Cow::Borrowed(&rt.health);
+    if rt.overrides.is_empty() {
+        return (Cow::Borrowed(config), health);
+    }
     let mut out = config.clone();
-    let mut health = Cow::Borrowed(&rt.health);
+    let mut health = health;
+    let overridden: HashSet<&str> = rt.overrides.keys().map(|k| k.service.as_str()).collect();
     for svc in &mut out.services {
-        let svc_ref = svc.clone();
+        if !overridden.contains(svc.name.as_str()) {
+            continue;
+        }
+        let (name, port, forwarding) = (svc.name.clone(), svc.port, svc.forwarding);
         for b in &mut svc.backends {
             let key = BackendKey {
-                service: svc_ref.name.clone(),
+                service: name.clone(),
                 address: b.address,
-                port: b.effective_port(&svc_ref),
+                port: match b.forwarding.unwrap_or(forwarding) {
+                    crate::config::Forwarding::Nat => b.port.unwrap_or(port),
+                    _ => port,
+                },
             };
             let Some(o) = rt.overrides.get(&key) else {
                 continue;
@@ -179,7 +193,7 @@ pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, 
             }
         }
     }
-    (out, health)
+    (Cow::Owned(out), health)
 }
 
 /// The configuration the scheduler sees (overrides and health applied, a sorry server
@@ -188,6 +202,7 @@ pub fn planning_input<'r>(config: &Config, rt: &'r Runtime) -> (Config, Cow<'r, 
 pub fn effective_config(config: &Config, rt: &Runtime) -> (Config, HashSet<BackendKey>) {
     let (input, health) = planning_input(config, rt);
     let (out, inactive) = health::apply_health(&input, &health);
+    let out = out.into_owned();
     let inactive = inactive
         .into_iter()
         .map(|k| BackendKey {
@@ -222,6 +237,9 @@ pub fn backend_keys(config: &Config) -> Vec<(BackendKey, u32)> {
 /// After a reload: drops the overrides of backends that left, or whose weight the new
 /// file changes. Returns what was dropped and why.
 pub fn retain_overrides(overrides: &mut Overrides, config: &Config) -> Vec<(BackendKey, String)> {
+    if overrides.is_empty() {
+        return Vec::new();
+    }
     let weights: HashMap<BackendKey, u32> = backend_keys(config).into_iter().collect();
     let mut dropped = Vec::new();
     overrides.retain(|key, o| match weights.get(key) {
@@ -330,19 +348,67 @@ pub struct ConfigDiff {
 
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff::default();
+    let before = by_name(old);
+    let after = by_name(new);
     for s in &new.services {
-        match old.services.iter().find(|o| o.name == s.name) {
+        match before.get(s.name.as_str()) {
             None => d.added.push(s.name.clone()),
-            Some(o) if o != s => d.changed.push(s.name.clone()),
+            Some(o) if *o != s => d.changed.push(s.name.clone()),
             Some(_) => d.unchanged += 1,
         }
     }
     for o in &old.services {
-        if !new.services.iter().any(|s| s.name == o.name) {
+        if !after.contains_key(o.name.as_str()) {
             d.removed.push(o.name.clone());
         }
     }
     d
+}
+
+fn by_name(config: &Config) -> HashMap<&str, &Service> {
+    config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect()
+}
+
+/// Backends of `old` that `new` does not have (in the same service, at the same address
+/// and port). Work only for the services that changed.
+pub fn gone_backends(old: &Config, new: &Config) -> Vec<BackendKey> {
+    let after = by_name(new);
+    let mut gone = Vec::new();
+    for o in &old.services {
+        let kept: HashSet<(IpAddr, u16)> = match after.get(o.name.as_str()) {
+            Some(n) if *n == o => continue,
+            Some(n) => n
+                .backends
+                .iter()
+                .map(|b| (b.address, b.effective_port(n)))
+                .collect(),
+            None => HashSet::new(),
+        };
+        for b in &o.backends {
+            let port = b.effective_port(o);
+            if !kept.contains(&(b.address, port)) {
+                gone.push(BackendKey {
+                    service: o.name.clone(),
+                    address: b.address,
+                    port,
+                });
+            }
+        }
+    }
+    gone
+}
+
+/// Whether `config` has the backend `key`.
+fn configured(services: &HashMap<&str, &Service>, key: &BackendKey) -> bool {
+    services.get(key.service.as_str()).is_some_and(|s| {
+        s.backends
+            .iter()
+            .any(|b| b.address == key.address && b.effective_port(s) == key.port)
+    })
 }
 
 impl fmt::Display for ConfigDiff {
@@ -734,9 +800,13 @@ pub struct Controller {
     path: PathBuf,
     /// The configuration as the file says.
     config: Config,
+    /// The file's services by the text of their item (see `Start::parse_cache`).
+    parse_cache: ParseCache,
+    /// The state file's text, kept per service between writes.
+    state_text: StateText,
     runtime: Runtime,
     /// What the maps hold.
-    plan: Plan,
+    plan: Arc<Plan>,
     missing_macs: Vec<IpAddr>,
     datapath: Datapath,
     pins: Option<PinDir>,
@@ -762,6 +832,9 @@ pub struct Controller {
 pub struct Start {
     pub path: PathBuf,
     pub config: Config,
+    /// The services parsed from `path` (`Config::load_cached`): a reload re-parses only
+    /// the items of the file that changed. Empty: the first reload parses everything.
+    pub parse_cache: ParseCache,
     /// Pin the datapath under `/sys/fs/bpf/bascule` (and adopt what is pinned there).
     pub pinned: bool,
     /// The VRRP instances' status (`snapshot::no_vrrp()` without VRRP).
@@ -824,8 +897,10 @@ impl Controller {
         let mut c = Controller {
             path: s.path,
             config: s.config,
+            parse_cache: s.parse_cache,
+            state_text: StateText::default(),
             runtime,
-            plan: previous.clone().unwrap_or_else(empty_plan),
+            plan: Arc::new(previous.clone().unwrap_or_else(empty_plan)),
             missing_macs: Vec::new(),
             datapath,
             pins,
@@ -856,6 +931,7 @@ impl Controller {
     /// Plans, programs the maps, attaches to every interface. `fresh`: the maps are new.
     fn bring_up(&mut self, fresh: bool) -> Result<()> {
         let config = self.config.clone();
+        daemon::warm_routed_backends(&config.services);
         let next = self.replan(&config, RESOLVE_WAIT_START)?;
         report_missing(&self.missing_macs);
         // Fresh maps hold nothing to keep; adopted ones are rewritten whole (same ids,
@@ -976,9 +1052,6 @@ impl Controller {
     /// The plan for `config` under the current runtime state, ids kept from the plan the
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
-        if !wait.is_zero() {
-            daemon::warm_routed_backends(config);
-        }
         // dr backends' and sorry servers' MACs, whatever their health.
         let macs: MacTable = netinfo::resolve_macs(&daemon::dr_backend_addresses(config), wait)?
             .into_iter()
@@ -1007,19 +1080,17 @@ impl Controller {
     /// ids first (a crash after this point restarts with the ids the maps are about to
     /// hold). `fresh`: the maps are new, every id is new.
     fn commit(&mut self, next: Plan, fresh: bool) -> Result<()> {
-        let ids = |p: &Plan| -> std::collections::HashSet<u32> {
-            p.backends.iter().map(|b| b.id).collect()
-        };
+        let ids = |p: &Plan| IdSet::of(p.backends.iter().map(|b| b.id));
         let (next_ids, current_ids) = (ids(&next), ids(&self.plan));
         for gone in self
             .plan
             .backends
             .iter()
-            .filter(|b| !next_ids.contains(&b.id))
+            .filter(|b| !next_ids.contains(b.id))
         {
             if let Ok(c) = self.datapath.backend_counters(gone.id) {
                 let key = BackendKey {
-                    service: gone.service.clone(),
+                    service: gone.service.to_string(),
                     address: gone.address,
                     port: gone.port,
                 };
@@ -1039,37 +1110,59 @@ impl Controller {
             .backends
             .iter()
             .map(|b| b.id)
-            .filter(|id| fresh || !current_ids.contains(id))
+            .filter(|id| fresh || !current_ids.contains(*id))
             .collect();
+        let t = Instant::now();
         self.save_state(&next)?;
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: state saved"
+        );
         self.datapath
             .reset_counters(&new_services, &new_backends)
             .context("cannot reset the counters of new services and backends")?;
+        let t = Instant::now();
+        let next = Arc::new(next);
         self.datapath
-            .apply(&next)
+            .apply_shared(Arc::clone(&next))
             .context("cannot update the datapath maps")?;
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: maps written"
+        );
         self.plan = next;
         // Counts of backends no longer configured at all are forgotten.
-        let configured: std::collections::HashSet<BackendKey> = backend_keys(&self.config)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        self.retired.retain(|k, _| configured.contains(k));
+        if !self.retired.is_empty() {
+            let services = by_name(&self.config);
+            self.retired.retain(|k, _| configured(&services, k));
+        }
+        let t = Instant::now();
         release_freed_memory();
+        tracing::debug!(
+            took_us = t.elapsed().as_micros() as u64,
+            "commit: memory released"
+        );
         Ok(())
     }
 
-    fn save_state(&self, plan: &Plan) -> Result<()> {
+    fn save_state(&mut self, plan: &Plan) -> Result<()> {
         let Some(pins) = &self.pins else {
             return Ok(());
         };
-        let (services, backends) = SavedState::ids_of(plan);
+        let services = plan
+            .services
+            .iter()
+            .map(|s| crate::pins::SavedService {
+                name: s.name.clone(),
+                id: s.info.id,
+            })
+            .collect();
         let state = SavedState {
             netns_cookie: pins.netns_cookie(),
             object_digest: datapath::object_digest(),
             conntrack_entries: self.config.conntrack.max_entries,
             services,
-            backends,
+            backends: Vec::new(),
             overrides: self
                 .runtime
                 .overrides
@@ -1083,7 +1176,13 @@ impl Controller {
                 })
                 .collect(),
         };
-        pins.write_state(&state)
+        match self.state_text.of(&state, plan)? {
+            // Not written: the next plan writes the whole file again.
+            Some(text) => pins
+                .write_state_text(&text)
+                .inspect_err(|_| self.state_text = StateText::default()),
+            None => Ok(()),
+        }
     }
 
     /// Re-plans the current config (MACs may have changed) and applies any difference.
@@ -1128,14 +1227,18 @@ impl Controller {
 
     fn try_reload(&mut self) -> Result<ReloadReport, ControlError> {
         let started = Instant::now();
-        let new =
-            daemon::load_config(&self.path).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        let new = daemon::load_config_cached(&self.path, &mut self.parse_cache)
+            .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         tracing::debug!(
             took_ms = started.elapsed().as_millis() as u64,
             "reload: file parsed and checked"
         );
         let host = netinfo::host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
         check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: host checked"
+        );
         let restart = restart_only_changes(&self.config, &new);
         if !restart.is_empty() {
             return Err(ControlError::Invalid(format!(
@@ -1145,19 +1248,27 @@ impl Controller {
             )));
         }
         let diff = diff(&self.config, &new);
-        let gone: Vec<BackendKey> = {
-            let kept: std::collections::HashSet<BackendKey> =
-                backend_keys(&new).into_iter().map(|(k, _)| k).collect();
-            backend_keys(&self.config)
-                .into_iter()
-                .map(|(k, _)| k)
-                .filter(|k| !kept.contains(k))
-                .collect()
-        };
+        let gone = gone_backends(&self.config, &new);
         daemon::prepare_interfaces(&new).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        // New backends' next hops start resolving (those of unchanged services are known).
+        let touched: HashSet<&str> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .map(String::as_str)
+            .collect();
+        daemon::warm_routed_backends(
+            new.services
+                .iter()
+                .filter(|s| touched.contains(s.name.as_str())),
+        );
         let mut overrides = self.runtime.overrides.clone();
         let dropped = retain_overrides(&mut overrides, &new);
         let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: diffed"
+        );
         let result = self.replan(&new, RESOLVE_WAIT_CHANGE).and_then(|next| {
             tracing::debug!(
                 took_ms = started.elapsed().as_millis() as u64,
@@ -1170,6 +1281,10 @@ impl Controller {
             self.runtime.overrides = previous_overrides;
             return Err(ControlError::Failed(format!("{e:#}")));
         }
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: committed"
+        );
         log_dropped_overrides(&dropped);
         report_missing(&self.missing_macs);
         for k in gone {
@@ -1378,8 +1493,21 @@ impl Controller {
     /// Everything `bascule status` and `/metrics` show, read now.
     fn snapshot(&mut self) -> Snapshot {
         let mut services = Vec::new();
+        // Looked up per configured service and backend: indexed once, not searched.
+        let planned_services: HashMap<&str, &crate::plan::PlannedService> = self
+            .plan
+            .services
+            .iter()
+            .map(|p| (p.name.as_str(), p))
+            .collect();
+        let planned_backends: HashMap<(&str, IpAddr, u16), &crate::plan::PlannedBackend> = self
+            .plan
+            .backends
+            .iter()
+            .map(|b| ((&*b.service, b.address, b.port), b))
+            .collect();
         for svc in &self.config.services {
-            let planned = self.plan.services.iter().find(|p| p.name == svc.name);
+            let planned = planned_services.get(svc.name.as_str()).copied();
             let counters = planned
                 .and_then(|p| self.datapath.service_counters(p.info.id).ok())
                 .unwrap_or_default();
@@ -1398,9 +1526,9 @@ impl Controller {
                     address: b.address,
                     port: b.effective_port(svc),
                 };
-                let planned_b = self.plan.backends.iter().find(|p| {
-                    p.service == key.service && p.address == key.address && p.port == key.port
-                });
+                let planned_b = planned_backends
+                    .get(&(key.service.as_str(), key.address, key.port))
+                    .copied();
                 let current = planned_b
                     .and_then(|p| self.datapath.backend_counters(p.id).ok())
                     .unwrap_or_default();
@@ -1577,6 +1705,27 @@ fn log_dropped_overrides(dropped: &[(BackendKey, String)]) {
 fn report_missing(missing: &[IpAddr]) {
     for a in missing {
         tracing::warn!(backend = %a, "no MAC address for dr backend yet (not on this L2 segment?); it takes no flows until it answers ARP/NDP");
+    }
+}
+
+/// A set of backend ids (below `MAX_BACKENDS`): one bit each.
+struct IdSet(Vec<u64>);
+
+impl IdSet {
+    fn of(ids: impl Iterator<Item = u32>) -> IdSet {
+        let mut words = vec![0u64; lb_common::MAX_BACKENDS.div_ceil(64) as usize];
+        for id in ids {
+            if let Some(w) = words.get_mut(id as usize / 64) {
+                *w |= 1 << (id % 64);
+            }
+        }
+        IdSet(words)
+    }
+
+    fn contains(&self, id: u32) -> bool {
+        self.0
+            .get(id as usize / 64)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
@@ -1868,7 +2017,7 @@ services:
         let other = p
             .backends
             .iter()
-            .find(|b| b.service == "a" && b.id != predicted)
+            .find(|b| &*b.service == "a" && b.id != predicted)
             .unwrap();
         let sid = p.services[0].info.id;
         let now: u64 = 10_000_000_000_000;

@@ -15,7 +15,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
     api::Api,
-    config::{Config, Forwarding},
+    config::{Config, Forwarding, ParseCache},
     control::{self, Controller, Request},
     health::HealthSupervisor,
     netinfo,
@@ -26,7 +26,12 @@ use crate::{
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
 pub fn load_config(path: &Path) -> Result<Config> {
-    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    load_config_cached(path, &mut ParseCache::default())
+}
+
+/// [`load_config`] reusing (and then holding) the services parsed from the previous file.
+pub fn load_config_cached(path: &Path, cache: &mut ParseCache) -> Result<Config> {
+    let config = Config::load_cached(path, cache).map_err(|e| anyhow::anyhow!("{e}"))?;
     let unsupported = config.unsupported();
     if !unsupported.is_empty() {
         let lines: Vec<String> = unsupported.iter().map(|e| e.to_string()).collect();
@@ -82,10 +87,9 @@ pub fn dr_backend_addresses(config: &Config) -> Vec<IpAddr> {
 
 /// `tun` and `nat` backends: their neighbour entries are warmed (not waited for), so that
 /// the first packets find the next hop resolved.
-pub fn warm_routed_backends(config: &Config) {
-    let mut addrs: Vec<IpAddr> = config
-        .services
-        .iter()
+pub fn warm_routed_backends<'s>(services: impl IntoIterator<Item = &'s crate::config::Service>) {
+    let mut addrs: Vec<IpAddr> = services
+        .into_iter()
         .flat_map(|s| {
             s.backends
                 .iter()
@@ -153,7 +157,8 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
 /// then turns signals into controller requests. SIGHUP reloads; SIGTERM/SIGINT stop: VRRP
 /// masters hand over first, then the datapath goes unless `keep_datapath`.
 pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
-    let config = load_config(path)?;
+    let mut parse_cache = ParseCache::default();
+    let config = load_config_cached(path, &mut parse_cache)?;
     control::check_host(&config, &netinfo::host_facts()?)?;
     let token = read_token(&config.http)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -162,7 +167,13 @@ pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(path.to_path_buf(), config, token, keep_datapath));
+    let result = runtime.block_on(serve(
+        path.to_path_buf(),
+        config,
+        parse_cache,
+        token,
+        keep_datapath,
+    ));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
 }
@@ -214,6 +225,7 @@ async fn reconfigure_vrrp(vrrp: &mut Option<Vrrp>, new: &Config) -> Result<()> {
 async fn serve(
     path: PathBuf,
     config: Config,
+    parse_cache: ParseCache,
     token: Option<String>,
     keep_datapath: bool,
 ) -> Result<()> {
@@ -245,6 +257,7 @@ async fn serve(
     let start = control::Start {
         path,
         config: config.clone(),
+        parse_cache,
         pinned: true,
         vrrp: board.source(),
         health: Some(supervisor.subscribe()),

@@ -48,7 +48,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     links: Vec<(String, Attachment)>,
     /// The plan the maps hold, to apply only differences.
-    applied: Option<Plan>,
+    applied: Option<std::sync::Arc<Plan>>,
     /// Where links and the program are pinned, when loaded by `load_pinned`.
     pins: Option<PinPaths>,
 }
@@ -305,15 +305,22 @@ impl Datapath {
     /// service entries. Services and backends no longer planned are removed; a removed
     /// backend is marked inactive so its established flows are rescheduled.
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
-        let previous = self.applied.take().unwrap_or_else(|| Plan {
-            settings: Settings::default(),
-            services: Vec::new(),
-            backends: Vec::new(),
+        self.apply_shared(std::sync::Arc::new(plan.clone()))
+    }
+
+    /// [`Datapath::apply`] of a plan the caller keeps too (not copied).
+    pub fn apply_shared(&mut self, plan: std::sync::Arc<Plan>) -> Result<()> {
+        let previous = self.applied.take().unwrap_or_else(|| {
+            std::sync::Arc::new(Plan {
+                settings: Settings::default(),
+                services: Vec::new(),
+                backends: Vec::new(),
+            })
         });
-        let result = self.write(plan, &previous);
+        let result = self.write(&plan, &previous);
         // On failure the maps may hold part of the new plan: forget what was applied so
         // the next apply rewrites everything.
-        self.applied = result.is_ok().then(|| plan.clone());
+        self.applied = result.is_ok().then_some(plan);
         result
     }
 
@@ -323,19 +330,31 @@ impl Datapath {
             settings.set(0, plan.settings, 0)?;
         }
         {
-            let before: StdHashMap<u32, &BackendInfo> =
-                previous.backends.iter().map(|b| (b.id, &b.info)).collect();
-            let now: std::collections::HashSet<u32> = plan.backends.iter().map(|b| b.id).collect();
+            // Indexed by id (ids are dense, below MAX_BACKENDS): no hashing of 100,000 ids.
+            fn by_id(p: &Plan) -> Vec<Option<&BackendInfo>> {
+                let len = p
+                    .backends
+                    .iter()
+                    .map(|b| b.id as usize + 1)
+                    .max()
+                    .unwrap_or(0);
+                let mut v = vec![None; len];
+                for b in &p.backends {
+                    v[b.id as usize] = Some(&b.info);
+                }
+                v
+            }
+            let (before, now) = (by_id(previous), by_id(plan));
             let (ids, infos): (Vec<u32>, Vec<BackendInfo>) = plan
                 .backends
                 .iter()
-                .filter(|b| before.get(&b.id) != Some(&&b.info))
+                .filter(|b| before.get(b.id as usize).copied().flatten() != Some(&b.info))
                 .map(|b| (b.id, b.info))
                 .chain(
                     previous
                         .backends
                         .iter()
-                        .filter(|old| !now.contains(&old.id))
+                        .filter(|old| now.get(old.id as usize).copied().flatten().is_none())
                         .map(|old| (old.id, BackendInfo::default())),
                 )
                 .unzip();
@@ -343,20 +362,18 @@ impl Datapath {
         }
         let before: StdHashMap<u32, &crate::plan::PlannedService> =
             previous.services.iter().map(|s| (s.info.id, s)).collect();
-        let mut swaps = Vec::new();
-        for svc in &plan.services {
-            let unchanged = before.get(&svc.info.id).is_some_and(|p| {
-                p.info == svc.info
-                    && ((p.table_source.is_some() && p.table_source == svc.table_source)
-                        || p.table == svc.table)
-            });
-            if unchanged {
-                continue;
-            }
-            let table = table_map(&svc.table)
-                .with_context(|| format!("service {}: Maglev table", svc.name))?;
-            swaps.push((svc.info.id, table));
-        }
+        let changed: Vec<&crate::plan::PlannedService> = plan
+            .services
+            .iter()
+            .filter(|svc| {
+                !before.get(&svc.info.id).is_some_and(|p| {
+                    p.info == svc.info
+                        && ((p.table_source.is_some() && p.table_source == svc.table_source)
+                            || p.table == svc.table)
+                })
+            })
+            .collect();
+        let swaps = table_maps(&changed)?;
         self.swap_tables(&swaps)?;
         {
             let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
@@ -386,7 +403,12 @@ impl Datapath {
                 });
             }
         }
+        let written: StdHashMap<ServiceKey, &ServiceInfo> =
+            previous.services.iter().map(|s| (s.key, &s.info)).collect();
         for svc in &plan.services {
+            if written.get(&svc.key) == Some(&&svc.info) {
+                continue;
+            }
             self.insert_service(&svc.key, svc.info)
                 .with_context(|| format!("service {}", svc.name))?;
         }
@@ -767,6 +789,34 @@ impl Datapath {
 /// A new lookup-table map holding `slots` (two per cell, see `lb_common::TABLE_CELLS`; the
 /// rest 0), filled through a shared mapping of the map's memory: one copy, not one `bpf()`
 /// call per cell (1,000 tables would take tens of seconds otherwise).
+/// The new table maps of `services`, in order; on every core when they are many (a load
+/// fills 1,000 maps of 256 KiB: the kernel's page allocation is most of it).
+fn table_maps(
+    services: &[&crate::plan::PlannedService],
+) -> Result<Vec<(u32, Array<MapData, u64>)>> {
+    let one = |svc: &&crate::plan::PlannedService| {
+        table_map(&svc.table)
+            .with_context(|| format!("service {}: Maglev table", svc.name))
+            .map(|t| (svc.info.id, t))
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if services.len() < 16 || workers < 2 {
+        return services.iter().map(one).collect();
+    }
+    let chunk = services.len().div_ceil(workers);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = services
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>>>()))
+            .collect();
+        let mut out = Vec::with_capacity(services.len());
+        for h in handles {
+            out.extend(h.join().expect("table map writer panicked")?);
+        }
+        Ok(out)
+    })
+}
+
 fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
     if slots.len() > MAGLEV_TABLE_SIZE as usize {
         return Err(anyhow!(

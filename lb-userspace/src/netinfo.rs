@@ -75,6 +75,9 @@ pub fn provoke_resolution(addr: IpAddr) {
 /// Resolves the MACs of `addrs`, provoking resolution for the missing ones and waiting at
 /// most `wait`. Returns what was found; the caller decides what a missing MAC means.
 pub fn resolve_macs(addrs: &[IpAddr], wait: Duration) -> Result<Vec<(IpAddr, [u8; 6])>> {
+    if addrs.is_empty() {
+        return Ok(Vec::new());
+    }
     let deadline = Instant::now() + wait;
     let mut found = Vec::new();
     let mut missing: Vec<IpAddr> = addrs.to_vec();

@@ -19,6 +19,7 @@
 //! were written by a compatible build; otherwise it starts over.
 
 use std::{
+    collections::HashMap,
     fs::{self, File},
     io,
     net::IpAddr,
@@ -89,6 +90,123 @@ pub struct SavedOverride {
     pub config_weight: u32,
 }
 
+/// One backend as the state file names it: address, port, id.
+type Entry = (IpAddr, u16, u32);
+
+/// The state file's text for successive plans, each service's backends kept as JSON
+/// between writes: a service whose backends (addresses, ports, ids) did not change is not
+/// serialized again (at 100,000 backends the file is megabytes). The text is what
+/// `serde_json` makes of the `SavedState`.
+///
+/// A plan whose every service and backend the file already names with the same id (same
+/// overrides and header) is not written again: after a reload that only removed
+/// backends, or brought one back under its old id, the file also names some that left.
+/// That is harmless: the next daemon keeps the ids of what its configuration has and
+/// ignores the rest, and no id is named twice, since every write is one plan's (an id
+/// handed to another backend is a new entry, so the file is rewritten).
+#[derive(Default)]
+pub struct StateText {
+    /// Each service's backends as last written, and their text.
+    by_service: HashMap<String, (Vec<Entry>, String)>,
+    /// The rest of what was last written (no backends).
+    written: Option<SavedState>,
+}
+
+impl StateText {
+    /// The text of `head` with the backends of `plan` (`head.backends` is ignored), or
+    /// `None` when the file last written already holds every id of the plan.
+    pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<Option<String>> {
+        // Backends of one service are consecutive in a plan.
+        let groups: Vec<(&str, Vec<Entry>)> = plan
+            .backends
+            .chunk_by(|a, b| a.service == b.service)
+            .map(|group| {
+                let key = group.iter().map(|b| (b.address, b.port, b.id)).collect();
+                (&*group[0].service, key)
+            })
+            .collect();
+        if self.holds(head, &groups) {
+            return Ok(None);
+        }
+        let mut kept = HashMap::with_capacity(plan.services.len());
+        let mut backends = String::new();
+        for (service, key) in groups {
+            let text = match self.by_service.remove(service) {
+                Some((k, text)) if k == key => text,
+                _ => {
+                    let items: Result<Vec<String>, _> = key
+                        .iter()
+                        .map(|&(address, port, id)| {
+                            serde_json::to_string(&SavedBackend {
+                                service: service.to_string(),
+                                address,
+                                port,
+                                id,
+                            })
+                        })
+                        .collect();
+                    items?.join(",")
+                }
+            };
+            if !backends.is_empty() {
+                backends.push(',');
+            }
+            backends.push_str(&text);
+            kept.insert(service.to_string(), (key, text));
+        }
+        self.by_service = kept;
+        self.written = Some(SavedState {
+            backends: Vec::new(),
+            ..head.clone()
+        });
+        Ok(Some(format!(
+            "{{\"netns_cookie\":{},\"object_digest\":{},\"conntrack_entries\":{},\"services\":{},\"backends\":[{backends}],\"overrides\":{}}}",
+            head.netns_cookie,
+            head.object_digest,
+            head.conntrack_entries,
+            serde_json::to_string(&head.services)?,
+            serde_json::to_string(&head.overrides)?,
+        )))
+    }
+
+    /// Whether the file last written names every service and backend of `groups` and
+    /// `head` with the same ids, and has the same header and overrides.
+    fn holds(&self, head: &SavedState, groups: &[(&str, Vec<Entry>)]) -> bool {
+        let Some(w) = &self.written else {
+            return false;
+        };
+        if (w.netns_cookie, w.object_digest, w.conntrack_entries)
+            != (
+                head.netns_cookie,
+                head.object_digest,
+                head.conntrack_entries,
+            )
+            || w.overrides != head.overrides
+        {
+            return false;
+        }
+        let services: std::collections::HashSet<(&str, u32)> =
+            w.services.iter().map(|s| (s.name.as_str(), s.id)).collect();
+        if !head
+            .services
+            .iter()
+            .all(|s| services.contains(&(s.name.as_str(), s.id)))
+        {
+            return false;
+        }
+        groups
+            .iter()
+            .all(|(service, key)| match self.by_service.get(*service) {
+                Some((written, _)) if written == key => true,
+                Some((written, _)) => {
+                    let written: std::collections::HashSet<&Entry> = written.iter().collect();
+                    key.iter().all(|k| written.contains(k))
+                }
+                None => key.is_empty(),
+            })
+    }
+}
+
 impl SavedState {
     /// The ids of a plan, to be found again by the next daemon.
     pub fn ids_of(plan: &Plan) -> (Vec<SavedService>, Vec<SavedBackend>) {
@@ -104,7 +222,7 @@ impl SavedState {
             .backends
             .iter()
             .map(|b| SavedBackend {
-                service: b.service.clone(),
+                service: b.service.to_string(),
                 address: b.address,
                 port: b.port,
                 id: b.id,
@@ -131,6 +249,7 @@ impl SavedState {
                     table: Default::default(),
                     backends: Vec::new(),
                     table_source: None,
+                    source: None,
                 })
                 .collect(),
             backends: self
@@ -138,7 +257,7 @@ impl SavedState {
                 .iter()
                 .map(|b| PlannedBackend {
                     id: b.id,
-                    service: b.service.clone(),
+                    service: b.service.as_str().into(),
                     address: b.address,
                     port: b.port,
                     info: Default::default(),
@@ -226,8 +345,12 @@ impl PinDir {
 
     /// Replaces the state file atomically (write, then rename).
     pub fn write_state(&self, state: &SavedState) -> Result<()> {
+        self.write_state_text(&serde_json::to_string(state)?)
+    }
+
+    /// Replaces the state file with `text` (a `SavedState` as JSON, see [`StateText`]).
+    pub fn write_state_text(&self, text: &str) -> Result<()> {
         let tmp = self.run.join("state.json.tmp");
-        let text = serde_json::to_string_pretty(state)?;
         fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, self.state_path())
             .with_context(|| format!("cannot write {}", self.state_path().display()))
@@ -382,6 +505,73 @@ mod tests {
     };
 
     const YAML: &str = "node:\n  interfaces: [{name: eth0}]\nservices:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.11}, {address: 10.0.0.12}]\n  - name: b\n    vip: 10.0.0.2\n    port: 80\n    forwarding: tun\n    backends: [{address: 10.0.0.13}]\n";
+
+    #[test]
+    fn state_text_is_the_json_of_the_state() {
+        let config = Config::parse(YAML, "t.yaml").unwrap();
+        let first = plan(&config, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let state = |p: &Plan| {
+            let (services, backends) = SavedState::ids_of(p);
+            SavedState {
+                netns_cookie: 7,
+                object_digest: 9,
+                conntrack_entries: 100,
+                services,
+                backends,
+                overrides: vec![SavedOverride {
+                    service: "a".into(),
+                    address: "10.0.0.11".parse().unwrap(),
+                    port: 80,
+                    weight: 3,
+                    config_weight: 1,
+                }],
+            }
+        };
+        let mut text = StateText::default();
+        assert_eq!(
+            text.of(&state(&first), &first).unwrap(),
+            Some(serde_json::to_string(&state(&first)).unwrap())
+        );
+        assert_eq!(
+            text.of(&state(&first), &first).unwrap(),
+            None,
+            "nothing new"
+        );
+        // A backend leaves: the file still names it, and is not rewritten.
+        let without = |yaml: &str| {
+            let config = Config::parse(yaml, "t.yaml").unwrap();
+            move |previous: &Plan| {
+                plan(
+                    &config,
+                    &MacTable::new(),
+                    TunnelSources::default(),
+                    Some(previous),
+                )
+                .unwrap()
+            }
+        };
+        let second = without(&YAML.replace("{address: 10.0.0.11}, ", ""))(&first);
+        assert_eq!(text.of(&state(&second), &second).unwrap(), None);
+        // It comes back under its old id: still nothing new.
+        let third = without(YAML)(&second);
+        assert_eq!(third.backends, first.backends);
+        assert_eq!(text.of(&state(&third), &third).unwrap(), None);
+        // Another backend takes the freed id: written, without the one that left.
+        let fourth = without(&YAML.replace("10.0.0.11", "10.0.0.14"))(&second);
+        let written = text
+            .of(&state(&fourth), &fourth)
+            .unwrap()
+            .expect("a new id");
+        assert_eq!(written, serde_json::to_string(&state(&fourth)).unwrap());
+        assert_eq!(
+            serde_json::from_str::<SavedState>(&written).unwrap(),
+            state(&fourth)
+        );
+        // An override changes: written.
+        let mut other = state(&fourth);
+        other.overrides.clear();
+        assert!(text.of(&other, &fourth).unwrap().is_some());
+    }
 
     #[test]
     fn saved_ids_give_back_the_same_ids_after_a_reordering() {

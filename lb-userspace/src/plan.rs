@@ -34,12 +34,39 @@ pub struct PlannedService {
     /// reuses the previous table instead of building it again, and the datapath keeps the
     /// table it has. `None` when unknown.
     pub table_source: Option<u64>,
+    /// Everything this service was planned from (see [`ServiceSource`]): a re-plan whose
+    /// inputs for the service are equal takes the service and its backends as they are
+    /// (a reload that changes one service plans one). `None` when unknown.
+    pub source: Option<std::sync::Arc<ServiceSource>>,
+}
+
+/// What `plan` reads to plan one service: its configuration (as health and runtime weights
+/// left it), the MAC of each of its backends, and the connection-table timeouts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceSource {
+    service: crate::config::Service,
+    macs: Vec<Option<[u8; 6]>>,
+    timeouts: (std::time::Duration, std::time::Duration),
+}
+
+impl ServiceSource {
+    fn is(&self, svc: &crate::config::Service, macs: &MacTable, config: &Config) -> bool {
+        self.timeouts == (config.conntrack.tcp_timeout, config.conntrack.udp_timeout)
+            && self.service == *svc
+            && svc
+                .backends
+                .iter()
+                .zip(&self.macs)
+                .all(|(b, m)| macs.get(&b.address) == m.as_ref())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedBackend {
     pub id: u32,
-    pub service: String,
+    /// The service's name, shared by its backends (plans are cloned and dropped whole:
+    /// 100,000 backends are then not 100,000 strings).
+    pub service: std::sync::Arc<str>,
     pub address: IpAddr,
     /// The port the backend listens on (the service's, unless the backend sets one).
     pub port: u16,
@@ -93,16 +120,45 @@ pub fn plan(
     }) as u32;
     settings.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
     settings.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
-    let old_services: HashMap<&str, u32> = previous.map_or_else(HashMap::new, |p| {
-        p.services
+    let previous = previous.map(Previous::of);
+    // Per service: the previous plan of it when its inputs are the same (taken as it is),
+    // else the ids its backends had.
+    let mut reused: Vec<Option<(&PlannedService, &[PlannedBackend])>> =
+        Vec::with_capacity(config.services.len());
+    let mut kept_ids: Vec<HashMap<(IpAddr, u16), u32>> = Vec::with_capacity(config.services.len());
+    let mut reserved = Vec::new();
+    for svc in &config.services {
+        let before = previous.as_ref().and_then(|p| p.service(&svc.name));
+        let same = before.filter(|(s, b)| {
+            b.is_some()
+                && s.source
+                    .as_ref()
+                    .is_some_and(|src| src.is(svc, macs, config))
+        });
+        if let Some((s, Some(b))) = same {
+            reserved.extend(b.iter().map(|b| b.id));
+            reused.push(Some((s, b)));
+            kept_ids.push(HashMap::new());
+            continue;
+        }
+        let ids: HashMap<(IpAddr, u16), u32> = match (&previous, before) {
+            (_, Some((_, Some(b)))) => b.iter().map(|b| ((b.address, b.port), b.id)).collect(),
+            (Some(p), _) => p.backend_ids(&svc.name),
+            (None, _) => HashMap::new(),
+        };
+        reserved.extend(
+            svc.backends
+                .iter()
+                .filter_map(|b| ids.get(&(b.address, b.port.unwrap_or(svc.port))).copied()),
+        );
+        reused.push(None);
+        kept_ids.push(ids);
+    }
+    let old_services: HashMap<&str, u32> = previous.as_ref().map_or_else(HashMap::new, |p| {
+        p.plan
+            .services
             .iter()
             .map(|s| (s.name.as_str(), s.info.id))
-            .collect()
-    });
-    let old_backends: HashMap<(&str, IpAddr, u16), u32> = previous.map_or_else(HashMap::new, |p| {
-        p.backends
-            .iter()
-            .map(|b| ((b.service.as_str(), b.address, b.port), b.id))
             .collect()
     });
     let mut service_ids = IdAllocator::new(
@@ -110,31 +166,43 @@ pub fn plan(
             .services
             .iter()
             .filter_map(|s| old_services.get(s.name.as_str()).copied()),
+        MAX_SERVICES,
     );
-    let mut backend_ids = IdAllocator::new(config.services.iter().flat_map(|s| {
-        let old = &old_backends;
-        s.backends.iter().filter_map(move |b| {
-            old.get(&(s.name.as_str(), b.address, b.port.unwrap_or(s.port)))
-                .copied()
-        })
-    }));
+    let mut backend_ids = IdAllocator::new(reserved, MAX_BACKENDS);
 
-    let mut services = Vec::new();
-    let mut backends = Vec::new();
+    let mut services = Vec::with_capacity(config.services.len());
+    let mut backends = Vec::with_capacity(config.services.iter().map(|s| s.backends.len()).sum());
     // Each service's table inputs (identity and effective weight per backend).
     let mut inputs: Vec<Vec<MaglevBackend>> = Vec::new();
-    for svc in &config.services {
+    for ((svc, reuse), old_backends) in config.services.iter().zip(&reused).zip(&kept_ids) {
+        if let Some((before, planned)) = reuse {
+            // Same inputs: the same service, backends and table. Only the ACTIVE bit is
+            // set again (health clears it after planning).
+            let source = before.source.as_ref().expect("reused only with a source");
+            services.push((*before).clone());
+            backends.extend(planned.iter().zip(&source.macs).map(|(b, mac)| {
+                let mut b = b.clone();
+                let usable = b.info.forward != FORWARD_DR || mac.is_some();
+                b.info.flags =
+                    (b.info.flags & !BACKEND_ACTIVE) | if usable { BACKEND_ACTIVE } else { 0 };
+                b
+            }));
+            inputs.push(Vec::new());
+            continue;
+        }
         let sid = match old_services.get(svc.name.as_str()) {
             Some(&id) => id,
-            None => service_ids.next(MAX_SERVICES)?,
+            None => service_ids.next()?,
         };
+        let name: std::sync::Arc<str> = svc.name.as_str().into();
         let mut ids = Vec::new();
         let mut maglev = Vec::new();
+        let mut planned_macs = Vec::with_capacity(svc.backends.len());
         for b in &svc.backends {
             let port = b.port.unwrap_or(svc.port);
-            let id = match old_backends.get(&(svc.name.as_str(), b.address, port)) {
+            let id = match old_backends.get(&(b.address, port)) {
                 Some(&id) => id,
-                None => backend_ids.next(MAX_BACKENDS)?,
+                None => backend_ids.next()?,
             };
             let forward = match b.effective_forwarding(svc) {
                 Forwarding::Dr => FORWARD_DR,
@@ -144,6 +212,7 @@ pub fn plan(
             };
             let (addr, family) = addr_words(b.address);
             let mac = macs.get(&b.address).copied();
+            planned_macs.push(mac);
             // dr needs the backend's MAC; the other modes find their next hop per packet.
             let usable = forward != FORWARD_DR || mac.is_some();
             let nat_port = if forward == FORWARD_NAT && port != svc.port {
@@ -170,7 +239,7 @@ pub fn plan(
             ids.push(id);
             backends.push(PlannedBackend {
                 id,
-                service: svc.name.clone(),
+                service: name.clone(),
                 address: b.address,
                 port,
                 info,
@@ -194,10 +263,22 @@ pub fn plan(
             table: Default::default(),
             backends: ids,
             table_source: None,
+            source: Some(std::sync::Arc::new(ServiceSource {
+                service: svc.clone(),
+                macs: planned_macs,
+                timeouts: (config.conntrack.tcp_timeout, config.conntrack.udp_timeout),
+            })),
         });
         inputs.push(maglev);
     }
-    fill_tables(config, &mut services, &inputs, previous)?;
+    let fresh: Vec<bool> = reused.iter().map(Option::is_none).collect();
+    fill_tables(
+        config,
+        &mut services,
+        &inputs,
+        &fresh,
+        previous.as_ref().map(|p| p.plan),
+    )?;
     Ok(Plan {
         settings,
         services,
@@ -213,6 +294,7 @@ fn fill_tables(
     config: &Config,
     services: &mut [PlannedService],
     inputs: &[Vec<MaglevBackend>],
+    fresh: &[bool],
     previous: Option<&Plan>,
 ) -> Result<()> {
     let reusable: HashMap<&str, (u64, &std::sync::Arc<Vec<u32>>)> =
@@ -232,9 +314,16 @@ fn fill_tables(
             .chunks_mut(chunk)
             .zip(inputs.chunks(chunk))
             .zip(config.services.chunks(chunk))
-            .map(|((planned, maglev), configured)| {
+            .zip(fresh.chunks(chunk))
+            .map(|(((planned, maglev), configured), fresh)| {
                 scope.spawn(move || {
-                    for ((p, m), svc) in planned.iter_mut().zip(maglev).zip(configured) {
+                    for (((p, m), svc), _) in planned
+                        .iter_mut()
+                        .zip(maglev)
+                        .zip(configured)
+                        .zip(fresh)
+                        .filter(|(_, fresh)| **fresh)
+                    {
                         let source = table_source(svc, m, &p.backends);
                         p.table_source = Some(source);
                         if let Some((_, table)) =
@@ -244,18 +333,7 @@ fn fill_tables(
                         } else {
                             let table = tables::build(svc.scheduler, m, svc.maglev_table_size)
                                 .with_context(|| format!("service {}", svc.name))?;
-                            p.table = std::sync::Arc::new(
-                                table
-                                    .into_iter()
-                                    .map(|i| {
-                                        if i == NO_BACKEND {
-                                            NO_BACKEND
-                                        } else {
-                                            p.backends[i as usize]
-                                        }
-                                    })
-                                    .collect(),
-                            );
+                            p.table = std::sync::Arc::new(to_ids(table, &p.backends));
                         }
                         p.info.table_size = p.table.len() as u32;
                     }
@@ -269,6 +347,30 @@ fn fill_tables(
             .collect()
     });
     results.into_iter().collect()
+}
+
+/// A table of indexes into `ids` as a table of ids (in place). Ids handed out in one plan
+/// are mostly consecutive: then it is one addition per slot.
+fn to_ids(mut table: Vec<u32>, ids: &[u32]) -> Vec<u32> {
+    let base = ids.first().copied().unwrap_or(0);
+    let consecutive = ids
+        .iter()
+        .enumerate()
+        .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
+    if consecutive {
+        for slot in &mut table {
+            if *slot != NO_BACKEND {
+                *slot += base;
+            }
+        }
+    } else {
+        for slot in &mut table {
+            if *slot != NO_BACKEND {
+                *slot = ids[*slot as usize];
+            }
+        }
+    }
+    table
 }
 
 /// The digest of a service's table inputs (see `PlannedService::table_source`).
@@ -286,29 +388,90 @@ fn table_source(svc: &crate::config::Service, inputs: &[MaglevBackend], ids: &[u
     h.finish()
 }
 
-/// Hands out the lowest ids not reserved (reserved = kept from the previous plan).
+/// Hands out the lowest ids below `limit` not reserved (reserved = kept from the previous
+/// plan).
 struct IdAllocator {
-    taken: std::collections::BTreeSet<u32>,
+    taken: Vec<bool>,
     cursor: u32,
+    limit: u32,
 }
 
 impl IdAllocator {
-    fn new(reserved: impl IntoIterator<Item = u32>) -> Self {
+    fn new(reserved: impl IntoIterator<Item = u32>, limit: u32) -> Self {
+        let mut taken = vec![false; limit as usize];
+        for id in reserved {
+            if let Some(t) = taken.get_mut(id as usize) {
+                *t = true;
+            }
+        }
         IdAllocator {
-            taken: reserved.into_iter().collect(),
+            taken,
             cursor: 0,
+            limit,
         }
     }
 
-    fn next(&mut self, limit: u32) -> Result<u32> {
-        while self.taken.contains(&self.cursor) {
+    fn next(&mut self) -> Result<u32> {
+        while self.taken.get(self.cursor as usize) == Some(&true) {
             self.cursor += 1;
         }
+        let limit = self.limit;
         if self.cursor >= limit {
             bail!("more than {limit} ids needed; this build holds at most {limit}");
         }
-        self.taken.insert(self.cursor);
+        self.taken[self.cursor as usize] = true;
         Ok(self.cursor)
+    }
+}
+
+/// The previous plan, indexed by service.
+struct Previous<'p> {
+    plan: &'p Plan,
+    /// Each service's backends: the slice of `plan.backends` they are, when the plan lays
+    /// them out service after service in order (what `plan` makes).
+    services: HashMap<&'p str, (&'p PlannedService, Option<&'p [PlannedBackend]>)>,
+    /// Otherwise (a plan of saved ids), every backend id by service, then address and port.
+    all: HashMap<&'p str, HashMap<(IpAddr, u16), u32>>,
+}
+
+impl<'p> Previous<'p> {
+    fn of(plan: &'p Plan) -> Self {
+        let mut at = 0;
+        let mut services = HashMap::with_capacity(plan.services.len());
+        let mut laid_out = true;
+        for s in &plan.services {
+            let slice = plan.backends.get(at..at + s.backends.len());
+            let fits = slice.is_some_and(|b| b.iter().map(|b| b.id).eq(s.backends.iter().copied()));
+            laid_out &= fits;
+            services.insert(s.name.as_str(), (s, slice.filter(|_| fits)));
+            at += s.backends.len();
+        }
+        laid_out &= at == plan.backends.len();
+        if !laid_out {
+            services.values_mut().for_each(|(_, slice)| *slice = None);
+        }
+        let mut all: HashMap<&str, HashMap<(IpAddr, u16), u32>> = HashMap::new();
+        if !laid_out {
+            for b in &plan.backends {
+                all.entry(&*b.service)
+                    .or_default()
+                    .insert((b.address, b.port), b.id);
+            }
+        }
+        Previous {
+            plan,
+            services,
+            all,
+        }
+    }
+
+    fn service(&self, name: &str) -> Option<(&'p PlannedService, Option<&'p [PlannedBackend]>)> {
+        self.services.get(name).copied()
+    }
+
+    /// The ids of `service`'s backends in a plan not laid out by service.
+    fn backend_ids(&self, service: &str) -> HashMap<(IpAddr, u16), u32> {
+        self.all.get(service).cloned().unwrap_or_default()
     }
 }
 
@@ -439,7 +602,7 @@ services:
         let id = |p: &Plan, svc: &str, addr: &str| {
             p.backends
                 .iter()
-                .find(|b| b.service == svc && b.address.to_string() == addr)
+                .find(|b| &*b.service == svc && b.address.to_string() == addr)
                 .map(|b| b.id)
         };
         let sid = |p: &Plan, svc: &str| p.services.iter().find(|s| s.name == svc).unwrap().info.id;
@@ -467,5 +630,179 @@ services:
         let a = plan(&config(), &macs, TunnelSources::default(), None).unwrap();
         let b = plan(&config(), &macs, TunnelSources::default(), None).unwrap();
         assert_eq!(a, b);
+    }
+}
+
+#[cfg(test)]
+mod reuse_tests {
+    use super::*;
+
+    const YAML: &str = r#"
+node:
+  interfaces: [{ name: eth0 }]
+services:
+  - name: web
+    vip: 10.0.0.100
+    port: 80
+    maglev_table_size: 251
+    backends:
+      - address: 10.0.0.11
+      - address: 10.0.0.12
+        weight: 3
+  - name: routed
+    vip: 10.0.0.101
+    port: 80
+    forwarding: tun
+    scheduler: wrr
+    backends:
+      - address: 10.0.1.11
+      - address: 10.0.1.12
+        weight: 2
+  - name: nat
+    vip: 10.0.0.102
+    port: 80
+    forwarding: nat
+    maglev_table_size: 1009
+    backends:
+      - address: 10.0.2.11
+        port: 8080
+      - address: 10.0.2.12
+  - name: gone
+    vip: 10.0.0.103
+    port: 80
+    forwarding: tun
+    maglev_table_size: 251
+    backends: [{ address: 10.0.3.11 }]
+"#;
+
+    fn without_sources(p: &Plan) -> Plan {
+        let mut p = p.clone();
+        p.services.iter_mut().for_each(|s| s.source = None);
+        p
+    }
+
+    fn find<'p>(p: &'p Plan, name: &str) -> &'p PlannedService {
+        p.services.iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn reused(a: &Plan, b: &Plan, name: &str) -> bool {
+        let (x, y) = (find(a, name), find(b, name));
+        std::sync::Arc::ptr_eq(x.source.as_ref().unwrap(), y.source.as_ref().unwrap())
+    }
+
+    #[test]
+    fn a_replan_takes_unchanged_services_as_they_are_and_equals_a_full_one() {
+        let mac = |a: &str, m: u8| (a.parse().unwrap(), [2, 0, 0, 0, 0, m]);
+        let macs: MacTable = [mac("10.0.0.11", 1), mac("10.0.0.12", 2)].into();
+        let cfg = Config::parse(YAML, "t.yaml").unwrap();
+        let mut first = plan(&cfg, &macs, TunnelSources::default(), None).unwrap();
+        // Health cleared a backend's ACTIVE bit after planning: a reuse sets it again.
+        let routed_first = first.services[1].backends[0];
+        first
+            .backends
+            .iter_mut()
+            .find(|b| b.id == routed_first)
+            .unwrap()
+            .info
+            .flags = 0;
+        // "nat" loses a backend, "gone" leaves, "new" arrives; nothing else changes.
+        let yaml = YAML.replace("      - address: 10.0.2.12\n", "").replace(
+            "  - name: gone\n    vip: 10.0.0.103",
+            "  - name: new\n    vip: 10.0.0.104",
+        );
+        let cfg2 = Config::parse(&yaml, "t.yaml").unwrap();
+        let second = plan(&cfg2, &macs, TunnelSources::default(), Some(&first)).unwrap();
+        let full = plan(
+            &cfg2,
+            &macs,
+            TunnelSources::default(),
+            Some(&without_sources(&first)),
+        )
+        .unwrap();
+        assert_eq!(second, full);
+        assert!(reused(&first, &second, "web"));
+        assert!(reused(&first, &second, "routed"));
+        assert!(!reused(&first, &second, "nat"));
+        let active = |p: &Plan, id: u32| {
+            p.backends.iter().find(|b| b.id == id).unwrap().info.flags & BACKEND_ACTIVE != 0
+        };
+        assert!(active(&second, routed_first));
+        // The new service's backend takes the id "gone" and "nat" freed, no id collides.
+        let mut ids: Vec<u32> = second.backends.iter().map(|b| b.id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), second.backends.len());
+
+        // A MAC that changes re-plans the services that use it, only them.
+        let macs2: MacTable = [mac("10.0.0.11", 1), mac("10.0.0.12", 9)].into();
+        let third = plan(&cfg2, &macs2, TunnelSources::default(), Some(&second)).unwrap();
+        let full = plan(
+            &cfg2,
+            &macs2,
+            TunnelSources::default(),
+            Some(&without_sources(&second)),
+        )
+        .unwrap();
+        assert_eq!(third, full);
+        assert!(!reused(&second, &third, "web"));
+        assert!(reused(&second, &third, "routed"));
+        let web12 = third
+            .backends
+            .iter()
+            .find(|b| b.address.to_string() == "10.0.0.12")
+            .unwrap();
+        assert_eq!(web12.info.mac, [2, 0, 0, 0, 0, 9]);
+
+        // A weight change (as health or an operator sets it) re-plans that service.
+        let mut cfg3 = cfg2.clone();
+        cfg3.services[1].backends[0].weight = 0;
+        let fourth = plan(&cfg3, &macs2, TunnelSources::default(), Some(&third)).unwrap();
+        assert!(!reused(&third, &fourth, "routed"));
+        assert!(reused(&third, &fourth, "web"));
+        assert_eq!(
+            fourth,
+            plan(
+                &cfg3,
+                &macs2,
+                TunnelSources::default(),
+                Some(&without_sources(&third))
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn table_indexes_become_ids() {
+        let table = vec![0, 2, NO_BACKEND, 1];
+        assert_eq!(to_ids(table.clone(), &[7, 8, 9]), vec![7, 9, NO_BACKEND, 8]);
+        assert_eq!(to_ids(table, &[7, 3, 9]), vec![7, 9, NO_BACKEND, 3]);
+    }
+
+    #[test]
+    fn a_plan_of_saved_ids_keeps_them() {
+        let cfg = Config::parse(YAML, "t.yaml").unwrap();
+        let first = plan(&cfg, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        // What the state file gives back: ids only, backends not laid out by service.
+        let mut ids = without_sources(&first);
+        ids.services.iter_mut().for_each(|s| s.backends.clear());
+        ids.backends.reverse();
+        // In another order: planned afresh, "gone" would take the first ids.
+        let mut reversed = cfg.clone();
+        reversed.services.reverse();
+        let again = plan(
+            &reversed,
+            &MacTable::new(),
+            TunnelSources::default(),
+            Some(&ids),
+        )
+        .unwrap();
+        let id_of =
+            |p: &Plan, addr: IpAddr| p.backends.iter().find(|b| b.address == addr).unwrap().id;
+        for b in &first.backends {
+            assert_eq!(id_of(&again, b.address), b.id);
+        }
+        for s in &first.services {
+            assert_eq!(find(&again, &s.name).info.id, s.info.id);
+        }
     }
 }

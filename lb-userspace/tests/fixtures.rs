@@ -449,7 +449,7 @@ fn same_flow_same_backend_and_counters() {
         .plan
         .backends
         .iter()
-        .find(|b| b.service == "web4" && b.address == backend)
+        .find(|b| &*b.service == "web4" && b.address == backend)
         .unwrap()
         .id;
     assert_eq!(h.datapath.backend_counters(id).unwrap().packets, 21);

@@ -82,7 +82,7 @@ fn backend_id(h: &Harness, service: &str, addr: &str) -> u32 {
     h.plan
         .backends
         .iter()
-        .find(|b| b.service == service && b.address == ip(addr))
+        .find(|b| &*b.service == service && b.address == ip(addr))
         .unwrap()
         .id
 }

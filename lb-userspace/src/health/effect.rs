@@ -13,7 +13,7 @@
 //! Backends of services without `health_check` are always up. A checked backend missing
 //! from the map (its check not started yet) counts as its `initial_state`.
 
-use std::collections::HashSet;
+use std::{borrow::Cow, collections::HashSet};
 
 use anyhow::Result;
 use lb_common::BACKEND_ACTIVE;
@@ -35,17 +35,29 @@ pub fn plan_with_health(
 ) -> Result<Plan> {
     let (adjusted, inactive) = apply_health(config, health);
     let mut planned = plan(&adjusted, macs, tunnel, previous)?;
-    for b in &mut planned.backends {
-        if inactive.contains(&BackendKey::new(&b.service, b.address, b.port)) {
-            b.info.flags &= !BACKEND_ACTIVE;
+    if !inactive.is_empty() {
+        let services: HashSet<&str> = inactive.iter().map(|k| k.service.as_str()).collect();
+        for b in &mut planned.backends {
+            if services.contains(&*b.service)
+                && inactive.contains(&BackendKey::new(&b.service, b.address, b.port))
+            {
+                b.info.flags &= !BACKEND_ACTIVE;
+            }
         }
     }
     Ok(planned)
 }
 
 /// The configuration the datapath should be planned from (weights set by health, sorry
-/// servers added), and the backends to plan inactive.
-pub fn apply_health(config: &Config, health: &HealthMap) -> (Config, HashSet<BackendKey>) {
+/// servers added), and the backends to plan inactive. Borrowed when health changes
+/// nothing (no checks, or every checked backend up at its configured weight).
+pub fn apply_health<'c>(
+    config: &'c Config,
+    health: &HealthMap,
+) -> (Cow<'c, Config>, HashSet<BackendKey>) {
+    if !config.services.iter().any(|s| touched(s, health)) {
+        return (Cow::Borrowed(config), HashSet::new());
+    }
     let mut adjusted = config.clone();
     let mut inactive = HashSet::new();
     for svc in &mut adjusted.services {
@@ -95,7 +107,29 @@ pub fn apply_health(config: &Config, health: &HealthMap) -> (Config, HashSet<Bac
             }),
         }
     }
-    (adjusted, inactive)
+    (Cow::Owned(adjusted), inactive)
+}
+
+/// Whether `apply_health` changes anything of `svc`: a checked backend down (or not
+/// checked yet and initially down), or up with a check's own weight; or no backend at all
+/// and a sorry server.
+fn touched(svc: &crate::config::Service, health: &HealthMap) -> bool {
+    if svc.backends.is_empty() {
+        return svc.sorry_server.is_some();
+    }
+    let Some(check) = &svc.health_check else {
+        return false;
+    };
+    // One key, its address and port set per backend (no allocation per backend).
+    let mut key = BackendKey::new(&svc.name, svc.vip, svc.port);
+    svc.backends.iter().any(|b| {
+        key.address = b.address;
+        key.port = b.port.unwrap_or(svc.port);
+        match health.get(&key) {
+            Some(h) => !h.up || h.weight_override.is_some(),
+            None => check.initial_state != InitialState::Up,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -287,6 +321,39 @@ services:
         assert!(p2.backends.iter().all(|b| b.address != ip("10.0.0.250")));
         let b12 = id_of(&p2, "10.0.0.12");
         assert!(p2.services[0].table.iter().all(|&b| b == b12));
+    }
+
+    #[test]
+    fn health_that_changes_nothing_borrows_the_configuration() {
+        let cfg = config(YAML);
+        let all_up = health(&[
+            ("10.0.0.11", true, None),
+            ("10.0.0.12", true, None),
+            ("10.0.0.13", true, None),
+        ]);
+        let (adjusted, inactive) = apply_health(&cfg, &all_up);
+        assert!(matches!(adjusted, Cow::Borrowed(_)));
+        assert!(inactive.is_empty());
+        // Not checked yet (initially down), or a dynamic weight: adjusted.
+        assert!(matches!(
+            apply_health(&cfg, &HealthMap::new()).0,
+            Cow::Owned(_)
+        ));
+        let weighted = health(&[
+            ("10.0.0.11", true, Some(5)),
+            ("10.0.0.12", true, None),
+            ("10.0.0.13", true, None),
+        ]);
+        assert_eq!(
+            apply_health(&cfg, &weighted).0.services[0].backends[0].weight,
+            5
+        );
+        // A service without backends goes to its sorry server, checked or not.
+        let empty = config(
+            "node:\n  interfaces: [{ name: eth0 }]\nservices:\n  - name: s\n    vip: 10.0.0.1\n    port: 80\n    sorry_server: 10.0.0.250:80\n",
+        );
+        let (adjusted, _) = apply_health(&empty, &HealthMap::new());
+        assert_eq!(adjusted.services[0].backends.len(), 1);
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub struct HealthSupervisor {
 }
 
 struct Running {
-    check: HealthCheck,
+    /// Shared by the backends of one service (one copy per service and reload).
+    check: Arc<HealthCheck>,
     task: JoinHandle<()>,
 }
 
@@ -131,7 +132,7 @@ impl HealthSupervisor {
             })
             .collect();
         // New and changed checks, first attempts spread over the interval per service.
-        let mut starting: Vec<(&BackendKey, &HealthCheck)> = desired
+        let mut starting: Vec<(&BackendKey, &Arc<HealthCheck>)> = desired
             .iter()
             .filter(|(key, _)| !tasks.contains_key(*key))
             .collect();
@@ -140,13 +141,18 @@ impl HealthSupervisor {
         for (key, _) in &starting {
             per_service.entry(key.service.as_str()).or_default().1 += 1;
         }
-        self.ctx.health.send_modify(|map| {
+        // Receivers are told only when entries come or go.
+        self.ctx.health.send_if_modified(|map| {
+            let before = map.len();
             map.retain(|key, _| desired.contains_key(key));
+            let mut modified = map.len() != before;
             for (key, check) in &starting {
                 let known_up = map.get(*key).map(|h| h.up);
                 let up = known_up.unwrap_or(check.initial_state == InitialState::Up);
-                map.entry((*key).clone())
-                    .or_insert_with(|| BackendHealth::new(up, wall));
+                if !map.contains_key(*key) {
+                    map.insert((*key).clone(), BackendHealth::new(up, wall));
+                    modified = true;
+                }
                 let slot = per_service.get_mut(key.service.as_str()).expect("counted");
                 let offset = check.interval.mul_f64(slot.0 as f64 / slot.1 as f64);
                 slot.0 += 1;
@@ -157,7 +163,7 @@ impl HealthSupervisor {
                 };
                 let task = self.runtime.spawn(run_backend(
                     (*key).clone(),
-                    (*check).clone(),
+                    HealthCheck::clone(check),
                     Machine::new(Rules::of(check), initial, now + offset),
                     self.ctx.clone(),
                 ));
@@ -175,6 +181,7 @@ impl HealthSupervisor {
                     c.up += usize::from(health.up);
                 }
             }
+            modified
         });
         *lock(&self.ctx.services) = counts;
     }
@@ -194,12 +201,13 @@ impl Drop for HealthSupervisor {
 }
 
 /// Every checked backend of `services` with its check.
-fn desired_checks(services: &[Service]) -> HashMap<BackendKey, HealthCheck> {
+fn desired_checks(services: &[Service]) -> HashMap<BackendKey, Arc<HealthCheck>> {
     let mut out = HashMap::new();
     for svc in services {
         let Some(check) = &svc.health_check else {
             continue;
         };
+        let check = Arc::new(check.clone());
         for b in &svc.backends {
             let key = BackendKey::new(&svc.name, b.address, b.port.unwrap_or(svc.port));
             out.insert(key, check.clone());
