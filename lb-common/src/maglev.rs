@@ -26,10 +26,13 @@
 //! with no eligible backend.
 //!
 //! The fill is the paper's: each backend in turn walks its permutation to the next free
-//! slot. Once only about 2*sqrt(M) slots are left free, walking gets long (M / free probes
-//! per claim), so the walk is replaced by an equivalent computation: a backend's next
-//! claim is the free slot that comes first in its permutation, i.e. the free slot `s`
-//! with the smallest `(s - offset) * skip^-1 mod M`. Same table, about half the time.
+//! slot. The walk tests four slots per step against a bitmap of taken slots (one branch
+//! per four probes; the four computed from the current slot, not from one another). Once
+//! only about sqrt(M) slots are left free, walking gets long (M / free probes per claim),
+//! so the walk is replaced by an equivalent computation: a backend's next claim is the
+//! free slot that comes first in its permutation, i.e. the free slot `s` with the
+//! smallest `(s - offset) * skip^-1 mod M`. Same table as the plain walk (a test keeps
+//! them equal), in about two thirds of the time.
 
 use crate::NO_BACKEND;
 
@@ -114,11 +117,14 @@ pub fn build_table(backends: &[MaglevBackend], size: u32) -> Vec<u32> {
 }
 
 /// A backend's walk through its permutation: `slot` is `(offset + next * skip) mod M`,
-/// advanced by adding `skip` (no division in the walk).
+/// advanced by adding multiples of `skip` (no division in the walk).
 struct Perm {
     index: u32,
     offset: u64,
     skip: u64,
+    /// `k * skip mod M` for k = 1..=4: the walk looks four slots ahead at once, each
+    /// computed from the current slot (not from one another: no chain of dependent adds).
+    steps: [u64; 4],
     slot: u64,
     weight: u64,
     taken: u64,
@@ -150,6 +156,7 @@ fn fill(backends: &[MaglevBackend], mut order: Vec<usize>, size: u32) -> Vec<u32
                 index: i as u32,
                 offset,
                 skip,
+                steps: [1, 2, 3, 4].map(|k| k * skip % m),
                 slot: offset,
                 weight: u64::from(b.weight),
                 taken: 0,
@@ -177,8 +184,8 @@ fn fill(backends: &[MaglevBackend], mut order: Vec<usize>, size: u32) -> Vec<u32
                         // Four candidates per step, one branch: the walk's exit is the
                         // branch a CPU mispredicts, so take it a quarter as often.
                         let bit = |s: u64| (taken[(s >> 6) as usize] >> (s & 63)) & 1;
-                        let next = |s: u64| {
-                            let n = s + p.skip;
+                        let add = |s: u64, step: u64| {
+                            let n = s + step;
                             if n >= m {
                                 n - m
                             } else {
@@ -187,16 +194,16 @@ fn fill(backends: &[MaglevBackend], mut order: Vec<usize>, size: u32) -> Vec<u32
                         };
                         loop {
                             let s0 = p.slot;
-                            let s1 = next(s0);
-                            let s2 = next(s1);
-                            let s3 = next(s2);
+                            let s1 = add(s0, p.steps[0]);
+                            let s2 = add(s0, p.steps[1]);
+                            let s3 = add(s0, p.steps[2]);
                             let busy = bit(s0) | bit(s1) << 1 | bit(s2) << 2 | bit(s3) << 3;
                             if busy != 0b1111 {
-                                let slot = [s0, s1, s2, s3][busy.trailing_ones() as usize];
-                                p.slot = next(slot);
-                                break slot;
+                                let first = busy.trailing_ones() as usize;
+                                p.slot = add(s0, p.steps[first]);
+                                break [s0, s1, s2, s3][first];
                             }
-                            p.slot = next(s3);
+                            p.slot = add(s0, p.steps[3]);
                         }
                     }
                 };

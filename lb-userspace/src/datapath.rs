@@ -299,11 +299,12 @@ impl Datapath {
     }
 
     /// Writes a plan into the maps, changing only what differs from the plan applied
-    /// before: backends first (so a new table never points at an unwritten backend), then
-    /// each changed service's Maglev table (a new inner map swapped in whole: packets see
-    /// the old table or the new, never a mix; unchanged services keep theirs), then the
-    /// service entries. Services and backends no longer planned are removed; a removed
-    /// backend is marked inactive so its established flows are rescheduled.
+    /// before: new and changed backends first (so a table never points at an unwritten
+    /// backend), then each changed service's table (rewritten in place, cell by cell, when
+    /// it keeps its length: a packet reads each cell old or new; otherwise a new inner map
+    /// swapped in whole; unchanged services keep theirs), then the service entries.
+    /// Services no longer planned are removed, and last the backends no longer planned are
+    /// cleared (marked inactive, so their established flows are rescheduled).
     pub fn apply(&mut self, plan: &Plan) -> Result<()> {
         self.apply_shared(std::sync::Arc::new(plan.clone()))
     }
@@ -329,6 +330,7 @@ impl Datapath {
             let mut settings: Array<_, Settings> = Array::try_from(self.map("SETTINGS")?)?;
             settings.set(0, plan.settings, 0)?;
         }
+        let removed: Vec<u32>;
         {
             // Indexed by id (ids are dense, below MAX_BACKENDS): no hashing of 100,000 ids.
             fn by_id(p: &Plan) -> Vec<Option<&BackendInfo>> {
@@ -350,15 +352,15 @@ impl Datapath {
                 .iter()
                 .filter(|b| before.get(b.id as usize).copied().flatten() != Some(&b.info))
                 .map(|b| (b.id, b.info))
-                .chain(
-                    previous
-                        .backends
-                        .iter()
-                        .filter(|old| now.get(old.id as usize).copied().flatten().is_none())
-                        .map(|old| (old.id, BackendInfo::default())),
-                )
                 .unzip();
             self.write_array("BACKENDS", &ids, &infos)?;
+            // Cleared last, once no table names them.
+            removed = previous
+                .backends
+                .iter()
+                .filter(|old| now.get(old.id as usize).copied().flatten().is_none())
+                .map(|old| old.id)
+                .collect();
         }
         let before: StdHashMap<u32, &crate::plan::PlannedService> =
             previous.services.iter().map(|s| (s.info.id, s)).collect();
@@ -373,7 +375,24 @@ impl Datapath {
                 })
             })
             .collect();
-        let swaps = table_maps(&changed)?;
+        // A table of the same length as the one in place is rewritten in place (no wait
+        // for the kernel); any other gets a new map, swapped in.
+        let (same, new): (Vec<_>, Vec<_>) = changed.into_iter().partition(|svc| {
+            before
+                .get(&svc.info.id)
+                .is_some_and(|p| p.key == svc.key && p.table.len() == svc.table.len())
+        });
+        let mut swapped = Vec::new();
+        for svc in same {
+            if !self
+                .rewrite_table(svc.info.id, &svc.table)
+                .with_context(|| format!("service {}: Maglev table", svc.name))?
+            {
+                swapped.push(svc);
+            }
+        }
+        swapped.extend(new);
+        let swaps = table_maps(&swapped)?;
         self.swap_tables(&swaps)?;
         {
             let vips = |p: &Plan| -> std::collections::BTreeSet<(u8, [u32; 4])> {
@@ -419,7 +438,28 @@ impl Datapath {
                 let _ = self.remove_service(&old.key);
             }
         }
+        let cleared = vec![BackendInfo::default(); removed.len()];
+        self.write_array("BACKENDS", &removed, &cleared)?;
         Ok(())
+    }
+
+    /// Writes `slots` over the table in service `id`'s slot of `MAGLEV`, in place, cell by
+    /// cell: a packet meanwhile reads each cell old or new, and both name a backend that is
+    /// written (new ones are written before, removed ones cleared after). Swapping a new
+    /// map in instead would cost an RCU grace period (10-30 ms). False when the slot holds
+    /// no table (the caller swaps one in).
+    fn rewrite_table(&mut self, id: u32, slots: &[u32]) -> Result<bool> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let outer_fd = match self.map("MAGLEV")? {
+            aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map MAGLEV is not an array of maps")),
+        };
+        let Some(inner) = inner_map_id(outer_fd, id).context("reading the map of tables")? else {
+            return Ok(false);
+        };
+        let fd = map_fd_by_id(inner).context("opening a table map")?;
+        write_cells(fd.as_raw_fd(), slots)?;
+        Ok(true)
     }
 
     /// Writes a service: IPv4 ones to `SERVICES4` (compact key), IPv6 ones to `SERVICES`.
@@ -826,15 +866,25 @@ fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
     }
     let table: Array<MapData, u64> =
         Array::create(TABLE_CELLS, TABLE_MAP_FLAGS).context("cannot create a table map")?;
-    let len = TABLE_CELLS as usize * std::mem::size_of::<u64>();
     let fd = {
         use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd, AsRawFd};
         table.map().fd().as_fd().as_raw_fd()
     };
+    write_cells(fd, slots)?;
+    Ok(table)
+}
+
+/// Writes `slots` into the table map `fd` (two per 8-byte cell, even slot in the low half)
+/// through a shared mapping of its memory, each cell with one aligned 8-byte store (a
+/// packet reading the map meanwhile sees each cell whole, old or new).
+fn write_cells(fd: i32, slots: &[u32]) -> Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let len = TABLE_CELLS as usize * std::mem::size_of::<u64>();
     // SAFETY: maps the `len` bytes of the array's values (an mmap-able array map exposes
-    // its 8-byte value cells from offset 0); the mapping is private to this function and
-    // unmapped before it returns; the map outlives it.
+    // its 8-byte value cells from offset 0, page-aligned); the mapping is private to this
+    // function and unmapped before it returns; `fd` outlives it. The cells are written as
+    // atomics because BPF programs read them concurrently.
     unsafe {
         let mem = libc::mmap(
             std::ptr::null_mut(),
@@ -848,14 +898,88 @@ fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
         if mem == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error()).context("cannot map a table map");
         }
-        let cells = std::slice::from_raw_parts_mut(mem.cast::<u64>(), TABLE_CELLS as usize);
-        for (cell, pair) in cells.iter_mut().zip(slots.chunks(2)) {
+        let cells = mem.cast::<u64>();
+        for (i, pair) in slots.chunks(2).take(TABLE_CELLS as usize).enumerate() {
             let high = pair.get(1).copied().unwrap_or(0);
-            *cell = u64::from(pair[0]) | u64::from(high) << 32;
+            AtomicU64::from_ptr(cells.add(i)).store(
+                u64::from(pair[0]) | u64::from(high) << 32,
+                Ordering::Relaxed,
+            );
         }
         libc::munmap(mem, len);
     }
-    Ok(table)
+    Ok(())
+}
+
+/// The id of the map in slot `index` of the map of maps `outer_fd` (a lookup from
+/// userspace answers the inner map's id), None for an empty slot.
+fn inner_map_id(outer_fd: i32, index: u32) -> std::io::Result<Option<u32>> {
+    /// The element-operation member of `union bpf_attr`.
+    #[repr(C)]
+    struct ElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    let mut id = 0u32;
+    let mut attr = ElemAttr {
+        map_fd: outer_fd as u32,
+        _pad: 0,
+        key: &index as *const u32 as u64,
+        value: &mut id as *mut u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` points at `index` and `id`, which outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENOENT) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(id))
+}
+
+/// A file descriptor of the map with kernel id `id` (BPF_MAP_GET_FD_BY_ID).
+fn map_fd_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    #[repr(C)]
+    struct GetIdAttr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
+    let mut attr = GetIdAttr {
+        id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: a plain attr struct; on success the kernel returns a new fd we own.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_GET_FD_BY_ID,
+            &mut attr as *mut GetIdAttr,
+            std::mem::size_of::<GetIdAttr>() as u32,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned to us by the kernel and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A batch operation this kernel or map type does not do (the caller falls back to one
