@@ -813,9 +813,11 @@ impl Config {
         }
         for (i, svc) in self.services.iter().enumerate() {
             let carried = self.node.interfaces.iter().any(|iface| {
-                host.interfaces
-                    .get(&iface.name)
-                    .is_some_and(|addrs| addrs.iter().any(|a| a.is_ipv4() == svc.vip.is_ipv4()))
+                host.interfaces.get(&iface.name).is_some_and(|addrs| {
+                    addrs
+                        .iter()
+                        .any(|a| a.is_ipv4() == svc.vip.is_ipv4() && !link_local(a))
+                })
             });
             if !carried {
                 let names: Vec<&str> = self
@@ -835,9 +837,49 @@ impl Config {
                 ));
             }
         }
+        // What a VRRP instance needs to start: its interface, and an address of the right
+        // family to send adverts from (the same rule the instance applies).
+        for (i, inst) in self.vrrp.iter().enumerate() {
+            let pos = o.vrrp.get(i).copied().unwrap_or_default();
+            let Some(addrs) = host.interfaces.get(&inst.interface) else {
+                out.push(err(
+                    pos,
+                    format!(
+                        "vrrp[{i}].interface: no interface \"{}\" on this node",
+                        inst.interface
+                    ),
+                ));
+                continue;
+            };
+            let v6 = inst.virtual_addresses.iter().any(|p| p.addr.is_ipv6());
+            let vips: Vec<IpAddr> = inst.virtual_addresses.iter().map(|p| p.addr).collect();
+            let source =
+                crate::vrrp::primary_address(addrs.iter().copied(), &vips, v6, &inst.unicast_peers);
+            if source.is_none() {
+                let kind = if !v6 {
+                    "IPv4"
+                } else if inst.unicast_peers.iter().all(link_local) {
+                    "IPv6 link-local"
+                } else {
+                    "global IPv6"
+                };
+                out.push(err(
+                    pos,
+                    format!(
+                        "vrrp[{i}] ({}): interface {} has no {kind} address other than the virtual addresses to send adverts from; add one (`ip addr add ... dev {}`)",
+                        inst.name, inst.interface, inst.interface
+                    ),
+                ));
+            }
+        }
         out.sort_by_key(|e| (e.line, e.column));
         out
     }
+}
+
+/// An IPv6 link-local address (fe80::/10).
+fn link_local(a: &IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 fn read_config(path: &std::path::Path, name: &str) -> Result<String, ConfigError> {
@@ -850,7 +892,7 @@ fn read_config(path: &std::path::Path, name: &str) -> Result<String, ConfigError
 }
 
 /// What [`Config::check_host`] needs to know about the node: its interfaces and their
-/// addresses.
+/// addresses (global and link-local).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostFacts {
     pub interfaces: HashMap<String, Vec<IpAddr>>,
@@ -3686,6 +3728,41 @@ vrrp:
         fine.interfaces
             .insert("eth1".to_string(), vec![ip("fd00::2")]);
         assert!(c.check_host(&fine).is_empty());
+        // A link-local address reaches no IPv6 VIP.
+        let mut link_only = fine.clone();
+        link_only
+            .interfaces
+            .insert("eth1".to_string(), vec![ip("fe80::2")]);
+        assert_eq!(c.check_host(&link_only).len(), 1);
+    }
+
+    #[test]
+    fn host_checks_vrrp_instances() {
+        let c = ok(&with_node(
+            "vrrp:\n  - name: VI_4\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.100/24]\n  - name: VI_6\n    interface: eth0\n    virtual_router_id: 52\n    virtual_addresses: [fd00::100/64]\n  - name: VI_X\n    interface: eth9\n    virtual_router_id: 53\n    virtual_addresses: [10.0.9.100/24]\n",
+        ));
+        let host = |addrs: &[&str]| HostFacts {
+            interfaces: [("eth0".to_string(), addrs.iter().map(|a| ip(a)).collect())]
+                .into_iter()
+                .collect(),
+        };
+        let got: Vec<String> = c
+            .check_host(&host(&["10.0.0.100", "fd00::2"]))
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].contains("vrrp[0] (VI_4): interface eth0 has no IPv4 address other than the virtual addresses"), "{got:#?}");
+        assert!(
+            got[1].contains("vrrp[1] (VI_6): interface eth0 has no IPv6 link-local address"),
+            "{got:#?}"
+        );
+        assert!(
+            got[2].contains("vrrp[2].interface: no interface \"eth9\" on this node"),
+            "{got:#?}"
+        );
+        let got = c.check_host(&host(&["10.0.0.2", "fe80::2"]));
+        assert_eq!(got.len(), 1, "only the missing interface: {got:?}");
     }
 
     #[test]

@@ -120,8 +120,8 @@ pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-/// Every interface of the node with its global (non-loopback) addresses, for
-/// `Config::check_host`.
+/// Every interface of the node with its addresses (global and link-local, not loopback's),
+/// for `Config::check_host`.
 pub fn host_facts() -> Result<crate::config::HostFacts> {
     let v = ip_json(&["addr", "show"])?;
     let mut facts = crate::config::HostFacts::default();
@@ -133,7 +133,7 @@ pub fn host_facts() -> Result<crate::config::HostFacts> {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|a| a["scope"] == "global" || a["scope"] == "host")
+            .filter(|a| ["global", "host", "link"].iter().any(|s| a["scope"] == *s))
             .filter_map(|a| a["local"].as_str()?.parse::<IpAddr>().ok())
             .filter(|a| !a.is_loopback())
             .collect();

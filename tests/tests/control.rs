@@ -218,6 +218,32 @@ fn reload_applies_only_the_difference_and_refuses_a_broken_config() {
         "the API reports the refusal: {status_json}"
     );
 
+    // So is a VRRP instance this node could not run (checked before anything changes,
+    // not found out after the services were already applied).
+    let no_link = config_yaml(
+        &topo.backends,
+        &[A, B],
+        "vrrp:\n  - name: VI_9\n    interface: eth9\n    virtual_router_id: 59\n    virtual_addresses: [10.0.9.100/24]\n",
+    );
+    std::fs::write(&path, &no_link).unwrap();
+    let (code, out, err) = cli(&topo, &["reload"]);
+    assert_eq!(
+        code, 1,
+        "a reload with an impossible VRRP instance must fail: {out}{err}"
+    );
+    assert!(
+        err.contains("vrrp[0].interface: no interface \"eth9\" on this node"),
+        "bascule reload names the instance's missing interface:\n{err}"
+    );
+    assert!(answers(7002).is_ok(), "b still answers");
+    assert_eq!(
+        metric(
+            &metrics(&topo),
+            "bascule_config_reloads_total{result=\"error\"}"
+        ),
+        Some(2)
+    );
+
     // SIGHUP reloads too: C comes back.
     std::fs::write(&path, config_yaml(&topo.backends, &[A, B, C], "")).unwrap();
     topo.lab.signal(&daemon, libc::SIGHUP).expect("SIGHUP");

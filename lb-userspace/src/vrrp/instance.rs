@@ -146,8 +146,9 @@ impl Prepared {
 
 /// The address adverts go out from: IPv4, the interface's first address that is not a
 /// virtual one; IPv6, its link-local address (RFC 5798 5.1.2.1), or a global one when the
-/// unicast peers are not link-local.
-fn primary_address(
+/// unicast peers are not link-local. (`Config::check_host` asks it too, so that a config
+/// whose instance could not start is refused before anything changes.)
+pub(crate) fn primary_address(
     own: impl Iterator<Item = IpAddr>,
     vips: &[IpAddr],
     v6: bool,

@@ -19,6 +19,7 @@
 pub mod addr;
 pub mod garp;
 mod instance;
+pub(crate) use instance::primary_address;
 mod notify;
 pub mod packet;
 pub mod socket;
