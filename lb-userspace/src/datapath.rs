@@ -933,22 +933,11 @@ fn inner_map_id(outer_fd: i32, index: u32) -> std::io::Result<Option<u32>> {
         flags: 0,
     };
     // SAFETY: `attr` points at `index` and `id`, which outlive the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
-            &mut attr as *mut ElemAttr,
-            std::mem::size_of::<ElemAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(libc::ENOENT) => Ok(None),
-            _ => Err(e),
-        };
+    match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+        Ok(_) => Ok(Some(id)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(id))
 }
 
 /// A file descriptor of the map with kernel id `id` (BPF_MAP_GET_FD_BY_ID).
@@ -967,17 +956,7 @@ fn map_fd_by_id(id: u32) -> std::io::Result<std::os::fd::OwnedFd> {
         open_flags: 0,
     };
     // SAFETY: a plain attr struct; on success the kernel returns a new fd we own.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_GET_FD_BY_ID,
-            &mut attr as *mut GetIdAttr,
-            std::mem::size_of::<GetIdAttr>() as u32,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = unsafe { bpf(BPF_MAP_GET_FD_BY_ID, &mut attr) }?;
     // SAFETY: `fd` was just returned to us by the kernel and is owned by nobody else.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -989,6 +968,24 @@ fn batch_refused(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | 524 /* ENOTSUPP */)
     )
+}
+
+/// The bpf(2) system call: `cmd` with `attr` (the member of `union bpf_attr` that `cmd`
+/// reads; the kernel zero-extends the rest). Returns the call's non-negative result.
+///
+/// # Safety
+/// Pointers inside `attr` must be valid for what `cmd` reads and writes through them.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
+    let rc = libc::syscall(
+        libc::SYS_bpf,
+        cmd,
+        attr as *mut A,
+        std::mem::size_of::<A>() as u32,
+    );
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
 }
 
 /// BPF_MAP_UPDATE_BATCH: `keys[i]` -> `values[i]` in the map `map_fd`, in one call.
@@ -1018,17 +1015,7 @@ fn update_batch<V: Copy>(map_fd: i32, keys: &[u32], values: &[V]) -> std::io::Re
     };
     // SAFETY: `attr` points at `keys` and `values`, which outlive the call; the size
     // passed is the struct's (the kernel zero-extends the rest of bpf_attr).
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    unsafe { bpf(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     if attr.count as usize != keys.len() {
         return Err(std::io::Error::other(format!(
             "batch update wrote {} of {} entries",
