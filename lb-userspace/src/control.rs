@@ -184,6 +184,11 @@ pub fn planning_input<'c, 'r>(
             let Some(o) = rt.overrides.get(&key) else {
                 continue;
             };
+            // Drained at run time: mh keeps its place (its slots are handed over, no other
+            // slot moves, and undraining gives exactly its slots back), as for a failure.
+            if o.weight == 0 {
+                b.failed_weight = b.weight;
+            }
             b.weight = o.weight;
             let hk = key.health_key();
             if health.get(&hk).is_some_and(|h| h.weight_override.is_some()) {
@@ -1877,6 +1882,46 @@ services:
         assert!(
             !q.services[0].table.contains(&b11(&q).id),
             "a down backend has no slot"
+        );
+    }
+
+    #[test]
+    fn a_runtime_drain_hands_over_only_the_drained_backends_slots() {
+        let mut yaml = String::from(
+            "node:\n  interfaces: [{ name: eth0 }]\nservices:\n  - name: a\n    vip: 10.0.0.1\n    port: 80\n    forwarding: tun\n    maglev_table_size: 1009\n    backends:\n",
+        );
+        for i in 11..=17 {
+            yaml.push_str(&format!("      - address: 10.0.0.{i}\n"));
+        }
+        let c = Config::parse(&yaml, "t.yaml").unwrap();
+        let macs = MacTable::new();
+        let tunnel = TunnelSources::default();
+        let p = plan(&c, &macs, tunnel, None).unwrap();
+        let mut rt = Runtime::default();
+        rt.overrides.insert(
+            key("a", "10.0.0.13", 80),
+            Override {
+                weight: 0,
+                config_weight: 1,
+            },
+        );
+        let (e, _) = effective_config(&c, &rt);
+        let q = plan(&e, &macs, tunnel, Some(&p)).unwrap();
+        let drained = p.backends[2].id;
+        assert_eq!(p.backends[2].address.to_string(), "10.0.0.13");
+        let (before, after) = (&p.services[0].table, &q.services[0].table);
+        assert!(before.contains(&drained) && !after.contains(&drained));
+        for (b, a) in before.iter().zip(after.iter()) {
+            if *b != drained {
+                assert_eq!(b, a, "a slot of a backend still in service moved");
+            }
+        }
+        rt.overrides.clear();
+        let (e, _) = effective_config(&c, &rt);
+        let r = plan(&e, &macs, tunnel, Some(&q)).unwrap();
+        assert_eq!(
+            r.services[0].table, p.services[0].table,
+            "undrained: back as before"
         );
     }
 

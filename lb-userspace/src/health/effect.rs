@@ -76,7 +76,8 @@ pub fn apply_health<'c>(
                     b.weight = w;
                 }
             } else {
-                b.failed_weight = b.weight;
+                // (Already set when drained at run time: keep that weight.)
+                b.failed_weight = b.failed_weight.max(b.weight);
                 b.weight = 0;
                 if !check.as_ref().is_some_and(|c| c.inhibit_on_failure) {
                     inactive.insert(key);
