@@ -513,11 +513,11 @@ pub fn predict<'a>(plan: &'a Plan, flow: &lb_common::FlowKey) -> Option<(&'a Pla
     (id != NO_BACKEND).then_some((svc, id))
 }
 
+/// The start of both test modules' configurations: the node and a `web` service.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const YAML: &str = r#"
+macro_rules! web_yaml {
+    () => {
+        r#"
 node:
   interfaces: [{ name: eth0 }]
 services:
@@ -529,14 +529,25 @@ services:
       - address: 10.0.0.11
       - address: 10.0.0.12
         weight: 3
-  - name: tunnelled
+"#
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YAML: &str = concat!(
+        web_yaml!(),
+        r#"  - name: tunnelled
     vip: 2001:db8::100
     port: 0
     protocol: udp
     forwarding: tun
     backends:
       - address: 2001:db8::11
-"#;
+"#
+    );
 
     fn config() -> Config {
         Config::parse(YAML, "test.yaml").expect("valid config")
@@ -637,19 +648,9 @@ services:
 mod reuse_tests {
     use super::*;
 
-    const YAML: &str = r#"
-node:
-  interfaces: [{ name: eth0 }]
-services:
-  - name: web
-    vip: 10.0.0.100
-    port: 80
-    maglev_table_size: 251
-    backends:
-      - address: 10.0.0.11
-      - address: 10.0.0.12
-        weight: 3
-  - name: routed
+    const YAML: &str = concat!(
+        web_yaml!(),
+        r#"  - name: routed
     vip: 10.0.0.101
     port: 80
     forwarding: tun
@@ -673,7 +674,8 @@ services:
     forwarding: tun
     maglev_table_size: 251
     backends: [{ address: 10.0.3.11 }]
-"#;
+"#
+    );
 
     fn without_sources(p: &Plan) -> Plan {
         let mut p = p.clone();
