@@ -797,16 +797,18 @@ impl Config {
             message,
         };
         let mut out = Vec::new();
+        let known = {
+            let mut names: Vec<&str> = host.interfaces.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            names.join(", ")
+        };
         for (i, iface) in self.node.interfaces.iter().enumerate() {
             if !host.interfaces.contains_key(&iface.name) {
-                let mut known: Vec<&str> = host.interfaces.keys().map(String::as_str).collect();
-                known.sort_unstable();
                 out.push(err(
                     o.interfaces.get(i).copied().unwrap_or_default(),
                     format!(
                         "node.interfaces[{i}].name: no interface \"{}\" on this node (it has: {})",
-                        iface.name,
-                        known.join(", ")
+                        iface.name, known
                     ),
                 ));
             }
@@ -845,8 +847,8 @@ impl Config {
                 out.push(err(
                     pos,
                     format!(
-                        "vrrp[{i}].interface: no interface \"{}\" on this node",
-                        inst.interface
+                        "vrrp[{i}].interface: no interface \"{}\" on this node (it has: {})",
+                        inst.interface, known
                     ),
                 ));
                 continue;

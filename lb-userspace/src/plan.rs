@@ -683,6 +683,15 @@ mod reuse_tests {
         p
     }
 
+    /// A re-plan from `previous`, checked equal to a full one (no service taken over).
+    fn replan(cfg: &Config, macs: &MacTable, previous: &Plan) -> Plan {
+        let tunnel = TunnelSources::default();
+        let reusing = plan(cfg, macs, tunnel, Some(previous)).unwrap();
+        let full = plan(cfg, macs, tunnel, Some(&without_sources(previous))).unwrap();
+        assert_eq!(reusing, full);
+        reusing
+    }
+
     fn find<'p>(p: &'p Plan, name: &str) -> &'p PlannedService {
         p.services.iter().find(|s| s.name == name).unwrap()
     }
@@ -713,15 +722,7 @@ mod reuse_tests {
             "  - name: new\n    vip: 10.0.0.104",
         );
         let cfg2 = Config::parse(&yaml, "t.yaml").unwrap();
-        let second = plan(&cfg2, &macs, TunnelSources::default(), Some(&first)).unwrap();
-        let full = plan(
-            &cfg2,
-            &macs,
-            TunnelSources::default(),
-            Some(&without_sources(&first)),
-        )
-        .unwrap();
-        assert_eq!(second, full);
+        let second = replan(&cfg2, &macs, &first);
         assert!(reused(&first, &second, "web"));
         assert!(reused(&first, &second, "routed"));
         assert!(!reused(&first, &second, "nat"));
@@ -737,15 +738,7 @@ mod reuse_tests {
 
         // A MAC that changes re-plans the services that use it, only them.
         let macs2: MacTable = [mac("10.0.0.11", 1), mac("10.0.0.12", 9)].into();
-        let third = plan(&cfg2, &macs2, TunnelSources::default(), Some(&second)).unwrap();
-        let full = plan(
-            &cfg2,
-            &macs2,
-            TunnelSources::default(),
-            Some(&without_sources(&second)),
-        )
-        .unwrap();
-        assert_eq!(third, full);
+        let third = replan(&cfg2, &macs2, &second);
         assert!(!reused(&second, &third, "web"));
         assert!(reused(&second, &third, "routed"));
         let web12 = third
@@ -758,19 +751,9 @@ mod reuse_tests {
         // A weight change (as health or an operator sets it) re-plans that service.
         let mut cfg3 = cfg2.clone();
         cfg3.services[1].backends[0].weight = 0;
-        let fourth = plan(&cfg3, &macs2, TunnelSources::default(), Some(&third)).unwrap();
+        let fourth = replan(&cfg3, &macs2, &third);
         assert!(!reused(&third, &fourth, "routed"));
         assert!(reused(&third, &fourth, "web"));
-        assert_eq!(
-            fourth,
-            plan(
-                &cfg3,
-                &macs2,
-                TunnelSources::default(),
-                Some(&without_sources(&third))
-            )
-            .unwrap()
-        );
     }
 
     #[test]
