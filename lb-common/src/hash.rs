@@ -64,3 +64,17 @@ pub fn addr_hash(addr: &[u32; 4]) -> u32 {
     h = mix(h, addr[3]);
     finish(h ^ 16)
 }
+
+/// Which connection-table set a flow lives in (before masking). Seeded (per table, see
+/// `Settings::flow_seed`) so that nobody outside can aim a flood of new flows at one
+/// set; five independent 64-bit multiplications and one final mix, a few nanoseconds.
+#[inline(always)]
+pub fn flow_set(w: &[u64; 5], seed: u64) -> u64 {
+    let h = (w[0] ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (w[1] ^ seed.rotate_left(13)).wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ (w[2] ^ seed.rotate_left(26)).wrapping_mul(0x1656_67b1_9e37_79f9)
+        ^ (w[3] ^ seed.rotate_left(39)).wrapping_mul(0x85eb_ca77_c2b2_ae63)
+        ^ (w[4] ^ seed.rotate_left(52)).wrapping_mul(0x27d4_eb2f_1656_67c5);
+    let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 29)
+}

@@ -184,8 +184,9 @@ pub struct BackendInfo {
     pub weight: u32,
 }
 
-/// Connection-table key: the flow's 5-tuple as the client sent it.
-#[repr(C)]
+/// Connection-table key: the flow's 5-tuple as the client sent it. 8-byte aligned: the
+/// datapath compares keys five 64-bit words at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct FlowKey {
     pub src: [u32; 4],
@@ -208,7 +209,65 @@ pub struct FlowState {
     pub last_seen: u64,
     /// FLOW_* bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The entry's write sequence in the connection table (odd while a writer owns it);
+    /// see `FlowEntry`.
+    pub seq: u32,
+}
+
+impl FlowKey {
+    /// The key as five 64-bit words (what the datapath compares and hashes).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes, 8-byte aligned, every bit pattern is a valid u64.
+        unsafe { *(self as *const FlowKey as *const [u64; 5]) }
+    }
+}
+
+/// One connection-table entry: a flow's key and state, one cache line. All zero = empty
+/// (no packet has family 0).
+///
+/// The table is an array of sets of `FLOW_WAYS` entries shared by every CPU; a flow
+/// lives in set `hash::flow_set(key, seed) & mask`. Writers (a new flow, userspace
+/// expiring one) take an entry by moving `state.seq` from even to odd with a
+/// compare-and-swap, write it, and make `seq` even again; a reader that sees `seq` odd or
+/// changed across its read treats the entry as absent (the flow is scheduled again). A
+/// packet of an established flow updates `last_seen` and `flags` in place, as it did in
+/// the kernel's hash map.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    pub key: FlowKey,
+    pub state: FlowState,
+}
+
+/// Entries per set: a new flow evicts the least recently seen of its set's four.
+pub const FLOW_WAYS: usize = 4;
+
+/// One set of the connection table (the value of one array slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowSet {
+    pub ways: [FlowEntry; FLOW_WAYS],
+}
+
+/// The connection table's shape, written by userspace when it creates the table and kept
+/// beside it (pinned, so a restarted daemon finds its flows): the number of sets minus
+/// one (a power of two minus one) and the seed of `hash::flow_set`, chosen at random.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowTable {
+    pub set_mask: u64,
+    pub seed: u64,
+}
+
+/// Sets for a configured capacity: a power of two, at least `capacity / FLOW_WAYS`.
+pub const fn flow_sets(capacity: u32) -> u32 {
+    let sets = capacity.div_ceil(FLOW_WAYS as u32);
+    if sets == 0 {
+        1
+    } else {
+        sets.next_power_of_two()
+    }
 }
 
 /// `FlowState::flags`: the flow counts in its backend's active connections (cleared when a
@@ -459,6 +518,8 @@ mod pod {
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for FlowSet {}
+    unsafe impl aya::Pod for FlowTable {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for DecapVip {}

@@ -14,3 +14,16 @@ pub fn add(p: *mut u64, v: u64) {
 pub fn sub(p: *mut u64, v: u64) {
     unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(p, v) };
 }
+
+/// Sets `*p` to `new` if it is `old`; whether it did.
+#[inline(always)]
+pub fn claim(p: *mut u64, old: u64, new: u64) -> bool {
+    unsafe {
+        core::intrinsics::atomic_cxchg::<
+            u64,
+            { AtomicOrdering::SeqCst },
+            { AtomicOrdering::SeqCst },
+        >(p, old, new)
+        .1
+    }
+}

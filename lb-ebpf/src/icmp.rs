@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     csum::Delta,
-    maps::{BACKENDS, CONNTRACK, VIPS},
+    maps::{BACKENDS, VIPS},
     parse::{ptr_at, read, Packet, Stop, IPV4_LEN, IPV6_LEN, MAX_L4_OFFSET},
 };
 
@@ -175,10 +175,10 @@ fn too_big(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u64 {
     let Some((key, quoted_l3, quoted_l4)) = quoted_flow(ctx, pkt) else {
         return unmatched;
     };
-    let Some(state) = CONNTRACK.get_ptr(&key) else {
+    let Some((_, state)) = crate::flow::lookup(&key) else {
         return unmatched;
     };
-    let (service, id) = unsafe { ((*state).service, (*state).backend) };
+    let (service, id) = (state.service, state.backend);
     let Some(backend) = BACKENDS.get(id) else {
         return unmatched;
     };

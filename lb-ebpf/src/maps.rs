@@ -2,14 +2,13 @@
 //! `lb-userspace/src/datapath.rs`); keys and values are the `lb-common` types.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_COMMON_LRU,
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    BackendInfo, Counters, DestKey, DestSet, FlowKey, FlowState, FragKey, FragState, NatKey,
-    NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4, Settings,
-    VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
+    NatKey, NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4,
+    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
     NEXT_HOP_SLOTS, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
@@ -39,16 +38,23 @@ pub static MAGLEV: ArrayOfMaps<
     { MAX_SERVICES as usize },
 > = ArrayOfMaps::new();
 
-/// Connection table: flow -> backend. LRU with per-CPU LRU lists (BPF_F_NO_COMMON_LRU):
-/// a flood of new flows evicts the oldest entries of that CPU instead of failing, and
-/// CPUs do not contend on one list. Capacity is set by userspace at load time.
+/// Connection table: flow -> backend, sets of `FLOW_WAYS` entries (see
+/// `lb_common::FlowEntry`), shared by all CPUs. Not the kernel's LRU hash map: its insert
+/// (a free node from the LRU lists, evicting through them once full) cost over 200 ns of
+/// a new flow's ~450, and its 40-byte jhash and bucket walk a third of an established
+/// packet's own cost. Here a flow is one seeded multiply-hash and one or two cache lines;
+/// a new flow takes its set's empty or least recently seen entry. mmap-able: userspace
+/// reads and expires entries in place. Capacity (sets) set by userspace at load time.
 #[btf_map]
-pub static CONNTRACK: LruHashMap<
-    FlowKey,
-    FlowState,
-    { CONNTRACK_DEFAULT_ENTRIES as usize },
-    { BPF_F_NO_COMMON_LRU as usize },
-> = LruHashMap::new();
+pub static CONNTRACK: Array<
+    FlowSet,
+    { flow_sets(CONNTRACK_DEFAULT_ENTRIES) as usize },
+    { TABLE_MAP_FLAGS as usize },
+> = Array::new();
+
+/// Slot 0: the connection table's set mask and hash seed (`lb_common::FlowTable`).
+#[btf_map]
+pub static FLOW_TABLE: Array<FlowTable, 1> = Array::new();
 
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();

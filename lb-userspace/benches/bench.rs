@@ -163,8 +163,8 @@ fn main() {
 }
 
 /// The benchmark datapath's connection-table capacity (the `nat` reply table's too): its
-/// entries (about 8 MB) do not fit in a core's caches, and it fills in a fraction of a
-/// second for the full-table figures. Small in `--quick` mode.
+/// entries (4 MB of sets, 8 MB more for `nat` replies) do not fit in a core's caches, and
+/// it fills in about a second for the full-table figures. Small in `--quick` mode.
 fn conntrack_entries(quick: bool) -> u32 {
     if quick {
         4096
@@ -175,7 +175,7 @@ fn conntrack_entries(quick: bool) -> u32 {
 
 /// Keeps the calling thread on the CPU it runs on until dropped (the previous CPU set is
 /// restored then). Every XDP figure is then taken on the same CPU, with the same per-CPU
-/// state (the connection table's LRU lists, counters) and caches.
+/// state (counters, the `nat` reply table's LRU lists) and caches.
 struct Pinned(Option<libc::cpu_set_t>);
 
 impl Pinned {
@@ -252,9 +252,11 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
             })
         })
         .collect();
-    // Enough SYNs to fill the tables (a quarter more than their capacity, so that every
-    // CPU's LRU lists are full whatever their flavour), from a client range of their own.
-    let fill = entries + entries / 4;
+    // Enough SYNs to fill the tables, from a client range of their own: three times their
+    // capacity, because flows fill the connection table's sets of four unevenly (this
+    // leaves under 1% of the sets with room), and the `nat` reply table's per-CPU LRU
+    // lists are full whatever their flavour.
+    let fill = entries * 3;
     let fillers: Vec<Vec<Vec<u8>>> = cases
         .iter()
         .map(|(_, fam, vip, _)| (0..fill).map(|n| client_syn(fam, 2, n, vip)).collect())
@@ -311,7 +313,7 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 *verdict,
             ));
             // New flows into a full table (a busy node's steady state): each insert
-            // evicts the least recently used entry.
+            // evicts the least recently seen entry of its set.
             let n = filler.len() as u32;
             measure(
                 prog,

@@ -2033,7 +2033,7 @@ services:
             service,
             last_seen,
             flags: lb_common::FLOW_ACTIVE,
-            _pad: 0,
+            seq: 0,
         }
     }
 

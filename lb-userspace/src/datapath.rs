@@ -18,12 +18,12 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    BackendInfo, Counters, FlowKey, FlowState, NatKey, NatReply, ServiceInfo, ServiceKey,
-    ServiceKey4, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT,
-    TABLE_CELLS, TABLE_MAP_FLAGS,
+    flow_sets, BackendInfo, Counters, FlowKey, FlowSet, FlowState, FlowTable, NatKey, NatReply,
+    ServiceInfo, ServiceKey, ServiceKey4, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP,
+    MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
-use crate::{pins::PinDir, plan::Plan};
+use crate::{flows::FlowMemory, pins::PinDir, plan::Plan};
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -51,6 +51,8 @@ pub struct Datapath {
     applied: Option<std::sync::Arc<Plan>>,
     /// Where links and the program are pinned, when loaded by `load_pinned`.
     pins: Option<PinPaths>,
+    /// The connection table's memory, mapped on first use.
+    flows: Option<FlowMemory>,
 }
 
 /// How an interface's XDP link is held.
@@ -83,15 +85,22 @@ fn conntrack_capacity(configured: u32) -> u32 {
     configured.max(1024)
 }
 
-/// Maps sized by `conntrack.max_entries`: the connection table, and the `nat` reply
-/// table (a `nat` flow has one entry in each).
-const FLOW_TABLES: [&str; 2] = ["CONNTRACK", "NAT"];
+/// The entries of the maps sized by `conntrack.max_entries`: the connection table (in
+/// sets of `FLOW_WAYS`), and the `nat` reply table (a `nat` flow has one entry in each).
+fn flow_table_entries(name: &str, conntrack_entries: u32) -> Option<u32> {
+    let capacity = conntrack_capacity(conntrack_entries);
+    match name {
+        "CONNTRACK" => Some(flow_sets(capacity)),
+        "NAT" => Some(capacity),
+        _ => None,
+    }
+}
 
 /// A loader with the flow tables sized for `conntrack.max_entries`.
 fn loader(conntrack_entries: u32) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    for name in FLOW_TABLES {
-        loader.map_max_entries(name, conntrack_capacity(conntrack_entries));
+    for name in ["CONNTRACK", "NAT"] {
+        loader.map_max_entries(name, flow_table_entries(name, conntrack_entries).unwrap());
     }
     loader
 }
@@ -109,12 +118,15 @@ impl Datapath {
             "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
         )?;
         load_program(&mut ebpf)?;
-        Ok(Datapath {
+        let mut datapath = Datapath {
             ebpf,
             links: Vec::new(),
             applied: None,
             pins: None,
-        })
+            flows: None,
+        };
+        datapath.init_flow_table()?;
+        Ok(datapath)
     }
 
     /// Loads the program with every map pinned in `pins`: maps already pinned there are
@@ -141,7 +153,10 @@ impl Datapath {
             pins: Some(PinPaths {
                 links: pins.links(),
             }),
+            flows: None,
         };
+        // An adopted table keeps its seed: its flows stay where they are.
+        datapath.init_flow_table()?;
         let pin = pins.programs().join(XDP_PROGRAM);
         let _ = std::fs::remove_file(&pin);
         datapath
@@ -610,20 +625,58 @@ impl Datapath {
 
     /// Connection-table entries, for tests and (later) `bascule status`.
     pub fn conntrack_len(&mut self) -> Result<usize> {
-        let m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map("CONNTRACK")?)?;
-        Ok(m.keys().filter_map(|k| k.ok()).count())
+        Ok(self.flows()?.entries().count())
     }
 
     /// Forgets every connection-table entry (tests use it to start from a clean table).
     pub fn clear_conntrack(&mut self) -> Result<()> {
-        let mut m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map("CONNTRACK")?)?;
-        let keys: Vec<_> = m.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            let _ = m.remove(&k);
+        self.flows()?.clear();
+        Ok(())
+    }
+
+    /// The connection-table set a flow lives in (tests fill one set on purpose).
+    pub fn flow_set_of(&mut self, flow: &FlowKey) -> Result<usize> {
+        Ok(self.flows()?.set_of(flow))
+    }
+
+    /// Gives a new connection table (all zero: no shape) its set mask and a random seed;
+    /// leaves one that has them (adopted from a previous daemon) as it is.
+    fn init_flow_table(&mut self) -> Result<()> {
+        let sets = self.map_entries("CONNTRACK")?;
+        let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+        if m.get(&0, 0)?.set_mask != u64::from(sets) - 1 {
+            let table = FlowTable {
+                set_mask: u64::from(sets) - 1,
+                seed: crate::flows::random_seed(),
+            };
+            m.set(0, table, 0)?;
         }
         Ok(())
+    }
+
+    fn map_entries(&mut self, name: &str) -> Result<u32> {
+        let Ok(arr) = Array::<&mut MapData, FlowSet>::try_from(self.map(name)?) else {
+            return Err(anyhow!("map {name} is not an array"));
+        };
+        Ok(arr.len())
+    }
+
+    /// The connection table's memory (mapped once).
+    fn flows(&mut self) -> Result<&FlowMemory> {
+        if self.flows.is_none() {
+            use std::os::fd::{AsFd, AsRawFd};
+            let table: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+            let shape = table.get(&0, 0)?;
+            let sets = self.map_entries("CONNTRACK")?;
+            let fd = match self.map("CONNTRACK")? {
+                aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+                _ => return Err(anyhow!("map CONNTRACK is not an array")),
+            };
+            let memory = FlowMemory::map(fd, sets as usize, shape)
+                .context("cannot map the connection table")?;
+            self.flows = Some(memory);
+        }
+        Ok(self.flows.as_ref().expect("mapped above"))
     }
 
     /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
@@ -655,11 +708,8 @@ pub fn pinned_maps_mismatch(conntrack_entries: u32, pins: &PinDir) -> Result<Vec
                 continue;
             }
         };
-        let max_entries = if FLOW_TABLES.contains(&name.as_str()) {
-            conntrack_capacity(conntrack_entries)
-        } else {
-            def.max_entries()
-        };
+        let max_entries =
+            flow_table_entries(&name, conntrack_entries).unwrap_or_else(|| def.max_entries());
         let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
         let want = (
             def.map_type(),
@@ -710,13 +760,7 @@ impl Datapath {
         &mut self,
         flow: &lb_common::FlowKey,
     ) -> Result<Option<lb_common::FlowState>> {
-        let m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map("CONNTRACK")?)?;
-        match m.get(flow, 0) {
-            Ok(state) => Ok(Some(state)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(self.flows()?.lookup(flow))
     }
 
     /// The client's persistence template for a service.
@@ -1051,35 +1095,28 @@ impl Datapath {
     /// Walks the connection table: removes flows idle past their protocol's timeout (and
     /// their `nat` reply entries), counts each backend's active flows (from the first
     /// packet until FIN/RST or the idle timeout) and writes those counts to `ACTIVE`, so
-    /// the datapath's own increments and decrements cannot drift (a flow evicted from the
-    /// LRU or that ended without FIN stops counting here).
+    /// the datapath's own increments and decrements cannot drift (a flow evicted by a new
+    /// one or that ended without FIN stops counting here).
     pub fn reconcile(&mut self, tcp_timeout_ns: u64, udp_timeout_ns: u64) -> Result<Reconciled> {
         let now = monotonic_ns();
         let mut result = Reconciled::default();
         let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
-        {
-            let ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
-            for entry in ct.iter() {
-                let Ok((k, v)) = entry else { continue };
-                let timeout = if k.proto == IPPROTO_TCP {
-                    tcp_timeout_ns
-                } else {
-                    udp_timeout_ns
-                };
-                if timeout != 0 && now.saturating_sub(v.last_seen) > timeout {
+        let flows = self.flows()?;
+        for (set, way, k, v) in flows.entries() {
+            let timeout = if k.proto == IPPROTO_TCP {
+                tcp_timeout_ns
+            } else {
+                udp_timeout_ns
+            };
+            if timeout != 0 && now.saturating_sub(v.last_seen) > timeout {
+                if flows.remove(set, way, &k) {
                     expired.push((k, v));
-                    continue;
                 }
-                result.live += 1;
-                if v.flags & FLOW_ACTIVE != 0 {
-                    *result.active.entry(v.backend).or_default() += 1;
-                }
+                continue;
             }
-        }
-        {
-            let mut ct: HashMap<_, FlowKey, FlowState> = HashMap::try_from(self.map("CONNTRACK")?)?;
-            for (k, _) in &expired {
-                let _ = ct.remove(k);
+            result.live += 1;
+            if v.flags & FLOW_ACTIVE != 0 {
+                *result.active.entry(v.backend).or_default() += 1;
             }
         }
         let nat_keys: Vec<NatKey> = {

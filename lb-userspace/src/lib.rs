@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod decap;
+pub mod flows;
 pub mod health;
 pub mod metrics;
 pub mod netinfo;

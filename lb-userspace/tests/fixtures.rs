@@ -553,6 +553,104 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     );
 }
 
+/// The connection table is sets of four entries: a new flow whose set is full takes the
+/// place of the least recently seen of the four, and only that flow is forgotten (its
+/// next packet is scheduled again, as a new flow). What userspace reads of the table
+/// (`simulate`, reconciliation) is what the datapath wrote.
+#[test]
+fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
+    // 1,024 entries: 256 sets.
+    let mut h = Harness::with_conntrack(CONFIG, 1024);
+    let set_of = |h: &mut Harness, f: &Frame| h.datapath.flow_set_of(&flow_key(f)).unwrap();
+    let first = Frame::tcp("10.111.0.10", 30000, "10.112.0.100", 80);
+    let set = set_of(&mut h, &first);
+    let same_set: Vec<Frame> = (30000..u16::MAX)
+        .map(|p| Frame::tcp("10.111.0.10", p, "10.112.0.100", 80))
+        .filter(|f| set_of(&mut h, f) == set)
+        .take(6)
+        .collect();
+    assert_eq!(same_set.len(), 6, "six flows of one set among 35,000 ports");
+    assert!(same_set[5].sport < 40000, "a set holds about 1 flow in 256");
+    let web4 = h
+        .plan
+        .services
+        .iter()
+        .find(|s| s.name == "web4")
+        .unwrap()
+        .info
+        .id;
+    let new_flows = |h: &mut Harness| {
+        h.datapath
+            .counters("SERVICE_STATS", web4)
+            .unwrap()
+            .new_flows
+    };
+    let send = |h: &mut Harness, f: &Frame| {
+        let (verdict, out) = h.run(&f.bytes());
+        assert_eq!(verdict, XDP_TX);
+        out
+    };
+    // Four flows fill the set, each seen later than the one before (the datapath's clock
+    // is coarse: a few milliseconds apart).
+    let mut sent_to = Vec::new();
+    for f in &same_set[..4] {
+        sent_to.push(send(&mut h, f));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(h.datapath.conntrack_len().unwrap(), 4);
+    for (f, out) in same_set[..4].iter().zip(&sent_to) {
+        let state = h
+            .datapath
+            .conntrack_lookup(&flow_key(f))
+            .unwrap()
+            .expect("flow recorded");
+        let backend = h
+            .plan
+            .backends
+            .iter()
+            .find(|b| b.id == state.backend)
+            .unwrap();
+        assert_eq!(
+            out[..6],
+            backend_mac(backend.address),
+            "userspace reads the datapath's entry"
+        );
+    }
+    let before = new_flows(&mut h);
+    send(&mut h, &same_set[4]);
+    assert_eq!(new_flows(&mut h), before + 1);
+    assert_eq!(
+        h.datapath
+            .conntrack_lookup(&flow_key(&same_set[0]))
+            .unwrap(),
+        None,
+        "the oldest flow gave its place"
+    );
+    for f in &same_set[1..5] {
+        assert!(
+            h.datapath.conntrack_lookup(&flow_key(f)).unwrap().is_some(),
+            "port {} kept",
+            f.sport
+        );
+    }
+    // The kept flows are established (no new flow counted); the evicted one is new again.
+    for f in &same_set[1..4] {
+        send(&mut h, f);
+    }
+    assert_eq!(
+        new_flows(&mut h),
+        before + 1,
+        "kept flows stayed established"
+    );
+    send(&mut h, &same_set[0]);
+    assert_eq!(
+        new_flows(&mut h),
+        before + 2,
+        "the evicted flow was scheduled again"
+    );
+    assert_eq!(h.datapath.conntrack_len().unwrap(), 4);
+}
+
 #[test]
 fn ns_per_packet_with_repeat() {
     let mut h = Harness::new(CONFIG);
