@@ -12,7 +12,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{ACTIVE, BACKENDS, CONNTRACK, FLOW_TABLE, PERSIST},
+    maps::{ACTIVE, BACKENDS, CONNTRACK, FLOW_EVICTIONS, FLOW_TABLE, PERSIST},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sched,
 };
@@ -157,6 +157,7 @@ fn record(key: &FlowKey, state: &FlowState) {
         let entry = unsafe { &raw const (*set)[way] };
         if holds(entry, &words) {
             victim = way;
+            oldest = 0;
             break;
         }
         let seen = unsafe { read_volatile(&raw const (*entry).state.last_seen) };
@@ -172,6 +173,12 @@ fn record(key: &FlowKey, state: &FlowState) {
     let before = unsafe { read_volatile(word) };
     if before & SEQ_ODD != 0 || !crate::atomic::claim(word, before, before.wrapping_add(SEQ_ONE)) {
         return;
+    }
+    // A live flow's entry (empty ones, and the flow's own, read as seen at 0).
+    if oldest != 0 {
+        if let Some(c) = FLOW_EVICTIONS.get_ptr_mut(0) {
+            unsafe { *c += 1 };
+        }
     }
     let k = entry as *mut u64;
     for (i, w) in words.iter().enumerate() {

@@ -52,6 +52,11 @@ pub static CONNTRACK: Array<
     { TABLE_MAP_FLAGS as usize },
 > = Array::new();
 
+/// Slot 0: connection-table entries of live flows that a new flow took (their set was
+/// full).
+#[btf_map]
+pub static FLOW_EVICTIONS: PerCpuArray<u64, 1> = PerCpuArray::new();
+
 /// Slot 0: the connection table's set mask and hash seed (`lb_common::FlowTable`).
 #[btf_map]
 pub static FLOW_TABLE: Array<FlowTable, 1> = Array::new();

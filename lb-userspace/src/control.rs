@@ -1594,7 +1594,8 @@ impl Controller {
             interfaces: self.interfaces.clone(),
             adopted: self.adopted,
             conntrack_entries: self.conntrack_live,
-            conntrack_capacity: self.config.conntrack.max_entries.max(1024),
+            conntrack_capacity: self.datapath.conntrack_capacity().unwrap_or(0),
+            conntrack_evictions: self.datapath.conntrack_evictions().unwrap_or(0),
             ..Default::default()
         };
         if let Ok(actions) = self.datapath.actions() {

@@ -623,6 +623,17 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Connection-table entries of live flows that a new flow took, summed over CPUs.
+    pub fn conntrack_evictions(&mut self) -> Result<u64> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map("FLOW_EVICTIONS")?)?;
+        Ok(m.get(&0, 0)?.iter().sum())
+    }
+
+    /// The connection table's capacity in entries (its sets times `FLOW_WAYS`).
+    pub fn conntrack_capacity(&mut self) -> Result<u64> {
+        Ok(u64::from(self.map_entries("CONNTRACK")?) * lb_common::FLOW_WAYS as u64)
+    }
+
     /// Connection-table entries, for tests and (later) `bascule status`.
     pub fn conntrack_len(&mut self) -> Result<usize> {
         Ok(self.flows()?.entries().count())

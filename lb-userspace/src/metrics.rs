@@ -266,6 +266,12 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
         counter(s.datapath.conntrack_misses),
     );
     r.register(
+        "bascule_conntrack_evictions",
+        "Connection-table entries of live flows taken by a new flow because their set was \
+         full (the table is too small for the load, or a flood of new flows)",
+        counter(s.datapath.conntrack_evictions),
+    );
+    r.register(
         "bascule_conntrack_entries",
         "Entries in the connection table",
         gauge(s.datapath.conntrack_entries as i64),

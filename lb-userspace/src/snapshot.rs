@@ -148,7 +148,12 @@ pub struct DatapathStats {
     /// New flows: packets of a service that found no connection-table entry.
     pub conntrack_misses: u64,
     pub conntrack_entries: u64,
-    pub conntrack_capacity: u32,
+    /// Entries the connection table holds (`conntrack.max_entries` rounded up to whole
+    /// sets).
+    pub conntrack_capacity: u64,
+    /// Live flows' entries that a new flow took (their set was full).
+    #[serde(default)]
+    pub conntrack_evictions: u64,
 }
 
 /// A VRRP instance as `bascule status`, `/api/v1/vrrp` and `bascule_vrrp_*` show it.

@@ -147,11 +147,12 @@ fn datapath_lines(s: &Snapshot) -> String {
     };
     let _ = writeln!(
         out,
-        "XDP on {interfaces}: {}; conntrack {} of {} entries, {} misses",
+        "XDP on {interfaces}: {}; conntrack {} of {} entries, {} misses, {} evictions",
         actions.join(", "),
         d.conntrack_entries,
         d.conntrack_capacity,
-        d.conntrack_misses
+        d.conntrack_misses,
+        d.conntrack_evictions
     );
     let nonzero = |m: &std::collections::BTreeMap<String, u64>| -> Vec<String> {
         m.iter()

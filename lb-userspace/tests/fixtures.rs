@@ -617,8 +617,14 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         );
     }
     let before = new_flows(&mut h);
+    assert_eq!(h.datapath.conntrack_evictions().unwrap(), 0);
     send(&mut h, &same_set[4]);
     assert_eq!(new_flows(&mut h), before + 1);
+    assert_eq!(
+        h.datapath.conntrack_evictions().unwrap(),
+        1,
+        "one live flow evicted"
+    );
     assert_eq!(
         h.datapath
             .conntrack_lookup(&flow_key(&same_set[0]))
@@ -648,6 +654,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         before + 2,
         "the evicted flow was scheduled again"
     );
+    assert_eq!(h.datapath.conntrack_evictions().unwrap(), 2);
     assert_eq!(h.datapath.conntrack_len().unwrap(), 4);
 }
 

@@ -121,7 +121,8 @@ fn snapshot() -> Snapshot {
             passes: [("no_backend".to_string(), 10)].into_iter().collect(),
             conntrack_misses: 262_400,
             conntrack_entries: 65_123,
-            conntrack_capacity: 1_000_000,
+            conntrack_capacity: 1_048_576,
+            conntrack_evictions: 17,
         },
         vrrp: vec![VrrpStatus {
             instance: "VI_1".into(),

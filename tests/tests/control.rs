@@ -494,6 +494,11 @@ fn metrics_count_exactly_what_was_sent_and_pass_promtool() {
         Some(1),
         "{text}"
     );
+    assert_eq!(
+        metric(&text, "bascule_conntrack_evictions_total"),
+        Some(0),
+        "{text}"
+    );
     assert!(
         metric(&text, "bascule_xdp_packets_total{action=\"tx\"}").unwrap_or(0) >= PACKETS,
         "{text}"
