@@ -51,8 +51,6 @@ pub struct Datapath {
     applied: Option<std::sync::Arc<Plan>>,
     /// Where links and the program are pinned, when loaded by `load_pinned`.
     pins: Option<PinPaths>,
-    /// The connection table's memory, mapped on first use.
-    flows: Option<FlowMemory>,
 }
 
 /// How an interface's XDP link is held.
@@ -123,7 +121,6 @@ impl Datapath {
             links: Vec::new(),
             applied: None,
             pins: None,
-            flows: None,
         };
         datapath.init_flow_table()?;
         Ok(datapath)
@@ -153,7 +150,6 @@ impl Datapath {
             pins: Some(PinPaths {
                 links: pins.links(),
             }),
-            flows: None,
         };
         // An adopted table keeps its seed: its flows stay where they are.
         datapath.init_flow_table()?;
@@ -636,18 +632,18 @@ impl Datapath {
 
     /// Connection-table entries, for tests and (later) `bascule status`.
     pub fn conntrack_len(&mut self) -> Result<usize> {
-        Ok(self.flows()?.entries().count())
+        Ok(self.flows(None)?.entries().count())
     }
 
     /// Forgets every connection-table entry (tests use it to start from a clean table).
     pub fn clear_conntrack(&mut self) -> Result<()> {
-        self.flows()?.clear();
+        self.flows(None)?.clear();
         Ok(())
     }
 
     /// The connection-table set a flow lives in (tests fill one set on purpose).
     pub fn flow_set_of(&mut self, flow: &FlowKey) -> Result<usize> {
-        Ok(self.flows()?.set_of(flow))
+        Ok(self.flows(Some(flow))?.set_of(flow))
     }
 
     /// Gives a new connection table (all zero: no shape) its set mask and a random seed;
@@ -672,22 +668,23 @@ impl Datapath {
         Ok(arr.len())
     }
 
-    /// The connection table's memory (mapped once).
-    fn flows(&mut self) -> Result<&FlowMemory> {
-        if self.flows.is_none() {
-            use std::os::fd::{AsFd, AsRawFd};
-            let table: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
-            let shape = table.get(&0, 0)?;
-            let sets = self.map_entries("CONNTRACK")?;
-            let fd = match self.map("CONNTRACK")? {
-                aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
-                _ => return Err(anyhow!("map CONNTRACK is not an array")),
-            };
-            let memory = FlowMemory::map(fd, sets as usize, shape)
-                .context("cannot map the connection table")?;
-            self.flows = Some(memory);
-        }
-        Ok(self.flows.as_ref().expect("mapped above"))
+    /// The connection table's memory: all of it (`None`), or the page holding one flow's
+    /// set. Mapped for the caller's use only: a daemon that kept the whole table mapped
+    /// would count it (64 MB at the default size) in its resident memory as well.
+    fn flows(&mut self, flow: Option<&FlowKey>) -> Result<FlowMemory> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let table: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+        let shape = table.get(&0, 0)?;
+        let sets = self.map_entries("CONNTRACK")? as usize;
+        let fd = match self.map("CONNTRACK")? {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map CONNTRACK is not an array")),
+        };
+        let range = match flow {
+            None => 0..sets,
+            Some(key) => crate::flows::page_of(crate::flows::set_of(key, &shape), sets),
+        };
+        FlowMemory::map(fd, range, shape).context("cannot map the connection table")
     }
 
     /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
@@ -771,7 +768,7 @@ impl Datapath {
         &mut self,
         flow: &lb_common::FlowKey,
     ) -> Result<Option<lb_common::FlowState>> {
-        Ok(self.flows()?.lookup(flow))
+        Ok(self.flows(Some(flow))?.lookup(flow))
     }
 
     /// The client's persistence template for a service.
@@ -1112,7 +1109,7 @@ impl Datapath {
         let now = monotonic_ns();
         let mut result = Reconciled::default();
         let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
-        let flows = self.flows()?;
+        let flows = self.flows(None)?;
         for (set, way, k, v) in flows.entries() {
             let timeout = if k.proto == IPPROTO_TCP {
                 tcp_timeout_ns

@@ -10,10 +10,11 @@ use lb_common::{hash::flow_set, FlowEntry, FlowKey, FlowSet, FlowState, FlowTabl
 /// `FlowState::seq` in the (flags, seq) word: one step, and the odd bit.
 const SEQ_ONE: u64 = 1 << 32;
 
-/// Memory holding `sets` flow sets: the map's mapping, or (tests) a plain buffer.
+/// Memory holding the flow sets `sets` of a table: a mapping of (part of) the map, or
+/// (tests) a plain buffer.
 pub struct FlowMemory {
     base: *mut FlowSet,
-    sets: usize,
+    sets: std::ops::Range<usize>,
     table: FlowTable,
     mapped: bool,
     _owned: Vec<FlowSet>,
@@ -24,19 +25,26 @@ pub struct FlowMemory {
 unsafe impl Send for FlowMemory {}
 
 impl FlowMemory {
-    /// Maps the `CONNTRACK` array `fd` (`sets` sets, mmap-able) read-write.
-    pub fn map(fd: i32, sets: usize, table: FlowTable) -> std::io::Result<FlowMemory> {
-        let len = sets * std::mem::size_of::<FlowSet>();
-        // SAFETY: an mmap-able array map exposes its values from offset 0, page-aligned,
-        // `len` bytes; the mapping is unmapped in `drop`.
+    /// Maps `sets` of the `CONNTRACK` array `fd` (mmap-able) read-write; the range must
+    /// start and end on page boundaries (see `page_of`) or at the table's end.
+    pub fn map(
+        fd: i32,
+        sets: std::ops::Range<usize>,
+        table: FlowTable,
+    ) -> std::io::Result<FlowMemory> {
+        let size = std::mem::size_of::<FlowSet>();
+        let len = sets.len() * size;
+        // SAFETY: an mmap-able array map exposes its values from offset 0, page-aligned;
+        // the caller's range lies within them; the mapping is unmapped in `drop`.
         let mem = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
+                // Populated at once: one call instead of a page fault per 4 KiB read.
+                libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd,
-                0,
+                (sets.start * size) as libc::off_t,
             )
         };
         if mem == libc::MAP_FAILED {
@@ -57,7 +65,7 @@ impl FlowMemory {
         let mut owned = vec![FlowSet::default(); sets];
         FlowMemory {
             base: owned.as_mut_ptr(),
-            sets,
+            sets: 0..sets,
             table: FlowTable {
                 set_mask: sets as u64 - 1,
                 seed,
@@ -68,10 +76,10 @@ impl FlowMemory {
     }
 
     fn entry(&self, set: usize, way: usize) -> *mut FlowEntry {
-        debug_assert!(set < self.sets && way < FLOW_WAYS);
-        // SAFETY: in bounds (sets are `self.sets`, each `FLOW_WAYS` entries).
+        assert!(self.sets.contains(&set) && way < FLOW_WAYS);
+        // SAFETY: in bounds (the sets held, each `FLOW_WAYS` entries).
         unsafe {
-            (&raw mut (*self.base.add(set)).ways)
+            (&raw mut (*self.base.add(set - self.sets.start)).ways)
                 .cast::<FlowEntry>()
                 .add(way)
         }
@@ -100,7 +108,7 @@ impl FlowMemory {
 
     /// The set a flow lives in.
     pub fn set_of(&self, key: &FlowKey) -> usize {
-        (flow_set(&key.words(), self.table.seed) & self.table.set_mask) as usize
+        set_of(key, &self.table)
     }
 
     /// The state of one flow, if the table has it.
@@ -114,7 +122,7 @@ impl FlowMemory {
 
     /// Every entry: (set, way, key, state).
     pub fn entries(&self) -> impl Iterator<Item = (usize, usize, FlowKey, FlowState)> + '_ {
-        (0..self.sets).flat_map(move |set| {
+        self.sets.clone().flat_map(move |set| {
             (0..FLOW_WAYS).filter_map(move |way| self.read(set, way).map(|(k, s)| (set, way, k, s)))
         })
     }
@@ -186,9 +194,27 @@ impl Drop for FlowMemory {
     fn drop(&mut self) {
         if self.mapped {
             // SAFETY: the mapping made in `map`, of this length.
-            unsafe { libc::munmap(self.base.cast(), self.sets * std::mem::size_of::<FlowSet>()) };
+            unsafe {
+                libc::munmap(
+                    self.base.cast(),
+                    self.sets.len() * std::mem::size_of::<FlowSet>(),
+                )
+            };
         }
     }
+}
+
+/// The set a flow lives in, in a table of this shape.
+pub fn set_of(key: &FlowKey, table: &FlowTable) -> usize {
+    (flow_set(&key.words(), table.seed) & table.set_mask) as usize
+}
+
+/// The sets sharing `set`'s page of memory (the part to map to read one flow), within a
+/// table of `sets`.
+pub fn page_of(set: usize, sets: usize) -> std::ops::Range<usize> {
+    let per_page = 4096 / std::mem::size_of::<FlowSet>();
+    let first = set / per_page * per_page;
+    first..(first + per_page).min(sets)
 }
 
 /// A fresh table's seed, from the kernel's random source.
@@ -286,6 +312,14 @@ mod tests {
         assert!(!t.remove(0, way, &flow(1)), "a held entry is not removed");
         t.word(0, way).fetch_add(SEQ_ONE, Ordering::SeqCst);
         assert_eq!(t.lookup(&flow(1)).map(|s| s.backend), Some(1));
+    }
+
+    #[test]
+    fn one_flows_page_holds_its_set() {
+        assert_eq!(page_of(0, 256), 0..16);
+        assert_eq!(page_of(37, 256), 32..48);
+        assert_eq!(page_of(255, 256), 240..256);
+        assert_eq!(page_of(3, 4), 0..4);
     }
 
     #[test]
