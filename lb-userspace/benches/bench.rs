@@ -253,7 +253,7 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
         })
         .collect();
     // Enough SYNs to fill the tables, from a client range of their own: three times their
-    // capacity, because flows fill the connection table's sets of four unevenly (this
+    // capacity, because flows fill the connection table's sets of eight unevenly (this
     // leaves under 1% of the sets with room), and the `nat` reply table's per-CPU LRU
     // lists are full whatever their flavour.
     let fill = entries * 3;

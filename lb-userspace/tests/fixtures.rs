@@ -553,13 +553,14 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     );
 }
 
-/// The connection table is sets of four entries: a new flow whose set is full takes the
-/// place of the least recently seen of the four, and only that flow is forgotten (its
+/// The connection table is sets of `FLOW_WAYS` entries: a new flow whose set is full
+/// takes the place of the least recently seen of them, and only that flow is forgotten (its
 /// next packet is scheduled again, as a new flow). What userspace reads of the table
 /// (`simulate`, reconciliation) is what the datapath wrote.
 #[test]
 fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
-    // 1,024 entries: 256 sets.
+    const W: usize = lb_common::FLOW_WAYS;
+    // 1,024 entries: 128 sets.
     let mut h = Harness::with_conntrack(CONFIG, 1024);
     let set_of = |h: &mut Harness, f: &Frame| h.datapath.flow_set_of(&flow_key(f)).unwrap();
     let first = Frame::tcp("10.111.0.10", 30000, "10.112.0.100", 80);
@@ -567,10 +568,13 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
     let same_set: Vec<Frame> = (30000..u16::MAX)
         .map(|p| Frame::tcp("10.111.0.10", p, "10.112.0.100", 80))
         .filter(|f| set_of(&mut h, f) == set)
-        .take(6)
+        .take(W + 2)
         .collect();
-    assert_eq!(same_set.len(), 6, "six flows of one set among 35,000 ports");
-    assert!(same_set[5].sport < 40000, "a set holds about 1 flow in 256");
+    assert_eq!(same_set.len(), W + 2, "flows of one set among 35,000 ports");
+    assert!(
+        same_set[W + 1].sport < 40000,
+        "a set holds about 1 flow in 128"
+    );
     let web4 = h
         .plan
         .services
@@ -590,15 +594,15 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         assert_eq!(verdict, XDP_TX);
         out
     };
-    // Four flows fill the set, each seen later than the one before (the datapath's clock
+    // W flows fill the set, each seen later than the one before (the datapath's clock
     // is coarse: a few milliseconds apart).
     let mut sent_to = Vec::new();
-    for f in &same_set[..4] {
+    for f in &same_set[..W] {
         sent_to.push(send(&mut h, f));
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert_eq!(h.datapath.conntrack_len().unwrap(), 4);
-    for (f, out) in same_set[..4].iter().zip(&sent_to) {
+    assert_eq!(h.datapath.conntrack_len().unwrap(), W);
+    for (f, out) in same_set[..W].iter().zip(&sent_to) {
         let state = h
             .datapath
             .conntrack_lookup(&flow_key(f))
@@ -618,7 +622,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
     }
     let before = new_flows(&mut h);
     assert_eq!(h.datapath.conntrack_evictions().unwrap(), 0);
-    send(&mut h, &same_set[4]);
+    send(&mut h, &same_set[W]);
     assert_eq!(new_flows(&mut h), before + 1);
     assert_eq!(
         h.datapath.conntrack_evictions().unwrap(),
@@ -632,7 +636,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         None,
         "the oldest flow gave its place"
     );
-    for f in &same_set[1..5] {
+    for f in &same_set[1..=W] {
         assert!(
             h.datapath.conntrack_lookup(&flow_key(f)).unwrap().is_some(),
             "port {} kept",
@@ -640,7 +644,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         );
     }
     // The kept flows are established (no new flow counted); the evicted one is new again.
-    for f in &same_set[1..4] {
+    for f in &same_set[1..W] {
         send(&mut h, f);
     }
     assert_eq!(
@@ -655,7 +659,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         "the evicted flow was scheduled again"
     );
     assert_eq!(h.datapath.conntrack_evictions().unwrap(), 2);
-    assert_eq!(h.datapath.conntrack_len().unwrap(), 4);
+    assert_eq!(h.datapath.conntrack_len().unwrap(), W);
 }
 
 /// Two CPUs writing and reading the same two sets at once (each new flow evicts an entry
@@ -667,15 +671,15 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
 fn concurrent_cpus_never_see_a_torn_connection_entry() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut h = Harness::with_conntrack(CONFIG, 1024);
-    // Flows of two sets only: each new flow evicts one of eight entries the other CPU
-    // is reading and writing too.
+    // Flows of two sets only: each new flow evicts an entry the other CPU is reading and
+    // writing too.
     let first = flow_key(&Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80));
     let a = h.datapath.flow_set_of(&first).unwrap();
     let mut flows: Vec<(Frame, [u8; 6])> = Vec::new();
     for n in 0..60_000u32 {
         let src = format!("10.111.{}.{}", 1 + n / 50_000, 1 + (n / 250) % 200);
         let f = Frame::tcp(&src, 1000 + (n % 250) as u16, "10.112.0.100", 80);
-        // Sets `a` and its neighbour `a ^ 1` (both inside the 256 whatever the seed).
+        // Sets `a` and its neighbour `a ^ 1` (both inside the table whatever the seed).
         if h.datapath.flow_set_of(&flow_key(&f)).unwrap() | 1 == a | 1 {
             let mac = backend_mac(h.predicted(&f));
             flows.push((f, mac));
@@ -732,7 +736,7 @@ fn concurrent_cpus_never_see_a_torn_connection_entry() {
         .map(|b| (b.id, backend_mac(b.address)))
         .collect();
     let left = h.datapath.conntrack_len().unwrap();
-    assert_eq!(left, 8, "the two sets are full");
+    assert_eq!(left, 2 * lb_common::FLOW_WAYS, "the two sets are full");
     for (f, mac) in &flows {
         if let Some(st) = h.datapath.conntrack_lookup(&flow_key(f)).unwrap() {
             assert_eq!(
