@@ -429,14 +429,7 @@ fn same_flow_same_backend_and_counters() {
             "run {i}: the same 5-tuple reached another backend"
         );
     }
-    let web4 = h
-        .plan
-        .services
-        .iter()
-        .find(|s| s.name == "web4")
-        .unwrap()
-        .info
-        .id;
+    let web4 = h.service_id("web4");
     let c = h.datapath.service_counters(web4).unwrap();
     assert_eq!(c.packets, 21);
     assert_eq!(c.bytes, 21 * f.bytes().len() as u64);
@@ -575,14 +568,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
         same_set[W + 1].sport < 40000,
         "a set holds about 1 flow in 128"
     );
-    let web4 = h
-        .plan
-        .services
-        .iter()
-        .find(|s| s.name == "web4")
-        .unwrap()
-        .info
-        .id;
+    let web4 = h.service_id("web4");
     let new_flows = |h: &mut Harness| {
         h.datapath
             .counters("SERVICE_STATS", web4)
@@ -701,19 +687,10 @@ fn concurrent_cpus_never_see_a_torn_connection_entry() {
                 s.spawn(move || {
                     pin_to_cpu(cpu % cpus);
                     let mut wrong = 0;
-                    let mut out = vec![0u8; 512];
                     for _ in 0..40 {
                         for (input, mac) in frames {
-                            let ctx = xdp_md(input.len() as u32, ifindex);
-                            let r = prog
-                                .test_run(TestRunOptions {
-                                    data_in: Some(input),
-                                    data_out: Some(&mut out),
-                                    ctx_in: Some(&ctx),
-                                    ..TestRunOptions::new()
-                                })
-                                .expect("BPF_PROG_TEST_RUN");
-                            if r.return_value != XDP_TX || out[..6] != mac[..] {
+                            let (verdict, out) = run_on(prog, ifindex, input);
+                            if verdict != XDP_TX || out[..6] != mac[..] {
                                 wrong += 1;
                             }
                         }
@@ -783,14 +760,7 @@ fn ns_per_packet_with_repeat() {
         ns > 0 && ns < 100_000,
         "implausible per-packet time {ns} ns"
     );
-    let web4 = h
-        .plan
-        .services
-        .iter()
-        .find(|s| s.name == "web4")
-        .unwrap()
-        .info
-        .id;
+    let web4 = h.service_id("web4");
     assert_eq!(
         h.datapath.service_counters(web4).unwrap().packets,
         u64::from(repeat)

@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
 use bascule::{
     config::Config,
     daemon,
@@ -125,20 +125,18 @@ impl Harness {
 
     /// Runs one frame through the program; returns the verdict and the output frame.
     pub fn run(&mut self, input: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; input.len() + 256];
-        let ctx = xdp_md(input.len() as u32, self.ifindex);
-        let res = self
-            .datapath
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(input),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(res.data_size_out as usize);
-        (res.return_value, out)
+        run_on(self.datapath.program(), self.ifindex, input)
+    }
+
+    /// The id of the service named `name` in the plan.
+    pub fn service_id(&self, name: &str) -> u32 {
+        self.plan
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in the plan"))
+            .info
+            .id
     }
 
     /// The backend the plan says this frame's flow goes to (as `bascule simulate` will).
@@ -168,6 +166,22 @@ impl Harness {
         self.plan = plan::plan(&self.config, &macs, tunnel, Some(&self.plan)).unwrap();
         self.datapath.apply(&self.plan).unwrap();
     }
+}
+
+/// Runs one frame through `prog` as received on `ifindex` (threads share one program).
+pub fn run_on(prog: &Xdp, ifindex: u32, input: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(input.len() as u32, ifindex);
+    let res = prog
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(res.data_size_out as usize);
+    (res.return_value, out)
 }
 
 pub fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
