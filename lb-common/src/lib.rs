@@ -253,9 +253,10 @@ pub struct FlowSet {
     pub ways: [FlowEntry; FLOW_WAYS],
 }
 
-/// The connection table's shape, written by userspace when it creates the table and kept
-/// beside it (pinned, so a restarted daemon finds its flows): the number of sets minus
-/// one (a power of two minus one) and the seed of `hash::flow_set`, chosen at random.
+/// A set-associative table's shape (slot 0 of `FLOW_TABLE`: the connection table; slot 1:
+/// the `nat` reply table), written by userspace when it creates the table and kept beside
+/// it (pinned, so a restarted daemon finds its flows): the number of sets minus one (a
+/// power of two minus one) and the seed of `hash::flow_set`, chosen at random.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowTable {
@@ -279,8 +280,9 @@ pub const FLOW_ACTIVE: u32 = 1;
 /// How stale `last_seen` may get before a packet refreshes it.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
-/// Reply-direction key of a `nat` flow: the packet the backend sends back.
-#[repr(C)]
+/// Reply-direction key of a `nat` flow: the packet the backend sends back. 8-byte
+/// aligned, like `FlowKey`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct NatKey {
     pub backend: [u32; 4],
@@ -292,15 +294,81 @@ pub struct NatKey {
     pub _pad: [u8; 2],
 }
 
-/// What a `nat` reply's source is rewritten to.
-#[repr(C)]
+/// One entry of the `nat` reply table: a reply's key and the VIP and port to put back as
+/// its source, one cache line, in sets like the connection table's (same write protocol,
+/// see `FlowEntry`; `seq` sits in the same place). `seen` is the time of the last
+/// forward packet in `SEEN_SHIFT` units (about a second), wrapping: only compared to pick
+/// the least recently seen entry of a full set.
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct NatReply {
+pub struct NatEntry {
+    pub key: NatKey,
     pub vip: [u32; 4],
     pub vip_port: u16,
-    pub _pad: [u8; 2],
-    pub service: u32,
-    pub last_seen: u64,
+    pub seen: u16,
+    pub seq: u32,
+}
+
+/// `NatEntry::seen`: `bpf_ktime_get_coarse_ns() >> SEEN_SHIFT` (units of ~1.07 s).
+pub const SEEN_SHIFT: u32 = 30;
+
+/// One set of the `nat` reply table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatSet {
+    pub ways: [NatEntry; FLOW_WAYS],
+}
+
+impl NatKey {
+    /// The key as five 64-bit words.
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: 40 bytes, 8-byte aligned, every bit pattern is a valid u64.
+        unsafe { *(self as *const NatKey as *const [u64; 5]) }
+    }
+}
+
+/// The entries of the set-associative tables (`FlowEntry`, `NatEntry`): 64 bytes, the key
+/// in words 0-4, the write sequence in the high half of word 7 (what the shared code
+/// reads and claims). All zero is empty.
+///
+/// # Safety
+/// Implementors are `repr(C, align(64))`, 64 bytes, with that layout.
+pub unsafe trait SetEntry: Copy + Default {
+    type Key: Copy + PartialEq;
+    /// The table's slot in `FLOW_TABLE` (its shape).
+    const TABLE: u32;
+    fn key(&self) -> Self::Key;
+    fn key_words(key: &Self::Key) -> [u64; 5];
+    fn is_empty(&self) -> bool;
+}
+
+unsafe impl SetEntry for FlowEntry {
+    type Key = FlowKey;
+    const TABLE: u32 = 0;
+    fn key(&self) -> FlowKey {
+        self.key
+    }
+    fn key_words(key: &FlowKey) -> [u64; 5] {
+        key.words()
+    }
+    fn is_empty(&self) -> bool {
+        self.key.family == 0
+    }
+}
+
+unsafe impl SetEntry for NatEntry {
+    type Key = NatKey;
+    const TABLE: u32 = 1;
+    fn key(&self) -> NatKey {
+        self.key
+    }
+    fn key_words(key: &NatKey) -> [u64; 5] {
+        key.words()
+    }
+    fn is_empty(&self) -> bool {
+        self.key.family == 0
+    }
 }
 
 /// Client-IP affinity entry (persistence): (service, client address) -> backend.
@@ -527,7 +595,7 @@ mod pod {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for DecapVip {}
     unsafe impl aya::Pod for NatKey {}
-    unsafe impl aya::Pod for NatReply {}
+    unsafe impl aya::Pod for NatSet {}
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for PersistState {}
     unsafe impl aya::Pod for DestKey {}

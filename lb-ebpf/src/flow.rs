@@ -3,18 +3,17 @@
 //! the persistence template when the service has one. Active-connection counts for the
 //! load schedulers are kept here.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::read_volatile;
 
 use lb_common::{
-    hash::flow_set, BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState,
-    ServiceInfo, BACKEND_ACTIVE, FLOW_ACTIVE, FLOW_WAYS, IPPROTO_TCP, NO_BACKEND,
-    TOUCH_INTERVAL_NS,
+    BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo, SetEntry,
+    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, TOUCH_INTERVAL_NS,
 };
 
 use crate::{
-    maps::{ACTIVE, BACKENDS, CONNTRACK, FLOW_EVICTIONS, FLOW_TABLE, PERSIST},
+    maps::{ACTIVE, BACKENDS, CONNTRACK, PERSIST},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    sched,
+    sched, sets,
 };
 
 #[inline(always)]
@@ -59,28 +58,10 @@ fn closing(pkt: &Packet) -> bool {
     pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
-/// `FlowState::seq` as seen in the (flags, seq) word: one step, and the odd bit.
-const SEQ_ONE: u64 = 1 << 32;
-const SEQ_ODD: u64 = 1 << 32;
-
-/// The set a flow lives in (see `lb_common::FlowEntry`).
 #[inline(always)]
-fn set_of(words: &[u64; 5]) -> Option<*mut [FlowEntry; FLOW_WAYS]> {
-    let table = FLOW_TABLE.get(0)?;
-    let i = flow_set(words, table.seed) & table.set_mask;
-    CONNTRACK
-        .get_ptr_mut(i as u32)
-        .map(|s| s as *mut [FlowEntry; FLOW_WAYS])
-}
-
-#[inline(always)]
-fn holds(entry: *const FlowEntry, words: &[u64; 5]) -> bool {
-    let k = entry as *const u64;
-    let mut diff = 0;
-    for (i, w) in words.iter().enumerate() {
-        diff |= unsafe { read_volatile(k.add(i)) } ^ w;
-    }
-    diff == 0
+fn set_of(words: &[u64; 5]) -> Option<*mut sets::Set> {
+    let i = sets::index(<FlowEntry as SetEntry>::TABLE, words)?;
+    CONNTRACK.get_ptr_mut(i).map(|s| s as *mut sets::Set)
 }
 
 /// A flow's entry and a consistent copy of its state, if the table has it (an entry a
@@ -88,20 +69,10 @@ fn holds(entry: *const FlowEntry, words: &[u64; 5]) -> bool {
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<(*mut FlowEntry, FlowState)> {
     let words = key.words();
-    let set = set_of(&words)?;
-    for way in 0..FLOW_WAYS {
-        let entry = unsafe { &raw mut (*set)[way] };
-        let seq = unsafe { &raw const (*entry).state.seq };
-        let before = unsafe { read_volatile(seq) };
-        if before & 1 == 0 && holds(entry, &words) {
-            let state = unsafe { read_volatile(&raw const (*entry).state) };
-            if unsafe { read_volatile(seq) } != before {
-                return None;
-            }
-            return Some((entry, state));
-        }
-    }
-    None
+    let (entry, copy) = sets::find(set_of(&words)?, &words)?;
+    // SAFETY: a connection-table entry is a `FlowEntry` (64 bytes, same layout).
+    let copy: FlowEntry = unsafe { core::mem::transmute(copy) };
+    Some((entry as *mut FlowEntry, copy.state))
 }
 
 /// The backend of an established flow: the connection-table entry's, while that backend
@@ -151,47 +122,16 @@ fn record(key: &FlowKey, state: &FlowState) {
     let Some(set) = set_of(&words) else {
         return;
     };
-    let mut victim = 0;
-    let mut oldest = u64::MAX;
-    for way in 0..FLOW_WAYS {
-        let entry = unsafe { &raw const (*set)[way] };
-        if holds(entry, &words) {
-            victim = way;
-            oldest = 0;
-            break;
-        }
-        let seen = unsafe { read_volatile(&raw const (*entry).state.last_seen) };
-        if seen < oldest {
-            oldest = seen;
-            victim = way;
-        }
-    }
-    let entry = unsafe { &raw mut (*set)[victim] };
-    // `flags` and `seq` form one 64-bit word (BPF has no 32-bit compare-and-swap): the
-    // claim moves `seq` to odd, and fails if a packet changed `flags` meanwhile.
-    let word = unsafe { &raw mut (*entry).state.flags } as *mut u64;
-    let before = unsafe { read_volatile(word) };
-    if before & SEQ_ODD != 0 || !crate::atomic::claim(word, before, before.wrapping_add(SEQ_ONE)) {
+    // Least recently seen first; empty entries (seen at 0) before any.
+    let age = |e: *const sets::Entry| !unsafe { read_volatile((e as *const u64).add(6)) };
+    let Some((entry, before)) = sets::claim(set, &words, age) else {
         return;
-    }
-    // A live flow's entry (empty ones, and the flow's own, read as seen at 0).
-    if oldest != 0 {
-        if let Some(c) = FLOW_EVICTIONS.get_ptr_mut(0) {
-            unsafe { *c += 1 };
-        }
-    }
-    let k = entry as *mut u64;
-    for (i, w) in words.iter().enumerate() {
-        unsafe { write_volatile(k.add(i), *w) };
-    }
-    unsafe {
-        write_volatile(&raw mut (*entry).state.backend, state.backend);
-        write_volatile(&raw mut (*entry).state.service, state.service);
-        write_volatile(&raw mut (*entry).state.last_seen, state.last_seen);
-    }
-    // Flags and the sequence, even again, in one store: the entry is whole.
-    let after = (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | state.flags as u64;
-    unsafe { write_volatile(word, after) };
+    };
+    let payload = [
+        u64::from(state.backend) | u64::from(state.service) << 32,
+        state.last_seen,
+    ];
+    sets::release(entry, before, &words, payload, state.flags);
 }
 
 /// The backend for a new flow: the client's persistence template if the service has one

@@ -15,6 +15,7 @@ mod maps;
 mod nat;
 mod parse;
 mod sched;
+mod sets;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
@@ -129,7 +130,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
             if !pkt.is_icmp() {
-                nat::to_backend(raw, &pkt, backend, service).map_err(Stop::decode)?;
+                nat::to_backend(raw, &pkt, backend).map_err(Stop::decode)?;
             }
             Stop::unpack(forward::route(raw, &pkt, &backend.addr, id))
         }

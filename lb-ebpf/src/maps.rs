@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
-    NatKey, NatReply, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4,
-    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NatSet, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4, Settings,
+    VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
     NEXT_HOP_SLOTS, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
@@ -52,14 +52,15 @@ pub static CONNTRACK: Array<
     { TABLE_MAP_FLAGS as usize },
 > = Array::new();
 
-/// Slot 0: connection-table entries of live flows that a new flow took (their set was
-/// full).
+/// Slot 0: entries of live flows that a new flow took because their set was full (in
+/// the connection table or the `nat` reply table).
 #[btf_map]
 pub static FLOW_EVICTIONS: PerCpuArray<u64, 1> = PerCpuArray::new();
 
-/// Slot 0: the connection table's set mask and hash seed (`lb_common::FlowTable`).
+/// The set mask and hash seed (`lb_common::FlowTable`) of the connection table (slot 0)
+/// and of the `nat` reply table (slot 1).
 #[btf_map]
-pub static FLOW_TABLE: Array<FlowTable, 1> = Array::new();
+pub static FLOW_TABLE: Array<FlowTable, 2> = Array::new();
 
 #[btf_map]
 pub static SERVICE_STATS: PerCpuArray<Counters, { MAX_SERVICES as usize }> = PerCpuArray::new();
@@ -80,12 +81,16 @@ pub static ACTIONS: PerCpuArray<u64, 5> = PerCpuArray::new();
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
 /// Reply direction of `nat` flows: (backend, client) -> the VIP to put back as source.
-/// One table for all CPUs (a reply may arrive on any), LRU-bounded; userspace removes the
-/// entries of expired flows. Capacity set by userspace at load time, the connection
+/// One table for all CPUs (a reply may arrive on any), sets of `FLOW_WAYS` entries like
+/// the connection table (`lb_common::NatEntry`; `FLOW_TABLE` slot 1); userspace removes
+/// the entries of expired flows. Capacity set by userspace at load time, the connection
 /// table's (a `nat` flow has one entry in each).
 #[btf_map]
-pub static NAT: LruHashMap<NatKey, NatReply, { CONNTRACK_DEFAULT_ENTRIES as usize }> =
-    LruHashMap::new();
+pub static NAT: Array<
+    NatSet,
+    { flow_sets(CONNTRACK_DEFAULT_ENTRIES) as usize },
+    { TABLE_MAP_FLAGS as usize },
+> = Array::new();
 
 /// Persistence templates: (service, client address) -> backend.
 #[btf_map]

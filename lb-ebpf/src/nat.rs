@@ -4,7 +4,8 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    BackendInfo, NatKey, NatReply, Reason, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, TOUCH_INTERVAL_NS,
+    BackendInfo, NatEntry, NatKey, Reason, SetEntry, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    SEEN_SHIFT,
 };
 
 use crate::{
@@ -12,6 +13,7 @@ use crate::{
     forward,
     maps::NAT,
     parse::{ptr_at, Fragment, Packet, Stop},
+    sets,
 };
 
 /// Which end of the packet a rewrite changes.
@@ -102,7 +104,6 @@ pub fn to_backend(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
-    service: u32,
 ) -> Result<(), u32> {
     let ctx = &crate::parse::context(raw);
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
@@ -120,19 +121,7 @@ pub fn to_backend(
             family: pkt.family,
             _pad: [0; 2],
         };
-        let fresh = NAT
-            .get_ptr(&key)
-            .is_some_and(|r| now.saturating_sub(unsafe { (*r).last_seen }) < TOUCH_INTERVAL_NS);
-        if !fresh {
-            let reply = NatReply {
-                vip: pkt.dst,
-                vip_port: pkt.dport,
-                _pad: [0; 2],
-                service,
-                last_seen: now,
-            };
-            let _ = NAT.insert(&key, &reply, 0);
-        }
+        remember_reply(&key, pkt, (now >> SEEN_SHIFT) as u16);
     }
     rewrite(ctx, pkt, Side::Destination, &backend.addr, backend.port).map_err(|s| s.encode())
 }
@@ -163,10 +152,60 @@ fn reply_inner(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32
         family: pkt.family,
         _pad: [0; 2],
     };
-    let Some(r) = NAT.get_ptr(&key) else {
+    let Some((_, r)) = find_reply(&key) else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let r = unsafe { *r };
     rewrite(ctx, pkt, Side::Source, &r.vip, r.vip_port)?;
     Ok(REWRITTEN)
+}
+
+#[inline(always)]
+fn set_of(words: &[u64; 5]) -> Option<*mut sets::Set> {
+    let i = sets::index(<NatEntry as SetEntry>::TABLE, words)?;
+    NAT.get_ptr_mut(i).map(|s| s as *mut sets::Set)
+}
+
+/// A reply's entry and a consistent copy of it.
+#[inline(always)]
+fn find_reply(key: &NatKey) -> Option<(*mut NatEntry, NatEntry)> {
+    let words = key.words();
+    let (entry, copy) = sets::find(set_of(&words)?, &words)?;
+    // SAFETY: a reply-table entry is a `NatEntry` (64 bytes, same layout).
+    Some((entry as *mut NatEntry, unsafe {
+        core::mem::transmute::<sets::Entry, NatEntry>(copy)
+    }))
+}
+
+/// Keeps the reply direction of a forward packet: marks its entry seen (at most a store
+/// per packet), or writes it if missing or stale (another VIP, after a reload).
+#[inline(always)]
+fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
+    if let Some((entry, r)) = find_reply(key) {
+        if r.vip == pkt.dst && r.vip_port == pkt.dport {
+            if r.seen != now {
+                // Only `seen`'s two bytes: a writer's sequence beside them is untouched.
+                unsafe { (*entry).seen = now };
+            }
+            return;
+        }
+    }
+    let words = key.words();
+    let Some(set) = set_of(&words) else {
+        return;
+    };
+    // Least recently seen first (`seen` wraps: ages modulo 2^16); empty entries first.
+    let age = |e: *const sets::Entry| {
+        let e = e as *const NatEntry;
+        if unsafe { (*e).key.family } == 0 {
+            u64::MAX
+        } else {
+            u64::from(now.wrapping_sub(unsafe { (*e).seen }))
+        }
+    };
+    let Some((entry, before)) = sets::claim(set, &words, age) else {
+        return;
+    };
+    let vip = |i: usize| u64::from(pkt.dst[i]) | u64::from(pkt.dst[i + 1]) << 32;
+    let low = u32::from(pkt.dport) | u32::from(now) << 16;
+    sets::release(entry, before, &words, [vip(0), vip(2)], low);
 }

@@ -163,7 +163,7 @@ fn main() {
 }
 
 /// The benchmark datapath's connection-table capacity (the `nat` reply table's too): its
-/// entries (4 MB of sets, 8 MB more for `nat` replies) do not fit in a core's caches, and
+/// entries (4 MB of sets, as much again for `nat` replies) do not fit in a core's caches, and
 /// it fills in about a second for the full-table figures. Small in `--quick` mode.
 fn conntrack_entries(quick: bool) -> u32 {
     if quick {
@@ -175,7 +175,7 @@ fn conntrack_entries(quick: bool) -> u32 {
 
 /// Keeps the calling thread on the CPU it runs on until dropped (the previous CPU set is
 /// restored then). Every XDP figure is then taken on the same CPU, with the same per-CPU
-/// state (counters, the `nat` reply table's LRU lists) and caches.
+/// state (counters) and caches.
 struct Pinned(Option<libc::cpu_set_t>);
 
 impl Pinned {
@@ -253,9 +253,8 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
         })
         .collect();
     // Enough SYNs to fill the tables, from a client range of their own: three times their
-    // capacity, because flows fill the connection table's sets of eight unevenly (this
-    // leaves under 1% of the sets with room), and the `nat` reply table's per-CPU LRU
-    // lists are full whatever their flavour.
+    // capacity, because flows fill the sets of eight unevenly (this leaves under 1% of the
+    // sets with room).
     let fill = entries * 3;
     let fillers: Vec<Vec<Vec<u8>>> = cases
         .iter()

@@ -18,12 +18,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    flow_sets, BackendInfo, Counters, FlowKey, FlowSet, FlowState, FlowTable, NatKey, NatReply,
-    ServiceInfo, ServiceKey, ServiceKey4, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP,
-    MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowSet, FlowState, FlowTable, NatEntry,
+    NatKey, ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings, VipKey, FLOW_ACTIVE,
+    IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
-use crate::{flows::FlowMemory, pins::PinDir, plan::Plan};
+use crate::{
+    flows::{FlowMemory, SetMemory},
+    pins::PinDir,
+    plan::Plan,
+};
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -83,21 +87,23 @@ fn conntrack_capacity(configured: u32) -> u32 {
     configured.max(1024)
 }
 
-/// The entries of the maps sized by `conntrack.max_entries`: the connection table (in
-/// sets of `FLOW_WAYS`), and the `nat` reply table (a `nat` flow has one entry in each).
+/// The entries of the maps sized by `conntrack.max_entries`: the connection table and
+/// the `nat` reply table (a `nat` flow has one entry in each), in sets of `FLOW_WAYS`.
 fn flow_table_entries(name: &str, conntrack_entries: u32) -> Option<u32> {
     let capacity = conntrack_capacity(conntrack_entries);
     match name {
-        "CONNTRACK" => Some(flow_sets(capacity)),
-        "NAT" => Some(capacity),
+        "CONNTRACK" | "NAT" => Some(flow_sets(capacity)),
         _ => None,
     }
 }
 
+/// The set-associative tables, by their `FLOW_TABLE` slot.
+const SET_TABLES: [&str; 2] = ["CONNTRACK", "NAT"];
+
 /// A loader with the flow tables sized for `conntrack.max_entries`.
 fn loader(conntrack_entries: u32) -> EbpfLoader<'static> {
     let mut loader = EbpfLoader::new();
-    for name in ["CONNTRACK", "NAT"] {
+    for name in SET_TABLES {
         loader.map_max_entries(name, flow_table_entries(name, conntrack_entries).unwrap());
     }
     loader
@@ -646,55 +652,61 @@ impl Datapath {
         Ok(self.flows(Some(flow))?.set_of(flow))
     }
 
-    /// Gives a new connection table (all zero: no shape) its set mask and a random seed;
-    /// leaves one that has them (adopted from a previous daemon) as it is.
+    /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
+    /// set mask and a random seed; leaves one that has them (adopted from a previous
+    /// daemon) as it is.
     fn init_flow_table(&mut self) -> Result<()> {
-        let sets = self.map_entries("CONNTRACK")?;
-        let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
-        if m.get(&0, 0)?.set_mask != u64::from(sets) - 1 {
-            let table = FlowTable {
-                set_mask: u64::from(sets) - 1,
-                seed: crate::flows::random_seed(),
-            };
-            m.set(0, table, 0)?;
+        for (slot, name) in SET_TABLES.iter().enumerate() {
+            let sets = self.map_entries(name)?;
+            let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+            if m.get(&(slot as u32), 0)?.set_mask != u64::from(sets) - 1 {
+                let table = FlowTable {
+                    set_mask: u64::from(sets) - 1,
+                    seed: crate::flows::random_seed(),
+                };
+                m.set(slot as u32, table, 0)?;
+            }
         }
         Ok(())
     }
 
     fn map_entries(&mut self, name: &str) -> Result<u32> {
         let Ok(arr) = Array::<&mut MapData, FlowSet>::try_from(self.map(name)?) else {
-            return Err(anyhow!("map {name} is not an array"));
+            return Err(anyhow!("map {name} is not an array of sets"));
         };
         Ok(arr.len())
     }
 
-    /// The connection table's memory: all of it (`None`), or the page holding one flow's
-    /// set. Mapped for the caller's use only: a daemon that kept the whole table mapped
-    /// would count it (64 MB at the default size) in its resident memory as well.
-    fn flows(&mut self, flow: Option<&FlowKey>) -> Result<FlowMemory> {
+    /// A set-associative table's memory (`CONNTRACK` or `NAT`, by `E`): all of it
+    /// (`None`), or the page holding one key's set. Mapped for the caller's use only: a
+    /// daemon that kept a whole table mapped would count it (64 MB at the default size)
+    /// in its resident memory as well.
+    fn sets<E: SetEntry>(&mut self, key: Option<&E::Key>) -> Result<SetMemory<E>> {
         use std::os::fd::{AsFd, AsRawFd};
+        let slot = E::TABLE;
+        let name = SET_TABLES[slot as usize];
         let table: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
-        let shape = table.get(&0, 0)?;
-        let sets = self.map_entries("CONNTRACK")? as usize;
-        let fd = match self.map("CONNTRACK")? {
+        let shape = table.get(&slot, 0)?;
+        let sets = self.map_entries(name)? as usize;
+        let fd = match self.map(name)? {
             aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
-            _ => return Err(anyhow!("map CONNTRACK is not an array")),
+            _ => return Err(anyhow!("map {name} is not an array")),
         };
-        let range = match flow {
+        let range = match key {
             None => 0..sets,
-            Some(key) => crate::flows::page_of(crate::flows::set_of(key, &shape), sets),
+            Some(key) => crate::flows::page_of(crate::flows::set_of::<E>(key, &shape), sets),
         };
-        FlowMemory::map(fd, range, shape).context("cannot map the connection table")
+        SetMemory::map(fd, range, shape).with_context(|| format!("cannot map {name}"))
+    }
+
+    fn flows(&mut self, flow: Option<&FlowKey>) -> Result<FlowMemory> {
+        self.sets(flow)
     }
 
     /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
     /// figure from empty tables).
     pub fn clear_nat_replies(&mut self) -> Result<()> {
-        let mut m: HashMap<&mut MapData, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
-        let keys: Vec<_> = m.keys().filter_map(|k| k.ok()).collect();
-        for k in keys {
-            let _ = m.remove(&k);
-        }
+        self.sets::<NatEntry>(None)?.clear();
         Ok(())
     }
 }
@@ -768,7 +780,7 @@ impl Datapath {
         &mut self,
         flow: &lb_common::FlowKey,
     ) -> Result<Option<lb_common::FlowState>> {
-        Ok(self.flows(Some(flow))?.lookup(flow))
+        Ok(self.flows(Some(flow))?.lookup(flow).map(|e| e.state))
     }
 
     /// The client's persistence template for a service.
@@ -1110,7 +1122,7 @@ impl Datapath {
         let mut result = Reconciled::default();
         let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
         let flows = self.flows(None)?;
-        for (set, way, k, v) in flows.entries() {
+        for (set, way, FlowEntry { key: k, state: v }) in flows.entries() {
             let timeout = if k.proto == IPPROTO_TCP {
                 tcp_timeout_ns
             } else {
@@ -1145,10 +1157,10 @@ impl Datapath {
                 })
                 .collect()
         };
-        {
-            let mut nat: HashMap<_, NatKey, NatReply> = HashMap::try_from(self.map("NAT")?)?;
+        if !nat_keys.is_empty() {
+            let nat = self.sets::<NatEntry>(None)?;
             for k in &nat_keys {
-                let _ = nat.remove(k);
+                nat.remove_key(k);
             }
         }
         result.expired = expired.len();

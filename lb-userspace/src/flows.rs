@@ -1,39 +1,55 @@
-//! The connection table seen from userspace: the datapath's `CONNTRACK` array of sets
-//! (`lb_common::FlowEntry` says how it is shared), read and written in place through a
-//! shared mapping of its memory. Finding a flow, listing the entries, removing one: the
-//! same set choice (`hash::flow_set`) and the same write protocol as the datapath's.
+//! The set-associative tables seen from userspace: the datapath's connection table
+//! (`CONNTRACK`, `lb_common::FlowEntry` says how it is shared) and `nat` reply table
+//! (`NAT`, `NatEntry`), read and written in place through a shared mapping of their
+//! memory. Finding an entry, listing them, removing one: the same set choice
+//! (`hash::flow_set`) and the same write protocol as the datapath's.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    marker::PhantomData,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
-use lb_common::{hash::flow_set, FlowEntry, FlowKey, FlowSet, FlowState, FlowTable, FLOW_WAYS};
+use lb_common::{hash::flow_set, FlowEntry, FlowTable, NatEntry, SetEntry, FLOW_WAYS};
 
-/// `FlowState::seq` in the (flags, seq) word: one step, and the odd bit.
+/// The sequence in word 7 of an entry: one step (the odd bit).
 const SEQ_ONE: u64 = 1 << 32;
 
-/// Memory holding the flow sets `sets` of a table: a mapping of (part of) the map, or
+/// The connection table's memory.
+pub type FlowMemory = SetMemory<FlowEntry>;
+/// The `nat` reply table's memory.
+pub type NatMemory = SetMemory<NatEntry>;
+
+/// Memory holding the sets `sets` of a table of `E`: a mapping of (part of) the map, or
 /// (tests) a plain buffer.
-pub struct FlowMemory {
-    base: *mut FlowSet,
+pub struct SetMemory<E: SetEntry> {
+    base: *mut E,
     sets: std::ops::Range<usize>,
     table: FlowTable,
     mapped: bool,
-    _owned: Vec<FlowSet>,
+    _owned: Vec<E>,
+    _entries: PhantomData<E>,
 }
 
 // SAFETY: the memory is either owned or a shared mapping that lives as long as `self`;
 // every access to entries goes through atomics or volatile reads.
-unsafe impl Send for FlowMemory {}
+unsafe impl<E: SetEntry> Send for SetMemory<E> {}
 
-impl FlowMemory {
-    /// Maps `sets` of the `CONNTRACK` array `fd` (mmap-able) read-write; the range must
-    /// start and end on page boundaries (see `page_of`) or at the table's end.
+/// Bytes of one set.
+fn set_bytes<E>() -> usize {
+    std::mem::size_of::<E>() * FLOW_WAYS
+}
+
+impl<E: SetEntry> SetMemory<E> {
+    /// Maps `sets` of the array map `fd` (mmap-able, values of `FLOW_WAYS` entries)
+    /// read-write; the range must start and end on page boundaries (see `page_of`) or at
+    /// the table's end.
     pub fn map(
         fd: i32,
         sets: std::ops::Range<usize>,
         table: FlowTable,
-    ) -> std::io::Result<FlowMemory> {
-        let size = std::mem::size_of::<FlowSet>();
-        let len = sets.len() * size;
+    ) -> std::io::Result<SetMemory<E>> {
+        assert_eq!(std::mem::size_of::<E>(), 64);
+        let len = sets.len() * set_bytes::<E>();
         // SAFETY: an mmap-able array map exposes its values from offset 0, page-aligned;
         // the caller's range lies within them; the mapping is unmapped in `drop`.
         let mem = unsafe {
@@ -44,26 +60,27 @@ impl FlowMemory {
                 // Populated at once: one call instead of a page fault per 4 KiB read.
                 libc::MAP_SHARED | libc::MAP_POPULATE,
                 fd,
-                (sets.start * size) as libc::off_t,
+                (sets.start * set_bytes::<E>()) as libc::off_t,
             )
         };
         if mem == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(FlowMemory {
+        Ok(SetMemory {
             base: mem.cast(),
             sets,
             table,
             mapped: true,
             _owned: Vec::new(),
+            _entries: PhantomData,
         })
     }
 
     /// A table in plain memory (tests of the pure parts).
-    pub fn owned(sets: usize, seed: u64) -> FlowMemory {
+    pub fn owned(sets: usize, seed: u64) -> SetMemory<E> {
         assert!(sets.is_power_of_two());
-        let mut owned = vec![FlowSet::default(); sets];
-        FlowMemory {
+        let mut owned = vec![E::default(); sets * FLOW_WAYS];
+        SetMemory {
             base: owned.as_mut_ptr(),
             sets: 0..sets,
             table: FlowTable {
@@ -72,27 +89,24 @@ impl FlowMemory {
             },
             mapped: false,
             _owned: owned,
+            _entries: PhantomData,
         }
     }
 
-    fn entry(&self, set: usize, way: usize) -> *mut FlowEntry {
+    fn entry(&self, set: usize, way: usize) -> *mut E {
         assert!(self.sets.contains(&set) && way < FLOW_WAYS);
         // SAFETY: in bounds (the sets held, each `FLOW_WAYS` entries).
-        unsafe {
-            (&raw mut (*self.base.add(set - self.sets.start)).ways)
-                .cast::<FlowEntry>()
-                .add(way)
-        }
+        unsafe { self.base.add((set - self.sets.start) * FLOW_WAYS + way) }
     }
 
     fn word(&self, set: usize, way: usize) -> &AtomicU64 {
-        // SAFETY: `flags` and `seq` form one aligned u64 (offset 56 of a 64-byte entry).
-        unsafe { AtomicU64::from_ptr((&raw mut (*self.entry(set, way)).state.flags).cast()) }
+        // SAFETY: word 7 of a 64-byte, 64-aligned entry (`SetEntry`'s layout).
+        unsafe { AtomicU64::from_ptr(self.entry(set, way).cast::<u64>().add(7)) }
     }
 
     /// A consistent copy of one entry, None while a writer holds it or if it changed
     /// meanwhile, or if it is empty.
-    fn read(&self, set: usize, way: usize) -> Option<(FlowKey, FlowState)> {
+    fn read(&self, set: usize, way: usize) -> Option<E> {
         let before = self.word(set, way).load(Ordering::Acquire);
         if before & SEQ_ONE != 0 {
             return None;
@@ -100,36 +114,35 @@ impl FlowMemory {
         // SAFETY: a volatile copy of plain data; checked below to be whole.
         let e = unsafe { std::ptr::read_volatile(self.entry(set, way)) };
         std::sync::atomic::fence(Ordering::Acquire);
-        if self.word(set, way).load(Ordering::Relaxed) != before || e.key.family == 0 {
+        if self.word(set, way).load(Ordering::Relaxed) != before || e.is_empty() {
             return None;
         }
-        Some((e.key, e.state))
+        Some(e)
     }
 
-    /// The set a flow lives in.
-    pub fn set_of(&self, key: &FlowKey) -> usize {
-        set_of(key, &self.table)
+    /// The set a key lives in.
+    pub fn set_of(&self, key: &E::Key) -> usize {
+        set_of::<E>(key, &self.table)
     }
 
-    /// The state of one flow, if the table has it.
-    pub fn lookup(&self, key: &FlowKey) -> Option<FlowState> {
+    /// The entry of one key, if the table has it.
+    pub fn lookup(&self, key: &E::Key) -> Option<E> {
         let set = self.set_of(key);
         (0..FLOW_WAYS)
             .filter_map(|way| self.read(set, way))
-            .find(|(k, _)| k == key)
-            .map(|(_, s)| s)
+            .find(|e| e.key() == *key)
     }
 
-    /// Every entry: (set, way, key, state).
-    pub fn entries(&self) -> impl Iterator<Item = (usize, usize, FlowKey, FlowState)> + '_ {
+    /// Every entry: (set, way, entry).
+    pub fn entries(&self) -> impl Iterator<Item = (usize, usize, E)> + '_ {
         self.sets.clone().flat_map(move |set| {
-            (0..FLOW_WAYS).filter_map(move |way| self.read(set, way).map(|(k, s)| (set, way, k, s)))
+            (0..FLOW_WAYS).filter_map(move |way| self.read(set, way).map(|e| (set, way, e)))
         })
     }
 
     /// Empties one entry if it still holds `key` (a packet may have replaced it since it
     /// was read). Whether it did.
-    pub fn remove(&self, set: usize, way: usize, key: &FlowKey) -> bool {
+    pub fn remove(&self, set: usize, way: usize, key: &E::Key) -> bool {
         let word = self.word(set, way);
         let before = word.load(Ordering::Acquire);
         if before & SEQ_ONE != 0
@@ -146,74 +159,71 @@ impl FlowMemory {
         }
         let e = self.entry(set, way);
         // SAFETY: this writer owns the entry (odd sequence); plain data.
-        let held = unsafe { std::ptr::read_volatile(&raw const (*e).key) } == *key;
+        let held = unsafe { std::ptr::read_volatile(e) }.key() == *key;
+        let words = e.cast::<u64>();
         if held {
-            unsafe {
-                std::ptr::write_volatile(&raw mut (*e).key, FlowKey::default());
-                std::ptr::write_volatile(&raw mut (*e).state.backend, 0);
-                std::ptr::write_volatile(&raw mut (*e).state.service, 0);
-                std::ptr::write_volatile(&raw mut (*e).state.last_seen, 0);
+            for i in 0..7 {
+                unsafe { std::ptr::write_volatile(words.add(i), 0) };
             }
         }
-        let flags = if held { 0 } else { before & 0xffff_ffff };
+        let low = if held { 0 } else { before & 0xffff_ffff };
         word.store(
-            (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | flags,
+            (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | low,
             Ordering::Release,
         );
         held
     }
 
-    /// Empties every entry; how many held a flow.
+    /// Empties the entry of `key` if the table has it; whether it did.
+    pub fn remove_key(&self, key: &E::Key) -> bool {
+        let set = self.set_of(key);
+        (0..FLOW_WAYS).any(|way| {
+            self.read(set, way).is_some_and(|e| e.key() == *key) && self.remove(set, way, key)
+        })
+    }
+
+    /// Empties every entry; how many held one.
     pub fn clear(&self) -> usize {
         let all: Vec<_> = self.entries().collect();
         all.iter()
-            .filter(|(set, way, key, _)| self.remove(*set, *way, key))
+            .filter(|(set, way, e)| self.remove(*set, *way, &e.key()))
             .count()
     }
 
-    /// Writes a flow into its set's own, empty or least recently seen entry (tests of
-    /// the reading side; the datapath's own choice is checked by the fixtures).
+    /// Writes an entry into its set's own or first empty way (tests of the reading side;
+    /// the datapath's own choice is checked by the fixtures). False if the set is full.
     #[cfg(test)]
-    fn record(&self, key: &FlowKey, state: FlowState) {
-        let set = self.set_of(key);
+    fn record(&self, entry: E) -> bool {
+        let set = self.set_of(&entry.key());
         let way = (0..FLOW_WAYS)
-            .find(|&w| self.read(set, w).is_some_and(|(k, _)| k == *key))
-            .unwrap_or_else(|| {
-                (0..FLOW_WAYS)
-                    .min_by_key(|&w| self.read(set, w).map_or(0, |(_, s)| s.last_seen))
-                    .unwrap()
-            });
-        let e = self.entry(set, way);
-        unsafe {
-            (*e).key = *key;
-            (*e).state = FlowState { seq: 0, ..state };
-        }
+            .find(|&w| self.read(set, w).is_some_and(|e| e.key() == entry.key()))
+            .or_else(|| (0..FLOW_WAYS).find(|&w| self.read(set, w).is_none()));
+        let Some(way) = way else {
+            return false;
+        };
+        unsafe { *self.entry(set, way) = entry };
+        true
     }
 }
 
-impl Drop for FlowMemory {
+impl<E: SetEntry> Drop for SetMemory<E> {
     fn drop(&mut self) {
         if self.mapped {
             // SAFETY: the mapping made in `map`, of this length.
-            unsafe {
-                libc::munmap(
-                    self.base.cast(),
-                    self.sets.len() * std::mem::size_of::<FlowSet>(),
-                )
-            };
+            unsafe { libc::munmap(self.base.cast(), self.sets.len() * set_bytes::<E>()) };
         }
     }
 }
 
-/// The set a flow lives in, in a table of this shape.
-pub fn set_of(key: &FlowKey, table: &FlowTable) -> usize {
-    (flow_set(&key.words(), table.seed) & table.set_mask) as usize
+/// The set a key lives in, in a table of this shape.
+pub fn set_of<E: SetEntry>(key: &E::Key, table: &FlowTable) -> usize {
+    (flow_set(&E::key_words(key), table.seed) & table.set_mask) as usize
 }
 
-/// The sets sharing `set`'s page of memory (the part to map to read one flow), within a
+/// The sets sharing `set`'s page of memory (the part to map to read one entry), within a
 /// table of `sets`.
 pub fn page_of(set: usize, sets: usize) -> std::ops::Range<usize> {
-    let per_page = 4096 / std::mem::size_of::<FlowSet>();
+    let per_page = 4096 / set_bytes::<FlowEntry>();
     let first = set / per_page * per_page;
     first..(first + per_page).min(sets)
 }
@@ -233,7 +243,7 @@ pub fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{FAMILY_V4, FLOW_ACTIVE, IPPROTO_TCP};
+    use lb_common::{FlowKey, FlowSet, FlowState, NatKey, FAMILY_V4, FLOW_ACTIVE, IPPROTO_TCP};
 
     fn flow(n: u32) -> FlowKey {
         FlowKey {
@@ -252,13 +262,16 @@ mod tests {
         }
     }
 
-    fn state(backend: u32, last_seen: u64) -> FlowState {
-        FlowState {
-            backend,
-            service: 1,
-            last_seen,
-            flags: FLOW_ACTIVE,
-            seq: 0,
+    fn entry(n: u32, backend: u32, last_seen: u64) -> FlowEntry {
+        FlowEntry {
+            key: flow(n),
+            state: FlowState {
+                backend,
+                service: 1,
+                last_seen,
+                flags: FLOW_ACTIVE,
+                seq: 0,
+            },
         }
     }
 
@@ -266,6 +279,11 @@ mod tests {
     fn an_entry_is_one_cache_line_and_a_set_eight() {
         assert_eq!(std::mem::size_of::<FlowEntry>(), 64);
         assert_eq!(std::mem::size_of::<FlowSet>(), 512);
+        assert_eq!(std::mem::size_of::<NatEntry>(), 64);
+        assert_eq!(std::mem::size_of::<lb_common::NatSet>(), 512);
+        // The write sequence sits in word 7's high half in both.
+        assert_eq!(std::mem::offset_of!(FlowEntry, state.seq), 60);
+        assert_eq!(std::mem::offset_of!(NatEntry, seq), 60);
         assert_eq!(lb_common::flow_sets(1_000_000), 131_072);
         assert_eq!(lb_common::flow_sets(1024), 128);
     }
@@ -273,16 +291,18 @@ mod tests {
     #[test]
     fn flows_are_found_listed_and_removed() {
         let t = FlowMemory::owned(256, 42);
-        for n in 0..200 {
-            t.record(&flow(n), state(n + 1, 1000 + n as u64));
-        }
-        let listed: Vec<_> = t.entries().collect();
+        let kept = (0..200)
+            .filter(|&n| t.record(entry(n, n + 1, 1000 + n as u64)))
+            .count();
         // 200 flows in 2048 entries: a set may overflow, never more than that.
-        assert!(listed.len() > 190, "{} of 200 kept", listed.len());
-        for (_, _, k, s) in &listed {
-            assert_eq!(t.lookup(k), Some(*s));
+        assert!(kept > 190, "{kept} of 200 kept");
+        let listed: Vec<_> = t.entries().collect();
+        assert_eq!(listed.len(), kept);
+        for (_, _, e) in &listed {
+            assert_eq!(t.lookup(&e.key), Some(*e));
         }
-        let (set, way, key, _) = listed[0];
+        let (set, way, e) = listed[0];
+        let key = e.key;
         assert!(t.remove(set, way, &key));
         assert_eq!(t.lookup(&key), None);
         assert!(!t.remove(set, way, &key), "removed twice");
@@ -293,13 +313,41 @@ mod tests {
     #[test]
     fn a_held_entry_reads_as_absent() {
         let t = FlowMemory::owned(1, 7);
-        t.record(&flow(1), state(1, 5));
+        t.record(entry(1, 1, 5));
         let way = (0..FLOW_WAYS).find(|&w| t.read(0, w).is_some()).unwrap();
         t.word(0, way).fetch_add(SEQ_ONE, Ordering::SeqCst);
         assert_eq!(t.lookup(&flow(1)), None);
         assert!(!t.remove(0, way, &flow(1)), "a held entry is not removed");
         t.word(0, way).fetch_add(SEQ_ONE, Ordering::SeqCst);
-        assert_eq!(t.lookup(&flow(1)).map(|s| s.backend), Some(1));
+        assert_eq!(t.lookup(&flow(1)).map(|e| e.state.backend), Some(1));
+    }
+
+    #[test]
+    fn nat_replies_are_found_and_removed_by_key() {
+        let t = NatMemory::owned(16, 3);
+        let key = |n: u16| NatKey {
+            backend: [u32::from_be_bytes([10, 111, 0, 11]), 0, 0, 0],
+            client: [u32::from_be_bytes([10, 111, 0, 10]), 0, 0, 0],
+            backend_port: 8080u16.to_be(),
+            client_port: (1000 + n).to_be(),
+            proto: IPPROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        for n in 0..40 {
+            assert!(t.record(NatEntry {
+                key: key(n),
+                vip: [n as u32, 0, 0, 0],
+                vip_port: 80u16.to_be(),
+                seen: 1,
+                seq: 0,
+            }));
+        }
+        assert_eq!(t.lookup(&key(7)).map(|e| e.vip[0]), Some(7));
+        assert!(t.remove_key(&key(7)));
+        assert!(!t.remove_key(&key(7)));
+        assert_eq!(t.lookup(&key(7)), None);
+        assert_eq!(t.entries().count(), 39);
     }
 
     #[test]

@@ -267,8 +267,8 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
     );
     r.register(
         "bascule_conntrack_evictions",
-        "Connection-table entries of live flows taken by a new flow because their set was \
-         full (the table is too small for the load, or a flood of new flows)",
+        "Entries of live flows taken by a new flow because their set was full, in the \
+         connection table or the nat reply table (too small for the load, or a flood)",
         counter(s.datapath.conntrack_evictions),
     );
     r.register(

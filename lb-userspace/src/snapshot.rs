@@ -151,7 +151,8 @@ pub struct DatapathStats {
     /// Entries the connection table holds (`conntrack.max_entries` rounded up to whole
     /// sets).
     pub conntrack_capacity: u64,
-    /// Live flows' entries that a new flow took (their set was full).
+    /// Live flows' entries that a new flow took (their set was full), in the connection
+    /// table or the `nat` reply table.
     #[serde(default)]
     pub conntrack_evictions: u64,
 }

@@ -1,0 +1,116 @@
+//! The set-associative tables (the connection table, `nat` replies): arrays of sets of
+//! `FLOW_WAYS` 64-byte entries, the key in words 0-4 and the write sequence in the high
+//! half of word 7 (`lb_common::FlowEntry` describes the protocol). These steps work on
+//! any such entry, seen as eight words.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use lb_common::{hash::flow_set, FLOW_WAYS};
+
+use crate::maps::{FLOW_EVICTIONS, FLOW_TABLE};
+
+/// An entry as eight words.
+pub type Entry = [u64; 8];
+/// One set.
+pub type Set = [Entry; FLOW_WAYS];
+
+/// The sequence in word 7: one step (the odd bit).
+const SEQ_ONE: u64 = 1 << 32;
+
+/// Which set of the table `table` (`FLOW_TABLE` slot) a key lives in.
+#[inline(always)]
+pub fn index(table: u32, words: &[u64; 5]) -> Option<u32> {
+    let t = FLOW_TABLE.get(table)?;
+    Some((flow_set(words, t.seed) & t.set_mask) as u32)
+}
+
+#[inline(always)]
+fn holds(entry: *const Entry, words: &[u64; 5]) -> bool {
+    let k = entry as *const u64;
+    let mut diff = 0;
+    for (i, w) in words.iter().enumerate() {
+        diff |= unsafe { read_volatile(k.add(i)) } ^ w;
+    }
+    diff == 0
+}
+
+/// The entry holding `words` and a consistent copy of it, if the set has one (an entry a
+/// writer holds, or that changed while it was read, counts as absent).
+#[inline(always)]
+pub fn find(set: *mut Set, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
+    for way in 0..FLOW_WAYS {
+        let entry = unsafe { &raw mut (*set)[way] };
+        let control = unsafe { (entry as *const u64).add(7) };
+        let before = unsafe { read_volatile(control) };
+        if before & SEQ_ONE == 0 && holds(entry, &words) {
+            let copy = unsafe { read_volatile(entry) };
+            if unsafe { read_volatile(control) } != before {
+                return None;
+            }
+            return Some((entry, copy));
+        }
+    }
+    None
+}
+
+/// Claims the entry `words` goes to: its own if the set has it, else the one with the
+/// greatest `age` (empty ones must be the oldest). Returns the entry and its control word
+/// before the claim (the caller writes the entry and calls `release`). None if another
+/// writer holds it (the caller's next packet retries). Counts an eviction when a live
+/// entry is taken.
+#[inline(always)]
+pub fn claim(
+    set: *mut Set,
+    words: &[u64; 5],
+    age: impl Fn(*const Entry) -> u64,
+) -> Option<(*mut Entry, u64)> {
+    let mut victim = 0;
+    let mut oldest = 0;
+    let mut own = false;
+    for way in 0..FLOW_WAYS {
+        let entry = unsafe { &raw const (*set)[way] };
+        if holds(entry, &words) {
+            victim = way;
+            own = true;
+            break;
+        }
+        let a = age(entry);
+        if a > oldest || way == 0 {
+            oldest = a;
+            victim = way;
+        }
+    }
+    let entry = unsafe { &raw mut (*set)[victim] };
+    let control = unsafe { (entry as *mut u64).add(7) };
+    let before = unsafe { read_volatile(control) };
+    if before & SEQ_ONE != 0 || !crate::atomic::claim(control, before, before.wrapping_add(SEQ_ONE))
+    {
+        return None;
+    }
+    // Empty entries have no key (family 0 sits in word 4's fifth byte).
+    let live = unsafe { read_volatile((entry as *const u64).add(4)) } >> 40 & 0xff != 0;
+    if live && !own {
+        if let Some(c) = FLOW_EVICTIONS.get_ptr_mut(0) {
+            unsafe { *c += 1 };
+        }
+    }
+    Some((entry, before))
+}
+
+/// Writes a claimed entry: the key, words 5-6, and word 7's low half with the sequence
+/// even again (one store: the entry is whole from then on).
+#[inline(always)]
+pub fn release(entry: *mut Entry, before: u64, words: &[u64; 5], payload: [u64; 2], low: u32) {
+    let e = entry as *mut u64;
+    for (i, w) in words.iter().enumerate() {
+        unsafe { write_volatile(e.add(i), *w) };
+    }
+    unsafe {
+        write_volatile(e.add(5), payload[0]);
+        write_volatile(e.add(6), payload[1]);
+        write_volatile(
+            e.add(7),
+            (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | low as u64,
+        );
+    }
+}
