@@ -666,3 +666,31 @@ fn reconcile_counts_active_flows_and_expires_idle_ones() {
     assert_eq!(h.datapath.active_connections(id).unwrap(), 0);
     let _ = Scheduler::Mh;
 }
+
+/// Reconciliation removes the reply entry of an expired `nat` flow (userspace finds it in
+/// the datapath's reply table: same set choice, same seed): a reply before is rewritten
+/// to come from the VIP, after it goes to the kernel untouched.
+#[test]
+fn an_expired_nat_flows_replies_are_forgotten() {
+    let mut h = Harness::new(CONFIG);
+    let c2s = Frame::tcp(CLIENT4, 42000, "10.112.0.110", 80);
+    let (verdict, out) = h.run(&c2s.bytes());
+    assert_eq!(verdict, XDP_TX);
+    let chosen = format!("10.111.0.{}", to(&out));
+    let reply = Frame {
+        l4: packet::L4::Tcp { flags: 0x12 },
+        ..Frame::tcp(&chosen, 8080, CLIENT4, 42000)
+    }
+    .bytes();
+    let (verdict, out) = h.run(&reply);
+    assert_eq!(verdict, XDP_TX, "the reply is rewritten and routed");
+    assert_ne!(out, reply);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let r = h.datapath.reconcile(1, 1).unwrap();
+    assert_eq!(r.expired, 1);
+    assert_eq!(
+        h.run(&reply),
+        (XDP_PASS, reply.clone()),
+        "no reply entry left"
+    );
+}
