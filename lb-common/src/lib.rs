@@ -328,6 +328,28 @@ impl NatKey {
     }
 }
 
+/// The write sequence of a set entry, in word 7's high half: one step (odd = held).
+pub const SEQ_STEP: u64 = 1 << 32;
+
+/// Whether a set entry's control word (7) says a writer holds it.
+#[inline(always)]
+pub const fn held(control: u64) -> bool {
+    control & SEQ_STEP != 0
+}
+
+/// A set entry's control word after its writer's release: the sequence two steps on from
+/// the word `before` the claim (even again), the low half `low`.
+#[inline(always)]
+pub const fn released(before: u64, low: u32) -> u64 {
+    (before.wrapping_add(2 * SEQ_STEP) & !0xffff_ffff) | low as u64
+}
+
+/// Whether a set entry's word 4 names a family (the entry holds a key; empty ones are 0).
+#[inline(always)]
+pub const fn in_use(word4: u64) -> bool {
+    (word4 >> 40) & 0xff != 0
+}
+
 /// The entries of the set-associative tables (`FlowEntry`, `NatEntry`): 64 bytes, the key
 /// in words 0-4, the write sequence in the high half of word 7 (what the shared code
 /// reads and claims). All zero is empty.

@@ -5,7 +5,7 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use lb_common::{hash::flow_set, FLOW_WAYS};
+use lb_common::{hash::flow_set, held, in_use, released, FLOW_WAYS, SEQ_STEP};
 
 use crate::maps::{FLOW_EVICTIONS, FLOW_TABLE};
 
@@ -13,9 +13,6 @@ use crate::maps::{FLOW_EVICTIONS, FLOW_TABLE};
 pub type Entry = [u64; 8];
 /// One set.
 pub type Set = [Entry; FLOW_WAYS];
-
-/// The sequence in word 7: one step (the odd bit).
-const SEQ_ONE: u64 = 1 << 32;
 
 /// Which set of the table `table` (`FLOW_TABLE` slot) a key lives in.
 #[inline(always)]
@@ -42,7 +39,7 @@ pub fn find(set: *mut Set, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
         let entry = unsafe { &raw mut (*set)[way] };
         let control = unsafe { (entry as *const u64).add(7) };
         let before = unsafe { read_volatile(control) };
-        if before & SEQ_ONE == 0 && holds(entry, &words) {
+        if !held(before) && holds(entry, words) {
             let copy = unsafe { read_volatile(entry) };
             if unsafe { read_volatile(control) } != before {
                 return None;
@@ -83,12 +80,10 @@ pub fn claim(
     let entry = unsafe { &raw mut (*set)[victim] };
     let control = unsafe { (entry as *mut u64).add(7) };
     let before = unsafe { read_volatile(control) };
-    if before & SEQ_ONE != 0 || !crate::atomic::claim(control, before, before.wrapping_add(SEQ_ONE))
-    {
+    if held(before) || !crate::atomic::claim(control, before, before.wrapping_add(SEQ_STEP)) {
         return None;
     }
-    // Empty entries have no key (family 0 sits in word 4's fifth byte).
-    let live = unsafe { read_volatile((entry as *const u64).add(4)) } >> 40 & 0xff != 0;
+    let live = in_use(unsafe { read_volatile((entry as *const u64).add(4)) });
     if live && !own {
         if let Some(c) = FLOW_EVICTIONS.get_ptr_mut(0) {
             unsafe { *c += 1 };
@@ -108,9 +103,6 @@ pub fn release(entry: *mut Entry, before: u64, words: &[u64; 5], payload: [u64; 
     unsafe {
         write_volatile(e.add(5), payload[0]);
         write_volatile(e.add(6), payload[1]);
-        write_volatile(
-            e.add(7),
-            (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | low as u64,
-        );
+        write_volatile(e.add(7), released(before, low));
     }
 }

@@ -18,9 +18,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowSet, FlowState, FlowTable, NatEntry,
-    NatKey, ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings, VipKey, FLOW_ACTIVE,
-    IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowState, FlowTable, NatEntry, NatKey,
+    ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings, VipKey, FLOW_ACTIVE, IPPROTO_TCP,
+    MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 use crate::{
@@ -670,11 +670,12 @@ impl Datapath {
         Ok(())
     }
 
+    /// A set-associative table's number of sets (its capacity, set at load time).
     fn map_entries(&mut self, name: &str) -> Result<u32> {
-        let Ok(arr) = Array::<&mut MapData, FlowSet>::try_from(self.map(name)?) else {
-            return Err(anyhow!("map {name} is not an array of sets"));
-        };
-        Ok(arr.len())
+        match self.map(name)? {
+            aya::maps::Map::Array(data) => Ok(data.info()?.max_entries()),
+            _ => Err(anyhow!("map {name} is not an array")),
+        }
     }
 
     /// A set-associative table's memory (`CONNTRACK` or `NAT`, by `E`): all of it

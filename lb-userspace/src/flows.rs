@@ -9,10 +9,9 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use lb_common::{hash::flow_set, FlowEntry, FlowTable, NatEntry, SetEntry, FLOW_WAYS};
-
-/// The sequence in word 7 of an entry: one step (the odd bit).
-const SEQ_ONE: u64 = 1 << 32;
+use lb_common::{
+    hash::flow_set, held, released, FlowEntry, FlowTable, NatEntry, SetEntry, FLOW_WAYS, SEQ_STEP,
+};
 
 /// The connection table's memory.
 pub type FlowMemory = SetMemory<FlowEntry>;
@@ -108,7 +107,7 @@ impl<E: SetEntry> SetMemory<E> {
     /// meanwhile, or if it is empty.
     fn read(&self, set: usize, way: usize) -> Option<E> {
         let before = self.word(set, way).load(Ordering::Acquire);
-        if before & SEQ_ONE != 0 {
+        if held(before) {
             return None;
         }
         // SAFETY: a volatile copy of plain data; checked below to be whole.
@@ -145,11 +144,11 @@ impl<E: SetEntry> SetMemory<E> {
     pub fn remove(&self, set: usize, way: usize, key: &E::Key) -> bool {
         let word = self.word(set, way);
         let before = word.load(Ordering::Acquire);
-        if before & SEQ_ONE != 0
+        if held(before)
             || word
                 .compare_exchange(
                     before,
-                    before.wrapping_add(SEQ_ONE),
+                    before.wrapping_add(SEQ_STEP),
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
@@ -159,19 +158,16 @@ impl<E: SetEntry> SetMemory<E> {
         }
         let e = self.entry(set, way);
         // SAFETY: this writer owns the entry (odd sequence); plain data.
-        let held = unsafe { std::ptr::read_volatile(e) }.key() == *key;
+        let kept_key = unsafe { std::ptr::read_volatile(e) }.key() == *key;
         let words = e.cast::<u64>();
-        if held {
+        if kept_key {
             for i in 0..7 {
                 unsafe { std::ptr::write_volatile(words.add(i), 0) };
             }
         }
-        let low = if held { 0 } else { before & 0xffff_ffff };
-        word.store(
-            (before.wrapping_add(2 * SEQ_ONE) & !0xffff_ffff) | low,
-            Ordering::Release,
-        );
-        held
+        let low = if kept_key { 0 } else { before as u32 };
+        word.store(released(before, low), Ordering::Release);
+        kept_key
     }
 
     /// Empties the entry of `key` if the table has it; whether it did.
@@ -315,10 +311,10 @@ mod tests {
         let t = FlowMemory::owned(1, 7);
         t.record(entry(1, 1, 5));
         let way = (0..FLOW_WAYS).find(|&w| t.read(0, w).is_some()).unwrap();
-        t.word(0, way).fetch_add(SEQ_ONE, Ordering::SeqCst);
+        t.word(0, way).fetch_add(SEQ_STEP, Ordering::SeqCst);
         assert_eq!(t.lookup(&flow(1)), None);
         assert!(!t.remove(0, way, &flow(1)), "a held entry is not removed");
-        t.word(0, way).fetch_add(SEQ_ONE, Ordering::SeqCst);
+        t.word(0, way).fetch_add(SEQ_STEP, Ordering::SeqCst);
         assert_eq!(t.lookup(&flow(1)).map(|e| e.state.backend), Some(1));
     }
 
