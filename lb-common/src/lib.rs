@@ -166,6 +166,38 @@ pub struct ServiceInfo {
     pub _pad: [u8; 7],
 }
 
+/// What a packet of an established flow needs of its service, by service id
+/// (`SERVICE_ENTRIES`): the connection-table entry names the service, and this entry says
+/// whether the packet's VIP, port and protocol still select it (so the packet skips the
+/// service hash lookup) and how to keep the flow. All zero: no service has this id.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceEntry {
+    pub key: ServiceKey,
+    /// 1 when the service matches every port (`key.port` 0) and other services of the
+    /// same VIP and protocol have ports of their own: its flows then take the full
+    /// lookup, which prefers those services (a port service added after a flow started
+    /// takes the flow over, as a lookup would).
+    pub shadowed: u32,
+    pub _pad: u32,
+    pub info: ServiceInfo,
+}
+
+impl ServiceEntry {
+    /// Whether a packet to `dst`:`dport` (`family`, `proto`) selects this service.
+    #[inline(always)]
+    pub fn selects(&self, family: u8, dst: &[u32; 4], dport: u16, proto: u8) -> bool {
+        self.key.family == family
+            && self.key.proto == proto
+            && (self.key.port == dport || (self.key.port == 0 && self.shadowed == 0))
+            && (self.key.addr[0] ^ dst[0])
+                | (self.key.addr[1] ^ dst[1])
+                | (self.key.addr[2] ^ dst[2])
+                | (self.key.addr[3] ^ dst[3])
+                == 0
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct BackendInfo {
@@ -608,6 +640,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceKey {}
     unsafe impl aya::Pod for ServiceKey4 {}
     unsafe impl aya::Pod for ServiceInfo {}
+    unsafe impl aya::Pod for ServiceEntry {}
     unsafe impl aya::Pod for BackendInfo {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}

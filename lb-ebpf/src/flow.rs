@@ -75,15 +75,13 @@ pub fn lookup(key: &FlowKey) -> Option<(*mut FlowEntry, FlowState)> {
     Some((entry as *mut FlowEntry, copy.state))
 }
 
-/// The backend of an established flow: the connection-table entry's, while that backend
+/// The backend of an established flow (its entry and state from `lookup`) for `service`,
+/// the one its packet selects: the entry's, while that is the same service, the backend
 /// still serves (drained ones included) and the entry is not idle past its timeout.
 /// `NO_BACKEND` when the flow must be scheduled. Also keeps the entry's clock and the
 /// active-connection count up to date.
 #[inline(always)]
-pub fn established(pkt: &Packet, service: &ServiceInfo) -> u32 {
-    let Some((entry, st)) = lookup(&key(pkt)) else {
-        return NO_BACKEND;
-    };
+pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: FlowState) -> u32 {
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     let timeout = service.idle_timeout_ns;
     let fresh = timeout == 0 || now.saturating_sub(st.last_seen) <= timeout;

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
-    NatSet, NextHop, PersistKey, PersistState, ServiceInfo, ServiceKey, ServiceKey4, Settings,
-    VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
+    NatSet, NextHop, PersistKey, PersistState, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4,
+    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
     NEXT_HOP_SLOTS, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
@@ -20,6 +20,13 @@ pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICES as usize }>
 /// lookup, and a 20-byte key was a large share of an established packet's cost.
 #[btf_map]
 pub static SERVICES4: HashMap<ServiceKey4, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
+
+/// Service id -> its key and info (`lb_common::ServiceEntry`), for the packets of
+/// established flows: their connection-table entry names the service, and an array slot
+/// costs far less than a hash lookup. Written by userspace beside `SERVICES`/`SERVICES4`;
+/// an empty slot (a map created by an older build, say) only sends packets the long way.
+#[btf_map]
+pub static SERVICE_ENTRIES: Array<ServiceEntry, { MAX_SERVICES as usize }> = Array::new();
 
 /// Backend id -> where and how to forward. Ids are assigned by userspace, unique per
 /// (service, backend) pair.

@@ -513,6 +513,31 @@ pub fn predict<'a>(plan: &'a Plan, flow: &lb_common::FlowKey) -> Option<(&'a Pla
     (id != NO_BACKEND).then_some((svc, id))
 }
 
+/// Each service's slot of `SERVICE_ENTRIES` (by id): its key and info, and whether it is
+/// an all-ports service that port services of the same VIP and protocol shadow (see
+/// `lb_common::ServiceEntry`).
+pub fn service_entries(services: &[PlannedService]) -> Vec<(u32, lb_common::ServiceEntry)> {
+    let with_ports: std::collections::HashSet<(u8, [u32; 4], u8)> = services
+        .iter()
+        .filter(|s| s.key.port != 0)
+        .map(|s| (s.key.family, s.key.addr, s.key.proto))
+        .collect();
+    services
+        .iter()
+        .map(|s| {
+            let shadowed =
+                s.key.port == 0 && with_ports.contains(&(s.key.family, s.key.addr, s.key.proto));
+            let entry = lb_common::ServiceEntry {
+                key: s.key,
+                shadowed: u32::from(shadowed),
+                _pad: 0,
+                info: s.info,
+            };
+            (s.info.id, entry)
+        })
+        .collect()
+}
+
 /// The start of both test modules' configurations: the node and a `web` service.
 #[cfg(test)]
 macro_rules! web_yaml {
@@ -551,6 +576,44 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(YAML, "test.yaml").expect("valid config")
+    }
+
+    #[test]
+    fn an_all_ports_service_is_shadowed_by_port_services_of_its_vip_and_protocol() {
+        let yaml = concat!(
+            web_yaml!(),
+            r#"  - name: any
+    vip: 10.0.0.100
+    port: 0
+    backends: [{ address: 10.0.0.13 }]
+  - name: any-udp
+    vip: 10.0.0.100
+    port: 0
+    protocol: udp
+    backends: [{ address: 10.0.0.13 }]
+  - name: other
+    vip: 10.0.0.101
+    port: 0
+    backends: [{ address: 10.0.0.13 }]
+"#
+        );
+        let config = Config::parse(yaml, "test.yaml").expect("valid config");
+        let p = plan(&config, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let entries = service_entries(&p.services);
+        let shadowed: Vec<(&str, u32)> = p
+            .services
+            .iter()
+            .zip(&entries)
+            .map(|(s, (id, e))| {
+                assert_eq!((*id, e.key, e.info), (s.info.id, s.key, s.info));
+                (s.name.as_str(), e.shadowed)
+            })
+            .collect();
+        // `web` (TCP port 80) shadows `any` only: not the UDP one, not another VIP's.
+        assert_eq!(
+            shadowed,
+            [("web", 0), ("any", 1), ("any-udp", 0), ("other", 0)]
+        );
     }
 
     #[test]

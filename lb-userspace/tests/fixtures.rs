@@ -546,6 +546,61 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     );
 }
 
+/// A packet of an established flow finds its service by the id in its connection-table
+/// entry (no hash lookup) only while its VIP, port and protocol still select that
+/// service: a port service added later takes over its port's flows from the VIP's
+/// all-ports service, and a deleted service's flows stop being balanced, even when a new
+/// service takes its id. Checked to fail when the datapath skips either check.
+#[test]
+fn established_flows_follow_the_service_their_packets_select() {
+    const IPIP: u8 = 4;
+    let mut h = Harness::new(CONFIG);
+    // tun4 takes every port of 10.112.0.101, tunnelled (outer IPv4 protocol: IPIP).
+    let f = Frame::tcp("10.111.0.10", 31000, "10.112.0.101", 8080);
+    let (v, out) = h.run(&f.bytes());
+    assert_eq!((v, out[23]), (XDP_TX, IPIP), "tun4 tunnels the flow");
+    let (v, out) = h.run(&f.bytes());
+    assert_eq!((v, out[23]), (XDP_TX, IPIP), "established in tun4");
+
+    let with_port = CONFIG.replace(
+        "  - name: weighted",
+        "  - name: alt\n    vip: 10.112.0.101\n    port: 8080\n    backends: [{ address: 10.111.0.13 }]\n  - name: weighted",
+    );
+    assert_ne!(with_port, CONFIG);
+    h.apply(&with_port);
+    let (v, out) = h.run(&f.bytes());
+    assert_eq!(v, XDP_TX);
+    assert_eq!(
+        out[0..6],
+        [2, 0, 0, 0, 0, 13],
+        "the new port service takes the flow (dr to its only backend)"
+    );
+
+    h.apply(CONFIG);
+    let (v, out) = h.run(&f.bytes());
+    assert_eq!(
+        (v, out[23]),
+        (XDP_TX, IPIP),
+        "back to tun4 once alt is gone"
+    );
+
+    let tun4 = h.service_id("tun4");
+    h.apply(&CONFIG.replace(
+        "  - name: tun4\n    vip: 10.112.0.101",
+        "  - name: moved\n    vip: 10.112.0.104",
+    ));
+    assert_eq!(h.service_id("moved"), tun4, "the new service has tun4's id");
+    let (v, _) = h.run(&f.bytes());
+    assert_eq!(v, XDP_PASS, "a flow of a deleted service is not balanced");
+    let moved = Frame::tcp("10.111.0.10", 31000, "10.112.0.104", 8080);
+    let (v, out) = h.run(&moved.bytes());
+    assert_eq!(
+        (v, out[23]),
+        (XDP_TX, IPIP),
+        "the new service balances its own VIP"
+    );
+}
+
 /// The connection table is sets of `FLOW_WAYS` entries: a new flow whose set is full
 /// takes the place of the least recently seen of them, and only that flow is forgotten (its
 /// next packet is scheduled again, as a new flow). What userspace reads of the table
