@@ -6,12 +6,12 @@
 use core::ptr::read_volatile;
 
 use lb_common::{
-    BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo, SetEntry,
+    BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo,
     BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, TOUCH_INTERVAL_NS,
 };
 
 use crate::{
-    maps::{ACTIVE, BACKENDS, CONNTRACK, PERSIST},
+    maps::{ACTIVE, BACKENDS, PERSIST},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sched, sets,
 };
@@ -58,21 +58,11 @@ fn closing(pkt: &Packet) -> bool {
     pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
-#[inline(always)]
-fn set_of(words: &[u64; 5]) -> Option<*mut sets::Set> {
-    let i = sets::index(<FlowEntry as SetEntry>::TABLE, words)?;
-    CONNTRACK.get_ptr_mut(i).map(|s| s as *mut sets::Set)
-}
-
 /// A flow's entry and a consistent copy of its state, if the table has it (an entry a
 /// writer holds or changed while it was read counts as absent).
 #[inline(always)]
 pub fn lookup(key: &FlowKey) -> Option<(*mut FlowEntry, FlowState)> {
-    let words = key.words();
-    let (entry, copy) = sets::find(set_of(&words)?, &words)?;
-    // SAFETY: a connection-table entry is a `FlowEntry` (64 bytes, same layout).
-    let copy: FlowEntry = unsafe { core::mem::transmute(copy) };
-    Some((entry as *mut FlowEntry, copy.state))
+    sets::lookup::<FlowEntry>(&key.words()).map(|(entry, copy)| (entry, copy.state))
 }
 
 /// The backend of an established flow (its entry and state from `lookup`) for `service`,
@@ -117,7 +107,7 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
 #[inline(always)]
 fn record(key: &FlowKey, state: &FlowState) {
     let words = key.words();
-    let Some(set) = set_of(&words) else {
+    let Some(set) = sets::set_of::<FlowEntry>(&words) else {
         return;
     };
     // Least recently seen first; empty entries (seen at 0) before any.

@@ -19,8 +19,8 @@ mod sets;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    hash::flow_hash, BackendInfo, FragKey, FragState, Reason, ServiceInfo, ServiceKey, ServiceKey4,
-    FAMILY_V4, FORWARD_DR, FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
+    hash::flow_hash, FragKey, FragState, Reason, ServiceInfo, ServiceKey, ServiceKey4, FAMILY_V4,
+    FORWARD_DR, FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
 };
 use maps::{
     ACTIONS, BACKEND_STATS, FRAGS, IFACE_MACS, REASONS, SERVICES, SERVICES4, SERVICE_ENTRIES,
@@ -46,8 +46,6 @@ pub fn bascule_xdp(ctx: XdpContext) -> u32 {
 /// Where a packet goes, packed in one word so that the steps finding it can be separate
 /// BPF functions: (service << 32 | backend id), or a verdict with `DONE` set.
 const DONE: u64 = 1 << 63;
-/// With `DONE`: a `nat` reply that was rewritten and must be routed to its client.
-const ROUTE_REPLY: u64 = 1 << 62;
 /// With `DONE`: not for a VIP; may be a `nat` reply.
 const NOT_A_VIP: u64 = 1 << 61;
 /// A target found for a new flow (counts as a new connection).

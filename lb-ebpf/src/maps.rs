@@ -8,8 +8,8 @@ use aya_ebpf::{
 use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
     NatSet, NextHop, PersistKey, PersistState, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4,
-    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAGLEV_TABLE_SIZE, MAX_BACKENDS, MAX_SERVICES,
-    NEXT_HOP_SLOTS, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NEXT_HOP_SLOTS,
+    REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.

@@ -4,14 +4,11 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    BackendInfo, NatEntry, NatKey, Reason, SetEntry, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-    SEEN_SHIFT,
+    BackendInfo, NatEntry, NatKey, Reason, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, SEEN_SHIFT,
 };
 
 use crate::{
     csum::Delta,
-    forward,
-    maps::NAT,
     parse::{ptr_at, Fragment, Packet, Stop},
     sets,
 };
@@ -159,21 +156,10 @@ fn reply_inner(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32
     Ok(REWRITTEN)
 }
 
-#[inline(always)]
-fn set_of(words: &[u64; 5]) -> Option<*mut sets::Set> {
-    let i = sets::index(<NatEntry as SetEntry>::TABLE, words)?;
-    NAT.get_ptr_mut(i).map(|s| s as *mut sets::Set)
-}
-
 /// A reply's entry and a consistent copy of it.
 #[inline(always)]
 fn find_reply(key: &NatKey) -> Option<(*mut NatEntry, NatEntry)> {
-    let words = key.words();
-    let (entry, copy) = sets::find(set_of(&words)?, &words)?;
-    // SAFETY: a reply-table entry is a `NatEntry` (64 bytes, same layout).
-    Some((entry as *mut NatEntry, unsafe {
-        core::mem::transmute::<sets::Entry, NatEntry>(copy)
-    }))
+    sets::lookup::<NatEntry>(&key.words())
 }
 
 /// Keeps the reply direction of a forward packet: marks its entry seen (at most a store
@@ -190,7 +176,7 @@ fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
         }
     }
     let words = key.words();
-    let Some(set) = set_of(&words) else {
+    let Some(set) = sets::set_of::<NatEntry>(&words) else {
         return;
     };
     // Least recently seen first (`seen` wraps: ages modulo 2^16); empty entries first.

@@ -5,20 +5,51 @@
 
 use core::ptr::{read_volatile, write_volatile};
 
-use lb_common::{hash::flow_set, held, in_use, released, FLOW_WAYS, SEQ_STEP};
+use lb_common::{
+    hash::flow_set, held, in_use, released, FlowEntry, NatEntry, SetEntry, FLOW_WAYS, SEQ_STEP,
+};
 
-use crate::maps::{FLOW_EVICTIONS, FLOW_TABLE};
+use crate::maps::{CONNTRACK, FLOW_EVICTIONS, FLOW_TABLE, NAT};
 
 /// An entry as eight words.
 pub type Entry = [u64; 8];
 /// One set.
 pub type Set = [Entry; FLOW_WAYS];
 
-/// Which set of the table `table` (`FLOW_TABLE` slot) a key lives in.
+/// An entry type and the map of its table.
+pub trait Table: SetEntry {
+    fn set(index: u32) -> Option<*mut Set>;
+}
+
+impl Table for FlowEntry {
+    #[inline(always)]
+    fn set(index: u32) -> Option<*mut Set> {
+        CONNTRACK.get_ptr_mut(index).map(|s| s as *mut Set)
+    }
+}
+
+impl Table for NatEntry {
+    #[inline(always)]
+    fn set(index: u32) -> Option<*mut Set> {
+        NAT.get_ptr_mut(index).map(|s| s as *mut Set)
+    }
+}
+
+/// The set of `E`'s table that a key lives in.
 #[inline(always)]
-pub fn index(table: u32, words: &[u64; 5]) -> Option<u32> {
-    let t = FLOW_TABLE.get(table)?;
-    Some((flow_set(words, t.seed) & t.set_mask) as u32)
+pub fn set_of<E: Table>(words: &[u64; 5]) -> Option<*mut Set> {
+    let t = FLOW_TABLE.get(E::TABLE)?;
+    E::set((flow_set(words, t.seed) & t.set_mask) as u32)
+}
+
+/// The entry of `E`'s table holding `words` and a consistent copy of it (see `find`).
+#[inline(always)]
+pub fn lookup<E: Table>(words: &[u64; 5]) -> Option<(*mut E, E)> {
+    let (entry, copy) = find(set_of::<E>(words)?, words)?;
+    // SAFETY: an entry of `E`'s table is an `E` (eight words, `SetEntry`'s layout).
+    Some((entry as *mut E, unsafe {
+        (copy.as_ptr() as *const E).read_unaligned()
+    }))
 }
 
 #[inline(always)]
