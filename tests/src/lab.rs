@@ -668,10 +668,19 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
 
 fn ticks_since_boot() -> Option<u64> {
     let uptime = fs::read_to_string("/proc/uptime").ok()?;
-    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     // SAFETY: sysconf(3) has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then_some((seconds * hz as f64) as u64)
+    uptime_ticks(uptime.split_whitespace().next()?, u64::try_from(hz).ok()?)
+}
+
+/// `/proc/uptime`'s seconds (two decimals) in clock ticks, exactly: through a float,
+/// 12345.67 s became 1234566 ticks, one less than the start time of a process begun in
+/// that hundredth, which then looked as if it started in the future.
+fn uptime_ticks(seconds: &str, hz: u64) -> Option<u64> {
+    let (whole, hundredths) = seconds.split_once('.').unwrap_or((seconds, "0"));
+    let hundredths: u64 = format!("{hundredths:0<2}").get(..2)?.parse().ok()?;
+    let centis = whole.parse::<u64>().ok()? * 100 + hundredths;
+    (hz > 0).then_some(centis * hz / 100)
 }
 
 /// Deletes lab namespaces (`bsc{pid}x{n}-*`) whose creating process is gone, after killing
@@ -884,6 +893,10 @@ mod tests {
         let stat = "4242 (a (weird) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_start_ticks(stat), Some(987_654));
         assert_eq!(parse_start_ticks("garbage"), None);
+        assert_eq!(uptime_ticks("12345.67", 100), Some(1_234_567));
+        assert_eq!(uptime_ticks("12345.6", 100), Some(1_234_560));
+        assert_eq!(uptime_ticks("12345", 1000), Some(12_345_000));
+        assert_eq!(uptime_ticks("x.5", 100), None);
         let own = start_ticks(std::process::id()).expect("our own start time");
         assert!(own <= ticks_since_boot().expect("uptime"));
     }
