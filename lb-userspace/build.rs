@@ -59,18 +59,48 @@ fn main() {
     ] {
         cmd.env_remove(key);
     }
-    let status = cmd
-        .status()
+    let output = cmd
+        .output()
         .expect("cannot run `rustup run nightly cargo`: run `cargo xtask setup`");
-    if !status.success() {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    if !output.status.success() {
         eprintln!("error: building the eBPF programs (lb-ebpf) failed, see above");
         std::process::exit(1);
+    }
+    // Cargo shows a build script's output only when it fails: the eBPF crate's warnings
+    // (clippy does not build it) would go unseen. Forwarded, each one appears in every
+    // build of this package.
+    for warning in ebpf_warnings(&stderr) {
+        println!("cargo:warning=lb-ebpf: {warning}");
     }
     for bin in ["lb-ebpf", "lb-decap", "lb-floor"] {
         let built = target_dir.join("bpfel-unknown-none/release").join(bin);
         std::fs::copy(&built, out.join(bin))
             .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
     }
+}
+
+/// The warnings of a cargo build's output, each with the place it points at (the
+/// per-crate "generated N warnings" summaries left out).
+fn ebpf_warnings(stderr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = stderr.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(message) = line.strip_prefix("warning: ") else {
+            continue;
+        };
+        if message.contains(" generated ") && message.contains(" warning") {
+            continue;
+        }
+        let at = lines
+            .peek()
+            .and_then(|next| next.trim_start().strip_prefix("--> "))
+            .map(|place| format!(" ({place})"))
+            .unwrap_or_default();
+        out.push(format!("{message}{at}"));
+    }
+    out
 }
 
 /// Fails with one line naming the fix when the eBPF toolchain is incomplete.
