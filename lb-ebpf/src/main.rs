@@ -154,24 +154,26 @@ fn flow_target(pkt: &Packet, service: &mut ServiceInfo) -> u64 {
         *service = *found;
         return SCHEDULE;
     };
-    let known = SERVICE_ENTRIES
+    let slot = SERVICE_ENTRIES
         .get(st.service)
-        .filter(|e| e.selects(pkt.family, &pkt.dst, pkt.dport, pkt.proto));
-    let found = match known {
-        Some(e) => &e.info,
-        None => match find_service(pkt) {
-            Some(found) => found,
-            None => return DONE | NOT_A_VIP,
-        },
+        .filter(|e| e.selects(pkt.family, &pkt.dst, pkt.dport, pkt.proto))
+        .map(|e| &e.info);
+    let Some(found) = slot.or_else(|| find_service(pkt)) else {
+        return DONE | NOT_A_VIP;
     };
     let id = flow::keep(pkt, found, entry, st);
     if id == NO_BACKEND {
         // Scheduling reads the service from the hash map, whose elements are replaced
-        // whole (a slot of `SERVICE_ENTRIES` is rewritten in place).
-        let Some(found) = find_service(pkt) else {
+        // whole (a slot of `SERVICE_ENTRIES` is rewritten in place): looked up unless
+        // `found` came from there.
+        let Some(scheduled) = (if slot.is_some() {
+            find_service(pkt)
+        } else {
+            Some(found)
+        }) else {
             return DONE | NOT_A_VIP;
         };
-        *service = *found;
+        *service = *scheduled;
         return SCHEDULE;
     }
     if pkt.fragment == Fragment::First {
