@@ -20,7 +20,7 @@ use aya::{
 use lb_common::{
     flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowState, FlowTable, NatEntry, NatKey,
     ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings, VipKey, FLOW_ACTIVE,
-    IPPROTO_TCP, MAGLEV_TABLE_SIZE, MAX_SERVICES, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 use crate::{
@@ -439,37 +439,13 @@ impl Datapath {
                 });
             }
         }
-        {
-            // The services' slots by id, before the hash maps: changed ones rewritten,
-            // removed ids cleared (their flows take the long way, which finds them gone).
-            // On the first write every other slot is cleared too: adopted maps may hold a
-            // previous daemon's.
-            let first = previous.services.is_empty();
-            let now = crate::plan::service_entries(&plan.services);
-            let before: StdHashMap<u32, ServiceEntry> =
-                crate::plan::service_entries(&previous.services)
-                    .into_iter()
-                    .collect();
-            let mut slots: std::collections::BTreeMap<u32, ServiceEntry> = if first {
-                (0..MAX_SERVICES)
-                    .map(|id| (id, ServiceEntry::default()))
-                    .collect()
-            } else {
-                before
-                    .keys()
-                    .map(|&id| (id, ServiceEntry::default()))
-                    .collect()
-            };
-            for (id, entry) in now {
-                if before.get(&id) == Some(&entry) {
-                    slots.remove(&id);
-                } else {
-                    slots.insert(id, entry);
-                }
-            }
-            let (ids, entries): (Vec<u32>, Vec<ServiceEntry>) = slots.into_iter().unzip();
-            self.write_array("SERVICE_ENTRIES", &ids, &entries)?;
-        }
+        // The services' slots by id, before the hash maps (removed ids cleared: their
+        // flows take the long way, which finds them gone).
+        let (ids, entries): (Vec<u32>, Vec<ServiceEntry>) =
+            crate::plan::service_slot_writes(&plan.services, &previous.services)
+                .into_iter()
+                .unzip();
+        self.write_array("SERVICE_ENTRIES", &ids, &entries)?;
         let written: StdHashMap<ServiceKey, &ServiceInfo> =
             previous.services.iter().map(|s| (s.key, &s.info)).collect();
         for svc in &plan.services {

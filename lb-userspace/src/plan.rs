@@ -538,6 +538,31 @@ pub fn service_entries(services: &[PlannedService]) -> Vec<(u32, lb_common::Serv
         .collect()
 }
 
+/// What to write to `SERVICE_ENTRIES` when `now` replaces `before`: the slots whose entry
+/// changed, and cleared ones for the ids no service has any more. With nothing before
+/// (a daemon's first write), every unplanned id is cleared: adopted maps may hold a
+/// previous daemon's slots.
+pub fn service_slot_writes(
+    now: &[PlannedService],
+    before: &[PlannedService],
+) -> Vec<(u32, lb_common::ServiceEntry)> {
+    let old: HashMap<u32, lb_common::ServiceEntry> = service_entries(before).into_iter().collect();
+    let new: std::collections::BTreeMap<u32, lb_common::ServiceEntry> =
+        service_entries(now).into_iter().collect();
+    let gone: Vec<u32> = if before.is_empty() {
+        (0..MAX_SERVICES).collect()
+    } else {
+        old.keys().copied().collect()
+    };
+    let mut writes: std::collections::BTreeMap<u32, lb_common::ServiceEntry> = gone
+        .into_iter()
+        .filter(|id| !new.contains_key(id))
+        .map(|id| (id, lb_common::ServiceEntry::default()))
+        .collect();
+    writes.extend(new.into_iter().filter(|(id, e)| old.get(id) != Some(e)));
+    writes.into_iter().collect()
+}
+
 /// The start of both test modules' configurations: the node and a `web` service.
 #[cfg(test)]
 macro_rules! web_yaml {
@@ -576,6 +601,43 @@ mod tests {
 
     fn config() -> Config {
         Config::parse(YAML, "test.yaml").expect("valid config")
+    }
+
+    #[test]
+    fn service_slots_written_are_the_changed_and_the_cleared() {
+        let p = plan(&config(), &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let entries = service_entries(&p.services);
+        let entry = |name: &str| {
+            let svc = p.services.iter().find(|s| s.name == name).unwrap();
+            entries.iter().find(|(id, _)| *id == svc.info.id).unwrap().1
+        };
+        let id = |name: &str| entry(name).info.id;
+        // The first write: both services, and every other id cleared.
+        let first = service_slot_writes(&p.services, &[]);
+        assert_eq!(first.len(), MAX_SERVICES as usize);
+        for (slot, e) in &first {
+            let planned = p.services.iter().find(|s| s.info.id == *slot);
+            assert_eq!(
+                *e,
+                planned.map_or_else(Default::default, |s| entry(&s.name))
+            );
+        }
+        // Nothing changed: nothing written.
+        assert!(service_slot_writes(&p.services, &p.services).is_empty());
+        // One service gone, the other changed: its new entry, and the gone one cleared.
+        let mut changed = p.services.clone();
+        changed.retain(|s| s.name == "web");
+        changed[0].info.idle_timeout_ns += 1;
+        let expected_web = lb_common::ServiceEntry {
+            info: changed[0].info,
+            ..entry("web")
+        };
+        let mut want = vec![
+            (id("web"), expected_web),
+            (id("tunnelled"), lb_common::ServiceEntry::default()),
+        ];
+        want.sort_by_key(|(slot, _)| *slot);
+        assert_eq!(service_slot_writes(&changed, &p.services), want);
     }
 
     #[test]
