@@ -17,7 +17,8 @@ use lb_common::{
 pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
 
 /// The same for IPv4 VIPs, with the compact key: the kernel hashes the whole key on every
-/// lookup, and a 20-byte key was a large share of an established packet's cost.
+/// lookup (new flows, and flows whose `SERVICE_ENTRIES` slot does not select them), and a
+/// 20-byte key cost ~6 ns more.
 #[btf_map]
 pub static SERVICES4: HashMap<ServiceKey4, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
 
