@@ -1593,7 +1593,14 @@ impl Controller {
         let mut datapath = DatapathStats {
             interfaces: self.interfaces.clone(),
             adopted: self.adopted,
-            conntrack_entries: self.conntrack_live,
+            // Counted now, not at the last reconciliation (up to 5 s old).
+            conntrack_entries: self
+                .datapath
+                .live_flows(
+                    self.config.conntrack.tcp_timeout.as_nanos() as u64,
+                    self.config.conntrack.udp_timeout.as_nanos() as u64,
+                )
+                .unwrap_or(self.conntrack_live),
             conntrack_capacity: self.datapath.conntrack_capacity().unwrap_or(0),
             conntrack_evictions: self.datapath.conntrack_evictions().unwrap_or(0),
             ..Default::default()

@@ -499,6 +499,12 @@ fn metrics_count_exactly_what_was_sent_and_pass_promtool() {
         Some(0),
         "{text}"
     );
+    // The flow's entry, counted at the scrape (not at the last 5-second reconciliation).
+    assert_eq!(
+        metric(&text, "bascule_conntrack_entries"),
+        Some(1),
+        "{text}"
+    );
     assert!(
         metric(&text, "bascule_xdp_packets_total{action=\"tx\"}").unwrap_or(0) >= PACKETS,
         "{text}"
