@@ -96,7 +96,7 @@ fn decap(ctx: &TcContext) -> Outcome {
             _pad: [0; 3],
         }
     };
-    if DECAP_VIPS.get_ptr(&vip).is_none() {
+    if DECAP_VIPS.get_ptr(vip).is_none() {
         return Outcome::NotOurs;
     }
     let to_v4 = ethertype == ETH_P_IPV6 && inner_proto == IPPROTO_IPIP;

@@ -169,7 +169,7 @@ fn persistent_choice(pkt: &Packet, service: &ServiceInfo, now: u64) -> Option<u3
         client: pkt.src,
         service: service.id,
     };
-    let t = unsafe { *PERSIST.get_ptr(&key)? };
+    let t = unsafe { *PERSIST.get_ptr(key)? };
     let ttl = service.persistence_secs as u64 * 1_000_000_000;
     if now.saturating_sub(t.last_seen) > ttl {
         return None;
@@ -184,8 +184,8 @@ fn remember_client(pkt: &Packet, service: &ServiceInfo, backend: u32, now: u64) 
         service: service.id,
     };
     let _ = PERSIST.insert(
-        &key,
-        &PersistState {
+        key,
+        PersistState {
             backend,
             _pad: 0,
             last_seen: now,

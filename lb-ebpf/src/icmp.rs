@@ -36,7 +36,7 @@ pub fn handle(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u64 {
         family: pkt.family,
         _pad: [0; 3],
     };
-    if VIPS.get_ptr(&vip).is_none() {
+    if VIPS.get_ptr(vip).is_none() {
         return answered(Ok(xdp_action::XDP_PASS));
     }
     let v4 = pkt.family == FAMILY_V4;

@@ -186,7 +186,7 @@ fn flow_target(pkt: &Packet, service: &mut ServiceInfo) -> u64 {
 /// go to the kernel (counted) if it was not seen.
 #[inline(never)]
 fn first_fragment_owner(pkt: &Packet) -> u64 {
-    match FRAGS.get_ptr(&fragment_key(pkt)) {
+    match FRAGS.get_ptr(fragment_key(pkt)) {
         Some(s) => unsafe { (((*s).service as u64) << 32) | (*s).backend as u64 },
         None => done(Err(Stop::counted(
             xdp_action::XDP_PASS,
@@ -225,9 +225,9 @@ fn find_service(pkt: &Packet) -> Option<&'static ServiceInfo> {
             proto: pkt.proto,
             _pad: 0,
         };
-        SERVICES4.get_ptr(&key).or_else(|| {
+        SERVICES4.get_ptr(key).or_else(|| {
             key.port = 0;
-            SERVICES4.get_ptr(&key)
+            SERVICES4.get_ptr(key)
         })
     } else {
         let mut key = ServiceKey {
@@ -236,9 +236,9 @@ fn find_service(pkt: &Packet) -> Option<&'static ServiceInfo> {
             proto: pkt.proto,
             family: pkt.family,
         };
-        SERVICES.get_ptr(&key).or_else(|| {
+        SERVICES.get_ptr(key).or_else(|| {
             key.port = 0;
-            SERVICES.get_ptr(&key)
+            SERVICES.get_ptr(key)
         })
     };
     // SAFETY: a map value, valid for the program's run.
@@ -261,8 +261,8 @@ fn fragment_key(pkt: &Packet) -> FragKey {
 #[inline(never)]
 fn remember_first_fragment(pkt: &Packet, backend: u32, service: u32) {
     let _ = FRAGS.insert(
-        &fragment_key(pkt),
-        &FragState {
+        fragment_key(pkt),
+        FragState {
             backend,
             service,
             _pad: 0,

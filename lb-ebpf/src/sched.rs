@@ -272,7 +272,7 @@ fn by_locality(pkt: &Packet, service: &ServiceInfo, now: u64) -> Option<u32> {
         dst: pkt.dst,
         service: service.id,
     };
-    let known = DESTS.get_ptr(&key).map(|p| unsafe { *p });
+    let known = DESTS.get_ptr(key).map(|p| unsafe { *p });
     let mut st = Members {
         set: known.unwrap_or(DestSet {
             members: [NO_BACKEND; LBLCR_SET_SIZE],
@@ -332,7 +332,7 @@ fn by_locality(pkt: &Packet, service: &ServiceInfo, now: u64) -> Option<u32> {
         st.set.last_change = now;
     }
     if changed || known.is_none() {
-        let _ = DESTS.insert(&key, &st.set, 0);
+        let _ = DESTS.insert(key, st.set, 0);
     }
     Some(st.pick)
 }

@@ -97,7 +97,7 @@ pub fn claim(
     let mut own = false;
     for way in 0..FLOW_WAYS {
         let entry = unsafe { &raw const (*set)[way] };
-        if holds(entry, &words) {
+        if holds(entry, words) {
             victim = way;
             own = true;
             break;

@@ -23,7 +23,7 @@ commands:
                               Debian packages, bpffs at /sys/fs/bpf); safe to run again
   build [--release]           build the bascule binary (its build script builds and embeds the eBPF object)
   run [--release] -- ARGS...  build, then run target/{debug,release}/bascule ARGS...
-  test                        fmt, prerequisites, clippy, build, every test including privileged ones (root)
+  test                        fmt, prerequisites, clippy (the eBPF crate too), build, every test including privileged ones (root)
   demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
                               G: xdp, veth, http, control, health, failover (comma-separated)";
@@ -173,7 +173,7 @@ fn test() -> Result<()> {
              run it as root"
         );
     }
-    let steps: [Step; 4] = [
+    let steps: [Step; 5] = [
         ("cargo fmt --all -- --check", || {
             run_checked(cargo().args(["fmt", "--all", "--", "--check"]))
         }),
@@ -192,6 +192,10 @@ fn test() -> Result<()> {
                         .args(["--all-targets", "--", "-D", "warnings"]),
                 )
             },
+        ),
+        (
+            "cargo +nightly clippy -p lb-ebpf (bpfel-unknown-none) -- -D warnings",
+            clippy_ebpf,
         ),
         (
             "cargo build -p lb-userspace, then cargo test --workspace --exclude lb-ebpf",
@@ -215,6 +219,33 @@ fn test() -> Result<()> {
         started.elapsed().as_secs()
     );
     Ok(())
+}
+
+/// The eBPF crate under clippy, for the BPF target as `lb-userspace/build.rs` builds it
+/// (nightly, core built from source), in its own target directory.
+fn clippy_ebpf() -> Result<()> {
+    let flags = format!(
+        "--cfg=bpf_target_arch=\"{}\"\x1f-Ctarget-cpu=v3",
+        env::consts::ARCH
+    );
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "clippy", "--package", "lb-ebpf"])
+        .args(["--bins", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(target_dir()?.join("ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root())
+        .env("CARGO_ENCODED_RUSTFLAGS", flags);
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO",
+        "CARGO_TARGET_DIR",
+    ] {
+        cmd.env_remove(key);
+    }
+    run_checked(&mut cmd)
 }
 
 fn build_and_test() -> Result<()> {
