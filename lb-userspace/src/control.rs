@@ -707,16 +707,14 @@ fn add(a: Counters, b: Counters) -> Counters {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum CounterId {
-    Service(u32),
-    Backend(u32),
-}
-
+/// The last sample of the counters, and each id's rates since the one before (vectors
+/// indexed by service and backend id: at 100,000 backends, hash maps rebuilt every
+/// sample were most of an idle daemon's CPU).
 #[derive(Default)]
 struct RateTracker {
-    last: Option<(Instant, HashMap<CounterId, Counters>)>,
-    rates: HashMap<CounterId, Rates>,
+    last: Option<(Instant, PlanCounters)>,
+    services: Vec<Rates>,
+    backends: Vec<Rates>,
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1467,36 +1465,48 @@ impl Controller {
         }
     }
 
+    /// The datapath's counters of every planned service and backend, read in bulk (two
+    /// system calls), by id; `None` if they cannot be read.
+    fn counters_now(&mut self) -> Option<PlanCounters> {
+        let services = self.plan.services.iter().map(|s| s.info.id + 1).max();
+        let backends = self.plan.backends.iter().map(|b| b.id + 1).max();
+        let read = |d: &mut Datapath, map, len: Option<u32>| {
+            d.counters_upto(map, len.unwrap_or(0))
+                .inspect_err(|e| tracing::warn!("cannot read {map}: {e:#}"))
+                .ok()
+        };
+        Some(PlanCounters {
+            services: read(&mut self.datapath, "SERVICE_STATS", services)?,
+            backends: read(&mut self.datapath, "BACKEND_STATS", backends)?,
+        })
+    }
+
     fn sample_rates(&mut self) {
-        let mut now = HashMap::new();
-        for s in &self.plan.services {
-            if let Ok(c) = self.datapath.service_counters(s.info.id) {
-                now.insert(CounterId::Service(s.info.id), c);
-            }
-        }
-        for b in &self.plan.backends {
-            if let Ok(c) = self.datapath.backend_counters(b.id) {
-                now.insert(CounterId::Backend(b.id), c);
-            }
-        }
+        let Some(now) = self.counters_now() else {
+            return;
+        };
         let t = Instant::now();
         if let Some((then, before)) = &self.rates.last {
             let secs = t.duration_since(*then).as_secs_f64();
-            self.rates.rates = now
-                .iter()
-                .map(|(id, c)| {
-                    let r = before
-                        .get(id)
-                        .map_or_else(Rates::default, |b| rates(*b, *c, secs));
-                    (*id, r)
-                })
-                .collect();
+            let per_id = |now: &[Counters], before: &[Counters]| -> Vec<Rates> {
+                now.iter()
+                    .enumerate()
+                    .map(|(id, c)| {
+                        before
+                            .get(id)
+                            .map_or_else(Rates::default, |b| rates(*b, *c, secs))
+                    })
+                    .collect()
+            };
+            self.rates.services = per_id(&now.services, &before.services);
+            self.rates.backends = per_id(&now.backends, &before.backends);
         }
         self.rates.last = Some((t, now));
     }
 
     /// Everything `bascule status` and `/metrics` show, read now.
     fn snapshot(&mut self) -> Snapshot {
+        let all = self.counters_now().unwrap_or_default();
         let mut services = Vec::new();
         // Looked up per configured service and backend: indexed once, not searched.
         let planned_services: HashMap<&str, &crate::plan::PlannedService> = self
@@ -1513,11 +1523,9 @@ impl Controller {
             .collect();
         for svc in &self.config.services {
             let planned = planned_services.get(svc.name.as_str()).copied();
-            let counters = planned
-                .and_then(|p| self.datapath.service_counters(p.info.id).ok())
-                .unwrap_or_default();
+            let counters = planned.map(|p| all.service(p.info.id)).unwrap_or_default();
             let rates = planned
-                .and_then(|p| self.rates.rates.get(&CounterId::Service(p.info.id)))
+                .and_then(|p| self.rates.services.get(p.info.id as usize))
                 .copied()
                 .unwrap_or_default();
             let inhibit = svc
@@ -1534,9 +1542,7 @@ impl Controller {
                 let planned_b = planned_backends
                     .get(&(key.service.as_str(), key.address, key.port))
                     .copied();
-                let current = planned_b
-                    .and_then(|p| self.datapath.backend_counters(p.id).ok())
-                    .unwrap_or_default();
+                let current = planned_b.map(|p| all.backend(p.id)).unwrap_or_default();
                 let c = add(self.retired.get(&key).copied().unwrap_or_default(), current);
                 // What the checks say now (the maps follow within a moment).
                 let live = self.health_source.as_ref().map(|s| s.borrow());
@@ -1570,7 +1576,7 @@ impl Controller {
                     packets: c.packets,
                     bytes: c.bytes,
                     rates: planned_b
-                        .and_then(|p| self.rates.rates.get(&CounterId::Backend(p.id)))
+                        .and_then(|p| self.rates.backends.get(p.id as usize))
                         .copied()
                         .unwrap_or_default(),
                 });
@@ -1625,8 +1631,7 @@ impl Controller {
             .plan
             .services
             .iter()
-            .filter_map(|s| self.datapath.service_counters(s.info.id).ok())
-            .map(|c| c.new_flows)
+            .map(|s| all.service(s.info.id).new_flows)
             .sum();
         Snapshot {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -1697,6 +1702,23 @@ fn adoptable_state(pins: &PinDir, conntrack_entries: u32) -> Result<Option<Saved
         "not adopting the pinned datapath ({why}): starting over, established flows will be rescheduled"
     );
     Ok(None)
+}
+
+/// Counters of a plan's services and backends, indexed by id.
+#[derive(Default)]
+struct PlanCounters {
+    services: Vec<Counters>,
+    backends: Vec<Counters>,
+}
+
+impl PlanCounters {
+    fn service(&self, id: u32) -> Counters {
+        self.services.get(id as usize).copied().unwrap_or_default()
+    }
+
+    fn backend(&self, id: u32) -> Counters {
+        self.backends.get(id as usize).copied().unwrap_or_default()
+    }
 }
 
 /// Host checks of a config, as one error listing every problem.

@@ -605,12 +605,36 @@ impl Datapath {
     /// Per-service or per-backend counters summed over CPUs.
     pub fn counters(&mut self, map: &str, index: u32) -> Result<Counters> {
         let stats: PerCpuArray<&mut MapData, Counters> = PerCpuArray::try_from(self.map(map)?)?;
-        let per_cpu = stats.get(&index, 0)?;
-        Ok(per_cpu.iter().fold(Counters::default(), |a, c| Counters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-            new_flows: a.new_flows + c.new_flows,
-        }))
+        Ok(sum_over_cpus(&stats.get(&index, 0)?))
+    }
+
+    /// The counters of ids `0..len` of `SERVICE_STATS` or `BACKEND_STATS`, summed over
+    /// CPUs, read with BPF_MAP_LOOKUP_BATCH: one system call for the lot, where one per id
+    /// (~1-2 us each) kept the controller busy for ~0.2 s at 100,000 backends. One lookup
+    /// per id if the kernel refuses batches.
+    pub fn counters_upto(&mut self, map: &str, len: u32) -> Result<Vec<Counters>> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = match self.map(map)? {
+            aya::maps::Map::PerCpuArray(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map {map} is not a per-CPU array")),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow!("{what}: {e}"))?;
+        let mut keys = vec![0u32; len as usize];
+        // `Counters` is three u64s: already 8-byte aligned, as the kernel lays values out.
+        let mut values = vec![Counters::default(); len as usize * cpus];
+        match lookup_batch(fd, &mut keys, &mut values) {
+            Ok(read) if read == len as usize => {}
+            Ok(read) => return Err(anyhow!("map {map} has {read} entries, not {len}")),
+            Err(e) if batch_refused(&e) => {
+                tracing::debug!("batched lookup of {map} refused ({e}); one lookup per id");
+                return (0..len).map(|id| self.counters(map, id)).collect();
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read map {map}")),
+        }
+        Ok(values.chunks(cpus).map(sum_over_cpus).collect())
     }
 
     pub fn service_counters(&mut self, service_id: u32) -> Result<Counters> {
@@ -1060,23 +1084,53 @@ unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<i64> {
     Ok(rc)
 }
 
+/// The `batch` member of `union bpf_attr` (BPF_MAP_*_BATCH).
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// BPF_MAP_LOOKUP_BATCH from the array map `map_fd`'s first entry: `keys.len()` entries
+/// into `keys` and `values` (`values` laid out as the kernel copies them: for a per-CPU
+/// map, one 8-byte-aligned value per possible CPU for each key). Returns how many were
+/// read (fewer when the map ends first).
+fn lookup_batch<V: Copy>(
+    map_fd: i32,
+    keys: &mut [u32],
+    values: &mut [V],
+) -> std::io::Result<usize> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut next = 0u32;
+    let mut attr = BatchAttr {
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: map_fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: `attr` points at `next`, `keys` and `values`, which outlive the call and
+    // hold what the kernel writes (the caller sized `values` for the map's values).
+    match unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) } {
+        Ok(_) => Ok(attr.count as usize),
+        // The map ended before `count` entries: `count` says how many were read.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(attr.count as usize),
+        Err(e) => Err(e),
+    }
+}
+
 /// BPF_MAP_UPDATE_BATCH: `keys[i]` -> `values[i]` in the map `map_fd`, in one call.
 /// `values` are laid out as the map's values (`V` is the map's value type).
 fn update_batch<V: Copy>(map_fd: i32, keys: &[u32], values: &[V]) -> std::io::Result<()> {
     assert_eq!(keys.len(), values.len());
-    /// The `batch` member of `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
@@ -1106,6 +1160,15 @@ pub fn monotonic_ns() -> u64 {
     };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One id's per-CPU counters, added up.
+fn sum_over_cpus(per_cpu: &[Counters]) -> Counters {
+    per_cpu.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+        new_flows: a.new_flows + c.new_flows,
+    })
 }
 
 /// Whether a flow has been idle past its protocol's timeout (0: flows never expire).
@@ -1188,10 +1251,11 @@ impl Datapath {
             .as_ref()
             .map(|p| p.backends.iter().map(|b| b.id).collect())
             .unwrap_or_default();
-        let mut active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
-        for id in ids {
-            active.set(id, result.active.get(&id).copied().unwrap_or(0), 0)?;
-        }
+        let counts: Vec<u64> = ids
+            .iter()
+            .map(|id| result.active.get(id).copied().unwrap_or(0))
+            .collect();
+        self.write_array("ACTIVE", &ids, &counts)?;
         Ok(result)
     }
 

@@ -446,6 +446,17 @@ fn same_flow_same_backend_and_counters() {
         .unwrap()
         .id;
     assert_eq!(h.datapath.backend_counters(id).unwrap().packets, 21);
+    // The bulk read status and metrics use gives every id what the one-id read gives.
+    let backends = h.plan.backends.iter().map(|b| b.id + 1).max().unwrap();
+    let all = h.datapath.counters_upto("BACKEND_STATS", backends).unwrap();
+    assert_eq!(all.len(), backends as usize);
+    for b in 0..backends {
+        let one = h.datapath.backend_counters(b).unwrap();
+        assert_eq!(all[b as usize], one, "backend id {b}");
+    }
+    assert_eq!(all[id as usize].packets, 21);
+    let services = h.datapath.counters_upto("SERVICE_STATS", web4 + 1).unwrap();
+    assert_eq!(services[web4 as usize], c);
 }
 
 #[test]
