@@ -26,40 +26,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("ebpf-target");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("CARGO_CFG_TARGET_ARCH");
-    let rustflags = [
-        format!("--cfg=bpf_target_arch=\"{arch}\""),
-        "-Cdebuginfo=2".into(),
-        "-Clink-arg=--btf".into(),
-        "-Ctarget-cpu=v3".into(),
-        "-Clink-arg=--disable-expand-memcpy-in-order".into(),
-    ]
-    .join("\x1f");
-    let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "--package",
-        "lb-ebpf",
-        "--bins",
-        "--release",
-    ])
-    .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-    .arg("--target-dir")
-    .arg(&target_dir)
-    .current_dir(&workspace)
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    for key in [
-        "RUSTC",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(key);
-    }
-    let output = cmd
+    let output = ebpf_cargo("build", &workspace, &target_dir, &arch)
         .output()
         .expect("cannot run `rustup run nightly cargo`: run `cargo xtask setup`");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -69,8 +36,8 @@ fn main() {
         std::process::exit(1);
     }
     // Cargo shows a build script's output only when it fails: the eBPF crate's warnings
-    // (clippy does not build it) would go unseen. Forwarded, each one appears in every
-    // build of this package.
+    // would go unseen outside `cargo xtask test` (whose clippy step fails on them).
+    // Forwarded, each one appears in every build of this package.
     for warning in ebpf_warnings(&stderr) {
         println!("cargo:warning=lb-ebpf: {warning}");
     }
@@ -129,3 +96,5 @@ fn check_prerequisites() {
         None => missing("the nightly toolchain"),
     }
 }
+
+include!("ebpf_cargo.rs");

@@ -1465,8 +1465,8 @@ impl Controller {
         }
     }
 
-    /// The datapath's counters of every planned service and backend, read in bulk (two
-    /// system calls), by id; `None` if they cannot be read.
+    /// The datapath's counters of every planned service and backend, by id, read in bulk
+    /// (`Datapath::counters_upto`); `None` if they cannot be read.
     fn counters_now(&mut self) -> Option<PlanCounters> {
         let services = self.plan.services.iter().map(|s| s.info.id + 1).max();
         let backends = self.plan.backends.iter().map(|b| b.id + 1).max();

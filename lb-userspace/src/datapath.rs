@@ -609,14 +609,13 @@ impl Datapath {
     }
 
     /// The counters of ids `0..len` of `SERVICE_STATS` or `BACKEND_STATS`, summed over
-    /// CPUs, read with BPF_MAP_LOOKUP_BATCH: one system call for the lot, where one per id
-    /// (~1-2 us each) kept the controller busy for ~0.2 s at 100,000 backends. One lookup
-    /// per id if the kernel refuses batches.
+    /// CPUs, read with BPF_MAP_LOOKUP_BATCH: one system call for the lot (a call per id
+    /// is 101,000 calls at 1,000 x 100). One lookup per id if the kernel refuses batches.
     pub fn counters_upto(&mut self, map: &str, len: u32) -> Result<Vec<Counters>> {
+        use std::os::fd::{AsFd, AsRawFd};
         if len == 0 {
             return Ok(Vec::new());
         }
-        use std::os::fd::{AsFd, AsRawFd};
         let fd = match self.map(map)? {
             aya::maps::Map::PerCpuArray(data) => data.fd().as_fd().as_raw_fd(),
             _ => return Err(anyhow!("map {map} is not a per-CPU array")),

@@ -221,32 +221,15 @@ fn test() -> Result<()> {
     Ok(())
 }
 
-/// The eBPF crate under clippy, for the BPF target as `lb-userspace/build.rs` builds it
-/// (nightly, core built from source), in its own target directory.
+/// The eBPF crate under clippy, with the flags `lb-userspace/build.rs` builds it with
+/// (`ebpf_cargo`), in its own target directory.
 fn clippy_ebpf() -> Result<()> {
-    let flags = format!(
-        "--cfg=bpf_target_arch=\"{}\"\x1f-Ctarget-cpu=v3",
-        env::consts::ARCH
-    );
-    let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "clippy", "--package", "lb-ebpf"])
-        .args(["--bins", "--release", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core", "--target-dir"])
-        .arg(target_dir()?.join("ebpf-clippy"))
-        .args(["--", "-D", "warnings"])
-        .current_dir(workspace_root())
-        .env("CARGO_ENCODED_RUSTFLAGS", flags);
-    for key in [
-        "RUSTC",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO",
-        "CARGO_TARGET_DIR",
-    ] {
-        cmd.env_remove(key);
-    }
-    run_checked(&mut cmd)
+    let target = target_dir()?.join("ebpf-clippy");
+    let mut cmd = ebpf_cargo("clippy", workspace_root(), &target, env::consts::ARCH);
+    run_checked(cmd.args(["--", "-D", "warnings"]))
 }
+
+include!("../../lb-userspace/ebpf_cargo.rs");
 
 fn build_and_test() -> Result<()> {
     let bin = build(Profile::Debug)?;
