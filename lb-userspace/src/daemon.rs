@@ -247,7 +247,7 @@ async fn serve(
         tracing::info!(backends = supervisor.checked(), "health checks started");
     }
     let mut health_changes = supervisor.subscribe();
-    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::unbounded_channel::<Config>();
+    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::unbounded_channel::<Arc<Config>>();
 
     let ready = Arc::new(AtomicBool::new(false));
     let (requests, inbox) = mpsc::channel();
@@ -261,8 +261,8 @@ async fn serve(
         pinned: true,
         vrrp: board.source(),
         health: Some(supervisor.subscribe()),
-        on_reload: Some(Box::new(move |c: &Config| {
-            let _ = reloaded_tx.send(c.clone());
+        on_reload: Some(Box::new(move |c: &Arc<Config>| {
+            let _ = reloaded_tx.send(Arc::clone(c));
         })),
         ready: ready.clone(),
     };

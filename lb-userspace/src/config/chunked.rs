@@ -121,7 +121,7 @@ fn services_key(line: &str) -> bool {
 /// Where the items are, if the layout allows a chunked parse (see the module's doc).
 /// One pass over the lines, looking at their first bytes.
 fn split(text: &str) -> Option<Layout<'_>> {
-    if text.contains('\t') {
+    if memchr::memchr(b'\t', text.as_bytes()).is_some() {
         return None;
     }
     #[derive(PartialEq)]
@@ -140,10 +140,14 @@ fn split(text: &str) -> Option<Layout<'_>> {
     let mut items: Vec<(usize, usize)> = Vec::new();
     let (mut cut_to, mut end_line) = (text.len(), usize::MAX);
     let (mut offset, mut lines) = (0, 0);
-    for (i, line) in text.split('\n').enumerate() {
+    // The lines as `text.split('\n')` gives them (the last one after the last newline),
+    // found with the vectorised search (the file may be megabytes of short lines).
+    let ends = memchr::memchr_iter(b'\n', text.as_bytes()).chain(std::iter::once(text.len()));
+    for (i, end) in ends.enumerate() {
+        let line = &text[offset..end];
         lines = i + 1;
         let here = offset;
-        offset += line.len() + 1;
+        offset = end + 1;
         let first = line.as_bytes().first().copied();
         if first == Some(b' ') {
             match at {
