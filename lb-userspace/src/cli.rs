@@ -377,13 +377,8 @@ pub fn check(path: &Path, host: bool, json: bool) -> Outcome {
     let digests: Vec<(String, usize, String)> = p
         .services
         .iter()
-        .map(|s| {
-            (
-                s.name.clone(),
-                s.table.len(),
-                format!("{:016x}", plan::table_digest(&p, s)),
-            )
-        })
+        .zip(plan::table_digests(&p))
+        .map(|(s, digest)| (s.name.clone(), s.table.len(), format!("{digest:016x}")))
         .collect();
     if json {
         print_json(&serde_json::json!({

@@ -3,8 +3,12 @@
 //! and held by the real daemon (its memory).
 //!
 //! - `control.load_1000x100.seconds`: in this process, parse + validate + plan (1,000
-//!   tables of 65,537 slots, on all cores) + write every map of a freshly loaded datapath
-//!   (in a throwaway namespace). The breakdown is printed.
+//!   tables of 65,537 slots) + write every map of a freshly loaded datapath (in a
+//!   throwaway namespace). The breakdown is printed. The 1,000 services list one pool of
+//!   100 backends (as VIPs and ports served by one fleet do), so one table of indexes is
+//!   built and each service maps it to its own ids.
+//! - `control.load_1000x100_distinct.seconds`: the same with a pool of its own for each
+//!   service (100,000 addresses): 1,000 Maglev builds, on all cores.
 //! - `control.daemon_start_1000x100.seconds`: `bascule run` in a namespace, from spawn to
 //!   `/readyz` answering 200 (program load and verification, maps, pins included).
 //! - `control.reload_one.seconds`: that daemon's `POST /api/v1/reload` round trip after
@@ -37,7 +41,8 @@ pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
     }
     figures.push(f);
     let (services, per) = if s.quick { (20, 100) } else { (1000, 100) };
-    load_in_process(services, per, rounds, figures);
+    load_in_process(services, per, Pools::Shared, rounds, figures);
+    load_in_process(services, per, Pools::Distinct, rounds.min(3), figures);
     daemon(services, per, if s.quick { 2 } else { 10 }, figures);
 }
 
@@ -167,7 +172,22 @@ fn established_disruption(sizes: &[u32], figures: &mut Vec<Figure>) {
 
 /// A config of `services` tun services of `per` backends each, listening for the API on
 /// `api` (no health checks: every backend is up).
-fn big_config(services: usize, per: usize, api: &str, skip: Option<(usize, usize)>) -> String {
+/// Whether the services of a generated configuration list one pool of backends (as VIPs
+/// and ports served by one fleet do; the daemon then builds one table of indexes for all)
+/// or each its own addresses (one build per service).
+#[derive(Clone, Copy, PartialEq)]
+enum Pools {
+    Shared,
+    Distinct,
+}
+
+fn big_config(
+    services: usize,
+    per: usize,
+    pools: Pools,
+    api: &str,
+    skip: Option<(usize, usize)>,
+) -> String {
     let mut yaml = format!(
         "node:\n  interfaces: [{{ name: eth0, xdp_mode: generic }}]\nhttp:\n  listen: \"{api}\"\nservices:\n"
     );
@@ -181,19 +201,32 @@ fn big_config(services: usize, per: usize, api: &str, skip: Option<(usize, usize
             if skip == Some((s, b)) {
                 continue;
             }
-            yaml.push_str(&format!(
-                "      - address: 10.200.{}.{}\n",
-                b / 250,
-                b % 250 + 1
-            ));
+            let address = match pools {
+                Pools::Shared => format!("10.200.{}.{}", b / 250, b % 250 + 1),
+                Pools::Distinct => {
+                    let k = s * per + b;
+                    format!("10.{}.{}.{}", 150 + k / 62_500, k / 250 % 250, k % 250 + 1)
+                }
+            };
+            yaml.push_str(&format!("      - address: {address}\n"));
         }
     }
     yaml
 }
 
-fn load_in_process(services: usize, per: usize, rounds: usize, figures: &mut Vec<Figure>) {
-    let yaml = big_config(services, per, "127.0.0.1:9469", None);
-    let mut f = Figure::new(&format!("control.load_{services}x{per}.seconds"), "s");
+fn load_in_process(
+    services: usize,
+    per: usize,
+    pools: Pools,
+    rounds: usize,
+    figures: &mut Vec<Figure>,
+) {
+    let yaml = big_config(services, per, pools, "127.0.0.1:9469", None);
+    let name = match pools {
+        Pools::Shared => format!("load_{services}x{per}"),
+        Pools::Distinct => format!("load_{services}x{per}_distinct"),
+    };
+    let mut f = Figure::new(&format!("control.{name}.seconds"), "s");
     let ns = super::common::Netns::new("ctl");
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
@@ -225,7 +258,7 @@ fn load_in_process(services: usize, per: usize, rounds: usize, figures: &mut Vec
     });
     for (parse, plan, maps, total) in rx.try_iter() {
         println!(
-            "load {services}x{per}: parse+validate {:.3} s, plan {:.3} s, maps {:.3} s",
+            "{name}: parse+validate {:.3} s, plan {:.3} s, maps {:.3} s",
             parse.as_secs_f64(),
             plan.as_secs_f64(),
             maps.as_secs_f64()
@@ -245,7 +278,7 @@ fn daemon(services: usize, per: usize, reloads: usize, figures: &mut Vec<Figure>
     let api = "127.0.0.1:9469";
     let api_addr: SocketAddr = api.parse().unwrap();
     let path = lab.dir().join("big.yaml");
-    std::fs::write(&path, big_config(services, per, api, None)).unwrap();
+    std::fs::write(&path, big_config(services, per, Pools::Shared, api, None)).unwrap();
     let get_ready = || {
         http_request(
             &lb.netns,
@@ -286,7 +319,7 @@ fn daemon(services: usize, per: usize, reloads: usize, figures: &mut Vec<Figure>
     for r in 0..reloads {
         // Odd rounds: service s{mid} without its first backend; even rounds: back whole.
         let skip = (r % 2 == 0).then_some((services / 2, 0));
-        std::fs::write(&path, big_config(services, per, api, skip)).unwrap();
+        std::fs::write(&path, big_config(services, per, Pools::Shared, api, skip)).unwrap();
         let t = Instant::now();
         let (code, body) = http_request(
             &lb.netns,
