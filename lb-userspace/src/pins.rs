@@ -116,27 +116,27 @@ impl StateText {
     /// The text of `head` with the backends of `plan` (`head.backends` is ignored), or
     /// `None` when the file last written already holds every id of the plan.
     pub fn of(&mut self, head: &SavedState, plan: &Plan) -> Result<Option<String>> {
-        // Backends of one service are consecutive in a plan.
-        let groups: Vec<(&str, Vec<Entry>)> = plan
+        // Backends of one service are consecutive in a plan. Compared as they are: only a
+        // service whose backends changed is copied (a reload of one service among 1,000
+        // copies one).
+        let groups: Vec<&[PlannedBackend]> = plan
             .backends
             .chunk_by(|a, b| a.service == b.service)
-            .map(|group| {
-                let key = group.iter().map(|b| (b.address, b.port, b.id)).collect();
-                (&*group[0].service, key)
-            })
             .collect();
         if self.holds(head, &groups) {
             return Ok(None);
         }
-        let mut kept = HashMap::with_capacity(plan.services.len());
+        let mut kept = HashMap::with_capacity(groups.len());
         let mut backends = String::new();
-        for (service, key) in groups {
-            let text = match self.by_service.remove(service) {
-                Some((k, text)) if k == key => text,
+        for group in groups {
+            let service = &*group[0].service;
+            let (name, (key, text)) = match self.by_service.remove_entry(service) {
+                Some((name, (key, text))) if key.iter().copied().eq(entries(group)) => {
+                    (name, (key, text))
+                }
                 _ => {
-                    let items: Result<Vec<String>, _> = key
-                        .iter()
-                        .map(|&(address, port, id)| {
+                    let items: Result<Vec<String>, _> = entries(group)
+                        .map(|(address, port, id)| {
                             serde_json::to_string(&SavedBackend {
                                 service: service.to_string(),
                                 address,
@@ -145,14 +145,17 @@ impl StateText {
                             })
                         })
                         .collect();
-                    items?.join(",")
+                    (
+                        service.to_string(),
+                        (entries(group).collect(), items?.join(",")),
+                    )
                 }
             };
             if !backends.is_empty() {
                 backends.push(',');
             }
             backends.push_str(&text);
-            kept.insert(service.to_string(), (key, text));
+            kept.insert(name, (key, text));
         }
         self.by_service = kept;
         self.written = Some(SavedState {
@@ -169,9 +172,10 @@ impl StateText {
         )))
     }
 
-    /// Whether the file last written names every service and backend of `groups` and
-    /// `head` with the same ids, and has the same header and overrides.
-    fn holds(&self, head: &SavedState, groups: &[(&str, Vec<Entry>)]) -> bool {
+    /// Whether the file last written names every service and backend of `groups` (one
+    /// service's backends each) and `head` with the same ids, and has the same header and
+    /// overrides.
+    fn holds(&self, head: &SavedState, groups: &[&[PlannedBackend]]) -> bool {
         let Some(w) = &self.written else {
             return false;
         };
@@ -196,15 +200,20 @@ impl StateText {
         }
         groups
             .iter()
-            .all(|(service, key)| match self.by_service.get(*service) {
-                Some((written, _)) if written == key => true,
+            .all(|group| match self.by_service.get(&*group[0].service) {
+                Some((written, _)) if written.iter().copied().eq(entries(group)) => true,
                 Some((written, _)) => {
                     let written: std::collections::HashSet<&Entry> = written.iter().collect();
-                    key.iter().all(|k| written.contains(k))
+                    entries(group).all(|k| written.contains(&k))
                 }
-                None => key.is_empty(),
+                None => false,
             })
     }
+}
+
+/// The state file's entries of one service's backends.
+fn entries(group: &[PlannedBackend]) -> impl Iterator<Item = Entry> + '_ {
+    group.iter().map(|b| (b.address, b.port, b.id))
 }
 
 impl SavedState {
