@@ -69,7 +69,10 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
         "global, link and host scopes; not site"
     );
     assert_eq!(facts.interfaces["d1"], ips(&["10.2.0.1"]));
-    assert!(facts.interfaces["lo"].is_empty(), "loopback's own are left out");
+    assert!(
+        facts.interfaces["lo"].is_empty(),
+        "loopback's own are left out"
+    );
     assert!(facts.interfaces.contains_key("d2"));
     let mut names: Vec<&String> = facts.interfaces.keys().collect();
     names.sort();
