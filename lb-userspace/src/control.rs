@@ -1750,7 +1750,6 @@ fn report_missing(missing: &[IpAddr]) {
     }
 }
 
-/// A set of backend ids (below `MAX_BACKENDS`): one bit each.
 /// From this many tables built by one plan, the commit hands freed memory back to the
 /// system. Below, it leaves it to the allocator: the next reload of a few services
 /// allocates about as much again (the file's services, the plan), and memory handed back
@@ -1778,6 +1777,7 @@ fn tables_built(previous: &Plan, next: &Plan) -> usize {
         .count()
 }
 
+/// A set of backend ids (below `MAX_BACKENDS`): one bit each.
 struct IdSet(Vec<u64>);
 
 impl IdSet {

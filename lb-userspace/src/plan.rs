@@ -404,29 +404,17 @@ fn to_ids(table: &[u32], ids: &[u32]) -> Vec<u32> {
         .iter()
         .enumerate()
         .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
-    if consecutive {
-        table
-            .iter()
-            .map(|&slot| {
-                if slot == NO_BACKEND {
-                    slot
-                } else {
-                    slot + base
-                }
-            })
-            .collect()
-    } else {
-        table
-            .iter()
-            .map(|&slot| {
-                if slot == NO_BACKEND {
-                    slot
-                } else {
-                    ids[slot as usize]
-                }
-            })
-            .collect()
-    }
+    let id = |slot: u32| {
+        if consecutive {
+            slot + base
+        } else {
+            ids[slot as usize]
+        }
+    };
+    table
+        .iter()
+        .map(|&slot| if slot == NO_BACKEND { slot } else { id(slot) })
+        .collect()
 }
 
 /// The digest of a service's table inputs (see `PlannedService::table_source`): those of
