@@ -934,22 +934,7 @@ fn table_maps(
             .with_context(|| format!("service {}: Maglev table", svc.name))
             .map(|t| (svc.info.id, t))
     };
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if services.len() < 16 || workers < 2 {
-        return services.iter().map(one).collect();
-    }
-    let chunk = services.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = services
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Result<Vec<_>>>()))
-            .collect();
-        let mut out = Vec::with_capacity(services.len());
-        for h in handles {
-            out.extend(h.join().expect("table map writer panicked")?);
-        }
-        Ok(out)
-    })
+    crate::cores::map(services, 16, one).into_iter().collect()
 }
 
 fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {

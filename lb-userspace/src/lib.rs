@@ -3,6 +3,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cores;
 pub mod daemon;
 pub mod datapath;
 pub mod decap;

@@ -336,7 +336,7 @@ fn fill_tables(
             }
         });
     }
-    let built: Vec<Vec<u32>> = on_all_cores(&builds, |&i| {
+    let built: Vec<Vec<u32>> = crate::cores::map(&builds, 0, |&i| {
         let svc = &config.services[i];
         tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
             .with_context(|| format!("service {}", svc.name))
@@ -348,7 +348,7 @@ fn fill_tables(
         .enumerate()
         .filter_map(|(i, t)| Some((i, &built[(*t)?])))
         .collect();
-    let tables = on_all_cores(&todo, |&(i, table)| {
+    let tables = crate::cores::map(&todo, 0, |&(i, table)| {
         std::sync::Arc::new(to_ids(table, &services[i].backends))
     });
     for ((i, _), table) in todo.into_iter().zip(tables) {
@@ -356,28 +356,6 @@ fn fill_tables(
         services[i].table = table;
     }
     Ok(())
-}
-
-/// `f` of each item, in order, the items shared out over the machine's cores.
-fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
-    if workers <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let chunk = items.len().div_ceil(workers);
-    let f = &f;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("table builder panicked"))
-            .collect()
-    })
 }
 
 /// The digest of what a table of indexes is built from: scheduler, size, and each

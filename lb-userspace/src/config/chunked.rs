@@ -294,29 +294,8 @@ fn placed(p: &Parsed, first_line: u32) -> SvcDraft {
 
 /// Parses `items` (indexes into `layout.items`), on several threads when they are many.
 fn parse_many(layout: &Layout, todo: &[usize], file: &str) -> Vec<Option<Parsed>> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if todo.len() < PARALLEL_FROM || workers < 2 {
-        return todo
-            .iter()
-            .map(|&i| parse_item(layout.items[i].text, i, file))
-            .collect();
-    }
-    let chunk = todo.len().div_ceil(workers);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = todo
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|&i| parse_item(layout.items[i].text, i, file))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("config parser panicked"))
-            .collect()
+    crate::cores::map(todo, PARALLEL_FROM, |&i| {
+        parse_item(layout.items[i].text, i, file)
     })
 }
 
