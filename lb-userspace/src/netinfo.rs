@@ -1,7 +1,8 @@
 //! What the kernel knows about the node's network: neighbour (ARP/NDP) entries and
-//! interface addresses. Interfaces and their addresses are dumped over rtnetlink (a
-//! reload asks for them: two `ip` processes cost ~6 ms of a reload's wall time here);
-//! the rest is read through iproute2's JSON output (`ip -j`), which every target host has.
+//! interface addresses. Interfaces (index, name, MAC) and their addresses are dumped over
+//! rtnetlink (a reload asks for them: two `ip` processes cost ~6 ms of a reload's wall
+//! time on a machine with the SRSO mitigation); neighbour entries are read through
+//! iproute2's JSON output (`ip -j neigh`), which every target host has.
 
 use std::{
     collections::HashMap,
@@ -110,10 +111,8 @@ pub fn resolve_macs(addrs: &[IpAddr], wait: Duration) -> Result<Vec<(IpAddr, [u8
 
 /// Global-scope (and host-scope) addresses of an interface, IPv4 first.
 pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
-    let (links, addresses) = links_and_addresses()?;
-    let Some(&(index, _)) = links.iter().find(|(_, name)| name == interface) else {
-        bail!("no interface {interface}");
-    };
+    let (links, addresses) = (links()?, addresses()?);
+    let index = link_named(&links, interface)?.index;
     let mut out: Vec<IpAddr> = addresses
         .iter()
         .filter(|a| a.index == index)
@@ -127,12 +126,12 @@ pub fn interface_addresses(interface: &str) -> Result<Vec<IpAddr>> {
 /// Every interface of the node with its addresses (global and link-local, not loopback's),
 /// for `Config::check_host`.
 pub fn host_facts() -> Result<crate::config::HostFacts> {
-    let (links, addresses) = links_and_addresses()?;
+    let (links, addresses) = (links()?, addresses()?);
     let mut facts = crate::config::HostFacts::default();
-    for (index, name) in links {
+    for link in links {
         let addrs = addresses
             .iter()
-            .filter(|a| a.index == index)
+            .filter(|a| a.index == link.index)
             .filter(|a| {
                 matches!(
                     a.scope,
@@ -142,7 +141,7 @@ pub fn host_facts() -> Result<crate::config::HostFacts> {
             .map(|a| a.address)
             .filter(|a| !a.is_loopback())
             .collect();
-        facts.interfaces.insert(name, addrs);
+        facts.interfaces.insert(link.name, addrs);
     }
     Ok(facts)
 }
@@ -155,46 +154,72 @@ struct InterfaceAddress {
     address: IpAddr,
 }
 
-/// An interface's index and name.
-type Interface = (u32, String);
+/// An interface, as `ip link` shows it.
+struct Interface {
+    index: u32,
+    name: String,
+    /// Its Ethernet address, if it has one.
+    mac: Option<[u8; 6]>,
+}
 
-/// Every interface and every address, in this network namespace.
-fn links_and_addresses() -> Result<(Vec<Interface>, Vec<InterfaceAddress>)> {
-    let links = dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
+/// The interface called `name` in `links`.
+fn link_named<'l>(links: &'l [Interface], name: &str) -> Result<&'l Interface> {
+    links
+        .iter()
+        .find(|l| l.name == name)
+        .with_context(|| format!("no interface {name} in this network namespace"))
+}
+
+/// Every interface of this network namespace.
+fn links() -> Result<Vec<Interface>> {
+    Ok(dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))?
         .into_iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => {
-                let name = l.attributes.iter().find_map(|a| match a {
-                    LinkAttribute::IfName(n) => Some(n.clone()),
-                    _ => None,
-                })?;
-                Some((l.header.index, name))
-            }
-            _ => None,
-        })
-        .collect();
-    let addresses = dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
-        .into_iter()
-        .filter_map(|m| match m {
-            RouteNetlinkMessage::NewAddress(a) => {
-                let (mut local, mut address) = (None, None);
-                for attr in &a.attributes {
+                let (mut name, mut mac) = (None, None);
+                for attr in &l.attributes {
                     match attr {
-                        AddressAttribute::Local(ip) => local = Some(*ip),
-                        AddressAttribute::Address(ip) => address = Some(*ip),
+                        LinkAttribute::IfName(n) => name = Some(n.clone()),
+                        LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
                         _ => {}
                     }
                 }
-                Some(InterfaceAddress {
-                    index: a.header.index,
-                    scope: a.header.scope,
-                    address: local.or(address)?,
+                Some(Interface {
+                    index: l.header.index,
+                    name: name?,
+                    mac,
                 })
             }
             _ => None,
         })
-        .collect();
-    Ok((links, addresses))
+        .collect())
+}
+
+/// Every address of every interface of this network namespace.
+fn addresses() -> Result<Vec<InterfaceAddress>> {
+    Ok(
+        dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))?
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => {
+                    let (mut local, mut address) = (None, None);
+                    for attr in &a.attributes {
+                        match attr {
+                            AddressAttribute::Local(ip) => local = Some(*ip),
+                            AddressAttribute::Address(ip) => address = Some(*ip),
+                            _ => {}
+                        }
+                    }
+                    Some(InterfaceAddress {
+                        index: a.header.index,
+                        scope: a.header.scope,
+                        address: local.or(address)?,
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+    )
 }
 
 /// What the kernel answers one rtnetlink dump request, over a blocking socket of its own
@@ -284,19 +309,12 @@ pub fn enable_forwarding(interface: &str, v4: bool, v6: bool) -> Result<Vec<Stri
 
 /// An interface's index and MAC address, as this network namespace sees them.
 pub fn interface_mac(interface: &str) -> Result<(u32, [u8; 6])> {
-    let v = ip_json(&["link", "show", "dev", interface])?;
-    let link = v
-        .as_array()
-        .and_then(|a| a.first())
-        .with_context(|| format!("no interface {interface}"))?;
-    let ifindex = link["ifindex"]
-        .as_u64()
-        .with_context(|| format!("{interface}: no ifindex"))? as u32;
-    let mac = link["address"]
-        .as_str()
-        .and_then(parse_mac)
+    let links = links()?;
+    let link = link_named(&links, interface)?;
+    let mac = link
+        .mac
         .with_context(|| format!("{interface}: no Ethernet address"))?;
-    Ok((ifindex, mac))
+    Ok((link.index, mac))
 }
 
 /// Lets the kernel deliver `nat` replies the datapath cannot: when the node has no

@@ -5,7 +5,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use bascule::netinfo::{host_facts, interface_addresses};
+use bascule::netinfo::{host_facts, interface_addresses, interface_mac};
 use common::Netns;
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
@@ -39,8 +39,9 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
         v.extend_from_slice(args);
         ns.ip(&v);
     }
+    ns.ip(&["link", "set", "d0", "address", "02:00:0a:01:00:01"]);
     // d2 has no address, but exists.
-    let (facts, d0, d1, missing) = std::thread::scope(|s| {
+    let (facts, d0, d1, missing, mac) = std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter();
             (
@@ -48,6 +49,7 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
                 interface_addresses("d0").unwrap(),
                 interface_addresses("d1").unwrap(),
                 interface_addresses("nope").unwrap_err().to_string(),
+                interface_mac("d0").unwrap(),
             )
         })
         .join()
@@ -81,5 +83,6 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
     // the kernel's order (`ip addr` lists 10.9.0.1 first too).
     assert_eq!(d0, ips(&["10.9.0.1", "10.1.0.1", "fd00::1"]));
     assert_eq!(d1, ips(&["10.2.0.1"]));
-    assert_eq!(missing, "no interface nope");
+    assert_eq!(missing, "no interface nope in this network namespace");
+    assert_eq!(mac, (ns.ifindex("d0"), [2, 0, 10, 1, 0, 1]));
 }
