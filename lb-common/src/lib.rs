@@ -236,7 +236,7 @@ pub struct FlowKey {
 pub struct FlowState {
     pub backend: u32,
     pub service: u32,
-    /// `bpf_ktime_get_ns()` of the last packet, refreshed at most every
+    /// The datapath's time (`FlowTable::clock_ns`) of the last packet, refreshed at most every
     /// `TOUCH_INTERVAL_NS` to keep the per-packet cost low.
     pub last_seen: u64,
     /// FLOW_* bits.
@@ -288,12 +288,60 @@ pub struct FlowSet {
 /// A set-associative table's shape (slot 0 of `FLOW_TABLE`: the connection table; slot 1:
 /// the `nat` reply table), written by userspace when it creates the table and kept beside
 /// it (pinned, so a restarted daemon finds its flows): the number of sets minus one (a
-/// power of two minus one) and the seed of `hash::flow_set`, chosen at random.
+/// power of two minus one) and the seed of `hash::flow_set`, chosen at random. Slot 0
+/// also holds the datapath's clock (see [`FlowTable::clock_ns`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowTable {
     pub set_mask: u64,
     pub seed: u64,
+    /// The kernel's tick in nanoseconds (`TICK_NSEC`: 1e9 / HZ, rounded), measured by
+    /// userspace at load time; 0 until then.
+    pub tick_ns: u64,
+    /// What puts `jiffies * tick_ns` on `CLOCK_MONOTONIC_COARSE`'s scale (wrapping).
+    pub clock_offset: u64,
+}
+
+impl FlowTable {
+    /// The datapath's time (connection-table entries, `nat` replies, persistence
+    /// templates, the next-hop cache): `CLOCK_MONOTONIC_COARSE` in nanoseconds, to within
+    /// a tick, computed from the kernel's tick count `jiffies`. Reading `jiffies` is one
+    /// load where `bpf_ktime_get_coarse_ns` is a helper call (~10 ns of a frame's path
+    /// through veth on a machine with return-stack mitigations). Both advance with the
+    /// same tick, so the offset measured once stays right. Meaningless while `tick_ns`
+    /// is 0 (not calibrated).
+    #[inline(always)]
+    pub fn clock_ns(&self, jiffies: u64) -> u64 {
+        jiffies
+            .wrapping_mul(self.tick_ns)
+            .wrapping_add(self.clock_offset)
+    }
+
+    /// The kernel's tick (`TICK_NSEC`, `(1e9 + HZ / 2) / HZ`) from the smallest step seen
+    /// between two values of the coarse clock, which advances once per tick (by the tick
+    /// as NTP slews it, at most 0.05% off; a step may span several ticks on an idle
+    /// machine, hence the smallest). `None` for a step outside 0.1-100 ms (HZ 10-10,000).
+    pub fn tick_for_step(step_ns: u64) -> Option<u64> {
+        if step_ns == 0 {
+            return None;
+        }
+        let hz = (1_000_000_000 + step_ns / 2) / step_ns;
+        (10..=10_000)
+            .contains(&hz)
+            .then(|| (1_000_000_000 + hz / 2) / hz)
+    }
+
+    /// The offset that puts `jiffies * tick_ns` on the coarse clock, from readings of
+    /// (`jiffies`, coarse clock) taken together. The kernel counts a tick in `jiffies` a
+    /// moment before it advances the clock, so a reading may pair the new count with the
+    /// old time: its offset is a tick lower. The largest is taken.
+    pub fn clock_offset_for(tick_ns: u64, readings: &[(u64, u64)]) -> Option<u64> {
+        readings
+            .iter()
+            .map(|&(jiffies, ns)| ns.wrapping_sub(jiffies.wrapping_mul(tick_ns)) as i64)
+            .max()
+            .map(|o| o as u64)
+    }
 }
 
 /// Sets for a configured capacity: a power of two, at least `capacity / FLOW_WAYS`.
@@ -341,7 +389,8 @@ pub struct NatEntry {
     pub seq: u32,
 }
 
-/// `NatEntry::seen`: `bpf_ktime_get_coarse_ns() >> SEEN_SHIFT` (units of ~1.07 s).
+/// `NatEntry::seen`: the datapath's time (`FlowTable::clock_ns`) `>> SEEN_SHIFT` (units
+/// of ~1.07 s).
 pub const SEEN_SHIFT: u32 = 30;
 
 /// One set of the `nat` reply table.
@@ -507,7 +556,7 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 pub struct NextHop {
     /// The address looked up (the backend's, or its tunnel endpoint's).
     pub dst: [u32; 4],
-    /// When the FIB gave this answer (`bpf_ktime_get_coarse_ns`).
+    /// When the FIB gave this answer (the datapath's time, `FlowTable::clock_ns`).
     pub checked: u64,
     /// Backend id + 1 (0: empty slot).
     pub backend: u32,
@@ -719,3 +768,40 @@ mod addr {
 }
 #[cfg(feature = "std")]
 pub use addr::{addr_words, words_addr};
+
+#[cfg(test)]
+mod tests {
+    use super::FlowTable;
+
+    #[test]
+    fn the_clock_takes_the_kernels_tick_and_lands_on_the_coarse_clock() {
+        // HZ=250: 4 ms, as NTP slews it (+0.04%), or two ticks at once.
+        assert_eq!(FlowTable::tick_for_step(4_001_600), Some(4_000_000));
+        assert_eq!(FlowTable::tick_for_step(3_998_000), Some(4_000_000));
+        // HZ=300 and 1000: the kernel's rounding of 1e9 / HZ.
+        assert_eq!(FlowTable::tick_for_step(3_333_333), Some(3_333_333));
+        assert_eq!(FlowTable::tick_for_step(999_700), Some(1_000_000));
+        let tick = 4_000_000;
+        let jiffies = 4_294_967_296 + 1_000;
+        let ns = 17_000_000_000;
+        // The second reading paired the next tick's count with this tick's time.
+        let offset = FlowTable::clock_offset_for(tick, &[(jiffies, ns), (jiffies + 1, ns)]);
+        let t = FlowTable {
+            tick_ns: tick,
+            clock_offset: offset.unwrap(),
+            ..FlowTable::default()
+        };
+        assert_eq!(t.clock_ns(jiffies), ns);
+        // A minute later, 15,000 ticks on.
+        assert_eq!(t.clock_ns(jiffies + 15_000), ns + 60_000_000_000);
+    }
+
+    #[test]
+    fn the_clock_calibration_refuses_nonsense() {
+        assert_eq!(FlowTable::tick_for_step(0), None);
+        // One step in 1 s: HZ = 1, not a kernel's; 10 us: HZ 100,000.
+        assert_eq!(FlowTable::tick_for_step(1_000_000_000), None);
+        assert_eq!(FlowTable::tick_for_step(10_000), None);
+        assert_eq!(FlowTable::clock_offset_for(4_000_000, &[]), None);
+    }
+}

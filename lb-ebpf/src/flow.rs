@@ -72,7 +72,7 @@ pub fn lookup(key: &FlowKey) -> Option<(*mut FlowEntry, FlowState)> {
 /// active-connection count up to date.
 #[inline(always)]
 pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: FlowState) -> u32 {
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now();
     let timeout = service.idle_timeout_ns;
     let fresh = timeout == 0 || now.saturating_sub(st.last_seen) <= timeout;
     // A bare SYN on a finished 5-tuple starts a new connection.
@@ -127,7 +127,7 @@ fn record(key: &FlowKey, state: &FlowState) {
 /// A separate BPF function (own stack frame).
 #[inline(never)]
 pub fn schedule(pkt: &Packet, service: &ServiceInfo) -> u32 {
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now();
     if let Some(id) = persistent_choice(pkt, service, now) {
         return id;
     }
@@ -139,7 +139,7 @@ pub fn schedule(pkt: &Packet, service: &ServiceInfo) -> u32 {
 /// A separate BPF function (own stack frame).
 #[inline(never)]
 pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) {
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now();
     let flags = if closing(pkt) { 0 } else { FLOW_ACTIVE };
     if flags != 0 {
         add_active(id);

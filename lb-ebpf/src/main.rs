@@ -7,6 +7,7 @@
 #![feature(core_intrinsics, asm_experimental_arch)]
 
 mod atomic;
+mod clock;
 mod csum;
 mod flow;
 mod forward;
@@ -41,6 +42,23 @@ pub fn bascule_xdp(ctx: XdpContext) -> u32 {
     };
     count_action(action);
     action
+}
+
+/// Not attached anywhere: userspace runs it (BPF_PROG_TEST_RUN) to calibrate the
+/// datapath's clock (`clock::now`). Writes `jiffies`, the coarse clock and `jiffies` again
+/// over the first 24 bytes of the frame it is given.
+#[xdp]
+pub fn bascule_clock(ctx: XdpContext) -> u32 {
+    let Some(out) = parse::ptr_at::<[u64; 3]>(&ctx, 0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    unsafe {
+        use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns};
+        let before = bpf_jiffies64();
+        let ns = bpf_ktime_get_coarse_ns();
+        out.write_unaligned([before, ns, bpf_jiffies64()]);
+    }
+    xdp_action::XDP_PASS
 }
 
 /// Where a packet goes, packed in one word so that the steps finding it can be separate

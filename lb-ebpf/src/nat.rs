@@ -103,7 +103,7 @@ pub fn to_backend(
     backend: &BackendInfo,
 ) -> Result<(), u32> {
     let ctx = &crate::parse::context(raw);
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now();
     if pkt.fragment != Fragment::Later {
         let key = NatKey {
             backend: backend.addr,

@@ -13,7 +13,7 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
-        Xdp, XdpMode,
+        TestRun, TestRunOptions, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
@@ -38,6 +38,9 @@ pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 
 pub const XDP_PROGRAM: &str = "bascule_xdp";
+/// The program that reads the kernel's tick count and coarse clock together, run by
+/// userspace to calibrate the datapath's clock (never attached).
+const CLOCK_PROGRAM: &str = "bascule_clock";
 
 /// How to attach to an interface, as the config's `xdp_mode` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -685,19 +688,81 @@ impl Datapath {
     /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
     /// set mask and a random seed; leaves one that has them (adopted from a previous
     /// daemon) as it is.
+    /// The tables' shape and seed (kept when adopted with the same shape), and the
+    /// datapath's clock, calibrated again.
     fn init_flow_table(&mut self) -> Result<()> {
+        let clock = match self.calibrate_clock() {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot calibrate the datapath's clock ({e:#}): it reads the kernel's coarse clock by a helper call instead, a few ns more per packet"
+                );
+                None
+            }
+        };
         for (slot, name) in SET_TABLES.iter().enumerate() {
             let sets = self.map_entries(name)?;
             let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
-            if m.get(&(slot as u32), 0)?.set_mask != u64::from(sets) - 1 {
-                let table = FlowTable {
+            let mut table = m.get(&(slot as u32), 0)?;
+            if table.set_mask != u64::from(sets) - 1 {
+                table = FlowTable {
                     set_mask: u64::from(sets) - 1,
                     seed: crate::flows::random_seed(),
+                    ..FlowTable::default()
                 };
-                m.set(slot as u32, table, 0)?;
             }
+            (table.tick_ns, table.clock_offset) = clock.unwrap_or_default();
+            m.set(slot as u32, table, 0)?;
         }
         Ok(())
+    }
+
+    /// The datapath clock's tick and offset (`FlowTable::clock_ns`): the tick from the
+    /// coarse clock's steps, watched for three ticks (12 ms at HZ=250), the offset from
+    /// readings of the tick count and the clock by the `bascule_clock` program.
+    fn calibrate_clock(&mut self) -> Result<(u64, u64)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let (mut last, mut steps, mut step) = (monotonic_ns(), 0, u64::MAX);
+        while steps < 3 {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the coarse clock did not advance three times in 1 s"
+            );
+            let now = monotonic_ns();
+            if now != last {
+                if steps > 0 {
+                    step = step.min(now - last);
+                }
+                (last, steps) = (now, steps + 1);
+            }
+            std::hint::spin_loop();
+        }
+        let tick = FlowTable::tick_for_step(step)
+            .ok_or_else(|| anyhow!("the coarse clock steps by {step} ns: not a kernel tick"))?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(CLOCK_PROGRAM)
+            .ok_or_else(|| anyhow!("program {CLOCK_PROGRAM} missing from the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        let mut readings = Vec::new();
+        for _ in 0..8 {
+            let mut out = [0u8; 64];
+            prog.test_run(TestRunOptions {
+                data_in: Some(&[0u8; 64]),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })?;
+            let word = |i: usize| u64::from_ne_bytes(out[i * 8..i * 8 + 8].try_into().unwrap());
+            if word(0) == word(2) {
+                readings.push((word(0), word(1)));
+            }
+        }
+        let offset = FlowTable::clock_offset_for(tick, &readings)
+            .ok_or_else(|| anyhow!("the tick count changed during every reading"))?;
+        Ok((tick, offset))
     }
 
     /// A set-associative table's number of sets (its capacity, set at load time).
@@ -804,6 +869,12 @@ impl Datapath {
             *slot = m.get(&(i as u32), 0)?.iter().sum();
         }
         Ok(out)
+    }
+
+    /// The datapath clock's tick in ns (`FlowTable::tick_ns`), 0 if it was not calibrated.
+    pub fn clock_tick_ns(&mut self) -> Result<u64> {
+        let m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+        Ok(m.get(&0, 0)?.tick_ns)
     }
 
     /// The connection-table entry of one flow.
@@ -1136,7 +1207,8 @@ fn update_batch<V: Copy>(map_fd: i32, keys: &[u32], values: &[V]) -> std::io::Re
     Ok(())
 }
 
-/// `bpf_ktime_get_ns()`'s clock, seen from userspace.
+/// The datapath's clock (`CLOCK_MONOTONIC_COARSE`, see `FlowTable::clock_ns`), seen from
+/// userspace.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,

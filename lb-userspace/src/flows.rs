@@ -85,6 +85,7 @@ impl<E: SetEntry> SetMemory<E> {
             table: FlowTable {
                 set_mask: sets as u64 - 1,
                 seed,
+                ..FlowTable::default()
             },
             mapped: false,
             _owned: owned,

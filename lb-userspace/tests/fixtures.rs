@@ -912,3 +912,49 @@ fn only_frames_addressed_to_the_interface_are_balanced() {
     ];
     check(&mut h, cases);
 }
+
+/// The datapath reads its clock from the kernel's tick count (one load, not a helper
+/// call), calibrated at load time: the tick is the kernel's (`CONFIG_HZ`, where the
+/// kernel publishes its configuration), and a new flow's entry is stamped with
+/// `CLOCK_MONOTONIC_COARSE`, the clock userspace expires entries and reports ages by.
+#[test]
+fn the_datapaths_clock_is_the_kernels_tick_on_the_coarse_clock() {
+    let mut h = Harness::new(CONFIG);
+    let tick = h.datapath.clock_tick_ns().unwrap();
+    assert!(
+        [10_000_000, 4_000_000, 3_333_333, 1_000_000].contains(&tick),
+        "calibrated tick {tick} ns: not HZ 100, 250, 300 or 1000"
+    );
+    if let Ok(out) = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null | grep '^CONFIG_HZ='",
+        ])
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(hz) = text.trim().strip_prefix("CONFIG_HZ=") {
+            let hz: u64 = hz.parse().unwrap();
+            assert_eq!(tick, (1_000_000_000 + hz / 2) / hz, "CONFIG_HZ={hz}");
+        }
+    }
+    for i in 0..20u16 {
+        let f = Frame::tcp("10.111.0.10", 47000 + i, "10.112.0.100", 80);
+        let before = bascule::datapath::monotonic_ns();
+        assert_eq!(h.run(&f.bytes()).0, XDP_TX);
+        let after = bascule::datapath::monotonic_ns();
+        let seen = h
+            .datapath
+            .conntrack_lookup(&flow_key(&f))
+            .unwrap()
+            .expect("the flow's entry")
+            .last_seen;
+        // Within a tick of the clock read around the run (a reading may pair a tick's
+        // count with the previous tick's time).
+        assert!(
+            before.saturating_sub(tick) <= seen && seen <= after + tick,
+            "flow {i}: stamped {seen}, clock read {before}..{after} (tick {tick})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    }
+}
