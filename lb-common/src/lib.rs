@@ -43,8 +43,8 @@ pub const TABLE_MAP_FLAGS: u32 = 1024;
 /// the low half of cell `i`, slot `2i + 1` in the high half (an array map stores every
 /// value in an 8-byte cell, so one u32 per cell would take twice the kernel memory).
 pub const TABLE_CELLS: u32 = MAGLEV_TABLE_SIZE.div_ceil(2);
-/// Interface indexes below this get their MAC checked by the datapath (`IFACE_MACS`).
-pub const MAX_IFINDEX: u32 = 4096;
+/// MACs the datapath's "addressed to us" check compares with (`LocalMacs`).
+pub const MAX_LOCAL_MACS: usize = 7;
 /// Default connection-table capacity (total across CPUs); `conntrack.max_entries` overrides it.
 pub const CONNTRACK_DEFAULT_ENTRIES: u32 = 1_000_000;
 /// Backend slot value meaning "no backend": an empty table or a removed backend.
@@ -277,6 +277,55 @@ pub struct FlowEntry {
 /// to evict about one flow in 130 (eight: 1 in 2,000); eight cost no more per packet
 /// (measured).
 pub const FLOW_WAYS: usize = 8;
+
+/// The MACs of the interfaces the program is attached to (`LOCAL_MACS`, one slot):
+/// only frames sent to one of them are balanced. Written by userspace as it attaches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct LocalMacs {
+    /// How many of `macs` are in use. 0 (none recorded yet) or more than
+    /// `MAX_LOCAL_MACS` (more interfaces than that): frames are not checked.
+    pub count: u64,
+    /// Each MAC in a word's first six bytes (native order), as the datapath reads a
+    /// frame's destination.
+    pub macs: [u64; MAX_LOCAL_MACS],
+}
+
+impl LocalMacs {
+    /// The word a MAC is compared as.
+    pub fn word(mac: [u8; 6]) -> u64 {
+        let mut word = [0u8; 8];
+        word[..6].copy_from_slice(&mac);
+        u64::from_ne_bytes(word)
+    }
+
+    /// With `mac` recorded (false when it was already).
+    pub fn add(&mut self, mac: [u8; 6]) -> bool {
+        let word = Self::word(mac);
+        let used = (self.count as usize).min(MAX_LOCAL_MACS);
+        if self.macs[..used].contains(&word) {
+            return false;
+        }
+        if used < MAX_LOCAL_MACS && self.count as usize == used {
+            self.macs[used] = word;
+        }
+        self.count += 1;
+        true
+    }
+
+    /// Whether the datapath balances a frame sent to `word` (see `count`).
+    #[inline(always)]
+    pub fn accepts(&self, word: u64) -> bool {
+        if self.count == 0 || self.count > MAX_LOCAL_MACS as u64 {
+            return true;
+        }
+        let mut hit = false;
+        for i in 0..MAX_LOCAL_MACS {
+            hit |= (i as u64) < self.count && self.macs[i] == word;
+        }
+        hit
+    }
+}
 
 /// One set of the connection table (the value of one array slot).
 #[repr(C)]
@@ -695,6 +744,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for FlowSet {}
     unsafe impl aya::Pod for FlowTable {}
+    unsafe impl aya::Pod for LocalMacs {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for DecapVip {}
@@ -771,7 +821,7 @@ pub use addr::{addr_words, words_addr};
 
 #[cfg(test)]
 mod tests {
-    use super::FlowTable;
+    use super::{FlowTable, LocalMacs, MAX_LOCAL_MACS};
 
     #[test]
     fn the_clock_takes_the_kernels_tick_and_lands_on_the_coarse_clock() {
@@ -794,6 +844,30 @@ mod tests {
         assert_eq!(t.clock_ns(jiffies), ns);
         // A minute later, 15,000 ticks on.
         assert_eq!(t.clock_ns(jiffies + 15_000), ns + 60_000_000_000);
+    }
+
+    #[test]
+    fn local_macs_are_checked_up_to_the_list_size_and_not_beyond() {
+        let mac = |i: u8| [0x02, 0, 0, 0, 0, i];
+        let mut local = LocalMacs::default();
+        // Nothing recorded: nothing checked.
+        assert!(local.accepts(LocalMacs::word(mac(9))));
+        assert!(local.add(mac(1)));
+        assert!(!local.add(mac(1)), "recorded once");
+        assert!(local.accepts(LocalMacs::word(mac(1))));
+        assert!(!local.accepts(LocalMacs::word(mac(9))));
+        assert_eq!(LocalMacs::word(mac(1)) >> 48, 0, "six bytes in a word");
+        for i in 2..=MAX_LOCAL_MACS as u8 {
+            assert!(local.add(mac(i)));
+        }
+        assert!(local.accepts(LocalMacs::word(mac(MAX_LOCAL_MACS as u8))));
+        assert!(!local.accepts(LocalMacs::word(mac(99))));
+        // One interface more than the list holds: frames are no longer checked.
+        assert!(local.add(mac(50)));
+        assert!(local.accepts(LocalMacs::word(mac(99))));
+        assert!(!local.add(mac(1)), "still recorded once");
+        assert!(local.add(mac(51)));
+        assert!(local.accepts(LocalMacs::word(mac(99))));
     }
 
     #[test]

@@ -160,7 +160,7 @@ fn next_hop(
 /// one instruction: left to itself the compiler may compute `ctx + 12` once and reuse it,
 /// and the verifier refuses any access through a derived context pointer.
 #[inline(always)]
-pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     let v: u64;
     unsafe {
         core::arch::asm!("{0} = *(u32 *)({1} + 12)", out(reg) v, in(reg) ctx.ctx, options(readonly, nostack, preserves_flags));

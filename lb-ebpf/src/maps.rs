@@ -131,10 +131,10 @@ pub static ACTIVE: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
 #[btf_map]
 pub static CURSORS: PerCpuArray<u64, { MAX_SERVICES as usize }> = PerCpuArray::new();
 
-/// Interface index -> its MAC (the 6 bytes in a u64's first bytes; 0 = unknown), written
-/// by userspace at attach time: only frames addressed to it are balanced.
+/// The MACs of the interfaces the program is attached to (`lb_common::LocalMacs`, one
+/// slot), written by userspace as it attaches: only frames addressed to one are balanced.
 #[btf_map]
-pub static IFACE_MACS: Array<u64, { lb_common::MAX_IFINDEX as usize }> = Array::new();
+pub static LOCAL_MACS: Array<lb_common::LocalMacs, 1> = Array::new();
 
 /// `tun`/`nat` next hops per CPU, slot `backend id % NEXT_HOP_SLOTS`: the FIB's answer,
 /// reused for `NEXT_HOP_TTL_NS` (see `forward::next_hop`).

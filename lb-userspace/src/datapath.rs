@@ -18,9 +18,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowState, FlowTable, NatEntry, NatKey,
-    ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings, VipKey, FLOW_ACTIVE,
-    IPPROTO_TCP, MAGLEV_TABLE_SIZE, REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    flow_sets, BackendInfo, Counters, FlowEntry, FlowKey, FlowState, FlowTable, LocalMacs,
+    NatEntry, NatKey, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4, SetEntry, Settings,
+    VipKey, FLOW_ACTIVE, IPPROTO_TCP, MAGLEV_TABLE_SIZE, MAX_LOCAL_MACS, REASON_COUNT, TABLE_CELLS,
+    TABLE_MAP_FLAGS,
 };
 
 use crate::{
@@ -132,6 +133,7 @@ impl Datapath {
             pins: None,
         };
         datapath.init_flow_table()?;
+        datapath.clear_local_macs()?;
         Ok(datapath)
     }
 
@@ -162,6 +164,7 @@ impl Datapath {
         };
         // An adopted table keeps its seed: its flows stay where they are.
         datapath.init_flow_table()?;
+        datapath.clear_local_macs()?;
         let pin = pins.programs().join(XDP_PROGRAM);
         let _ = std::fs::remove_file(&pin);
         datapath
@@ -181,8 +184,8 @@ impl Datapath {
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
         // Before the program runs there: it balances only frames sent to this MAC.
-        let (ifindex, mac) = crate::netinfo::interface_mac(interface)?;
-        self.set_interface_mac(ifindex, mac)?;
+        let (_, mac) = crate::netinfo::interface_mac(interface)?;
+        self.add_local_mac(mac)?;
         let Some(links_dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
             let link = self.attach_new(interface, mode)?;
             self.links
@@ -974,20 +977,26 @@ impl Datapath {
 }
 
 impl Datapath {
-    /// Records an interface's MAC for the datapath's "addressed to us" check (interface
-    /// indexes past `MAX_IFINDEX` are not checked, and a warning says so).
-    pub fn set_interface_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<()> {
-        if ifindex >= lb_common::MAX_IFINDEX {
-            tracing::warn!(
-                ifindex,
-                "interface index too large: frames for other MACs are balanced there too"
-            );
-            return Ok(());
+    /// Records an interface's MAC for the datapath's "addressed to us" check (past
+    /// `MAX_LOCAL_MACS` interfaces, frames are not checked, and a warning says so).
+    pub fn add_local_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let mut m: Array<_, LocalMacs> = Array::try_from(self.map("LOCAL_MACS")?)?;
+        let mut local = m.get(&0, 0)?;
+        if local.add(mac) {
+            if local.count == MAX_LOCAL_MACS as u64 + 1 {
+                tracing::warn!(
+                    "more than {MAX_LOCAL_MACS} interfaces: frames for other MACs are balanced too"
+                );
+            }
+            m.set(0, local, 0)?;
         }
-        let mut word = [0u8; 8];
-        word[..6].copy_from_slice(&mac);
-        let mut macs: Array<_, u64> = Array::try_from(self.map("IFACE_MACS")?)?;
-        macs.set(ifindex, u64::from_ne_bytes(word), 0)?;
+        Ok(())
+    }
+
+    /// Forgets the recorded MACs (a load: attaching records them again).
+    fn clear_local_macs(&mut self) -> Result<()> {
+        let mut m: Array<_, LocalMacs> = Array::try_from(self.map("LOCAL_MACS")?)?;
+        m.set(0, LocalMacs::default(), 0)?;
         Ok(())
     }
 }

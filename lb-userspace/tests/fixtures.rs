@@ -888,14 +888,28 @@ fn maglev_tables_identical_across_processes() {
 }
 
 #[test]
-fn only_frames_addressed_to_the_interface_are_balanced() {
+fn only_frames_addressed_to_the_nodes_interfaces_are_balanced() {
     let mut h = Harness::new(CONFIG);
-    h.datapath.set_interface_mac(h.ifindex, LB_MAC).unwrap();
+    h.datapath.add_local_mac(LB_MAC).unwrap();
+    // A second interface the program is attached to.
+    let second = [0x02, 0, 0, 0, 0, 0x44];
+    h.datapath.add_local_mac(second).unwrap();
     let f = Frame::tcp("10.111.0.10", 43000, "10.112.0.100", 80);
     let to_us = f.bytes();
     // The same frame flooded to us but addressed to another node (the VRRP master, say).
     let mut to_other = f.bytes();
     to_other[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x03]);
+    // A MAC that differs from ours in its last byte only, and in its first only.
+    let mut near = f.bytes();
+    near[5] ^= 1;
+    let mut near_first = f.bytes();
+    near_first[0] ^= 0x80;
+    let mut to_second = f.bytes();
+    to_second[0..6].copy_from_slice(&second);
+    let mut from_second = dr_expected(&h, &f);
+    if let Expect::Frame(out) = &mut from_second {
+        out[6..12].copy_from_slice(&second);
+    }
     let cases = vec![
         Case {
             name: "addressed to this interface: balanced",
@@ -904,8 +918,26 @@ fn only_frames_addressed_to_the_interface_are_balanced() {
             expect: dr_expected(&h, &f),
         },
         Case {
+            name: "addressed to the node's other interface: balanced, sent from that MAC",
+            input: to_second,
+            verdict: XDP_TX,
+            expect: from_second,
+        },
+        Case {
             name: "addressed to another MAC: the kernel's",
             input: to_other,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "our MAC but its last byte: the kernel's",
+            input: near,
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "our MAC but its first byte: the kernel's",
+            input: near_first,
             verdict: XDP_PASS,
             expect: Expect::Unchanged,
         },
