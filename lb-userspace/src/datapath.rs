@@ -689,10 +689,8 @@ impl Datapath {
     }
 
     /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
-    /// set mask and a random seed; leaves one that has them (adopted from a previous
-    /// daemon) as it is.
-    /// The tables' shape and seed (kept when adopted with the same shape), and the
-    /// datapath's clock, calibrated again.
+    /// set mask and a random seed, and keeps those of one adopted from a previous daemon;
+    /// calibrates the datapath's clock again either way.
     fn init_flow_table(&mut self) -> Result<()> {
         let clock = match self.calibrate_clock() {
             Ok(clock) => Some(clock),
