@@ -132,8 +132,7 @@ impl Datapath {
             applied: None,
             pins: None,
         };
-        datapath.init_flow_table()?;
-        datapath.clear_local_macs()?;
+        datapath.init_maps()?;
         Ok(datapath)
     }
 
@@ -163,8 +162,7 @@ impl Datapath {
             }),
         };
         // An adopted table keeps its seed: its flows stay where they are.
-        datapath.init_flow_table()?;
-        datapath.clear_local_macs()?;
+        datapath.init_maps()?;
         let pin = pins.programs().join(XDP_PROGRAM);
         let _ = std::fs::remove_file(&pin);
         datapath
@@ -183,9 +181,8 @@ impl Datapath {
     }
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
-        // Before the program runs there: it balances only frames sent to this MAC.
-        let (_, mac) = crate::netinfo::interface_mac(interface)?;
-        self.add_local_mac(mac)?;
+        // Before the program runs there: it balances only frames sent to the node's MACs.
+        self.add_local_mac(crate::netinfo::interface_mac(interface)?)?;
         let Some(links_dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
             let link = self.attach_new(interface, mode)?;
             self.links
@@ -983,7 +980,7 @@ impl Datapath {
         if local.add(mac) {
             if local.count == MAX_LOCAL_MACS as u64 + 1 {
                 tracing::warn!(
-                    "more than {MAX_LOCAL_MACS} interfaces: frames for other MACs are balanced too"
+                    "more than {MAX_LOCAL_MACS} interfaces: frames for other MACs are balanced too (attach to at most {MAX_LOCAL_MACS} to keep them out)"
                 );
             }
             m.set(0, local, 0)?;
@@ -991,8 +988,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Forgets the recorded MACs (a load: attaching records them again).
-    fn clear_local_macs(&mut self) -> Result<()> {
+    /// What every load sets up, maps adopted or new: the flow tables' shape and the clock
+    /// (`init_flow_table`), and no MACs recorded (attaching records them again).
+    fn init_maps(&mut self) -> Result<()> {
+        self.init_flow_table()?;
         let mut m: Array<_, LocalMacs> = Array::try_from(self.map("LOCAL_MACS")?)?;
         m.set(0, LocalMacs::default(), 0)?;
         Ok(())

@@ -307,14 +307,12 @@ pub fn enable_forwarding(interface: &str, v4: bool, v6: bool) -> Result<Vec<Stri
     Ok(changed)
 }
 
-/// An interface's index and MAC address, as this network namespace sees them.
-pub fn interface_mac(interface: &str) -> Result<(u32, [u8; 6])> {
+/// An interface's MAC address, as this network namespace sees it.
+pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
     let links = links()?;
-    let link = link_named(&links, interface)?;
-    let mac = link
+    link_named(&links, interface)?
         .mac
-        .with_context(|| format!("{interface}: no Ethernet address"))?;
-    Ok((link.index, mac))
+        .with_context(|| format!("{interface}: no Ethernet address"))
 }
 
 /// Lets the kernel deliver `nat` replies the datapath cannot: when the node has no
