@@ -65,8 +65,9 @@ pub fn addr_hash(addr: &[u32; 4]) -> u32 {
     finish(h ^ 16)
 }
 
-/// Which connection-table set a flow lives in (before masking). Seeded (per table, see
-/// `Settings::flow_seed`) so that nobody outside can aim a flood of new flows at one
+/// Which connection-table set a flow lives in (`FlowTable::set_index`) and its tag
+/// there (`flow_tag`). Seeded (per table, see
+/// `FlowTable::seed`) so that nobody outside can aim a flood of new flows at one
 /// set; five independent 64-bit multiplications and one final mix, a few nanoseconds.
 #[inline(always)]
 pub fn flow_set(w: &[u64; 5], seed: u64) -> u64 {
@@ -77,4 +78,12 @@ pub fn flow_set(w: &[u64; 5], seed: u64) -> u64 {
         ^ (w[4] ^ seed.rotate_left(52)).wrapping_mul(0x27d4_eb2f_1656_67c5);
     let h = (h ^ (h >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h ^ (h >> 29)
+}
+
+/// A key's tag in its set's first line (`SetTags`), from its `flow_set` hash: the high
+/// half, which the set choice (`FlowTable::set_index`) does not use. Never 0, the tag of
+/// an empty way.
+#[inline(always)]
+pub fn flow_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32 | 1
 }

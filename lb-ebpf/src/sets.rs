@@ -1,20 +1,38 @@
-//! The set-associative tables (the connection table, `nat` replies): arrays of sets of
-//! `FLOW_WAYS` 64-byte entries, the key in words 0-4 and the write sequence in the high
-//! half of word 7 (`lb_common::FlowEntry` describes the protocol). These steps work on
-//! any such entry, seen as eight words.
+//! The set-associative tables (the connection table, `nat` replies): arrays of sets of a
+//! line of tags (`lb_common::SetTags`) and `FLOW_WAYS` 64-byte entries, the key in words
+//! 0-4 and the write sequence in the high half of word 7 (`lb_common::FlowEntry`
+//! describes the protocol). These steps work on any such entry, seen as eight words.
 
 use core::ptr::{read_volatile, write_volatile};
 
 use lb_common::{
-    hash::flow_set, held, in_use, released, FlowEntry, NatEntry, SetEntry, FLOW_WAYS, SEQ_STEP,
+    hash::{flow_set, flow_tag},
+    held, in_use, released, FlowEntry, NatEntry, SetEntry, FLOW_WAYS, SEQ_STEP,
 };
 
 use crate::maps::{CONNTRACK, FLOW_EVICTIONS, FLOW_TABLE, NAT};
 
 /// An entry as eight words.
 pub type Entry = [u64; 8];
-/// One set.
-pub type Set = [Entry; FLOW_WAYS];
+/// One set: the line of tags (as eight words), then the ways (way `w` is `set[w + 1]`).
+pub type Set = [Entry; FLOW_WAYS + 1];
+
+/// A set and the tag of the key looked for in it.
+#[derive(Clone, Copy)]
+pub struct Place {
+    pub set: *mut Set,
+    pub tag: u32,
+}
+
+#[inline(always)]
+fn way_ptr(set: *mut Set, way: usize) -> *mut Entry {
+    unsafe { &raw mut (*set)[way + 1] }
+}
+
+#[inline(always)]
+fn tag_ptr(set: *mut Set, way: usize) -> *mut u32 {
+    unsafe { (set as *mut u32).add(way) }
+}
 
 /// An entry type and the map of its table.
 pub trait Table: SetEntry {
@@ -35,11 +53,15 @@ impl Table for NatEntry {
     }
 }
 
-/// The set of `E`'s table that a key lives in.
+/// The set of `E`'s table that a key lives in, and the key's tag.
 #[inline(always)]
-pub fn set_of<E: Table>(words: &[u64; 5]) -> Option<*mut Set> {
+pub fn set_of<E: Table>(words: &[u64; 5]) -> Option<Place> {
     let t = FLOW_TABLE.get(E::TABLE)?;
-    E::set((flow_set(words, t.seed) & t.set_mask) as u32)
+    let hash = flow_set(words, t.seed);
+    Some(Place {
+        set: E::set(t.set_index(hash) as u32)?,
+        tag: flow_tag(hash),
+    })
 }
 
 /// The entry of `E`'s table holding `words` and a consistent copy of it (see `find`).
@@ -63,11 +85,17 @@ fn holds(entry: *const Entry, words: &[u64; 5]) -> bool {
 }
 
 /// The entry holding `words` and a consistent copy of it, if the set has one (an entry a
-/// writer holds, or that changed while it was read, counts as absent).
+/// writer holds, or that changed while it was read, counts as absent). Only the ways
+/// whose tag matches are read: the tags' line and, for a flow the table holds, usually
+/// its entry's line alone.
 #[inline(always)]
-pub fn find(set: *mut Set, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
+pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
+    let set = place.set;
     for way in 0..FLOW_WAYS {
-        let entry = unsafe { &raw mut (*set)[way] };
+        if unsafe { read_volatile(tag_ptr(set, way)) } != place.tag {
+            continue;
+        }
+        let entry = way_ptr(set, way);
         let control = unsafe { (entry as *const u64).add(7) };
         let before = unsafe { read_volatile(control) };
         if !held(before) && holds(entry, words) {
@@ -82,21 +110,22 @@ pub fn find(set: *mut Set, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
 }
 
 /// Claims the entry `words` goes to: its own if the set has it, else the one with the
-/// greatest `age` (empty ones must be the oldest). Returns the entry and its control word
+/// greatest `age` (empty ones must be the oldest), and tags it with the key's tag. Returns the entry and its control word
 /// before the claim (the caller writes the entry and calls `release`). None if another
 /// writer holds it (the caller's next packet retries). Counts an eviction when a live
 /// entry is taken.
 #[inline(always)]
 pub fn claim(
-    set: *mut Set,
+    place: Place,
     words: &[u64; 5],
     age: impl Fn(*const Entry) -> u64,
 ) -> Option<(*mut Entry, u64)> {
+    let set = place.set;
     let mut victim = 0;
     let mut oldest = 0;
     let mut own = false;
     for way in 0..FLOW_WAYS {
-        let entry = unsafe { &raw const (*set)[way] };
+        let entry = way_ptr(set, way) as *const Entry;
         if holds(entry, words) {
             victim = way;
             own = true;
@@ -108,12 +137,15 @@ pub fn claim(
             victim = way;
         }
     }
-    let entry = unsafe { &raw mut (*set)[victim] };
+    let entry = way_ptr(set, victim);
     let control = unsafe { (entry as *mut u64).add(7) };
     let before = unsafe { read_volatile(control) };
     if held(before) || !crate::atomic::claim(control, before, before.wrapping_add(SEQ_STEP)) {
         return None;
     }
+    // Tagged while held: a reader that sees the new tag before the entry is whole finds
+    // it held, as before.
+    unsafe { write_volatile(tag_ptr(set, victim), place.tag) };
     let live = in_use(unsafe { read_volatile((entry as *const u64).add(4)) });
     if live && !own {
         if let Some(c) = FLOW_EVICTIONS.get_ptr_mut(0) {

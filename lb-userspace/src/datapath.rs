@@ -686,7 +686,7 @@ impl Datapath {
     }
 
     /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
-    /// set mask and a random seed, and keeps those of one adopted from a previous daemon;
+    /// number of sets and a random seed, and keeps those of one adopted from a previous daemon;
     /// calibrates the datapath's clock again either way.
     fn init_flow_table(&mut self) -> Result<()> {
         let clock = match self.calibrate_clock() {
@@ -702,9 +702,9 @@ impl Datapath {
             let sets = self.map_entries(name)?;
             let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
             let mut table = m.get(&(slot as u32), 0)?;
-            if table.set_mask != u64::from(sets) - 1 {
+            if table.sets != u64::from(sets) {
                 table = FlowTable {
-                    set_mask: u64::from(sets) - 1,
+                    sets: u64::from(sets),
                     seed: crate::flows::random_seed(),
                     ..FlowTable::default()
                 };

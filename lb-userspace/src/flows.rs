@@ -6,7 +6,7 @@
 
 use std::{
     marker::PhantomData,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
 use lb_common::{
@@ -33,13 +33,17 @@ pub struct SetMemory<E: SetEntry> {
 // every access to entries goes through atomics or volatile reads.
 unsafe impl<E: SetEntry> Send for SetMemory<E> {}
 
+/// Lines of one set: its tags (`lb_common::SetTags`), then its ways.
+const SET_LINES: usize = FLOW_WAYS + 1;
+
 /// Bytes of one set.
 fn set_bytes<E>() -> usize {
-    std::mem::size_of::<E>() * FLOW_WAYS
+    std::mem::size_of::<E>() * SET_LINES
 }
 
 impl<E: SetEntry> SetMemory<E> {
-    /// Maps `sets` of the array map `fd` (mmap-able, values of `FLOW_WAYS` entries)
+    /// Maps `sets` of the array map `fd` (mmap-able, values of one line of tags and
+    /// `FLOW_WAYS` entries)
     /// read-write; the range must start and end on page boundaries (see `page_of`) or at
     /// the table's end.
     pub fn map(
@@ -77,13 +81,12 @@ impl<E: SetEntry> SetMemory<E> {
 
     /// A table in plain memory (tests of the pure parts).
     pub fn owned(sets: usize, seed: u64) -> SetMemory<E> {
-        assert!(sets.is_power_of_two());
-        let mut owned = vec![E::default(); sets * FLOW_WAYS];
+        let mut owned = vec![E::default(); sets * SET_LINES];
         SetMemory {
             base: owned.as_mut_ptr(),
             sets: 0..sets,
             table: FlowTable {
-                set_mask: sets as u64 - 1,
+                sets: sets as u64,
                 seed,
                 ..FlowTable::default()
             },
@@ -95,8 +98,19 @@ impl<E: SetEntry> SetMemory<E> {
 
     fn entry(&self, set: usize, way: usize) -> *mut E {
         assert!(self.sets.contains(&set) && way < FLOW_WAYS);
-        // SAFETY: in bounds (the sets held, each `FLOW_WAYS` entries).
-        unsafe { self.base.add((set - self.sets.start) * FLOW_WAYS + way) }
+        // SAFETY: in bounds (the sets held, each a line of tags and `FLOW_WAYS` entries).
+        unsafe { self.base.add((set - self.sets.start) * SET_LINES + 1 + way) }
+    }
+
+    /// The tag of one way (`lb_common::SetTags`).
+    fn tag(&self, set: usize, way: usize) -> &AtomicU32 {
+        assert!(self.sets.contains(&set) && way < FLOW_WAYS);
+        // SAFETY: the set's first line, 16 aligned u32s of which the first `FLOW_WAYS`
+        // are the tags.
+        unsafe {
+            let line = self.base.add((set - self.sets.start) * SET_LINES);
+            AtomicU32::from_ptr(line.cast::<u32>().add(way))
+        }
     }
 
     fn word(&self, set: usize, way: usize) -> &AtomicU64 {
@@ -162,6 +176,7 @@ impl<E: SetEntry> SetMemory<E> {
         let kept_key = unsafe { std::ptr::read_volatile(e) }.key() == *key;
         let words = e.cast::<u64>();
         if kept_key {
+            self.tag(set, way).store(0, Ordering::Relaxed);
             for i in 0..7 {
                 unsafe { std::ptr::write_volatile(words.add(i), 0) };
             }
@@ -198,6 +213,8 @@ impl<E: SetEntry> SetMemory<E> {
         let Some(way) = way else {
             return false;
         };
+        let tag = lb_common::hash::flow_tag(flow_set(&E::key_words(&entry.key()), self.table.seed));
+        self.tag(set, way).store(tag, Ordering::Relaxed);
         unsafe { *self.entry(set, way) = entry };
         true
     }
@@ -214,7 +231,7 @@ impl<E: SetEntry> Drop for SetMemory<E> {
 
 /// The set a key lives in, in a table of this shape.
 pub fn set_of<E: SetEntry>(key: &E::Key, table: &FlowTable) -> usize {
-    (flow_set(&E::key_words(key), table.seed) & table.set_mask) as usize
+    table.set_index(flow_set(&E::key_words(key), table.seed)) as usize
 }
 
 /// The sets sharing `set`'s page of memory (the part to map to read one entry), within a
@@ -273,16 +290,18 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_one_cache_line_and_a_set_eight() {
+    fn an_entry_is_one_cache_line_and_a_set_eight_with_its_tags() {
         assert_eq!(std::mem::size_of::<FlowEntry>(), 64);
+        assert_eq!(std::mem::offset_of!(FlowSet, ways), 64);
         assert_eq!(std::mem::size_of::<FlowSet>(), 512);
         assert_eq!(std::mem::size_of::<NatEntry>(), 64);
         assert_eq!(std::mem::size_of::<lb_common::NatSet>(), 512);
         // The write sequence sits in word 7's high half in both.
         assert_eq!(std::mem::offset_of!(FlowEntry, state.seq), 60);
         assert_eq!(std::mem::offset_of!(NatEntry, seq), 60);
-        assert_eq!(lb_common::flow_sets(1_000_000), 131_072);
-        assert_eq!(lb_common::flow_sets(1024), 128);
+        assert_eq!(lb_common::flow_sets(1_000_000), 142_858);
+        assert_eq!(lb_common::flow_sets(1024), 147);
+        assert_eq!(lb_common::flow_sets(0), 1);
     }
 
     #[test]
@@ -291,17 +310,21 @@ mod tests {
         let kept = (0..200)
             .filter(|&n| t.record(entry(n, n + 1, 1000 + n as u64)))
             .count();
-        // 200 flows in 2048 entries: a set may overflow, never more than that.
+        // 200 flows in 1,792 entries: a set may overflow, never more than that.
         assert!(kept > 190, "{kept} of 200 kept");
         let listed: Vec<_> = t.entries().collect();
         assert_eq!(listed.len(), kept);
-        for (_, _, e) in &listed {
+        for (set, way, e) in &listed {
             assert_eq!(t.lookup(&e.key), Some(*e));
+            // The tag the datapath filters ways by (`SetTags`).
+            let tag = lb_common::hash::flow_tag(flow_set(&e.key.words(), 42));
+            assert_eq!(t.tag(*set, *way).load(Ordering::Relaxed), tag);
         }
         let (set, way, e) = listed[0];
         let key = e.key;
         assert!(t.remove(set, way, &key));
         assert_eq!(t.lookup(&key), None);
+        assert_eq!(t.tag(set, way).load(Ordering::Relaxed), 0, "untagged");
         assert!(!t.remove(set, way, &key), "removed twice");
         assert_eq!(t.clear(), listed.len() - 1);
         assert_eq!(t.entries().count(), 0);
