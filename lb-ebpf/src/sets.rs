@@ -91,6 +91,12 @@ fn holds(entry: *const Entry, words: &[u64; 5]) -> bool {
 #[inline(always)]
 pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     let set = place.set;
+    // Every line of the set requested at once (the loaded words are not used): when the
+    // set is not in the cache, the matching entry's line then arrives with the tags
+    // instead of after them, and a new flow's claim finds the set in the cache.
+    for way in 0..FLOW_WAYS {
+        unsafe { read_volatile((way_ptr(set, way) as *const u64).add(7)) };
+    }
     for way in 0..FLOW_WAYS {
         if unsafe { read_volatile(tag_ptr(set, way)) } != place.tag {
             continue;

@@ -170,8 +170,6 @@ fn established_disruption(sizes: &[u32], figures: &mut Vec<Figure>) {
     }
 }
 
-/// A config of `services` tun services of `per` backends each, listening for the API on
-/// `api` (no health checks: every backend is up).
 /// Whether the services of a generated configuration list one pool of backends (as VIPs
 /// and ports served by one fleet do; the daemon then builds one table of indexes for all)
 /// or each its own addresses (one build per service).
@@ -181,6 +179,8 @@ enum Pools {
     Distinct,
 }
 
+/// A config of `services` tun services of `per` backends each, listening for the API on
+/// `api` (no health checks: every backend is up), without backend `skip` (service, index).
 fn big_config(
     services: usize,
     per: usize,
