@@ -274,10 +274,10 @@ pub struct FlowEntry {
 
 /// Entries per set: a new flow evicts the least recently seen of its set's seven. The
 /// set's first cache line holds a tag of each entry's key (`SetTags`), so that a lookup
-/// reads one line of tags and then only the entry whose tag matches: two lines for a
-/// flow the table holds, one for a new flow, instead of a line per entry until the key
-/// is found (through veth, each line of a set cost a few ns: the set is rarely still in
-/// the L1 cache when the flow's next packet comes). With flows spread at random over
+/// compares the tags and then only the entry whose tag matches, instead of one entry
+/// after another until the key matched (a branch on each entry's line; through veth
+/// each cost a few ns: the set is rarely still in the L1 cache when the flow's next
+/// packet comes). With flows spread at random over
 /// sets at 30% of capacity, seven-entry sets evict about one flow in 1,100 early (four:
 /// 1 in 130; eight without the tags: 1 in 2,100).
 pub const FLOW_WAYS: usize = 7;
@@ -285,7 +285,7 @@ pub const FLOW_WAYS: usize = 7;
 /// The first cache line of a set: `tags[w]` is `hash::flow_tag` of the key in way `w`
 /// (0 when empty), written by the entry's writer while it holds the entry. Only a filter:
 /// the key itself is compared before an entry counts as found, so a stale tag costs a
-/// line read, never a wrong answer.
+/// compare, never a wrong answer.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SetTags {

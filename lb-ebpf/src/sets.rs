@@ -85,9 +85,8 @@ fn holds(entry: *const Entry, words: &[u64; 5]) -> bool {
 }
 
 /// The entry holding `words` and a consistent copy of it, if the set has one (an entry a
-/// writer holds, or that changed while it was read, counts as absent). Only the ways
-/// whose tag matches are read: the tags' line and, for a flow the table holds, usually
-/// its entry's line alone.
+/// writer holds, or that changed while it was read, counts as absent). Only the entries
+/// whose tag matches are compared: for a flow the table holds, usually its own alone.
 #[inline(always)]
 pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     let set = place.set;
@@ -116,10 +115,10 @@ pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
 }
 
 /// Claims the entry `words` goes to: its own if the set has it, else the one with the
-/// greatest `age` (empty ones must be the oldest), and tags it with the key's tag. Returns the entry and its control word
-/// before the claim (the caller writes the entry and calls `release`). None if another
-/// writer holds it (the caller's next packet retries). Counts an eviction when a live
-/// entry is taken.
+/// greatest `age` (empty ones must be the oldest), and tags it with the key's tag.
+/// Returns the entry and its control word before the claim (the caller writes the entry
+/// and calls `release`). None if another writer holds it (the caller's next packet
+/// retries). Counts an eviction when a live entry is taken.
 #[inline(always)]
 pub fn claim(
     place: Place,
