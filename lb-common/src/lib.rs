@@ -277,9 +277,9 @@ pub struct FlowEntry {
 /// compares the tags and then only the entry whose tag matches, instead of one entry
 /// after another until the key matched (a branch on each entry's line; through veth
 /// each cost a few ns: the set is rarely still in the L1 cache when the flow's next
-/// packet comes). With flows spread at random over
-/// sets at 30% of capacity, seven-entry sets evict about one flow in 1,100 early (four:
-/// 1 in 130; eight without the tags: 1 in 2,100).
+/// packet comes). With flows spread at random over sets at 30% of capacity, seven-entry
+/// sets evict about one flow in 1,100 early (four: 1 in 130; eight without the tags: 1
+/// in 2,100).
 pub const FLOW_WAYS: usize = 7;
 
 /// The first cache line of a set: `tags[w]` is `hash::flow_tag` of the key in way `w`

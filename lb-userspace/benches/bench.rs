@@ -253,7 +253,7 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
         })
         .collect();
     // Enough SYNs to fill the tables, from a client range of their own: three times their
-    // capacity, because flows fill the sets of eight unevenly (this leaves under 1% of the
+    // capacity, because flows fill the sets of seven unevenly (this leaves under 1% of the
     // sets with room).
     let fill = entries * 3;
     let fillers: Vec<Vec<Vec<u8>>> = cases

@@ -686,8 +686,8 @@ impl Datapath {
     }
 
     /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
-    /// number of sets and a random seed, and keeps those of one adopted from a previous daemon;
-    /// calibrates the datapath's clock again either way.
+    /// number of sets and a random seed, and keeps those of one adopted from a previous
+    /// daemon; calibrates the datapath's clock again either way.
     fn init_flow_table(&mut self) -> Result<()> {
         let clock = match self.calibrate_clock() {
             Ok(clock) => Some(clock),

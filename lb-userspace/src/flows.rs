@@ -43,9 +43,8 @@ fn set_bytes<E>() -> usize {
 
 impl<E: SetEntry> SetMemory<E> {
     /// Maps `sets` of the array map `fd` (mmap-able, values of one line of tags and
-    /// `FLOW_WAYS` entries)
-    /// read-write; the range must start and end on page boundaries (see `page_of`) or at
-    /// the table's end.
+    /// `FLOW_WAYS` entries) read-write; the range must start and end on page boundaries
+    /// (see `page_of`) or at the table's end.
     pub fn map(
         fd: i32,
         sets: std::ops::Range<usize>,
@@ -96,21 +95,23 @@ impl<E: SetEntry> SetMemory<E> {
         }
     }
 
+    /// Line `line` of a set held: 0 its tags, 1 + w its way `w`.
+    fn line(&self, set: usize, line: usize) -> *mut E {
+        assert!(self.sets.contains(&set) && line < SET_LINES);
+        // SAFETY: in bounds (the sets held, each `SET_LINES` lines).
+        unsafe { self.base.add((set - self.sets.start) * SET_LINES + line) }
+    }
+
     fn entry(&self, set: usize, way: usize) -> *mut E {
-        assert!(self.sets.contains(&set) && way < FLOW_WAYS);
-        // SAFETY: in bounds (the sets held, each a line of tags and `FLOW_WAYS` entries).
-        unsafe { self.base.add((set - self.sets.start) * SET_LINES + 1 + way) }
+        assert!(way < FLOW_WAYS);
+        self.line(set, 1 + way)
     }
 
     /// The tag of one way (`lb_common::SetTags`).
     fn tag(&self, set: usize, way: usize) -> &AtomicU32 {
-        assert!(self.sets.contains(&set) && way < FLOW_WAYS);
-        // SAFETY: the set's first line, 16 aligned u32s of which the first `FLOW_WAYS`
-        // are the tags.
-        unsafe {
-            let line = self.base.add((set - self.sets.start) * SET_LINES);
-            AtomicU32::from_ptr(line.cast::<u32>().add(way))
-        }
+        assert!(way < FLOW_WAYS);
+        // SAFETY: the set's first line: 16 aligned u32s, the first `FLOW_WAYS` the tags.
+        unsafe { AtomicU32::from_ptr(self.line(set, 0).cast::<u32>().add(way)) }
     }
 
     fn word(&self, set: usize, way: usize) -> &AtomicU64 {

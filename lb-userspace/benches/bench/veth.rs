@@ -25,7 +25,7 @@
 //! `veth.bascule.pps`: one established flow (its connection-table entry exists).
 //! `veth.bascule.new.pps`: `floor_gen_fresh` stamps every frame with a source address
 //! and port never sent before, so every frame takes the new-flow path (schedule,
-//! connection-table insert; the table holds 65,536 entries in sets of eight, and a new
+//! connection-table insert; the table holds 65,536 entries in sets of seven, and a new
 //! flow evicts the least recently seen of its set once that is full).
 //!
 //! Everything shares this machine's CPUs, which other work may load too: the generator,
