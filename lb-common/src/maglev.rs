@@ -26,13 +26,14 @@
 //! with no eligible backend.
 //!
 //! The fill is the paper's: each backend in turn walks its permutation to the next free
-//! slot. The walk tests four slots per step against a bitmap of taken slots (one branch
-//! per four probes; the four computed from the current slot, not from one another). Once
-//! only about sqrt(M) slots are left free, walking gets long (M / free probes per claim),
-//! so the walk is replaced by an equivalent computation: a backend's next claim is the
-//! free slot that comes first in its permutation, i.e. the free slot `s` with the
-//! smallest `(s - offset) * skip^-1 mod M`. Same table as the plain walk (a test keeps
-//! them equal), in about two thirds of the time.
+//! slot, testing slots against a bitmap of taken ones. Until the table is 5/16 full the
+//! walk tests one slot per step (the first is almost always free); after that, four (one
+//! branch per four probes; the four computed from the current slot, not from one
+//! another). Once only about sqrt(M)/2 slots are left free, walking gets long (M / free
+//! probes per claim), so the walk is replaced by an equivalent computation: a backend's
+//! next claim is the free slot that comes first in its permutation, i.e. the free slot
+//! `s` with the smallest `(s - offset) * skip^-1 mod M`. Same table as the plain walk (a
+//! test keeps them equal), in about half the time.
 
 use crate::NO_BACKEND;
 
@@ -167,66 +168,86 @@ fn fill(backends: &[MaglevBackend], mut order: Vec<usize>, size: u32) -> Vec<u32
     // Which slots are taken, one bit each: 8 KiB at 65,537 slots, so the walk's reads
     // stay in the L1 cache (the table itself is 256 KiB).
     let mut taken = vec![0u64; (size as usize).div_ceil(64)];
-    let tail_from = tail_threshold(m);
+    // A backend's first free slot is found one probe at a time while the table is mostly
+    // free (the first probe almost always hits), then four probes at a time, then, for
+    // the last few slots, computed (`Tail`).
+    let early_end = m * 5 / 16;
+    let tail_start = m - tail_threshold(m);
     let mut tail: Option<Tail> = None;
+    let add = |s: u64, step: u64| {
+        let n = s + step;
+        if n >= m {
+            n - m
+        } else {
+            n
+        }
+    };
     let mut filled = 0u64;
     let mut round = 0u64;
-    while filled < m {
+    'fill: loop {
         round += 1;
         for p in perms.iter_mut() {
             // Owed ceil(round * w / w_max) slots after this round, i.e. one more while
-            // taken * w_max < round * w (no division: this runs once per claim).
-            let owed = round * p.weight;
-            while p.taken * w_max < owed && filled < m {
-                let slot = match tail.as_mut() {
-                    Some(t) => t.take_first(p),
-                    None => {
-                        // Four candidates per step, one branch: the walk's exit is the
-                        // branch a CPU mispredicts, so take it a quarter as often.
-                        let bit = |s: u64| (taken[(s >> 6) as usize] >> (s & 63)) & 1;
-                        let add = |s: u64, step: u64| {
-                            let n = s + step;
-                            if n >= m {
-                                n - m
-                            } else {
-                                n
-                            }
-                        };
-                        loop {
-                            let s0 = p.slot;
-                            let s1 = add(s0, p.steps[0]);
-                            let s2 = add(s0, p.steps[1]);
-                            let s3 = add(s0, p.steps[2]);
-                            let busy = bit(s0) | bit(s1) << 1 | bit(s2) << 2 | bit(s3) << 3;
-                            if busy != 0b1111 {
-                                let first = busy.trailing_ones() as usize;
-                                p.slot = add(s0, p.steps[first]);
-                                break [s0, s1, s2, s3][first];
-                            }
-                            p.slot = add(s0, p.steps[3]);
-                        }
-                    }
-                };
-                table[slot as usize] = p.index;
-                taken[(slot >> 6) as usize] |= 1u64 << (slot & 63);
-                p.taken += 1;
-                filled += 1;
-                if tail.is_none() && m - filled <= tail_from {
-                    tail = Some(Tail::new(&table, m));
+            // taken * w_max < round * w (no division: this runs once per claim). Never
+            // more than one more per round, as no weight exceeds w_max.
+            if p.taken * w_max >= round * p.weight {
+                continue;
+            }
+            let slot = if filled < early_end {
+                let mut s = p.slot;
+                while taken_bit(&taken, s) != 0 {
+                    s = add(s, p.steps[0]);
                 }
+                p.slot = add(s, p.steps[0]);
+                s
+            } else if let Some(t) = tail.as_mut() {
+                t.take_first(p)
+            } else {
+                // Four candidates per step, one branch: the walk's exit is the branch a
+                // CPU mispredicts, so take it a quarter as often.
+                loop {
+                    let s0 = p.slot;
+                    let s1 = add(s0, p.steps[0]);
+                    let s2 = add(s0, p.steps[1]);
+                    let s3 = add(s0, p.steps[2]);
+                    let busy = taken_bit(&taken, s0)
+                        | taken_bit(&taken, s1) << 1
+                        | taken_bit(&taken, s2) << 2
+                        | taken_bit(&taken, s3) << 3;
+                    if busy != 0b1111 {
+                        let first = busy.trailing_ones() as usize;
+                        p.slot = add(s0, p.steps[first]);
+                        break [s0, s1, s2, s3][first];
+                    }
+                    p.slot = add(s0, p.steps[3]);
+                }
+            };
+            table[slot as usize] = p.index;
+            taken[(slot >> 6) as usize] |= 1u64 << (slot & 63);
+            p.taken += 1;
+            filled += 1;
+            if filled == tail_start {
+                tail = Some(Tail::new(&table, m));
             }
             if filled == m {
-                break;
+                break 'fill;
             }
         }
     }
     table
 }
 
+/// Whether `slot` is taken in the bitmap.
+#[inline(always)]
+fn taken_bit(taken: &[u64], slot: u64) -> u64 {
+    (taken[(slot >> 6) as usize] >> (slot & 63)) & 1
+}
+
 /// Free slots left below which claims are computed instead of walked (see the module docs):
 /// walking costs about M / free probes per claim, computing about `free` cheap steps.
+/// Measured best at half the square root of M (128 at 65,537 slots).
 fn tail_threshold(m: u64) -> u64 {
-    (m as f64).sqrt() as u64
+    (m as f64).sqrt() as u64 / 2
 }
 
 /// The last free slots, and modular arithmetic mod M to find which comes first in a
@@ -432,6 +453,10 @@ mod tests {
         for (n, size, weights) in [
             (1u32, 251u32, false),
             (3, 251, true),
+            (4, 2, false),
+            (2, 3, true),
+            (5, 7, false),
+            (40, 13, true),
             (10, 65537, false),
             (100, 65537, true),
             (1000, 65537, false),

@@ -336,24 +336,44 @@ fn fill_tables(
             }
         });
     }
-    let built: Vec<Vec<u32>> = crate::cores::map(&builds, 0, |&i| {
+    // A table of indexes only one service takes becomes its table of ids in place, on
+    // the core that built it (at 1,000 distinct pools, no second 256 KiB table each).
+    let mut takers = vec![0usize; builds.len()];
+    for &b in takes.iter().flatten() {
+        takers[b] += 1;
+    }
+    let jobs: Vec<(usize, usize)> = builds.iter().copied().enumerate().collect();
+    let view: &[PlannedService] = services;
+    let mut built: Vec<Vec<u32>> = crate::cores::map(&jobs, 0, |&(b, i)| {
         let svc = &config.services[i];
-        tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
-            .with_context(|| format!("service {}", svc.name))
+        let mut table = tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
+            .with_context(|| format!("service {}", svc.name))?;
+        if takers[b] == 1 {
+            let id = to_id(&view[i].backends);
+            table.iter_mut().for_each(|slot| *slot = id(*slot));
+        }
+        Ok(table)
     })
     .into_iter()
     .collect::<Result<_>>()?;
-    let todo: Vec<(usize, &Vec<u32>)> = takes
+    let shared: Vec<(usize, &Vec<u32>)> = takes
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| Some((i, &built[(*t)?])))
+        .filter_map(|(i, t)| t.filter(|&b| takers[b] > 1).map(|b| (i, &built[b])))
         .collect();
-    let tables = crate::cores::map(&todo, 0, |&(i, table)| {
-        std::sync::Arc::new(to_ids(table, &services[i].backends))
+    let mapped = crate::cores::map(&shared, 0, |&(i, table)| {
+        let id = to_id(&view[i].backends);
+        (i, table.iter().map(|&slot| id(slot)).collect::<Vec<u32>>())
     });
-    for ((i, _), table) in todo.into_iter().zip(tables) {
+    let sole: Vec<(usize, Vec<u32>)> = takes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| t.filter(|&b| takers[b] == 1).map(|b| (i, b)))
+        .map(|(i, b)| (i, std::mem::take(&mut built[b])))
+        .collect();
+    for (i, table) in mapped.into_iter().chain(sole) {
         services[i].info.table_size = table.len() as u32;
-        services[i].table = table;
+        services[i].table = std::sync::Arc::new(table);
     }
     Ok(())
 }
@@ -373,26 +393,23 @@ fn input_digest(svc: &crate::config::Service, inputs: &[MaglevBackend]) -> u64 {
     h.finish()
 }
 
-/// A table of indexes into `ids` as a table of ids (written once: a plan's tables are
-/// hundreds of megabytes at 1,000 x 65,537 slots). Ids handed out in one plan are mostly
-/// consecutive: then it is one addition per slot.
-fn to_ids(table: &[u32], ids: &[u32]) -> Vec<u32> {
+/// What a table of indexes into `ids` holds as a table of ids, slot by slot (`NO_BACKEND`
+/// stays). Ids handed out in one plan are mostly consecutive: then it is one addition.
+fn to_id(ids: &[u32]) -> impl Fn(u32) -> u32 + '_ {
     let base = ids.first().copied().unwrap_or(0);
     let consecutive = ids
         .iter()
         .enumerate()
         .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
-    let id = |slot: u32| {
-        if consecutive {
+    move |slot| {
+        if slot == NO_BACKEND {
+            slot
+        } else if consecutive {
             slot + base
         } else {
             ids[slot as usize]
         }
-    };
-    table
-        .iter()
-        .map(|&slot| if slot == NO_BACKEND { slot } else { id(slot) })
-        .collect()
+    }
 }
 
 /// The digest of a service's table inputs (see `PlannedService::table_source`): those of
@@ -950,6 +967,11 @@ mod reuse_tests {
         assert!(ids(0).is_disjoint(&ids(1)));
         assert_eq!(ids(0).len(), 3);
         assert_ne!(p.services[0].table_source, p.services[1].table_source);
+    }
+
+    fn to_ids(table: &[u32], ids: &[u32]) -> Vec<u32> {
+        let id = to_id(ids);
+        table.iter().map(|&slot| id(slot)).collect()
     }
 
     #[test]
