@@ -475,7 +475,7 @@ impl Datapath {
     /// written (new ones are written before, removed ones cleared after). Swapping a new
     /// map in instead would cost an RCU grace period (10-30 ms). False when the slot holds
     /// no table (the caller swaps one in).
-    fn rewrite_table(&mut self, id: u32, slots: &[u32]) -> Result<bool> {
+    fn rewrite_table(&mut self, id: u32, slots: &crate::plan::Table) -> Result<bool> {
         use std::os::fd::{AsFd, AsRawFd};
         let outer_fd = match self.map("MAGLEV")? {
             aya::maps::Map::ArrayOfMaps(data) => data.fd().as_fd().as_raw_fd(),
@@ -1014,7 +1014,7 @@ fn table_maps(
     crate::cores::map(services, 16, one).into_iter().collect()
 }
 
-fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
+fn table_map(slots: &crate::plan::Table) -> Result<Array<MapData, u64>> {
     if slots.len() > MAGLEV_TABLE_SIZE as usize {
         return Err(anyhow!(
             "{} slots, a table holds at most {MAGLEV_TABLE_SIZE}",
@@ -1035,7 +1035,7 @@ fn table_map(slots: &[u32]) -> Result<Array<MapData, u64>> {
 /// Writes `slots` into the table map `fd` (two per 8-byte cell, even slot in the low half)
 /// through a shared mapping of its memory, each cell with one aligned 8-byte store (a
 /// packet reading the map meanwhile sees each cell whole, old or new).
-fn write_cells(fd: i32, slots: &[u32]) -> Result<()> {
+fn write_cells(fd: i32, slots: &crate::plan::Table) -> Result<()> {
     use std::sync::atomic::{AtomicU64, Ordering};
     let len = TABLE_CELLS as usize * std::mem::size_of::<u64>();
     // SAFETY: maps the `len` bytes of the array's values (an mmap-able array map exposes
@@ -1056,10 +1056,15 @@ fn write_cells(fd: i32, slots: &[u32]) -> Result<()> {
             return Err(std::io::Error::last_os_error()).context("cannot map a table map");
         }
         let cells = mem.cast::<u64>();
-        for (i, pair) in slots.chunks(2).take(TABLE_CELLS as usize).enumerate() {
-            let high = pair.get(1).copied().unwrap_or(0);
+        for (i, pair) in slots
+            .indexes()
+            .chunks(2)
+            .take(TABLE_CELLS as usize)
+            .enumerate()
+        {
+            let high = pair.get(1).map_or(0, |&index| slots.id(index));
             AtomicU64::from_ptr(cells.add(i)).store(
-                u64::from(pair[0]) | u64::from(high) << 32,
+                u64::from(slots.id(pair[0])) | u64::from(high) << 32,
                 Ordering::Relaxed,
             );
         }

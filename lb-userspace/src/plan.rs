@@ -24,9 +24,9 @@ pub struct PlannedService {
     pub name: String,
     pub key: ServiceKey,
     pub info: ServiceInfo,
-    /// Lookup table (see `tables`): slot -> backend id (`NO_BACKEND` when none). Shared:
-    /// the plans the daemon keeps (applied, current, its status) hold one copy of each.
-    pub table: std::sync::Arc<Vec<u32>>,
+    /// Lookup table (see `tables` and [`Table`]): slot -> backend id (`NO_BACKEND` when
+    /// none).
+    pub table: Table,
     /// Backend ids of this service, in config order.
     pub backends: Vec<u32>,
     /// Digest of everything `table` was built from (scheduler, size, each backend's
@@ -39,6 +39,98 @@ pub struct PlannedService {
     /// (a reload that changes one service plans one). `None` when unknown.
     pub source: Option<std::sync::Arc<ServiceSource>>,
 }
+
+/// A service's lookup table: slot -> backend id (`NO_BACKEND` when none), held as a table
+/// of indexes into the service's backend ids. Services built from the same inputs (one
+/// pool behind many VIPs and ports) share one table of indexes, and the plans the daemon
+/// keeps (applied, current, its status) share every table they did not rebuild: at 1,000
+/// services of one pool, one 256 KiB table instead of 1,000.
+#[derive(Clone, Debug, Default)]
+pub struct Table {
+    indexes: std::sync::Arc<Vec<u32>>,
+    ids: std::sync::Arc<[u32]>,
+    /// `ids` are consecutive from `ids[0]`: an index's id is one addition.
+    consecutive: bool,
+}
+
+impl Table {
+    /// `indexes` (into `ids`, or `NO_BACKEND`) read through `ids`.
+    pub fn new(indexes: std::sync::Arc<Vec<u32>>, ids: &[u32]) -> Table {
+        let base = ids.first().copied().unwrap_or(0);
+        let consecutive = ids
+            .iter()
+            .enumerate()
+            .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
+        Table {
+            indexes,
+            ids: ids.into(),
+            consecutive,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.indexes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indexes.is_empty()
+    }
+
+    /// The id of one index (`NO_BACKEND` stays).
+    #[inline]
+    pub fn id(&self, index: u32) -> u32 {
+        if index == NO_BACKEND {
+            index
+        } else if self.consecutive {
+            index + self.ids[0]
+        } else {
+            self.ids[index as usize]
+        }
+    }
+
+    /// The slots' indexes (see [`Table::id`]).
+    pub fn indexes(&self) -> &[u32] {
+        &self.indexes
+    }
+
+    /// The backend id in `slot`.
+    pub fn get(&self, slot: usize) -> Option<u32> {
+        self.indexes.get(slot).map(|&i| self.id(i))
+    }
+
+    /// The backend id of every slot, in order.
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.indexes.iter().map(|&i| self.id(i))
+    }
+
+    pub fn to_vec(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+
+    pub fn contains(&self, id: u32) -> bool {
+        self.iter().any(|x| x == id)
+    }
+
+    /// Whether both are the same table in memory (one was taken from the other).
+    pub fn same(&self, other: &Table) -> bool {
+        std::sync::Arc::ptr_eq(&self.indexes, &other.indexes)
+            && std::sync::Arc::ptr_eq(&self.ids, &other.ids)
+    }
+
+    /// The table of indexes, shared by the services built from the same inputs.
+    pub fn shared_indexes(&self) -> &std::sync::Arc<Vec<u32>> {
+        &self.indexes
+    }
+}
+
+/// Equal when every slot names the same backend id.
+impl PartialEq for Table {
+    fn eq(&self, other: &Table) -> bool {
+        self.same(other) || (self.len() == other.len() && self.iter().eq(other.iter()))
+    }
+}
+
+impl Eq for Table {}
 
 /// What `plan` reads to plan one service: its configuration (as health and runtime weights
 /// left it), the MAC of each of its backends, and the connection-table timeouts.
@@ -286,13 +378,12 @@ pub fn plan(
     })
 }
 
-/// Builds every service's lookup table and maps entries to backend ids. A service whose
-/// table inputs are those of the previous plan gets the previous table back (a reload that
-/// changes one service builds one table). Services with the same inputs (scheduler, size,
-/// and the same backends in the same order, with the same weights and health: the VIPs and
-/// ports of one pool) share one build of the table of indexes, and each maps it to its own
-/// ids. The builds run on all cores: at 1,000 distinct 65,537-slot tables they are most of
-/// a load.
+/// Builds every service's lookup table. A service whose table inputs are those of the
+/// previous plan gets the previous table back (a reload that changes one service builds
+/// one table). Services with the same inputs (scheduler, size, and the same backends in
+/// the same order, with the same weights and health: the VIPs and ports of one pool) share
+/// one build of the table of indexes, each reading it through its own ids ([`Table`]). The
+/// builds run on all cores: at 1,000 distinct 65,537-slot tables they are most of a load.
 fn fill_tables(
     config: &Config,
     services: &mut [PlannedService],
@@ -300,13 +391,12 @@ fn fill_tables(
     fresh: &[bool],
     previous: Option<&Plan>,
 ) -> Result<()> {
-    let reusable: HashMap<&str, (u64, &std::sync::Arc<Vec<u32>>)> =
-        previous.map_or_else(HashMap::new, |p| {
-            p.services
-                .iter()
-                .filter_map(|s| Some((s.name.as_str(), (s.table_source?, &s.table))))
-                .collect()
-        });
+    let reusable: HashMap<&str, (u64, &Table)> = previous.map_or_else(HashMap::new, |p| {
+        p.services
+            .iter()
+            .filter_map(|s| Some((s.name.as_str(), (s.table_source?, &s.table))))
+            .collect()
+    });
     // Tables to build, one per distinct input, and which one each service takes.
     let mut builds: Vec<usize> = Vec::new();
     let mut by_input: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -317,7 +407,7 @@ fn fill_tables(
         let source = table_source(input, &p.backends);
         p.table_source = Some(source);
         if let Some((_, table)) = reusable.get(p.name.as_str()).filter(|(s, _)| *s == source) {
-            p.table = std::sync::Arc::clone(table);
+            p.table = Table::clone(table);
             p.info.table_size = p.table.len() as u32;
             continue;
         }
@@ -336,44 +426,20 @@ fn fill_tables(
             }
         });
     }
-    // A table of indexes only one service takes becomes its table of ids in place, on
-    // the core that built it (at 1,000 distinct pools, no second 256 KiB table each).
-    let mut takers = vec![0usize; builds.len()];
-    for &b in takes.iter().flatten() {
-        takers[b] += 1;
-    }
-    let jobs: Vec<(usize, usize)> = builds.iter().copied().enumerate().collect();
-    let view: &[PlannedService] = services;
-    let mut built: Vec<Vec<u32>> = crate::cores::map(&jobs, 0, |&(b, i)| {
+    let built: Vec<std::sync::Arc<Vec<u32>>> = crate::cores::map(&builds, 0, |&i| {
         let svc = &config.services[i];
-        let mut table = tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
-            .with_context(|| format!("service {}", svc.name))?;
-        if takers[b] == 1 {
-            let id = to_id(&view[i].backends);
-            table.iter_mut().for_each(|slot| *slot = id(*slot));
-        }
-        Ok(table)
+        tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
+            .map(std::sync::Arc::new)
+            .with_context(|| format!("service {}", svc.name))
     })
     .into_iter()
     .collect::<Result<_>>()?;
-    let shared: Vec<(usize, &Vec<u32>)> = takes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.filter(|&b| takers[b] > 1).map(|b| (i, &built[b])))
-        .collect();
-    let mapped = crate::cores::map(&shared, 0, |&(i, table)| {
-        let id = to_id(&view[i].backends);
-        (i, table.iter().map(|&slot| id(slot)).collect::<Vec<u32>>())
-    });
-    let sole: Vec<(usize, Vec<u32>)> = takes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, t)| t.filter(|&b| takers[b] == 1).map(|b| (i, b)))
-        .map(|(i, b)| (i, std::mem::take(&mut built[b])))
-        .collect();
-    for (i, table) in mapped.into_iter().chain(sole) {
-        services[i].info.table_size = table.len() as u32;
-        services[i].table = std::sync::Arc::new(table);
+    for (i, b) in takes.iter().enumerate() {
+        if let Some(b) = *b {
+            let table = Table::new(std::sync::Arc::clone(&built[b]), &services[i].backends);
+            services[i].info.table_size = table.len() as u32;
+            services[i].table = table;
+        }
     }
     Ok(())
 }
@@ -391,25 +457,6 @@ fn input_digest(svc: &crate::config::Service, inputs: &[MaglevBackend]) -> u64 {
         b.up.hash(&mut h);
     }
     h.finish()
-}
-
-/// What a table of indexes into `ids` holds as a table of ids, slot by slot (`NO_BACKEND`
-/// stays). Ids handed out in one plan are mostly consecutive: then it is one addition.
-fn to_id(ids: &[u32]) -> impl Fn(u32) -> u32 + '_ {
-    let base = ids.first().copied().unwrap_or(0);
-    let consecutive = ids
-        .iter()
-        .enumerate()
-        .all(|(i, &id)| id.checked_sub(base) == Some(i as u32));
-    move |slot| {
-        if slot == NO_BACKEND {
-            slot
-        } else if consecutive {
-            slot + base
-        } else {
-            ids[slot as usize]
-        }
-    }
 }
 
 /// The digest of a service's table inputs (see `PlannedService::table_source`): those of
@@ -525,7 +572,7 @@ pub fn table_digests(plan: &Plan) -> Vec<u64> {
         .map(|svc| {
             bytes.clear();
             for id in svc.table.iter() {
-                bytes.extend_from_slice(names.get(id).map_or("-", String::as_str).as_bytes());
+                bytes.extend_from_slice(names.get(&id).map_or("-", String::as_str).as_bytes());
                 bytes.push(b',');
             }
             lb_common::maglev::stable_hash(&bytes)
@@ -551,7 +598,7 @@ pub fn predict<'a>(plan: &'a Plan, flow: &lb_common::FlowKey) -> Option<(&'a Pla
         .or_else(|| plan.services.iter().find(|s| s.key == any_port))?;
     let ports = lb_common::hash::ports_word(flow.sport, flow.dport);
     let hash = lb_common::hash::flow_hash(&flow.src, &flow.dst, ports, flow.proto);
-    let id = *svc.table.get((hash % svc.info.table_size) as usize)?;
+    let id = svc.table.get((hash % svc.info.table_size) as usize)?;
     (id != NO_BACKEND).then_some((svc, id))
 }
 
@@ -741,15 +788,15 @@ mod tests {
             ServiceKey::new("10.0.0.100".parse().unwrap(), 80, 6)
         );
         assert_eq!(p.services[0].table.len(), 251);
-        let ones = p.services[0].table.iter().filter(|&&b| b == 0).count();
-        let threes = p.services[0].table.iter().filter(|&&b| b == 1).count();
+        let ones = p.services[0].table.iter().filter(|&b| b == 0).count();
+        let threes = p.services[0].table.iter().filter(|&b| b == 1).count();
         assert!(
             threes > 2 * ones,
             "weight 3 backend holds {threes} slots, weight 1 holds {ones}"
         );
         assert_eq!(p.services[1].key.port, 0);
         assert_eq!(p.services[1].table.len(), 65537);
-        assert!(p.services[1].table.iter().all(|&b| b == 2));
+        assert!(p.services[1].table.iter().all(|b| b == 2));
         assert_eq!(p.backends[2].info.forward, FORWARD_TUN);
         assert_eq!(p.backends[0].info.mac, [2, 0, 0, 0, 0, 0x11]);
         assert_ne!(p.settings.tunnel_src_v6, [0; 4]);
@@ -761,7 +808,7 @@ mod tests {
         macs.insert("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 0x12]);
         let p = plan(&config(), &macs, TunnelSources::default(), None).unwrap();
         assert_eq!(p.backends[0].info.flags & BACKEND_ACTIVE, 0);
-        assert!(p.services[0].table.iter().all(|&b| b == 1));
+        assert!(p.services[0].table.iter().all(|b| b == 1));
     }
 
     #[test]
@@ -954,24 +1001,27 @@ mod reuse_tests {
                 .collect();
             let alone = tables::build(svc.scheduler, &inputs, svc.maglev_table_size).unwrap();
             assert_eq!(
-                *planned.table,
+                planned.table.to_vec(),
                 to_ids(&alone, &planned.backends),
                 "service {}",
                 svc.name
             );
         }
         // Own ids: no two services name the same backend id.
-        let ids = |i: usize| -> std::collections::BTreeSet<u32> {
-            p.services[i].table.iter().copied().collect()
-        };
+        let ids =
+            |i: usize| -> std::collections::BTreeSet<u32> { p.services[i].table.iter().collect() };
         assert!(ids(0).is_disjoint(&ids(1)));
         assert_eq!(ids(0).len(), 3);
+        // One table of indexes in memory for the pool's two services; not for the others.
+        let indexes = |i: usize| std::sync::Arc::as_ptr(p.services[i].table.shared_indexes());
+        assert_eq!(indexes(0), indexes(1));
+        assert_ne!(indexes(0), indexes(2));
+        assert_ne!(indexes(0), indexes(3));
         assert_ne!(p.services[0].table_source, p.services[1].table_source);
     }
 
     fn to_ids(table: &[u32], ids: &[u32]) -> Vec<u32> {
-        let id = to_id(ids);
-        table.iter().map(|&slot| id(slot)).collect()
+        Table::new(std::sync::Arc::new(table.to_vec()), ids).to_vec()
     }
 
     #[test]

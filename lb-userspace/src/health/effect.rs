@@ -207,7 +207,7 @@ services:
         p.services[service]
             .table
             .iter()
-            .filter(|&&b| b == id)
+            .filter(|&b| b == id)
             .count()
     }
 
@@ -241,7 +241,7 @@ services:
             .iter()
             .zip(after.services[0].table.iter());
         let others_moved = pairs
-            .filter(|(old, new)| **old != down && old != new)
+            .filter(|(old, new)| *old != down && old != new)
             .count();
         assert_eq!(others_moved, 0, "slots of the up backends moved");
         // Back up: it gets exactly its slots back.
@@ -300,7 +300,7 @@ services:
             ("10.0.0.13", false, None),
         ]);
         let p = planned(&config(YAML), &all_down, None);
-        assert!(p.services[0].table.iter().all(|&b| b == NO_BACKEND));
+        assert!(p.services[0].table.iter().all(|b| b == NO_BACKEND));
 
         let with_sorry = YAML.replace(
             "    forwarding: tun\n    health_check",
@@ -309,7 +309,7 @@ services:
         let cfg = config(&with_sorry);
         let p = planned(&cfg, &all_down, None);
         let sorry = id_of(&p, "10.0.0.250");
-        assert!(p.services[0].table.iter().all(|&b| b == sorry));
+        assert!(p.services[0].table.iter().all(|b| b == sorry));
         assert!(active(&p, "10.0.0.250"));
         assert_eq!(p.services[0].backends.len(), 4);
         // One backend back: the sorry server leaves, the backend takes every slot.
@@ -321,7 +321,7 @@ services:
         let p2 = planned(&cfg, &one_up, Some(&p));
         assert!(p2.backends.iter().all(|b| b.address != ip("10.0.0.250")));
         let b12 = id_of(&p2, "10.0.0.12");
-        assert!(p2.services[0].table.iter().all(|&b| b == b12));
+        assert!(p2.services[0].table.iter().all(|b| b == b12));
     }
 
     #[test]
@@ -360,10 +360,10 @@ services:
     #[test]
     fn before_the_first_checks_backends_are_their_initial_state() {
         let p = planned(&config(YAML), &HealthMap::new(), None);
-        assert!(p.services[0].table.iter().all(|&b| b == NO_BACKEND));
-        assert!(p.services[1].table.iter().all(|&b| b != NO_BACKEND));
+        assert!(p.services[0].table.iter().all(|b| b == NO_BACKEND));
+        assert!(p.services[1].table.iter().all(|b| b != NO_BACKEND));
         let up = config(&YAML.replace("{ type: tcp }", "{ type: tcp, initial_state: up }"));
         let p = planned(&up, &HealthMap::new(), None);
-        assert!(p.services[0].table.iter().all(|&b| b != NO_BACKEND));
+        assert!(p.services[0].table.iter().all(|b| b != NO_BACKEND));
     }
 }
