@@ -33,7 +33,7 @@
 //! probes per claim), so the walk is replaced by an equivalent computation: a backend's
 //! next claim is the free slot that comes first in its permutation, i.e. the free slot
 //! `s` with the smallest `(s - offset) * skip^-1 mod M`. Same table as the plain walk (a
-//! test keeps them equal), in about half the time.
+//! test keeps them equal).
 
 use crate::NO_BACKEND;
 
