@@ -1770,7 +1770,7 @@ fn tables_built(previous: &Plan, next: &Plan) -> usize {
     next.services
         .iter()
         .filter(|s| !before.get(&s.info.id).is_some_and(|t| t.same(&s.table)))
-        .map(|s| Arc::as_ptr(s.table.shared_indexes()))
+        .map(|s| s.table.indexes().as_ptr())
         .collect::<std::collections::HashSet<_>>()
         .len()
 }

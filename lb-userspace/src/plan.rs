@@ -88,7 +88,8 @@ impl Table {
         }
     }
 
-    /// The slots' indexes (see [`Table::id`]).
+    /// The slots' indexes (see [`Table::id`]), in memory once for all the services that
+    /// share them.
     pub fn indexes(&self) -> &[u32] {
         &self.indexes
     }
@@ -115,11 +116,6 @@ impl Table {
     pub fn same(&self, other: &Table) -> bool {
         std::sync::Arc::ptr_eq(&self.indexes, &other.indexes)
             && std::sync::Arc::ptr_eq(&self.ids, &other.ids)
-    }
-
-    /// The table of indexes, shared by the services built from the same inputs.
-    pub fn shared_indexes(&self) -> &std::sync::Arc<Vec<u32>> {
-        &self.indexes
     }
 }
 
@@ -1013,7 +1009,7 @@ mod reuse_tests {
         assert!(ids(0).is_disjoint(&ids(1)));
         assert_eq!(ids(0).len(), 3);
         // One table of indexes in memory for the pool's two services; not for the others.
-        let indexes = |i: usize| std::sync::Arc::as_ptr(p.services[i].table.shared_indexes());
+        let indexes = |i: usize| p.services[i].table.indexes().as_ptr();
         assert_eq!(indexes(0), indexes(1));
         assert_ne!(indexes(0), indexes(2));
         assert_ne!(indexes(0), indexes(3));
