@@ -65,10 +65,10 @@ pub fn addr_hash(addr: &[u32; 4]) -> u32 {
     finish(h ^ 16)
 }
 
-/// Which connection-table set a flow lives in (`FlowTable::set_index`) and its tag
-/// there (`flow_tag`). Seeded (per table, see
-/// `FlowTable::seed`) so that nobody outside can aim a flood of new flows at one
-/// set; five independent 64-bit multiplications and one final mix, a few nanoseconds.
+/// Which connection-table set a flow lives in (`FlowTable::set_index`) and its tag there
+/// (`flow_tag`). Seeded (per table, see `FlowTable::seed`) so that nobody outside can aim
+/// a flood of new flows at one set; five independent 64-bit multiplications and one
+/// final mix, a few nanoseconds.
 #[inline(always)]
 pub fn flow_set(w: &[u64; 5], seed: u64) -> u64 {
     let h = (w[0] ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15)

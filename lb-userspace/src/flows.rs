@@ -207,15 +207,17 @@ impl<E: SetEntry> SetMemory<E> {
     /// the datapath's own choice is checked by the fixtures). False if the set is full.
     #[cfg(test)]
     fn record(&self, entry: E) -> bool {
-        let set = self.set_of(&entry.key());
+        // One hash for the set and the tag, as the datapath does.
+        let hash = flow_set(&E::key_words(&entry.key()), self.table.seed);
+        let set = self.table.set_index(hash) as usize;
         let way = (0..FLOW_WAYS)
             .find(|&w| self.read(set, w).is_some_and(|e| e.key() == entry.key()))
             .or_else(|| (0..FLOW_WAYS).find(|&w| self.read(set, w).is_none()));
         let Some(way) = way else {
             return false;
         };
-        let tag = lb_common::hash::flow_tag(flow_set(&E::key_words(&entry.key()), self.table.seed));
-        self.tag(set, way).store(tag, Ordering::Relaxed);
+        self.tag(set, way)
+            .store(lb_common::hash::flow_tag(hash), Ordering::Relaxed);
         unsafe { *self.entry(set, way) = entry };
         true
     }
@@ -291,7 +293,7 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_one_cache_line_and_a_set_eight_with_its_tags() {
+    fn an_entry_is_one_cache_line_and_a_set_eight_lines_with_its_tags() {
         assert_eq!(std::mem::size_of::<FlowEntry>(), 64);
         assert_eq!(std::mem::offset_of!(FlowSet, ways), 64);
         assert_eq!(std::mem::size_of::<FlowSet>(), 512);

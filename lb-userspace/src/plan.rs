@@ -104,10 +104,12 @@ impl Table {
         self.indexes.iter().map(|&i| self.id(i))
     }
 
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<u32> {
         self.iter().collect()
     }
 
+    #[cfg(test)]
     pub fn contains(&self, id: u32) -> bool {
         self.iter().any(|x| x == id)
     }
