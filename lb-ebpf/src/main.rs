@@ -80,15 +80,18 @@ fn done(r: Result<u32, Stop>) -> u64 {
 /// flow, of its datagram's first fragment, or the client of a `nat` reply), count it,
 /// send it. Each step that needs stack space is a separate BPF function called from here,
 /// and none calls another deeply, so that no chain of calls exceeds the verifier's
-/// 512-byte stack. The established-flow lookup (`flow_target`) is the exception: it is
-/// inlined, being on every packet's path and small enough for this frame.
+/// 512-byte stack. Two steps on every packet's path are inlined, being small enough for
+/// this frame: reading the common frame (`parse::plain_ipv4`; any other goes to the
+/// general parser, a call) and the established-flow lookup (`flow_target`).
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     let raw = ctx.ctx;
     let mut pkt = Packet::default();
-    let parsed = parse::packet(raw, &mut pkt);
-    if parsed != parse::PARSED {
-        return Err(Stop::decode(parsed));
+    if !parse::plain_ipv4(ctx, &mut pkt) {
+        let parsed = parse::packet(raw, &mut pkt);
+        if parsed != parse::PARSED {
+            return Err(Stop::decode(parsed));
+        }
     }
     if !addressed_to_us(ctx) {
         return Ok(xdp_action::XDP_PASS);

@@ -1,6 +1,8 @@
 //! Reading the packet: Ethernet (with one optional 802.1Q/802.1ad tag), IPv4 (options
 //! allowed) or IPv6 (hop-by-hop, routing, destination-options and fragment headers
 //! walked), then the TCP/UDP ports or the ICMP type. Nothing here writes to the packet.
+//! The common frame (untagged IPv4, no options, TCP or UDP) is read inline by
+//! `plain_ipv4`; `packet` reads every frame, that one included.
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
@@ -179,6 +181,94 @@ pub fn packet(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &mut Packet) -> u32 {
         Ok(()) => PARSED,
         Err(stop) => stop.encode(),
     }
+}
+
+/// What `plain_ipv4` needs inside the frame, checked at once: Ethernet, an IPv4 header
+/// without options and a whole TCP header. (A UDP datagram shorter than that is read by
+/// `packet`.)
+const PLAIN_LEN: usize = ETH_LEN + IPV4_LEN + 20;
+
+/// The common frame, read inline in the caller's frame: untagged IPv4 without options,
+/// not a fragment, carrying TCP or UDP. Fills `pkt` exactly as `packet` would and returns
+/// true; returns false, `pkt` untouched, for any other frame (`packet` reads it then).
+/// Saves the call into `packet` (its return goes through the kernel's return thunk) and
+/// reads whole words where the general parser reads bytes: ~15-20 ns of a frame through
+/// veth. The frame's words need no alignment (x86, and the verifier allows it).
+///
+/// Shaped for the verifier as much as for speed: the frame's words are read in two
+/// groups (the checked ones, then the rest), the checks are combined without
+/// short-circuits, and the address words `pkt` already holds as zeros are not written
+/// again. Written the obvious way (one read, `||` checks, whole addresses written), the
+/// verifier walked 519,000 instructions instead of 353,000 (load 2.0 s instead of 1.4 s),
+/// presumably the paths after this step once per reader; 382,000 with the checks
+/// combined alone. A test bounds the count.
+#[inline(always)]
+pub fn plain_ipv4(ctx: &XdpContext, pkt: &mut Packet) -> bool {
+    let (start, end) = bounds(ctx);
+    if start + PLAIN_LEN > end {
+        return false;
+    }
+    let p = start as *const u8;
+    let (head, lens, frag): (u64, u64, u64);
+    unsafe {
+        core::arch::asm!(
+            "{head} = *(u32 *)({p} + 12)",
+            "{lens} = *(u32 *)({p} + 16)",
+            "{frag} = *(u32 *)({p} + 20)",
+            p = in(reg) p,
+            head = out(reg) head,
+            lens = out(reg) lens,
+            frag = out(reg) frag,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    // Bytes 12-14: the IPv4 ethertype, then version 4 with a 20-byte header.
+    let ip_head = u32::from_le_bytes([0x08, 0x00, 0x45, 0]) as u64;
+    // Bytes 20-21: neither "more fragments" nor an offset (don't-fragment may be set).
+    let fragmented = u16::from_le_bytes([0x3f, 0xff]) as u64;
+    let proto = (frag >> 24) as u8;
+    let tot_len = u16::from_be_bytes([lens as u8, (lens >> 8) as u8]);
+    let plain = (head & 0x00ff_ffff == ip_head)
+        & (frag & fragmented == 0)
+        & ((proto == IPPROTO_TCP) | (proto == IPPROTO_UDP))
+        & (tot_len as usize >= IPV4_LEN);
+    if !plain {
+        return false;
+    }
+    let (src, dst, ports, flags): (u64, u64, u64, u64);
+    unsafe {
+        core::arch::asm!(
+            "{src} = *(u32 *)({p} + 26)",
+            "{dst} = *(u32 *)({p} + 30)",
+            "{ports} = *(u32 *)({p} + 34)",
+            "{flags} = *(u8 *)({p} + 47)",
+            p = in(reg) p,
+            src = out(reg) src,
+            dst = out(reg) dst,
+            ports = out(reg) ports,
+            flags = out(reg) flags,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    pkt.frame_len = (end - start) as u32;
+    pkt.l3 = ETH_LEN as u16;
+    pkt.l4 = (ETH_LEN + IPV4_LEN) as u16;
+    pkt.family = FAMILY_V4;
+    pkt.proto = proto;
+    // The other words of the addresses are zero: `pkt` is a new `Packet`.
+    pkt.src[0] = src as u32;
+    pkt.dst[0] = dst as u32;
+    pkt.tos = (head >> 24) as u8;
+    pkt.l3_len = tot_len;
+    pkt.fragment = Fragment::Whole;
+    pkt.frag_id = u16::from_be_bytes([(lens >> 16) as u8, (lens >> 24) as u8]) as u32;
+    pkt.ports = ports as u32;
+    pkt.sport = ports as u16;
+    pkt.dport = (ports >> 16) as u16;
+    if proto == IPPROTO_TCP {
+        pkt.tcp_flags = flags as u8;
+    }
+    true
 }
 
 /// `packet`'s "parsed" answer; anything else is an encoded `Stop`.

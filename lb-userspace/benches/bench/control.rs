@@ -9,6 +9,9 @@
 //!   built and each service maps it to its own ids.
 //! - `control.load_1000x100_distinct.seconds`: the same with a pool of its own for each
 //!   service (100,000 addresses): 1,000 Maglev builds, on all cores.
+//! - `control.xdp_verify.seconds`, `control.xdp_verified.insns`: the kernel's
+//!   verification of the XDP program (`BPF_PROG_LOAD`), its time and the instructions
+//!   the verifier walked.
 //! - `control.daemon_start_1000x100.seconds`: `bascule run` in a namespace, from spawn to
 //!   `/readyz` answering 200 (program load and verification, maps, pins included).
 //! - `control.reload_one.seconds`: that daemon's `POST /api/v1/reload` round trip after
@@ -40,10 +43,38 @@ pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
         f.samples.push(t.elapsed().as_secs_f64());
     }
     figures.push(f);
+    verification(rounds, figures);
     let (services, per) = if s.quick { (20, 100) } else { (1000, 100) };
     load_in_process(services, per, Pools::Shared, rounds, figures);
     load_in_process(services, per, Pools::Distinct, rounds.min(3), figures);
     daemon(services, per, if s.quick { 2 } else { 10 }, figures);
+}
+
+/// The kernel's verification of the XDP program: the time `BPF_PROG_LOAD` takes (the
+/// object's maps created before the clock starts) and the instructions the verifier
+/// walked (its limit is 1,000,000; every path it cannot prune is walked again).
+fn verification(rounds: usize, figures: &mut Vec<Figure>) {
+    let mut seconds = Figure::new("control.xdp_verify.seconds", "s");
+    let mut insns = Figure::new("control.xdp_verified.insns", "insns");
+    for _ in 0..rounds {
+        let mut ebpf = aya::EbpfLoader::new()
+            .load(bascule::datapath::XDP_OBJECT)
+            .expect("load the XDP object");
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(bascule::datapath::XDP_PROGRAM)
+            .expect("the XDP program")
+            .try_into()
+            .expect("an XDP program");
+        let t = Instant::now();
+        program.load().expect("verify the XDP program");
+        seconds.samples.push(t.elapsed().as_secs_f64());
+        let info = program.info().expect("the program's info");
+        insns
+            .samples
+            .push(f64::from(info.verified_instruction_count().unwrap_or(0)));
+    }
+    figures.push(seconds);
+    figures.push(insns);
 }
 
 fn backends(n: u32) -> Vec<MaglevBackend> {
