@@ -81,13 +81,13 @@ fn done(r: Result<u32, Stop>) -> u64 {
 /// send it. Each step that needs stack space is a separate BPF function called from here,
 /// and none calls another deeply, so that no chain of calls exceeds the verifier's
 /// 512-byte stack. Two steps on every packet's path are inlined, being small enough for
-/// this frame: reading the common frame (`parse::plain_ipv4`; any other goes to the
-/// general parser, a call) and the established-flow lookup (`flow_target`).
+/// this frame: reading the common frames (`parse::plain_ipv4`, `plain_ipv6`; any other
+/// goes to the general parser, a call) and the established-flow lookup (`flow_target`).
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     let raw = ctx.ctx;
     let mut pkt = Packet::default();
-    if !parse::plain_ipv4(ctx, &mut pkt) {
+    if !parse::plain_ipv4(ctx, &mut pkt) && !parse::plain_ipv6(ctx, &mut pkt) {
         let parsed = parse::packet(raw, &mut pkt);
         if parsed != parse::PARSED {
             return Err(Stop::decode(parsed));

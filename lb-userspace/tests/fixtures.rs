@@ -78,8 +78,12 @@ fn dr_expected(h: &Harness, f: &Frame) -> Expect {
 
 /// `tun`: Ethernet to the backend's MAC (the FIB's next hop), outer header from the LB.
 fn tun_expected(h: &Harness, f: &Frame) -> Expect {
+    tun_expected_around(h, f, f.ip_bytes())
+}
+
+/// `f` tunnelled, its IP packet being `inner` (`f`'s own, or altered: its TOS, say).
+fn tun_expected_around(h: &Harness, f: &Frame, inner: Vec<u8>) -> Expect {
     let backend = h.predicted(f);
-    let inner = f.ip_bytes();
     let tos = inner[if f.src.is_ipv4() { 1 } else { 0 }];
     let (ethertype, outer) = match (backend, f.src) {
         (IpAddr::V4(b), IpAddr::V4(_)) => {
@@ -157,29 +161,24 @@ fn forwarding_fixtures() {
         b[24..26].copy_from_slice(&c.to_be_bytes());
         b
     };
-    let tos_expected = {
-        let backend = h.predicted(&tos);
-        let inner = tos_bytes[14..].to_vec();
-        let mut p = outer_ipv4(
-            LB_V4,
-            match backend {
-                IpAddr::V4(b) => b.octets(),
-                _ => unreachable!(),
-            },
-            0xb8,
-            4,
-            inner.len(),
-        );
-        p.extend_from_slice(&inner);
-        eth(backend_mac(backend), LB_MAC, None, 0x0800, &p)
-    };
+    let tos_expected = tun_expected_around(&h, &tos, tos_bytes[14..].to_vec());
+    // IPv6's traffic class straddles the first two bytes (DSCP EF again).
+    let tclass6 = Frame::tcp(client6, 40014, "fd00:112::101", 80);
+    let mut tclass6_bytes = tclass6.bytes();
+    tclass6_bytes[14] = 0x6b;
+    tclass6_bytes[15] = 0x80;
+    let tclass6_expected = tun_expected_around(&h, &tclass6, tclass6_bytes[14..].to_vec());
 
-    // The datapath reads the common frame (untagged IPv4, no options, not a fragment,
-    // TCP or UDP, 54 bytes or more) inline and any other with the general parser: the
-    // cases cover both sides of that line. `dr_udp4` is a 47-byte frame (general
-    // parser); this one is read inline.
+    // The datapath reads the common frame (untagged IPv4 without options nor
+    // fragmentation, or IPv6 without extension headers; TCP or UDP; 54 bytes or more for
+    // IPv4, 74 for IPv6) inline and any other with the general parser: the cases cover
+    // both sides of that line. `dr_udp4` is a 47-byte frame (general parser); this one
+    // is read inline.
     let mut dr_udp4_long = Frame::udp(client4, 40013, "10.112.0.100", 53);
     dr_udp4_long.payload = vec![0x5a; 64];
+    // The same for IPv6 (74 bytes: `dr_udp6` is 67, read by the general parser).
+    let mut dr_udp6_long = Frame::udp(client6, 40015, "fd00:112::100", 53);
+    dr_udp6_long.payload = vec![0x5a; 64];
     let full = dr_tcp4.bytes();
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
@@ -217,6 +216,12 @@ fn forwarding_fixtures() {
             input: dr_udp4_long.bytes(),
             verdict: XDP_TX,
             expect: dr_expected(&h, &dr_udp4_long),
+        },
+        Case {
+            name: "dr v6 udp, a frame of 74 bytes or more",
+            input: dr_udp6_long.bytes(),
+            verdict: XDP_TX,
+            expect: dr_expected(&h, &dr_udp6_long),
         },
         Case {
             name: "dr v6 tcp",
@@ -258,7 +263,13 @@ fn forwarding_fixtures() {
             name: "tun 4in4 keeps the inner TOS in the outer header",
             input: tos_bytes,
             verdict: XDP_TX,
-            expect: Expect::Frame(tos_expected),
+            expect: tos_expected,
+        },
+        Case {
+            name: "tun 6in6 keeps the inner traffic class in the outer header",
+            input: tclass6_bytes,
+            verdict: XDP_TX,
+            expect: tclass6_expected,
         },
         Case {
             name: "dr behind a VLAN tag",
@@ -480,9 +491,9 @@ fn same_flow_same_backend_and_counters() {
     assert_eq!(services[web4 as usize], c);
 }
 
-/// The common frame is read inline, others by the general parser (IP options, a short
-/// UDP datagram): both must read the same flow, or its packets would make two
-/// connection-table entries (two new flows) and could reach two backends.
+/// The common frame is read inline, others by the general parser (IPv4 options, an IPv6
+/// extension header, a short UDP datagram): both must read the same flow, or its packets
+/// would make two connection-table entries (two new flows) and could reach two backends.
 #[test]
 fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
     let mut h = Harness::new(CONFIG);
@@ -495,8 +506,23 @@ fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
     let mut long_udp = short_udp.clone();
     long_udp.payload = vec![0x5a; 64];
     assert!(short_udp.bytes().len() < 54 && long_udp.bytes().len() >= 54);
-    for (name, a, b) in [("tcp", &plain, &options), ("udp", &long_udp, &short_udp)] {
-        let service = h.service_id(if name == "tcp" { "web4" } else { "dns4" });
+    let plain6 = Frame::tcp("fd00:111::10", 41003, "fd00:112::100", 80);
+    let hop_by_hop6 = Frame {
+        options: vec![0],
+        ..plain6.clone()
+    };
+    let short_udp6 = Frame::udp("fd00:111::10", 41004, "fd00:112::100", 53);
+    let mut long_udp6 = short_udp6.clone();
+    long_udp6.payload = vec![0x5a; 64];
+    assert!(short_udp6.bytes().len() < 74 && long_udp6.bytes().len() >= 74);
+    for (service, a, b) in [
+        ("web4", &plain, &options),
+        ("dns4", &long_udp, &short_udp),
+        ("web6", &plain6, &hop_by_hop6),
+        ("dns6", &long_udp6, &short_udp6),
+    ] {
+        let name = service;
+        let service = h.service_id(service);
         let before = h.datapath.service_counters(service).unwrap();
         let mut macs = Vec::new();
         for i in 0..6 {
