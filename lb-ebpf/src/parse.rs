@@ -190,8 +190,9 @@ pub fn packet(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &mut Packet) -> u32 {
 const PLAIN_LEN: usize = ETH_LEN + IPV4_LEN + 20;
 
 /// The common frame, read inline in the caller's frame: untagged IPv4 without options,
-/// not a fragment, carrying TCP or UDP. Fills `pkt` exactly as `packet` would and returns
-/// true; returns false, `pkt` untouched, for any other frame (`packet` reads it then).
+/// not a fragment, carrying TCP or UDP. Fills `pkt`, a new `Packet`, exactly as `packet`
+/// would and returns true; returns false, `pkt` untouched, for any other frame (`packet`
+/// reads it then).
 /// Saves the call into `packet` (its return goes through the kernel's return thunk) and
 /// reads whole words where the general parser reads bytes: ~15-20 ns of a frame through
 /// veth. The frame's words need no alignment (x86, and the verifier allows it).
@@ -340,7 +341,7 @@ pub fn plain_ipv6(ctx: &XdpContext, pkt: &mut Packet) -> bool {
     true
 }
 
-/// Four words of the frame at `p + OFF`, as they lie (bounds checked by the caller).
+/// Four words of the frame at `p + off`, as they lie (bounds checked by the caller).
 #[inline(always)]
 fn words4(p: *const u8, off: usize) -> [u32; 4] {
     let (a, b, c, d): (u64, u64, u64, u64);
