@@ -266,12 +266,7 @@ pub fn plain_ipv4(ctx: &XdpContext, pkt: &mut Packet) -> bool {
     pkt.l3_len = tot_len;
     pkt.fragment = Fragment::Whole;
     pkt.frag_id = u16::from_be_bytes([(lens >> 16) as u8, (lens >> 24) as u8]) as u32;
-    pkt.ports = ports as u32;
-    pkt.sport = ports as u16;
-    pkt.dport = (ports >> 16) as u16;
-    if proto == IPPROTO_TCP {
-        pkt.tcp_flags = flags as u8;
-    }
+    plain_transport(pkt, proto, ports, flags);
     true
 }
 
@@ -332,13 +327,19 @@ pub fn plain_ipv6(ctx: &XdpContext, pkt: &mut Packet) -> bool {
             options(readonly, nostack, preserves_flags),
         );
     }
+    plain_transport(pkt, proto, ports, flags);
+    true
+}
+
+/// An inline reader's ports word and TCP flags byte, stored as `transport` stores them.
+#[inline(always)]
+fn plain_transport(pkt: &mut Packet, proto: u8, ports: u64, flags: u64) {
     pkt.ports = ports as u32;
     pkt.sport = ports as u16;
     pkt.dport = (ports >> 16) as u16;
     if proto == IPPROTO_TCP {
         pkt.tcp_flags = flags as u8;
     }
-    true
 }
 
 /// Four words of the frame at `p + off`, as they lie (bounds checked by the caller).
