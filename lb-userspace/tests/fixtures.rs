@@ -515,14 +515,13 @@ fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
     let mut long_udp6 = short_udp6.clone();
     long_udp6.payload = vec![0x5a; 64];
     assert!(short_udp6.bytes().len() < 74 && long_udp6.bytes().len() >= 74);
-    for (service, a, b) in [
+    for (name, a, b) in [
         ("web4", &plain, &options),
         ("dns4", &long_udp, &short_udp),
         ("web6", &plain6, &hop_by_hop6),
         ("dns6", &long_udp6, &short_udp6),
     ] {
-        let name = service;
-        let service = h.service_id(service);
+        let service = h.service_id(name);
         let before = h.datapath.service_counters(service).unwrap();
         let mut macs = Vec::new();
         for i in 0..6 {
