@@ -18,6 +18,9 @@ fn ebpf_cargo(
         "-Clink-arg=--btf".into(),
         "-Ctarget-cpu=v3".into(),
         "-Clink-arg=--disable-expand-memcpy-in-order".into(),
+        // Kept global (BTF linkage) so that the verifier checks it once, on its own:
+        // `lb-ebpf/src/flow.rs`, `schedule`.
+        "-Clink-arg=--export=bascule_schedule".into(),
     ]
     .join("\x1f");
     let mut cmd = std::process::Command::new("rustup");

@@ -542,20 +542,23 @@ fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
 }
 
 /// The verifier walks every path of the program it cannot prune, up to 1,000,000
-/// instructions, and takes about 4 us per instruction here (the daemon waits for it at
-/// start). A change that leaves it unable to prune the paths after some branch
-/// (the inline IPv4 reader beside the general parser did, until its stores matched)
-/// doubles what it walks after it: caught here while there is room left.
+/// instructions, at ~2-4 us each here (the daemon waits for it at start, and so does
+/// every test that loads the program). It walks 105,486 since `flow::schedule` is a
+/// global function it checks once (353,671 before). The bound catches either step going
+/// back: `schedule` checked again at every state of its call (~350,000), or an inline
+/// reader whose stack differs in kind from the general parser's, so that the paths after
+/// them are walked once per reader (~136,000). Raise it knowingly; the bench reports the
+/// count as `control.xdp_verified.insns`.
 #[test]
-fn the_verifier_walks_at_most_half_its_limit() {
+fn the_verifier_walks_at_most_130_000_instructions() {
     let mut h = Harness::new(CONFIG);
     let info = h.datapath.program().info().unwrap();
     let walked = info
         .verified_instruction_count()
         .expect("the kernel reports verified instructions");
     assert!(
-        walked < 500_000,
-        "the verifier walked {walked} instructions of bascule_xdp (limit 1,000,000)"
+        walked < 130_000,
+        "the verifier walked {walked} instructions of bascule_xdp (bound 130,000, limit 1,000,000)"
     );
 }
 
