@@ -124,15 +124,15 @@ fn record(key: &FlowKey, state: &FlowState) {
 
 /// The backend for a new flow: the client's persistence template if the service has one
 /// and it is fresh, else the scheduler's choice. `NO_BACKEND` when none is eligible.
-/// A separate BPF function (own stack frame).
 ///
-/// A global BPF function (exported as `bascule_schedule`: bpf-linker keeps an exported
-/// symbol global in the object's BTF, see `lb-userspace/ebpf_cargo.rs`): the verifier checks it once, on its own, for any `Packet` and
-/// `ServiceInfo`, instead of again for every state the program reaches its call with. The
-/// schedulers' branches made that the bulk of verification: 353,671 instructions walked
-/// before, 105,486 since (program load 1.43 s -> ~0.2 s). The verifier gives a global
-/// function's pointer arguments as memory of the pointee's size that may be null: hence
-/// raw pointers, checked.
+/// A separate BPF function (own stack frame), and a global one: exported as
+/// `bascule_schedule` (bpf-linker keeps an exported symbol global in the object's BTF, see
+/// `lb-userspace/ebpf_cargo.rs`), it is checked by the verifier once, on its own, for any
+/// `Packet` and `ServiceInfo`, instead of again for every state the program reaches its
+/// call with. The schedulers' branches made that the bulk of verification: 353,671
+/// instructions walked before, 105,486 since (program load 1.43 s -> ~0.2 s). The
+/// verifier gives a global function's pointer arguments as memory of the pointee's size
+/// that may be null: hence raw pointers, checked.
 #[export_name = "bascule_schedule"]
 #[inline(never)]
 #[allow(improper_ctypes_definitions)] // pointers only: their pointees' layout is ours
