@@ -69,9 +69,10 @@ fn verification(rounds: usize, figures: &mut Vec<Figure>) {
         program.load().expect("verify the XDP program");
         seconds.samples.push(t.elapsed().as_secs_f64());
         let info = program.info().expect("the program's info");
-        insns
-            .samples
-            .push(f64::from(info.verified_instruction_count().unwrap_or(0)));
+        let walked = info
+            .verified_instruction_count()
+            .expect("the kernel reports the instructions it verified");
+        insns.samples.push(f64::from(walked));
     }
     figures.push(seconds);
     figures.push(insns);
