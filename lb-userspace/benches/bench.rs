@@ -16,6 +16,15 @@
 //!
 //! `--only GROUP[,GROUP]` (xdp, control, failover, ...): just those figures.
 //!
+//! A group that needs something this machine may refuse or lack (live frames for `veth`,
+//! HAProxy, wrk and BPF statistics for `http`) checks for it before measuring; without
+//! it, the group is reported unavailable with the reason (printed, and under
+//! `"unavailable"` in the results file), and the other groups still run: the suite exits
+//! 0 when what could run ran. `BASCULE_BENCH_REFUSE=live_frames,haproxy,wrk` makes it
+//! act as if those were refused, and `--expect-unavailable GROUP[,GROUP]` fails the run
+//! unless exactly those groups were unavailable and every other produced figures:
+//! `cargo xtask test` runs both to show the suite carrying on.
+//!
 //! `--quick`: few rounds and small N; `cargo xtask test` runs it so the suite cannot rot
 //! (it checks that every figure is produced, not how fast).
 
@@ -45,7 +54,7 @@ use common::{
     harness::{xdp_md, Harness},
     packet::Frame,
 };
-use figure::{Figure, Settings};
+use figure::{Figure, GroupResult, Settings, Unavailable};
 use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
@@ -87,8 +96,69 @@ fn measure(
     total as f64 / f64::from(runs)
 }
 
+/// A group of figures: its name for `--only`, whether `--quick` runs it, and the function
+/// that measures it (`Err(reason)`: a requirement this machine does not meet).
+struct Group {
+    name: &'static str,
+    quick: bool,
+    run: fn(&Settings, &mut Vec<Figure>) -> GroupResult,
+}
+
+const GROUPS: [Group; 6] = [
+    Group {
+        name: "xdp",
+        quick: true,
+        run: |s, f| {
+            xdp_figures(s, f);
+            Ok(())
+        },
+    },
+    Group {
+        name: "veth",
+        quick: true,
+        run: veth::figures,
+    },
+    Group {
+        name: "http",
+        quick: true,
+        run: http::figures,
+    },
+    Group {
+        name: "control",
+        quick: true,
+        run: |s, f| {
+            control::figures(s, f);
+            Ok(())
+        },
+    },
+    Group {
+        name: "health",
+        quick: true,
+        run: |s, f| {
+            health::figures(s, f);
+            Ok(())
+        },
+    },
+    Group {
+        name: "failover",
+        quick: false,
+        run: |_, f| {
+            failover_figures(f);
+            Ok(())
+        },
+    },
+];
+
+/// The value after `flag` on the command line.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
     let s = if quick {
         Settings {
             rounds: 2,
@@ -103,21 +173,19 @@ fn main() {
         }
     };
     // `--only xdp,control`: just those groups (results in results-xdp,control.json).
-    let args: Vec<String> = std::env::args().collect();
-    let only: Option<String> = args
-        .iter()
-        .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1).cloned());
-    const GROUPS: [&str; 6] = ["xdp", "veth", "http", "control", "health", "failover"];
+    let only = flag_value(&args, "--only");
+    // `--expect-unavailable veth`: the run fails unless exactly these groups were
+    // unavailable and every other group it ran produced figures (the suite's own test,
+    // with BASCULE_BENCH_REFUSE).
+    let expect_unavailable = flag_value(&args, "--expect-unavailable");
+    let names: Vec<&str> = GROUPS.iter().map(|g| g.name).collect();
     if let Some(unknown) = only
         .iter()
+        .chain(&expect_unavailable)
         .flat_map(|o| o.split(','))
-        .find(|g| !GROUPS.contains(g))
+        .find(|g| !names.contains(g))
     {
-        eprintln!(
-            "--only: no group `{unknown}`; the groups are {}",
-            GROUPS.join(", ")
-        );
+        eprintln!("no group `{unknown}`; the groups are {}", names.join(", "));
         std::process::exit(2);
     }
     let wanted = |group: &str| {
@@ -126,26 +194,28 @@ fn main() {
     };
     let started = Instant::now();
     let mut figures: Vec<Figure> = Vec::new();
-    if wanted("xdp") {
-        xdp_figures(&s, &mut figures);
+    let mut unavailable: Vec<Unavailable> = Vec::new();
+    let mut ran: Vec<(&str, usize)> = Vec::new();
+    for group in GROUPS
+        .iter()
+        .filter(|g| wanted(g.name) && (g.quick || !quick))
+    {
+        let before = figures.len();
+        match (group.run)(&s, &mut figures) {
+            Ok(()) => ran.push((group.name, figures.len() - before)),
+            Err(reason) => {
+                println!("{}: unavailable on this machine: {reason}", group.name);
+                figures.truncate(before);
+                unavailable.push(Unavailable {
+                    group: group.name,
+                    reason,
+                });
+            }
+        }
     }
-    if wanted("veth") {
-        veth::figures(&s, &mut figures);
-    }
-    if wanted("http") {
-        http::figures(&s, &mut figures);
-    }
-    if wanted("control") {
-        control::figures(&s, &mut figures);
-    }
-    if wanted("health") {
-        health::figures(&s, &mut figures);
-    }
-    if !quick && wanted("failover") {
-        failover_figures(&mut figures);
-    }
-    report(
+    let path = report(
         &figures,
+        &unavailable,
         started.elapsed().as_secs_f64(),
         quick,
         only.as_deref(),
@@ -159,6 +229,57 @@ fn main() {
     if !bad.is_empty() {
         eprintln!("figures without a usable value: {bad:?}");
         std::process::exit(1);
+    }
+    if let Some(expected) = expect_unavailable {
+        if let Err(e) = check_unavailable(&expected, &ran, &path) {
+            eprintln!("--expect-unavailable {expected}: {e}");
+            std::process::exit(1);
+        }
+        println!("--expect-unavailable {expected}: as expected, the other groups ran");
+    }
+}
+
+/// The suite's own check that it carries on without a group: the results file names
+/// exactly the `expected` groups as unavailable, each with a reason, and every group that
+/// ran produced figures that are in the file.
+fn check_unavailable(
+    expected: &str,
+    ran: &[(&str, usize)],
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let doc: Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let recorded: Vec<(String, String)> = doc["unavailable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| {
+            let field = |k: &str| u[k].as_str().unwrap_or_default().to_string();
+            (field("group"), field("reason"))
+        })
+        .collect();
+    let mut groups: Vec<&str> = recorded.iter().map(|(g, _)| g.as_str()).collect();
+    let mut want: Vec<&str> = expected.split(',').collect();
+    groups.sort_unstable();
+    want.sort_unstable();
+    if groups != want {
+        return Err(format!(
+            "{} records {groups:?} as unavailable",
+            path.display()
+        ));
+    }
+    if let Some((group, _)) = recorded.iter().find(|(_, reason)| reason.is_empty()) {
+        return Err(format!("{group} is recorded without a reason"));
+    }
+    let written = doc["figures"].as_array().map_or(0, Vec::len);
+    let produced: usize = ran.iter().map(|(_, n)| n).sum();
+    match ran.iter().find(|(_, n)| *n == 0) {
+        Some((group, _)) => Err(format!("{group} ran but produced no figure")),
+        None if ran.is_empty() => Err("no other group ran".into()),
+        None if written != produced => {
+            Err(format!("{written} figures written, {produced} produced"))
+        }
+        None => Ok(()),
     }
 }
 
@@ -389,7 +510,14 @@ fn failover_figures(figures: &mut Vec<Figure>) {
     figures.extend(kept);
 }
 
-fn report(figures: &[Figure], seconds: f64, quick: bool, only: Option<&str>) {
+/// Prints the table and writes the results file, whose path it returns.
+fn report(
+    figures: &[Figure],
+    unavailable: &[Unavailable],
+    seconds: f64,
+    quick: bool,
+    only: Option<&str>,
+) -> std::path::PathBuf {
     let median_of = |name: &str| figures.iter().find(|f| f.name == name).map(Figure::median);
     println!(
         "{:<34} {:>12} {:>10} {:>10} {:>8} {:>9}",
@@ -430,7 +558,14 @@ fn report(figures: &[Figure], seconds: f64, quick: bool, only: Option<&str>) {
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
-    let doc: Value = json!({"machine": machine, "figures": out});
+    for u in unavailable {
+        println!("{:<34} unavailable: {}", u.group, u.reason);
+    }
+    let unavailable: Vec<Value> = unavailable
+        .iter()
+        .map(|u| json!({"group": u.group, "reason": u.reason}))
+        .collect();
+    let doc: Value = json!({"machine": machine, "figures": out, "unavailable": unavailable});
     let path = dir.join(match (quick, only) {
         (_, Some(groups)) => format!("results-{groups}.json"),
         (true, None) => "results-quick.json".into(),
@@ -442,4 +577,5 @@ fn report(figures: &[Figure], seconds: f64, quick: bool, only: Option<&str>) {
         figures.len(),
         path.display()
     );
+    path
 }

@@ -251,7 +251,22 @@ fn build_and_test() -> Result<()> {
         "bench",
         "--",
         "--quick",
-    ]))
+    ]))?;
+    // A kernel may refuse live frames (EPERM): the suite must then report the veth group
+    // unavailable, with the reason, and still write every other group's figures.
+    println!("==> benchmark smoke run with live frames refused on purpose (BASCULE_BENCH_REFUSE)");
+    run_checked(
+        cargo()
+            .args(["test", "-p", "lb-userspace", "--bench", "bench", "--"])
+            .args([
+                "--quick",
+                "--only",
+                "xdp,veth",
+                "--expect-unavailable",
+                "veth",
+            ])
+            .env("BASCULE_BENCH_REFUSE", "live_frames"),
+    )
 }
 
 /// `cargo xtask bench [--quick]`: the benchmark suite, optimised build, as root.

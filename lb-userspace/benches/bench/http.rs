@@ -78,7 +78,7 @@ use bascule_tests::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::figure::{Figure, Settings};
+use crate::figure::{one_line, refused_on_purpose, Figure, GroupResult, Settings};
 
 /// Where HAProxy listens on `lb1` (on `lo`, in the subnet the client routes via `lb1`).
 const PEER_ADDR: Ipv4Addr = Ipv4Addr::new(10, 112, 0, 200);
@@ -134,11 +134,21 @@ struct Sample {
 }
 
 /// `http.*`: see the module documentation.
-pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
+/// Unavailable where HAProxy or wrk is not installed (`cargo xtask setup` installs both)
+/// or the kernel keeps BPF run-time statistics off.
+pub fn figures(s: &Settings, figures: &mut Vec<Figure>) -> GroupResult {
+    for program in ["haproxy", "wrk"] {
+        refused_on_purpose(program)?;
+        installed(program)?;
+    }
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+        format!(
+            "BPF run-time statistics (BPF_ENABLE_STATS) refused: {}",
+            one_line(&e)
+        )
+    })?;
     let seconds = if s.quick { 1 } else { 3 };
     let lab = HttpLab::new().expect("build the HTTP lab");
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .expect("enable BPF run-time statistics (BPF_ENABLE_STATS, kernel 5.8+)");
     let fig = |side: Side, what: &str, unit: &'static str| {
         let mut f = Figure::new(&format!("http.{}.{what}", side.name()), unit);
         if side == Side::Bascule {
@@ -185,6 +195,17 @@ pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
     }
     for f in cps.into_iter().chain(rps).chain(cpu) {
         figures.push(f);
+    }
+    Ok(())
+}
+
+/// Whether `program` runs (`-v` prints its version with both programs).
+fn installed(program: &str) -> GroupResult {
+    match std::process::Command::new(program).arg("-v").output() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "{program} cannot be run ({e}): `cargo xtask setup` installs it"
+        )),
     }
 }
 
