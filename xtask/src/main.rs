@@ -3,6 +3,8 @@
 //! caller's directory so that relative config paths work.
 
 mod demo;
+#[cfg(test)]
+mod doclinks;
 mod setup;
 
 use std::{
