@@ -2,6 +2,7 @@
 //! to remember. Cargo commands run from the workspace root; the daemon (`run`) runs from the
 //! caller's directory so that relative config paths work.
 
+mod commits;
 mod demo;
 #[cfg(test)]
 mod doclinks;
@@ -25,7 +26,8 @@ commands:
                               Debian packages, bpffs at /sys/fs/bpf); safe to run again
   build [--release]           build the bascule binary (its build script builds and embeds the eBPF object)
   run [--release] -- ARGS...  build, then run target/{debug,release}/bascule ARGS...
-  test                        fmt, prerequisites, clippy (the eBPF crate too), build, every test including privileged ones (root)
+  test                        commit subjects, fmt, prerequisites, clippy (the eBPF crate too), build,
+                              every test including privileged ones (root)
   demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
                               G: xdp, veth, http, control, health, failover (comma-separated)";
@@ -175,7 +177,11 @@ fn test() -> Result<()> {
              run it as root"
         );
     }
-    let steps: [Step; 5] = [
+    let steps: [Step; 6] = [
+        (
+            "commit subjects beyond origin/main: `area: summary`, at most 72 characters",
+            || commits::check(workspace_root()),
+        ),
         ("cargo fmt --all -- --check", || {
             run_checked(cargo().args(["fmt", "--all", "--", "--check"]))
         }),
