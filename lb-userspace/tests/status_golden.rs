@@ -1,5 +1,6 @@
-//! `bascule status` rendering against a golden file, and the snapshot's JSON (what the
-//! CLI reads from `/api/v1/services`) surviving a round trip.
+//! `bascule status` rendering against a golden file, the snapshot's JSON (what the CLI
+//! reads from `/api/v1/services`) surviving a round trip, and the shipped dashboard and
+//! alert rules naming only metrics the daemon exports.
 //!
 //! To accept a deliberate change of the output: `BASCULE_UPDATE_GOLDEN=1 cargo test -p
 //! lb-userspace --test status_golden`, then review the diff of `tests/golden/status.txt`.
@@ -7,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use bascule::{
+    metrics,
     snapshot::{
         BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
         VrrpStatus,
@@ -167,4 +169,88 @@ fn snapshot_json_round_trips() {
         "{json}"
     );
     assert!(json.contains("\"state\":\"master\""), "{json}");
+}
+
+/// The metric names a scrape of `s` shows (Prometheus text format): every `# TYPE`
+/// family, with a histogram's `_bucket`, `_sum` and `_count` series.
+fn exported_names(s: &Snapshot) -> Vec<String> {
+    let text = metrics::render(s, false);
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            names.push(name.to_string());
+            if kind == "histogram" {
+                names.extend(["_bucket", "_sum", "_count"].map(|suffix| format!("{name}{suffix}")));
+            }
+        }
+    }
+    names
+}
+
+/// Every `bascule_...` name in `text`.
+fn metric_names_in(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("bascule_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        found.push(name);
+    }
+    found
+}
+
+#[test]
+fn dashboard_and_alerts_name_only_exported_metrics() {
+    let exported = exported_names(&snapshot());
+    assert!(
+        exported.iter().any(|n| n == "bascule_backend_up"),
+        "{exported:?}"
+    );
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+    let mut unknown = Vec::new();
+    for file in ["grafana/bascule.json", "prometheus/alerts.yml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).unwrap();
+        let names = metric_names_in(&text);
+        assert!(names.len() >= 9, "{file}: only {names:?}");
+        unknown.extend(
+            names
+                .into_iter()
+                .filter(|n| !exported.contains(n))
+                .map(|n| format!("{file}: {n}")),
+        );
+    }
+    unknown.dedup();
+    assert!(
+        unknown.is_empty(),
+        "not exported by the daemon: {unknown:?}"
+    );
+}
+
+#[test]
+fn every_dashboard_panel_queries_something() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/bascule.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let empty: Vec<&str> = panels
+        .iter()
+        .filter(|p| p["type"] != "row")
+        .filter(|p| {
+            p["targets"].as_array().is_none_or(|t| {
+                t.iter()
+                    .all(|t| t["expr"].as_str().unwrap_or("").is_empty())
+            })
+        })
+        .map(|p| p["title"].as_str().unwrap_or("?"))
+        .collect();
+    assert!(empty.is_empty(), "panels without a query: {empty:?}");
 }

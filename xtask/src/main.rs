@@ -177,7 +177,7 @@ fn test() -> Result<()> {
              run it as root"
         );
     }
-    let steps: [Step; 6] = [
+    let steps: &[Step] = &[
         (
             "commit subjects beyond origin/main: `area: summary`, at most 72 characters",
             || commits::check(workspace_root()),
@@ -204,6 +204,10 @@ fn test() -> Result<()> {
         (
             "cargo +nightly clippy -p lb-ebpf (bpfel-unknown-none) -- -D warnings",
             clippy_ebpf,
+        ),
+        (
+            "promtool: deploy/prometheus scrape config and alert rules, rule tests",
+            promtool,
         ),
         (
             "cargo build -p lb-userspace, then cargo test --workspace --exclude lb-ebpf",
@@ -238,6 +242,23 @@ fn clippy_ebpf() -> Result<()> {
 }
 
 include!("../../lb-userspace/ebpf_cargo.rs");
+
+/// The shipped Prometheus files: the scrape config and the alert rules are valid, and
+/// every alert fires on the series written for it in `alerts.test.yml`.
+fn promtool() -> Result<()> {
+    let dir = workspace_root().join("deploy/prometheus");
+    let promtool = |args: &[&str]| {
+        run_checked(
+            Command::new("promtool")
+                .args(args)
+                .current_dir(&dir)
+                .env("NO_COLOR", "1"),
+        )
+    };
+    promtool(&["check", "config", "scrape.yml"])?;
+    promtool(&["check", "rules", "alerts.yml"])?;
+    promtool(&["test", "rules", "alerts.test.yml"])
+}
 
 fn build_and_test() -> Result<()> {
     let bin = build(Profile::Debug)?;
