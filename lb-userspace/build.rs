@@ -23,6 +23,7 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    git_commit(&workspace);
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
     let target_dir = out.join("ebpf-target");
     let arch = env::var("CARGO_CFG_TARGET_ARCH").expect("CARGO_CFG_TARGET_ARCH");
@@ -45,6 +46,36 @@ fn main() {
         let built = target_dir.join("bpfel-unknown-none/release").join(bin);
         std::fs::copy(&built, out.join(bin))
             .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    }
+}
+
+/// `BASCULE_GIT_COMMIT` for `bascule --version`: the commit the binary is built from, or
+/// `unknown commit` outside git. Watched through HEAD and the branch it names, so a new
+/// commit builds the version again (and nothing else does).
+fn git_commit(workspace: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let commit =
+        git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown commit".into());
+    println!("cargo:rustc-env=BASCULE_GIT_COMMIT={commit}");
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for file in ["HEAD", "packed-refs"]
+        .into_iter()
+        .map(String::from)
+        .chain(branch)
+    {
+        // A missing file would make cargo run this script at every build.
+        let path = git(&["rev-parse", "--git-path", &file]).map(|p| workspace.join(p));
+        if let Some(path) = path.filter(|p| p.exists()) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use std::{
     process::ExitCode,
 };
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use bascule::{
     cli::{self, ApiClient, Failure, DEFAULT_API},
@@ -14,14 +14,30 @@ use bascule::{
 #[derive(Parser)]
 #[command(
     name = "bascule",
-    version,
+    version = VERSION,
     about = "Layer-4 load balancer and failover daemon (XDP)",
-    after_help = "Exit codes: 0 done, 1 refused or failed, 2 bad command line, 3 daemon unreachable, 4 token needed."
+    after_help = AFTER_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The package's version and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("BASCULE_GIT_COMMIT"),
+    ")"
+);
+
+const AFTER_HELP: &str = "\
+Environment:
+  BASCULE_API    the daemon's API for the client commands, as --api
+  BASCULE_TOKEN  the API bearer token, when no --token-file is given
+  BASCULE_LOG    log filter of the daemon: error, warn, info (default), debug, trace
+
+Exit codes: 0 done, 1 refused or failed, 2 bad command line, 3 daemon unreachable, 4 token needed.";
 
 /// How to reach the daemon's API.
 #[derive(Args)]
@@ -29,7 +45,7 @@ struct ApiArgs {
     /// The daemon's API (its http.listen).
     #[arg(long, env = "BASCULE_API", default_value = DEFAULT_API, global = true)]
     api: String,
-    /// File holding the API bearer token (else env BASCULE_TOKEN).
+    /// File holding the API bearer token (else the environment's BASCULE_TOKEN).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
     /// Print JSON instead of text.
@@ -47,7 +63,7 @@ impl ApiArgs {
 enum Command {
     /// Run the daemon: attach the datapath and balance the configured services.
     Run {
-        /// Configuration file (default /etc/bascule/bascule.yaml).
+        /// Configuration file [default: /etc/bascule/bascule.yaml].
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// On SIGTERM/SIGINT, leave the datapath forwarding (pinned in /sys/fs/bpf/bascule);
@@ -59,6 +75,7 @@ enum Command {
     /// Validate a configuration and print the Maglev table digest of each service
     /// (equal digests on two nodes mean they send every flow to the same backend).
     Check {
+        /// Configuration file [default: /etc/bascule/bascule.yaml].
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// Skip the checks against this node (interfaces exist, VIPs reachable): for a
@@ -83,9 +100,9 @@ enum Command {
         /// Virtual service address, VIP:PORT.
         #[arg(long)]
         dst: SocketAddr,
-        /// tcp or udp.
-        #[arg(long, default_value = "tcp")]
-        proto: String,
+        /// The flow's protocol.
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
         /// Answer from this config file alone, without asking a daemon (no connection
         /// table; every backend reachable).
         #[arg(short, long)]
@@ -123,12 +140,38 @@ enum Command {
     /// Backend side of `tun` forwarding: strip bascule's tunnel headers on INTERFACE's
     /// ingress for the VIPs this host holds (by default the non-loopback addresses on lo).
     Decap {
+        /// The backend's interface that receives the tunnelled packets.
         #[arg(short, long)]
         interface: String,
         /// A VIP to decapsulate for (repeatable); overrides the addresses found on lo.
         #[arg(long = "vip")]
         vips: Vec<IpAddr>,
     },
+    /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
+    /// standard output.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on standard output.
+    #[command(hide = true)]
+    Manpage,
+}
+
+/// A flow's protocol, for `simulate`.
+#[derive(Clone, Copy, ValueEnum)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -161,7 +204,7 @@ fn main() -> ExitCode {
             api,
         } => daemon::load_config(&path)
             .map_err(failed)
-            .and_then(|c| cli::simulate_offline(&c, src, dst, &proto, api.json)),
+            .and_then(|c| cli::simulate_offline(&c, src, dst, proto.as_str(), api.json)),
         Command::Simulate {
             src,
             dst,
@@ -170,7 +213,7 @@ fn main() -> ExitCode {
             api,
         } => api
             .client()
-            .and_then(|c| cli::simulate(&c, src, dst, &proto, api.json)),
+            .and_then(|c| cli::simulate(&c, src, dst, proto.as_str(), api.json)),
         Command::Drain {
             backend,
             service,
@@ -188,6 +231,18 @@ fn main() -> ExitCode {
                 .and_then(|c| cli::set_weight(&c, &backend, service.as_deref(), w, api.json))
         }),
         Command::Reload { api } => api.client().and_then(|c| cli::reload(&c, api.json)),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bascule",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| failed(e.into())),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
