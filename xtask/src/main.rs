@@ -6,6 +6,7 @@ mod commits;
 mod demo;
 #[cfg(test)]
 mod doclinks;
+mod package;
 mod setup;
 
 use std::{
@@ -29,6 +30,8 @@ commands:
   test                        commit subjects, fmt, prerequisites, clippy (the eBPF crate too), build,
                               every test including privileged ones (root)
   demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
+  package [--debug]           Debian package target/debian/bascule_<version>_<arch>.deb
+  package --install-test      build it (debug), install it here, check it, purge it (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
                               G: xdp, veth, http, control, health, failover (comma-separated)";
 
@@ -80,6 +83,7 @@ fn dispatch(args: &[String]) -> Result<()> {
             test()
         }
         "demo" => demo::run(rest),
+        "package" => package::run(rest),
         "bench" => {
             let mut quick = false;
             let mut only = None;
@@ -212,6 +216,10 @@ fn test() -> Result<()> {
         (
             "cargo build -p lb-userspace, then cargo test --workspace --exclude lb-ebpf",
             build_and_test,
+        ),
+        (
+            "cargo xtask package --debug, installed, checked and purged",
+            package::install_test,
         ),
     ];
     let started = Instant::now();

@@ -39,6 +39,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
     "prometheus",
+    "man-db",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
