@@ -7,7 +7,9 @@
 //! uses word 0 and leaves words 1..3 zero.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod checksum;
 pub mod hash;
+pub mod icmp;
 #[cfg(feature = "std")]
 pub mod maglev;
 
@@ -18,22 +20,6 @@ pub const MAX_BACKENDS: u32 = 131_072;
 /// Entries of each service's lookup table (inner map): the Maglev table for mh. A prime, so that every
 /// backend's `skip` is coprime with it and each permutation visits every slot. A service
 /// may use a smaller prime table (`ServiceInfo::table_size`); this is the ceiling.
-/// ICMP and ICMPv6 message types and codes, as the datapath (echo replies, too-big
-/// steering) and the ping health check use them.
-pub mod icmp {
-    pub const ECHO_REPLY_V4: u8 = 0;
-    pub const UNREACHABLE_V4: u8 = 3;
-    /// Code of "fragmentation needed" under `UNREACHABLE_V4`.
-    pub const FRAG_NEEDED_CODE: u8 = 4;
-    pub const ECHO_REQUEST_V4: u8 = 8;
-    pub const TIME_EXCEEDED_V4: u8 = 11;
-    pub const UNREACHABLE_V6: u8 = 1;
-    pub const PACKET_TOO_BIG_V6: u8 = 2;
-    pub const TIME_EXCEEDED_V6: u8 = 3;
-    pub const ECHO_REQUEST_V6: u8 = 128;
-    pub const ECHO_REPLY_V6: u8 = 129;
-}
-
 pub const MAGLEV_TABLE_SIZE: u32 = 65537;
 /// Flags of every service lookup table (the `MAGLEV` inner maps and their template):
 /// BPF_F_MMAPABLE, so userspace writes a whole table with one memory copy instead of one
@@ -57,10 +43,12 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_IPIP: u8 = 4;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 

@@ -7,16 +7,14 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    Reason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, IPPROTO_TCP,
-    IPPROTO_UDP,
+    Reason, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 pub const ETH_LEN: usize = 14;
 pub const VLAN_LEN: usize = 4;
 pub const IPV4_LEN: usize = 20;
 pub const IPV6_LEN: usize = 40;
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_ICMPV6: u8 = 58;
 const IPV6_FRAGMENT: u8 = 44;
 /// Extension headers walked before giving up (and passing the packet to the kernel).
 const MAX_IPV6_EXTENSIONS: usize = 4;

@@ -22,6 +22,7 @@ use tokio::{io::unix::AsyncFd, sync::oneshot, task::JoinHandle};
 
 use super::check::Deadline;
 
+use lb_common::checksum::internet_checksum;
 use lb_common::icmp::{
     ECHO_REPLY_V4, ECHO_REPLY_V6, ECHO_REQUEST_V4, ECHO_REQUEST_V6, TIME_EXCEEDED_V4,
     TIME_EXCEEDED_V6, UNREACHABLE_V4, UNREACHABLE_V6,
@@ -222,22 +223,10 @@ fn echo_request(v6: bool, ident: u16, seq: u16) -> Vec<u8> {
     p.extend_from_slice(&seq.to_be_bytes());
     p.extend_from_slice(PAYLOAD);
     if !v6 {
-        let sum = checksum(&p);
+        let sum = internet_checksum(&p);
         p[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     p
-}
-
-/// The Internet checksum (RFC 1071).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The (identifier, sequence) an ICMP message is about, and what it says: an echo reply,
@@ -312,7 +301,11 @@ mod tests {
         let p = echo_request(false, 0x1234, 7);
         assert_eq!(&p[..2], &[8, 0]);
         assert_eq!(&p[4..8], &[0x12, 0x34, 0, 7]);
-        assert_eq!(checksum(&p), 0, "a packet with its checksum sums to zero");
+        assert_eq!(
+            internet_checksum(&p),
+            0,
+            "a packet with its checksum sums to zero"
+        );
         let p6 = echo_request(true, 1, 2);
         assert_eq!(&p6[..4], &[128, 0, 0, 0]);
     }

@@ -14,12 +14,13 @@ use std::{
     os::fd::{AsRawFd, OwnedFd},
 };
 
+use lb_common::icmp::NEIGHBOUR_ADVERTISEMENT_V6;
+
 use super::socket::{new_socket, send_to, set_int, set_opt, sockaddr_v6};
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
 const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
-const ICMPV6_NEIGHBOUR_ADVERTISEMENT: u8 = 136;
 const NA_FLAG_OVERRIDE: u8 = 0x20;
 const OPTION_TARGET_LINK_LAYER_ADDRESS: u8 = 2;
 /// Linux's ICMP6_FILTER socket option (level IPPROTO_ICMPV6).
@@ -44,7 +45,7 @@ pub fn arp_announcement(mac: [u8; 6], addr: Ipv4Addr) -> [u8; 42] {
 /// (checksum left zero for the kernel).
 pub fn neighbour_advertisement(mac: [u8; 6], target: Ipv6Addr) -> [u8; 32] {
     let mut m = [0u8; 32];
-    m[0] = ICMPV6_NEIGHBOUR_ADVERTISEMENT;
+    m[0] = NEIGHBOUR_ADVERTISEMENT_V6;
     m[4] = NA_FLAG_OVERRIDE;
     m[8..24].copy_from_slice(&target.octets());
     m[24] = OPTION_TARGET_LINK_LAYER_ADDRESS;
