@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::net::IpAddr;
-
 use aya::programs::{TestRun, TestRunOptions};
 use bascule::{
     config::Config,
@@ -18,9 +16,8 @@ use bascule::{
 };
 use common::{
     harness::*,
-    packet::{self, eth, outer_ipv4, outer_ipv6, Frame, LB_MAC},
+    packet::{eth, Frame, CLIENT_MAC, ETH_P_8021Q, LB_MAC},
 };
-use lb_common::hash;
 
 const CONFIG: &str = r#"
 node:
@@ -70,52 +67,18 @@ services:
 
 /// `dr`: same frame, destination MAC := backend's, source MAC := the LB's.
 fn dr_expected(h: &Harness, f: &Frame) -> Expect {
-    let mut out = f.bytes();
-    out[0..6].copy_from_slice(&backend_mac(h.predicted(f)));
-    out[6..12].copy_from_slice(&LB_MAC);
-    Expect::Frame(out)
+    let backend = h.predicted(f);
+    Expect::Frame(f.clone().sent_to(backend_mac(backend)).bytes())
 }
 
 /// `tun`: Ethernet to the backend's MAC (the FIB's next hop), outer header from the LB.
 fn tun_expected(h: &Harness, f: &Frame) -> Expect {
-    tun_expected_around(h, f, f.ip_bytes())
-}
-
-/// `f` tunnelled, its IP packet being `inner` (`f`'s own, or altered: its TOS, say).
-fn tun_expected_around(h: &Harness, f: &Frame, inner: Vec<u8>) -> Expect {
     let backend = h.predicted(f);
-    let tos = inner[if f.src.is_ipv4() { 1 } else { 0 }];
-    let (ethertype, outer) = match (backend, f.src) {
-        (IpAddr::V4(b), IpAddr::V4(_)) => {
-            (0x0800, outer_ipv4(LB_V4, b.octets(), tos, 4, inner.len()))
-        }
-        (IpAddr::V6(b), src) => {
-            let k = flow_key(f);
-            let label =
-                hash::flow_hash(&k.src, &k.dst, hash::ports_word(k.sport, k.dport), k.proto);
-            let lb: std::net::Ipv6Addr = LB_V6.parse().unwrap();
-            let (next, tclass) = if src.is_ipv4() {
-                (4, inner[1])
-            } else {
-                (41, ((inner[0] << 4) | (inner[1] >> 4)))
-            };
-            (
-                0x86dd,
-                outer_ipv6(lb.octets(), b.octets(), tclass, label, next, inner.len()),
-            )
-        }
-        _ => unreachable!(),
-    };
-    let _ = tos;
-    let mut payload = outer;
-    payload.extend_from_slice(&inner);
-    Expect::Frame(eth(
-        backend_mac(backend),
-        h.eth0_mac,
-        f.vlan,
-        ethertype,
-        &payload,
-    ))
+    Expect::Frame(
+        f.clone()
+            .tunnelled_to(backend, backend_mac(backend))
+            .bytes(),
+    )
 }
 
 #[test]
@@ -131,54 +94,25 @@ fn forwarding_fixtures() {
     let tun44_udp = Frame::udp(client4, 40005, "10.112.0.101", 5000);
     let tun66 = Frame::tcp(client6, 40006, "fd00:112::101", 80);
     let tun46 = Frame::tcp(client4, 40007, "10.112.0.102", 80);
-    let vlan_dr = Frame {
-        vlan: Some(0x0064),
-        ..Frame::tcp(client4, 40008, "10.112.0.100", 80)
-    };
-    let vlan_tun = Frame {
-        vlan: Some(0x2064),
-        ..Frame::tcp(client4, 40009, "10.112.0.101", 80)
-    };
-    let options4 = Frame {
-        options: vec![1, 1, 1, 0],
-        ..Frame::tcp(client4, 40010, "10.112.0.100", 80)
-    };
-    let hop_by_hop6 = Frame {
-        options: vec![0],
-        ..Frame::tcp(client6, 40011, "fd00:112::100", 80)
-    };
-    let mut tos = Frame::tcp(client4, 40012, "10.112.0.101", 80);
-    tos.payload = vec![0xab; 300];
-    let tos_bytes = {
-        let mut b = tos.bytes();
-        b[15] = 0xb8; // DSCP EF, carried to the outer header
-        let c = packet::ipv4_checksum(&{
-            let mut hdr = b[14..34].to_vec();
-            hdr[10] = 0;
-            hdr[11] = 0;
-            hdr
-        });
-        b[24..26].copy_from_slice(&c.to_be_bytes());
-        b
-    };
-    let tos_expected = tun_expected_around(&h, &tos, tos_bytes[14..].to_vec());
+    let vlan_dr = Frame::tcp(client4, 40008, "10.112.0.100", 80).vlan(0x0064);
+    let vlan_tun = Frame::tcp(client4, 40009, "10.112.0.101", 80).vlan(0x2064);
+    let options4 = Frame::tcp(client4, 40010, "10.112.0.100", 80).options(vec![1, 1, 1, 0]);
+    let hop_by_hop6 = Frame::tcp(client6, 40011, "fd00:112::100", 80).options(vec![0]);
+    // DSCP EF, carried to the outer header.
+    let tos = Frame::tcp(client4, 40012, "10.112.0.101", 80)
+        .payload(vec![0xab; 300])
+        .tos(0xb8);
     // IPv6's traffic class straddles the first two bytes (DSCP EF again).
-    let tclass6 = Frame::tcp(client6, 40014, "fd00:112::101", 80);
-    let mut tclass6_bytes = tclass6.bytes();
-    tclass6_bytes[14] = 0x6b;
-    tclass6_bytes[15] = 0x80;
-    let tclass6_expected = tun_expected_around(&h, &tclass6, tclass6_bytes[14..].to_vec());
+    let tclass6 = Frame::tcp(client6, 40014, "fd00:112::101", 80).tos(0xb8);
 
     // The datapath reads the common frame (untagged IPv4 without options nor
     // fragmentation, or IPv6 without extension headers; TCP or UDP; 54 bytes or more for
     // IPv4, 74 for IPv6) inline and any other with the general parser: the cases cover
     // both sides of that line. `dr_udp4` is a 47-byte frame (general parser); this one
     // is read inline.
-    let mut dr_udp4_long = Frame::udp(client4, 40013, "10.112.0.100", 53);
-    dr_udp4_long.payload = vec![0x5a; 64];
+    let dr_udp4_long = Frame::udp(client4, 40013, "10.112.0.100", 53).payload(vec![0x5a; 64]);
     // The same for IPv6 (74 bytes: `dr_udp6` is 67, read by the general parser).
-    let mut dr_udp6_long = Frame::udp(client6, 40015, "fd00:112::100", 53);
-    dr_udp6_long.payload = vec![0x5a; 64];
+    let dr_udp6_long = Frame::udp(client6, 40015, "fd00:112::100", 53).payload(vec![0x5a; 64]);
     let full = dr_tcp4.bytes();
     let mut bad_ihl = full.clone();
     bad_ihl[14] = 0x44;
@@ -188,15 +122,9 @@ fn forwarding_fixtures() {
     let mut fragment = full.clone();
     fragment[20] = 0x00; // a later fragment (offset 8 bytes) whose first was never seen
     fragment[21] = 0x01;
-    let mut stacked = eth(
-        LB_MAC,
-        packet::CLIENT_MAC,
-        Some(5),
-        0x8100,
-        &[0, 6, 0x08, 0],
-    );
+    let mut stacked = eth(LB_MAC, CLIENT_MAC, Some(5), ETH_P_8021Q, &[0, 6, 0x08, 0]);
     stacked.extend_from_slice(&dr_tcp4.ip_bytes());
-    let arp = eth([0xff; 6], packet::CLIENT_MAC, None, 0x0806, &[0u8; 28]);
+    let arp = eth([0xff; 6], CLIENT_MAC, None, 0x0806, &[0u8; 28]);
 
     let cases = vec![
         Case {
@@ -261,15 +189,15 @@ fn forwarding_fixtures() {
         },
         Case {
             name: "tun 4in4 keeps the inner TOS in the outer header",
-            input: tos_bytes,
+            input: tos.bytes(),
             verdict: XDP_TX,
-            expect: tos_expected,
+            expect: tun_expected(&h, &tos),
         },
         Case {
             name: "tun 6in6 keeps the inner traffic class in the outer header",
-            input: tclass6_bytes,
+            input: tclass6.bytes(),
             verdict: XDP_TX,
-            expect: tclass6_expected,
+            expect: tun_expected(&h, &tclass6),
         },
         Case {
             name: "dr behind a VLAN tag",
@@ -328,7 +256,7 @@ fn forwarding_fixtures() {
         // (BPF_PROG_TEST_RUN refuses frames under 14 bytes, as drivers never deliver them.)
         Case {
             name: "truncated Ethernet: VLAN type, no tag",
-            input: eth(LB_MAC, packet::CLIENT_MAC, None, 0x8100, &[]),
+            input: eth(LB_MAC, CLIENT_MAC, None, ETH_P_8021Q, &[]),
             verdict: XDP_DROP,
             expect: Expect::Unchanged,
         },
@@ -402,10 +330,7 @@ fn tun_next_hops_follow_the_fib() {
     let mut h = Harness::new(CONFIG);
     let small = Frame::tcp("10.111.0.10", 41000, "10.112.0.101", 443);
     // 20 + 20 + 1450 bytes inside, 1510 with the outer header: over eth0's MTU of 1500.
-    let big = Frame {
-        payload: vec![0x5a; 1450],
-        ..small.clone()
-    };
+    let big = small.clone().payload(vec![0x5a; 1450]);
     let cases = vec![
         Case {
             name: "small packet: tunnelled (its next hop now cached)",
@@ -498,22 +423,14 @@ fn same_flow_same_backend_and_counters() {
 fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
     let mut h = Harness::new(CONFIG);
     let plain = Frame::tcp("10.111.0.10", 41001, "10.112.0.100", 80);
-    let options = Frame {
-        options: vec![1, 1, 1, 0],
-        ..plain.clone()
-    };
+    let options = plain.clone().options(vec![1, 1, 1, 0]);
     let short_udp = Frame::udp("10.111.0.10", 41002, "10.112.0.100", 53);
-    let mut long_udp = short_udp.clone();
-    long_udp.payload = vec![0x5a; 64];
+    let long_udp = short_udp.clone().payload(vec![0x5a; 64]);
     assert!(short_udp.bytes().len() < 54 && long_udp.bytes().len() >= 54);
     let plain6 = Frame::tcp("fd00:111::10", 41003, "fd00:112::100", 80);
-    let hop_by_hop6 = Frame {
-        options: vec![0],
-        ..plain6.clone()
-    };
+    let hop_by_hop6 = plain6.clone().options(vec![0]);
     let short_udp6 = Frame::udp("fd00:111::10", 41004, "fd00:112::100", 53);
-    let mut long_udp6 = short_udp6.clone();
-    long_udp6.payload = vec![0x5a; 64];
+    let long_udp6 = short_udp6.clone().payload(vec![0x5a; 64]);
     assert!(short_udp6.bytes().len() < 74 && long_udp6.bytes().len() >= 74);
     for (name, a, b) in [
         ("web4", &plain, &options),
@@ -620,7 +537,7 @@ fn established_flows_keep_their_backend_when_the_table_changes() {
     let moved: Vec<Frame> = (0..2000u16)
         .map(|p| Frame::tcp("10.111.0.10", 20000 + p, "10.112.0.100", 80))
         .filter(|f| {
-            let (_, id) = plan::predict(&after, &flow_key(f)).unwrap();
+            let (_, id) = plan::predict(&after, &f.flow_key()).unwrap();
             after
                 .backends
                 .iter()
@@ -724,7 +641,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
     const W: usize = lb_common::FLOW_WAYS;
     // 1,024 entries: 147 sets.
     let mut h = Harness::with_conntrack(CONFIG, 1024);
-    let set_of = |h: &mut Harness, f: &Frame| h.datapath.flow_set_of(&flow_key(f)).unwrap();
+    let set_of = |h: &mut Harness, f: &Frame| h.datapath.flow_set_of(&f.flow_key()).unwrap();
     let first = Frame::tcp("10.111.0.10", 30000, "10.112.0.100", 80);
     let set = set_of(&mut h, &first);
     let same_set: Vec<Frame> = (30000..u16::MAX)
@@ -760,7 +677,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
     for (f, out) in same_set[..W].iter().zip(&sent_to) {
         let state = h
             .datapath
-            .conntrack_lookup(&flow_key(f))
+            .conntrack_lookup(&f.flow_key())
             .unwrap()
             .expect("flow recorded");
         let backend = h
@@ -786,14 +703,17 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
     );
     assert_eq!(
         h.datapath
-            .conntrack_lookup(&flow_key(&same_set[0]))
+            .conntrack_lookup(&same_set[0].flow_key())
             .unwrap(),
         None,
         "the oldest flow gave its place"
     );
     for f in &same_set[1..=W] {
         assert!(
-            h.datapath.conntrack_lookup(&flow_key(f)).unwrap().is_some(),
+            h.datapath
+                .conntrack_lookup(&f.flow_key())
+                .unwrap()
+                .is_some(),
             "port {} kept",
             f.sport
         );
@@ -828,7 +748,7 @@ fn concurrent_cpus_never_see_a_torn_connection_entry() {
     let mut h = Harness::with_conntrack(CONFIG, 1024);
     // Flows of two sets only: each new flow evicts an entry the other CPU is reading and
     // writing too.
-    let first = flow_key(&Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80));
+    let first = Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80).flow_key();
     let a = h.datapath.flow_set_of(&first).unwrap();
     let b = if a > 0 { a - 1 } else { a + 1 };
     let mut flows: Vec<(Frame, [u8; 6])> = Vec::new();
@@ -836,7 +756,7 @@ fn concurrent_cpus_never_see_a_torn_connection_entry() {
         let src = format!("10.111.{}.{}", 1 + n / 50_000, 1 + (n / 250) % 200);
         let f = Frame::tcp(&src, 1000 + (n % 250) as u16, "10.112.0.100", 80);
         // Sets `a` and its neighbour `b`.
-        if [a, b].contains(&h.datapath.flow_set_of(&flow_key(&f)).unwrap()) {
+        if [a, b].contains(&h.datapath.flow_set_of(&f.flow_key()).unwrap()) {
             let mac = backend_mac(h.predicted(&f));
             flows.push((f, mac));
         }
@@ -885,7 +805,7 @@ fn concurrent_cpus_never_see_a_torn_connection_entry() {
     let left = h.datapath.conntrack_len().unwrap();
     assert_eq!(left, 2 * lb_common::FLOW_WAYS, "the two sets are full");
     for (f, mac) in &flows {
-        if let Some(st) = h.datapath.conntrack_lookup(&flow_key(f)).unwrap() {
+        if let Some(st) = h.datapath.conntrack_lookup(&f.flow_key()).unwrap() {
             assert_eq!(
                 backends[&st.backend], *mac,
                 "entry of port {} is whole",
@@ -1010,10 +930,10 @@ fn only_frames_addressed_to_the_nodes_interfaces_are_balanced() {
     near_first[0] ^= 0x80;
     let mut to_second = f.bytes();
     to_second[0..6].copy_from_slice(&second);
-    let mut from_second = dr_expected(&h, &f);
-    if let Expect::Frame(out) = &mut from_second {
-        out[6..12].copy_from_slice(&second);
-    }
+    let from_second = f
+        .clone()
+        .sent_to(backend_mac(h.predicted(&f)))
+        .sent_from(second);
     let cases = vec![
         Case {
             name: "addressed to this interface: balanced",
@@ -1025,7 +945,7 @@ fn only_frames_addressed_to_the_nodes_interfaces_are_balanced() {
             name: "addressed to the node's other interface: balanced, sent from that MAC",
             input: to_second,
             verdict: XDP_TX,
-            expect: from_second,
+            expect: Expect::Frame(from_second.bytes()),
         },
         Case {
             name: "addressed to another MAC: the kernel's",
@@ -1081,7 +1001,7 @@ fn the_datapaths_clock_is_the_kernels_tick_on_the_coarse_clock() {
         let after = bascule::datapath::monotonic_ns();
         let seen = h
             .datapath
-            .conntrack_lookup(&flow_key(&f))
+            .conntrack_lookup(&f.flow_key())
             .unwrap()
             .expect("the flow's entry")
             .last_seen;

@@ -14,7 +14,11 @@ use std::{
 use bascule::{config::Scheduler, tables};
 use common::{
     harness::*,
-    packet::{self, eth, icmp_frame, Frame, CLIENT_MAC, LB_MAC},
+    packet::{Frame, CLIENT_MAC},
+};
+use lb_common::icmp::{
+    ECHO_REPLY_V4, ECHO_REPLY_V6, ECHO_REQUEST_V4, ECHO_REQUEST_V6, FRAG_NEEDED_CODE,
+    PACKET_TOO_BIG_V6, UNREACHABLE_V4,
 };
 
 const CONFIG: &str = r#"
@@ -87,17 +91,10 @@ fn backend_id(h: &Harness, service: &str, addr: &str) -> u32 {
         .id
 }
 
-/// Frame `f` as it must leave the LB: same packet with other addresses/ports (checksums
-/// computed from scratch), between the given MACs.
-fn rewritten(f: &Frame, src: (&str, u16), dst: (&str, u16), dst_mac: [u8; 6]) -> Vec<u8> {
-    let g = Frame {
-        src: ip(src.0),
-        sport: src.1,
-        dst: ip(dst.0),
-        dport: dst.1,
-        ..f.clone()
-    };
-    eth(dst_mac, LB_MAC, None, g.ethertype(), &g.ip_bytes())
+/// Frame `f` as `nat` must send it: the same packet with other addresses and ports
+/// (checksums computed from scratch), from the LB to `mac`.
+fn rewritten(f: &Frame, src: (&str, u16), dst: (&str, u16), mac: [u8; 6]) -> Vec<u8> {
+    f.clone().endpoints(src, dst).sent_to(mac).bytes()
 }
 
 /// Checks every IPv4/TCP/UDP/ICMP checksum of each frame with scapy, an independent
@@ -161,10 +158,7 @@ fn nat_round_trips_with_exact_checksums() {
         verdict: XDP_TX,
         expect: Expect::Frame(rewritten(&c2s, (CLIENT4, 40000), (&chosen, 8080), bmac)),
     });
-    let s2c = Frame {
-        l4: packet::L4::Tcp { flags: 0x12 },
-        ..Frame::tcp(&chosen, 8080, CLIENT4, 40000)
-    };
+    let s2c = Frame::tcp(&chosen, 8080, CLIENT4, 40000).flags(0x12);
     cases.push(Case {
         name: "nat v4 tcp, backend reply to client",
         input: s2c.bytes(),
@@ -196,10 +190,7 @@ fn nat_round_trips_with_exact_checksums() {
             CLIENT_MAC,
         )),
     });
-    let uz = Frame {
-        no_udp_checksum: true,
-        ..Frame::udp(CLIENT4, 40002, "10.112.0.110", 53)
-    };
+    let uz = Frame::udp(CLIENT4, 40002, "10.112.0.110", 53).without_udp_checksum();
     let uz_out = rewritten(&uz, (CLIENT4, 40002), ("10.111.0.11", 5353), b11);
     assert_eq!(uz_out[14 + 20 + 6..14 + 20 + 8], [0, 0]);
     cases.push(Case {
@@ -279,27 +270,21 @@ fn local_and_per_backend_forwarding() {
     for port in 41001..41100u16 {
         let f = Frame::tcp(CLIENT4, port, "10.112.0.112", 80);
         let backend = h.predicted(&f);
-        let mut out = f.bytes();
         if backend == ip("10.111.0.11") && !seen[0] {
-            out[0..6].copy_from_slice(&backend_mac(backend));
-            out[6..12].copy_from_slice(&LB_MAC);
             cases.push(Case {
                 name: "mixed: dr backend",
                 input: f.bytes(),
                 verdict: XDP_TX,
-                expect: Expect::Frame(out),
+                expect: Expect::Frame(f.clone().sent_to(backend_mac(backend)).bytes()),
             });
             seen[0] = true;
         } else if backend == ip("10.111.0.12") && !seen[1] {
-            let inner = f.ip_bytes();
-            let mut p = packet::outer_ipv4(LB_V4, [10, 111, 0, 12], 0, 4, inner.len());
-            p.extend_from_slice(&inner);
-            let out = eth(backend_mac(backend), LB_MAC, None, 0x0800, &p);
+            let out = f.clone().tunnelled_to(backend, backend_mac(backend));
             cases.push(Case {
                 name: "mixed: tun override",
                 input: f.bytes(),
                 verdict: XDP_TX,
-                expect: Expect::Frame(out),
+                expect: Expect::Frame(out.bytes()),
             });
             seen[1] = true;
         }
@@ -369,10 +354,7 @@ fn least_connection_family_follows_ipvs_formulas() {
     let id = backend_id(&h, "nq", "10.111.0.13");
     assert_eq!(h.datapath.active_connections(id).unwrap(), 3);
     // FIN ends it: the count goes back down.
-    let fin = Frame {
-        l4: packet::L4::Tcp { flags: 0x11 },
-        ..Frame::tcp(CLIENT4, 44004, "10.112.0.125", 80)
-    };
+    let fin = Frame::tcp(CLIENT4, 44004, "10.112.0.125", 80).flags(0x11);
     h.run(&fin.bytes());
     assert_eq!(h.datapath.active_connections(id).unwrap(), 2);
 }
@@ -420,10 +402,7 @@ fn lblc_and_lblcr_keep_a_destination_until_overloaded() {
     // .11 (3 active) and .12 (3 active) both overloaded, .13 idle: .13 joins the set.
     assert_eq!(new_flows(&mut h, "10.112.0.129", 1, 46200), vec![13]);
     // Ending .13's connection makes it the least loaded member: new flows follow it.
-    let fin = Frame {
-        l4: packet::L4::Tcp { flags: 0x04 },
-        ..Frame::tcp(CLIENT4, 46200, "10.112.0.129", 80)
-    };
+    let fin = Frame::tcp(CLIENT4, 46200, "10.112.0.129", 80).flags(0x04);
     h.run(&fin.bytes());
     assert_eq!(new_flows(&mut h, "10.112.0.129", 1, 46300), vec![13]);
 }
@@ -483,37 +462,42 @@ fn persistence_keeps_a_client_on_one_backend() {
 fn icmp_echo_is_answered_for_vips_only() {
     let mut h = Harness::new(CONFIG);
     let rest = [0x12, 0x34, 0, 1, b'p', b'i', b'n', b'g'];
-    let swap = |mut f: Vec<u8>| {
-        let (a, b) = (f[0..6].to_vec(), f[6..12].to_vec());
-        f[0..6].copy_from_slice(&b);
-        f[6..12].copy_from_slice(&a);
-        f
-    };
-    let reply4 = swap(icmp_frame("10.112.0.131", CLIENT4, 64, 0, 0, &rest));
-    let reply6 = swap(icmp_frame("fd00:112::131", CLIENT6, 64, 129, 0, &rest));
-    // Request with another TTL: the reply's TTL is the LB's own (64).
+    // The answer goes back to the client's MAC, from the VIP, with the LB's own TTL (64)
+    // whatever the request's.
+    let reply4 = Frame::icmp("10.112.0.131", CLIENT4, ECHO_REPLY_V4, 0, &rest)
+        .sent_to(CLIENT_MAC)
+        .bytes();
+    let reply6 = Frame::icmp("fd00:112::131", CLIENT6, ECHO_REPLY_V6, 0, &rest)
+        .sent_to(CLIENT_MAC)
+        .bytes();
+    let echo = |src: &str, dst: &str, kind: u8| Frame::icmp(src, dst, kind, 0, &rest);
     let cases = vec![
         Case {
             name: "echo v4 to a VIP",
-            input: icmp_frame(CLIENT4, "10.112.0.131", 57, 8, 0, &rest),
+            input: echo(CLIENT4, "10.112.0.131", ECHO_REQUEST_V4)
+                .ttl(57)
+                .bytes(),
             verdict: XDP_TX,
             expect: Expect::Frame(reply4.clone()),
         },
         Case {
             name: "echo v6 to a VIP",
-            input: icmp_frame(CLIENT6, "fd00:112::131", 57, 128, 0, &rest),
+            input: echo(CLIENT6, "fd00:112::131", ECHO_REQUEST_V6)
+                .ttl(57)
+                .bytes(),
             verdict: XDP_TX,
             expect: Expect::Frame(reply6),
         },
         Case {
             name: "echo to another address: kernel's",
-            input: icmp_frame(CLIENT4, "10.111.0.2", 64, 8, 0, &rest),
+            input: echo(CLIENT4, "10.111.0.2", ECHO_REQUEST_V4).bytes(),
             verdict: XDP_PASS,
             expect: Expect::Unchanged,
         },
         Case {
             name: "other ICMP to a VIP: kernel's",
-            input: icmp_frame(CLIENT4, "10.112.0.131", 64, 13, 0, &rest),
+            // A timestamp request.
+            input: echo(CLIENT4, "10.112.0.131", 13).bytes(),
             verdict: XDP_PASS,
             expect: Expect::Unchanged,
         },
@@ -524,9 +508,10 @@ fn icmp_echo_is_answered_for_vips_only() {
 
 /// An ICMP error from a router about a packet the VIP sent to the client (quoted: the
 /// VIP's IP header and the first 8 bytes of its TCP header).
-fn too_big(router: &str, vip: &str, vport: u16, client: &str, cport: u16) -> Vec<u8> {
+fn too_big(router: &str, vip: &str, vport: u16, client: &str, cport: u16) -> Frame {
     let quoted = Frame::tcp(vip, vport, client, cport).ip_bytes();
     let hlen = if ip(vip).is_ipv4() { 20 } else { 40 };
+    // The next hop's MTU: 1500 (IPv4: after 16 unused bits), 1280 (IPv6).
     let mut rest = if ip(vip).is_ipv4() {
         vec![0, 0, 0x05, 0xdc]
     } else {
@@ -534,9 +519,9 @@ fn too_big(router: &str, vip: &str, vport: u16, client: &str, cport: u16) -> Vec
     };
     rest.extend_from_slice(&quoted[..hlen + 8]);
     if ip(vip).is_ipv4() {
-        icmp_frame(router, vip, 64, 3, 4, &rest)
+        Frame::icmp(router, vip, UNREACHABLE_V4, FRAG_NEEDED_CODE, &rest)
     } else {
-        icmp_frame(router, vip, 64, 2, 0, &rest)
+        Frame::icmp(router, vip, PACKET_TOO_BIG_V6, 0, &rest)
     }
 }
 
@@ -551,19 +536,15 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
         let flow = Frame::tcp(client, 49000, vip, 80);
         let owner = to(&h.run(&flow.bytes()).1);
         let err = too_big(router, vip, 80, client, 49000);
-        let mut out = err.clone();
-        out[0..5].copy_from_slice(&[2, 0, 0, 0, 0]);
-        out[5] = owner;
-        out[6..12].copy_from_slice(&LB_MAC);
         cases.push(Case {
             name: "too big -> the dr flow's backend",
-            input: err,
+            input: err.bytes(),
             verdict: XDP_TX,
-            expect: Expect::Frame(out),
+            expect: Expect::Frame(err.sent_to([2, 0, 0, 0, 0, owner]).bytes()),
         });
         cases.push(Case {
             name: "too big about an unknown flow: kernel's",
-            input: too_big(router, vip, 80, client, 49001),
+            input: too_big(router, vip, 80, client, 49001).bytes(),
             verdict: XDP_PASS,
             expect: Expect::Unchanged,
         });
@@ -572,15 +553,12 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
     // address and port, quoted IPv4 checksum, ICMP checksum.
     let flow = Frame::tcp(CLIENT4, 49100, "10.112.0.110", 80);
     let owner = format!("10.111.0.{}", to(&h.run(&flow.bytes()).1));
-    let expected = {
-        let mut f = too_big("10.111.0.1", &owner, 8080, CLIENT4, 49100);
-        f[0..6].copy_from_slice(&backend_mac(ip(&owner)));
-        f[6..12].copy_from_slice(&LB_MAC);
-        f
-    };
+    let expected = too_big("10.111.0.1", &owner, 8080, CLIENT4, 49100)
+        .sent_to(backend_mac(ip(&owner)))
+        .bytes();
     cases.push(Case {
         name: "too big -> the nat flow's backend, rewritten",
-        input: too_big("10.111.0.1", "10.112.0.110", 80, CLIENT4, 49100),
+        input: too_big("10.111.0.1", "10.112.0.110", 80, CLIENT4, 49100).bytes(),
         verdict: XDP_TX,
         expect: Expect::Frame(expected.clone()),
     });
@@ -590,39 +568,10 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
 }
 
 /// Fragments of one TCP datagram (first: offset 0 with the header; later: offset > 0).
-fn fragments(src: &str, dst: &str, sport: u16, id: u32) -> (Vec<u8>, Vec<u8>) {
-    let mut f = Frame::tcp(src, sport, dst, 80);
-    f.payload = vec![0x5a; 64];
-    let ipb = f.ip_bytes();
-    if ip(src).is_ipv4() {
-        let (hdr, l4) = ipb.split_at(20);
-        let mk = |flags_off: u16, body: &[u8]| {
-            let mut h = hdr.to_vec();
-            h[2..4].copy_from_slice(&((20 + body.len()) as u16).to_be_bytes());
-            h[4..6].copy_from_slice(&(id as u16).to_be_bytes());
-            h[6..8].copy_from_slice(&flags_off.to_be_bytes());
-            h[10] = 0;
-            h[11] = 0;
-            let c = packet::ipv4_checksum(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            h.extend_from_slice(body);
-            eth(LB_MAC, CLIENT_MAC, None, 0x0800, &h)
-        };
-        (mk(0x2000, &l4[..40]), mk(5, &l4[40..]))
-    } else {
-        let (hdr, l4) = ipb.split_at(40);
-        let mk = |off_m: u16, body: &[u8]| {
-            let mut h = hdr.to_vec();
-            h[4..6].copy_from_slice(&((8 + body.len()) as u16).to_be_bytes());
-            h[6] = 44;
-            h.extend_from_slice(&[6, 0]);
-            h.extend_from_slice(&off_m.to_be_bytes());
-            h.extend_from_slice(&id.to_be_bytes());
-            h.extend_from_slice(body);
-            eth(LB_MAC, CLIENT_MAC, None, 0x86dd, &h)
-        };
-        (mk(1, &l4[..40]), mk(5 << 3, &l4[40..]))
-    }
+fn fragments(src: &str, dst: &str, sport: u16, id: u32) -> [Vec<u8>; 2] {
+    Frame::tcp(src, sport, dst, 80)
+        .payload(vec![0x5a; 64])
+        .fragments(id, 40)
 }
 
 #[test]
@@ -630,7 +579,7 @@ fn later_fragments_follow_the_first() {
     let mut h = Harness::new(CONFIG);
     for (src, vip) in [(CLIENT4, "10.112.0.131"), (CLIENT6, "fd00:112::131")] {
         for id in 1..20u32 {
-            let (first, later) = fragments(src, vip, 50000 + id as u16, id);
+            let [first, later] = fragments(src, vip, 50000 + id as u16, id);
             let (v1, o1) = h.run(&first);
             let (v2, o2) = h.run(&later);
             assert_eq!((v1, v2), (XDP_TX, XDP_TX), "{src} datagram {id}");
@@ -642,7 +591,7 @@ fn later_fragments_follow_the_first() {
             );
         }
         // A later fragment whose first fragment never came: the kernel's, counted.
-        let (_, orphan) = fragments(src, vip, 50999, 999);
+        let [_, orphan] = fragments(src, vip, 50999, 999);
         assert_eq!(h.run(&orphan), (XDP_PASS, orphan.clone()));
     }
     assert_eq!(h.datapath.reasons().unwrap()["fragment_unmatched"], 2);
@@ -677,11 +626,9 @@ fn an_expired_nat_flows_replies_are_forgotten() {
     let (verdict, out) = h.run(&c2s.bytes());
     assert_eq!(verdict, XDP_TX);
     let chosen = format!("10.111.0.{}", to(&out));
-    let reply = Frame {
-        l4: packet::L4::Tcp { flags: 0x12 },
-        ..Frame::tcp(&chosen, 8080, CLIENT4, 42000)
-    }
-    .bytes();
+    let reply = Frame::tcp(&chosen, 8080, CLIENT4, 42000)
+        .flags(0x12)
+        .bytes();
     let (verdict, out) = h.run(&reply);
     assert_eq!(verdict, XDP_TX, "the reply is rewritten and routed");
     assert_ne!(out, reply);

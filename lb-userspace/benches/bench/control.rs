@@ -140,10 +140,7 @@ fn disruption(rounds: usize, figures: &mut Vec<Figure>) {
 /// flows moved (the connection table holds every other flow's backend), whatever Maglev's
 /// table did.
 fn established_disruption(sizes: &[u32], figures: &mut Vec<Figure>) {
-    use super::common::{
-        harness::{flow_key, Harness},
-        packet::Frame,
-    };
+    use super::common::{harness::Harness, packet::Frame};
     const FLOWS: u32 = 20_000;
     let config = |n: u32, without: Option<u32>| {
         let mut yaml = String::from(
@@ -178,7 +175,7 @@ fn established_disruption(sizes: &[u32], figures: &mut Vec<Figure>) {
                         .map(|fr| {
                             h.run(&fr.bytes());
                             h.datapath
-                                .conntrack_lookup(&flow_key(fr))
+                                .conntrack_lookup(&fr.flow_key())
                                 .expect("connection table")
                                 .expect("an entry for every flow")
                                 .backend

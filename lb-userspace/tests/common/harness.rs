@@ -5,6 +5,10 @@
 
 use std::net::IpAddr;
 
+use super::{
+    packet::{self, Frame, CLIENT_MAC},
+    Netns,
+};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use bascule::{
     config::Config,
@@ -12,19 +16,10 @@ use bascule::{
     datapath::Datapath,
     plan::{self, MacTable, Plan},
 };
-use lb_common::FlowKey;
-
-use super::{
-    packet::{self, Frame, LB_MAC},
-    Netns,
-};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
-
-pub const LB_V4: [u8; 4] = [10, 111, 0, 2];
-pub const LB_V6: &str = "fd00:111::2";
 
 /// MAC of a lab backend: 02:00:00:00:00:<last address byte>.
 pub fn backend_mac(addr: IpAddr) -> [u8; 6] {
@@ -41,7 +36,6 @@ pub struct Harness {
     pub plan: Plan,
     pub config: Config,
     pub ifindex: u32,
-    pub eth0_mac: [u8; 6],
 }
 
 impl Harness {
@@ -60,52 +54,36 @@ impl Harness {
         ns.ip(&["link", "set", "peer0", "up"]);
         ns.ip(&["addr", "add", "10.111.0.2/24", "dev", "eth0"]);
         ns.ip(&["addr", "add", "fd00:111::2/64", "dev", "eth0", "nodad"]);
+        // A permanent neighbour entry on eth0.
+        let neighbour = |addr: &str, mac: [u8; 6]| {
+            let mac = mac
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            ns.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac,
+                "dev",
+                "eth0",
+                "nud",
+                "permanent",
+            ]);
+        };
         let mut macs = MacTable::new();
         for svc in &config.services {
             for b in &svc.backends {
                 let mac = backend_mac(b.address);
-                let m = mac
-                    .iter()
-                    .map(|x| format!("{x:02x}"))
-                    .collect::<Vec<_>>()
-                    .join(":");
-                ns.ip(&[
-                    "neigh",
-                    "replace",
-                    &b.address.to_string(),
-                    "lladdr",
-                    &m,
-                    "dev",
-                    "eth0",
-                    "nud",
-                    "permanent",
-                ]);
+                neighbour(&b.address.to_string(), mac);
                 macs.insert(b.address, mac);
             }
         }
         // The client, for routed (`nat`) replies.
-        ns.ip(&[
-            "neigh",
-            "replace",
-            "10.111.0.10",
-            "lladdr",
-            "02:00:00:00:00:10",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
-        ns.ip(&[
-            "neigh",
-            "replace",
-            "fd00:111::10",
-            "lladdr",
-            "02:00:00:00:00:10",
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        neighbour("10.111.0.10", CLIENT_MAC);
+        neighbour("fd00:111::10", CLIENT_MAC);
         ns.enter();
         let ifindex = ns.ifindex("eth0");
         daemon::prepare_interfaces(&config).expect("forwarding sysctls");
@@ -119,7 +97,6 @@ impl Harness {
             plan,
             config,
             ifindex,
-            eth0_mac: LB_MAC,
         }
     }
 
@@ -141,7 +118,7 @@ impl Harness {
 
     /// The backend the plan says this frame's flow goes to (as `bascule simulate` will).
     pub fn predicted(&self, f: &Frame) -> IpAddr {
-        let (_, id) = plan::predict(&self.plan, &flow_key(f)).expect("flow maps to a backend");
+        let (_, id) = plan::predict(&self.plan, &f.flow_key()).expect("flow maps to a backend");
         self.plan
             .backends
             .iter()
@@ -189,10 +166,6 @@ pub fn xdp_md(len: u32, ifindex: u32) -> Vec<u8> {
         .iter()
         .flat_map(|w| w.to_ne_bytes())
         .collect()
-}
-
-pub fn flow_key(f: &Frame) -> FlowKey {
-    FlowKey::new((f.src, f.sport).into(), (f.dst, f.dport).into(), f.proto())
 }
 
 pub enum Expect {
