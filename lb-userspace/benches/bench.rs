@@ -49,13 +49,17 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp},
     Ebpf,
 };
-use bascule::datapath::FLOOR_OBJECT;
 use common::{
     harness::{xdp_md, Harness},
     packet::Frame,
 };
 use figure::{Figure, GroupResult, Settings, Unavailable};
 use serde_json::{json, Value};
+
+/// Trivial XDP programs (drop; swap MACs and transmit; the veth figure's frame generator
+/// and counter): the floors measured beside the datapath. Built by `build.rs` with the
+/// datapath, embedded here only: the `bascule` binary does not carry them.
+static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floor"));
 
 const CONFIG: &str = r#"
 node:

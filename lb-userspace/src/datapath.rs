@@ -32,9 +32,6 @@ use crate::{
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
-/// Trivial XDP programs (drop; swap MACs and transmit): the floor `cargo xtask bench`
-/// measures beside the datapath.
-pub static FLOOR_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-floor"));
 /// The backend-side decapsulation object (tc ingress).
 pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 

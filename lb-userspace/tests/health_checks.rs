@@ -2,6 +2,8 @@
 //! it fails (refused, timeout, wrong status, wrong body, bad banner, wrong rcode...), and
 //! rise/fall against a flapping server. ICMP runs in a network namespace of its own (root).
 
+mod common;
+
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::{
@@ -625,7 +627,7 @@ async fn udp_expects_a_reply_or_no_port_unreachable() {
 /// Runs `f` on a thread inside a network namespace of its own, with its own runtime.
 fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        bascule::health::scale::enter_private_netns().expect("a network namespace (run as root)");
+        common::enter_private_netns().expect("a network namespace (run as root)");
         f()
     })
     .join()

@@ -4,9 +4,11 @@
 //!
 //! Alone in its test binary, so the process's CPU and memory are the check's own.
 
+mod common;
+
 use std::time::Duration;
 
-use bascule::health::scale::{run, ScaleOptions};
+use common::scale::{run, ScaleOptions};
 
 /// Resident memory the checks may add, far above what they need (a few tens of MiB):
 /// a leak per check (10,000 a second) would cross it.

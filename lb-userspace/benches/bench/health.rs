@@ -1,15 +1,16 @@
 //! `health.cpu_10000.share`: the CPU the health checkers take for 10,000 TCP-checked
 //! backends at a 1 s interval, as a share of one core (the checkers' runtime thread, as
 //! the daemon runs them; `health.cpu_10000.process_share`: the whole process, the
-//! loopback listeners that play the backends included). Method: `bascule::health::scale`
+//! loopback listeners that play the backends included). Method: `tests/common/scale.rs`
 //! (a private network namespace, listeners on loopback standing for the backends; nothing
 //! leaves it); each round waits for every backend to be up, then measures a window.
 
 use std::time::Duration;
 
-use bascule::health::scale::{run, ScaleOptions};
-
-use super::figure::{Figure, Settings};
+use super::{
+    common::scale::{run, ScaleOptions},
+    figure::{Figure, Settings},
+};
 
 pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
     let (backends, rounds, window) = if s.quick {

@@ -51,7 +51,7 @@ use aya::{
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use bascule::datapath::{AttachMode, FLOOR_OBJECT};
+use bascule::datapath::AttachMode;
 
 use crate::{
     common::{
@@ -60,6 +60,7 @@ use crate::{
         Netns,
     },
     figure::{one_line, refused_on_purpose, Figure, GroupResult, Settings},
+    FLOOR_OBJECT,
 };
 
 const CONFIG: &str = r#"

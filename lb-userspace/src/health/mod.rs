@@ -10,7 +10,6 @@
 //! - [`HealthSupervisor`] runs one tokio task per backend, bounds how many attempts are in
 //!   flight, logs one line per transition and publishes a [`HealthMap`].
 //! - [`effect`] turns a `HealthMap` into what the datapath is given (`plan_with_health`).
-//! - [`scale`] measures the CPU and memory that 10,000 backends checked every second take.
 
 mod check;
 mod dns;
@@ -18,7 +17,6 @@ pub mod effect;
 mod http;
 mod misc;
 mod ping;
-pub mod scale;
 pub mod schedule;
 mod smtp;
 mod supervisor;
@@ -42,7 +40,7 @@ pub use supervisor::{raise_fd_limit, HealthSupervisor};
 pub const RUNTIME_THREAD: &str = "bascule-health";
 
 /// A runtime for the supervisor: one worker thread is plenty (checks wait on the network,
-/// and 10,000 backends a second take a fraction of a core, see [`scale`]).
+/// and 10,000 backends a second take a fraction of a core: `tests/health_scale.rs`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -1,10 +1,13 @@
-//! Shared by the privileged tests of this crate: a throwaway network namespace and a
-//! packet builder/decoder for fixtures.
+//! Shared by the privileged tests and the bench of this crate: throwaway network
+//! namespaces, the fixture harness, a packet builder/decoder for fixtures, and the health
+//! checks' scale measurement.
 #![allow(dead_code)]
 
 pub mod harness;
 pub mod packet;
+pub mod scale;
 
+use anyhow::{bail, Context, Result};
 use std::{
     fs::File,
     os::fd::AsRawFd,
@@ -81,4 +84,46 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Moves this thread (and threads it starts later) into a new network namespace, with
+/// its loopback up. Needs CAP_SYS_ADMIN.
+pub fn enter_private_netns() -> Result<()> {
+    // SAFETY: unshare(2) affects only the calling thread here (CLONE_NEWNET).
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "cannot create a network namespace: {} (run as root)",
+            std::io::Error::last_os_error()
+        );
+    }
+    set_loopback_up()
+}
+
+fn set_loopback_up() -> Result<()> {
+    // SAFETY: a UDP socket used only for the interface ioctls below, closed at the end.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zeroed is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS with a valid ifreq naming "lo".
+    let result = unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    result.context("cannot bring lo up in the new network namespace")
 }

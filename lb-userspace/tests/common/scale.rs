@@ -5,9 +5,12 @@
 //! `0.0.0.0:PORT` there accept every `127.x.y.z:PORT`, so a handful of listening sockets
 //! stand for thousands of distinct backends (`backends / ports` addresses per port).
 //! Nothing leaves that namespace. The checks run on the same kind of runtime as the
-//! daemon's (one worker thread, [`super::runtime`]); the listeners on another thread, so the
-//! checkers' CPU can be told apart (the kernel's loopback work is charged to whoever sends,
-//! so part of the backends' side lands on the checkers: an overestimate).
+//! daemon's (one worker thread, `bascule::health::runtime`); the listeners on another
+//! thread, so the checkers' CPU can be told apart (the kernel's loopback work is charged
+//! to whoever sends, so part of the backends' side lands on the checkers: an
+//! overestimate).
+//!
+//! Used by `tests/health_scale.rs` and the bench's `health` figures.
 
 use std::{
     collections::HashSet,
@@ -22,11 +25,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{
-    Backend, CheckType, Forwarding, HealthCheck, InitialState, Protocol, Scheduler, Service,
+use bascule::{
+    config::{
+        Backend, CheckType, Forwarding, HealthCheck, InitialState, Protocol, Scheduler, Service,
+    },
+    health::{raise_fd_limit, runtime, HealthSupervisor, RUNTIME_THREAD},
 };
 
-use super::{runtime, HealthSupervisor, RUNTIME_THREAD};
+use super::enter_private_netns;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -160,7 +166,7 @@ fn measure(o: &ScaleOptions) -> Result<ScaleReport> {
             o.ports
         );
     }
-    super::raise_fd_limit();
+    raise_fd_limit();
     let fds_before = open_fds();
     let rss_before = rss_bytes().0;
 
@@ -322,49 +328,6 @@ impl Drop for Listeners {
             let _ = t.join();
         }
     }
-}
-
-/// Moves this thread (and threads it starts later) into a new network namespace, with
-/// its loopback up. Needs CAP_SYS_ADMIN. (Also used by tests that need a loopback of
-/// their own.)
-pub fn enter_private_netns() -> Result<()> {
-    // SAFETY: unshare(2) affects only the calling thread here (CLONE_NEWNET).
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "cannot create a network namespace for the scale check: {} (run as root)",
-            std::io::Error::last_os_error()
-        );
-    }
-    set_loopback_up()
-}
-
-fn set_loopback_up() -> Result<()> {
-    // SAFETY: a UDP socket used only for the interface ioctls below, closed at the end.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: ifreq is plain data; zeroed is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS / SIOCSIFFLAGS with a valid ifreq naming "lo".
-    let result = unsafe {
-        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) != 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        }
-    };
-    // SAFETY: fd is ours.
-    unsafe { libc::close(fd) };
-    result.context("cannot bring lo up in the scale namespace")
 }
 
 /// Open file descriptors of this process.
