@@ -2383,8 +2383,8 @@ impl<'t> Cx<'t> {
         });
         let sni = self.opt_field(&o, path, "sni", |cx, y, p| {
             let s = cx.string(y, p)?;
-            match rustls_pki_types::ServerName::try_from(s.as_str()) {
-                Ok(rustls_pki_types::ServerName::DnsName(_)) => Some(s),
+            match rustls::pki_types::ServerName::try_from(s.as_str()) {
+                Ok(rustls::pki_types::ServerName::DnsName(_)) => Some(s),
                 _ => {
                     cx.err(
                         pos_of(y),

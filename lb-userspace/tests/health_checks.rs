@@ -277,8 +277,8 @@ async fn http_get_reports_refused_and_timeout() {
 /// A CA and a certificate it signed for `localhost` and 127.0.0.1.
 struct Pki {
     ca_pem: String,
-    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-    key: rustls_pki_types::PrivateKeyDer<'static>,
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
 }
 
 fn pki(ca_name: &str) -> Pki {
@@ -300,7 +300,7 @@ fn pki(ca_name: &str) -> Pki {
     Pki {
         ca_pem: ca.pem(),
         chain: vec![leaf.der().clone()],
-        key: rustls_pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        key: rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
     }
 }
 
