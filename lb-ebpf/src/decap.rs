@@ -5,6 +5,8 @@
 #![no_std]
 #![no_main]
 
+mod license;
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::HashMap,

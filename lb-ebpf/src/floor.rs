@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod license;
+
 use aya_ebpf::{
     bindings::xdp_action, btf_maps::PerCpuArray, helpers::bpf_get_smp_processor_id,
     macros::btf_map, macros::xdp, programs::XdpContext,

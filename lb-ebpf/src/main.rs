@@ -12,6 +12,7 @@ mod csum;
 mod flow;
 mod forward;
 mod icmp;
+mod license;
 mod maps;
 mod nat;
 mod parse;
