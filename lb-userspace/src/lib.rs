@@ -1,4 +1,5 @@
 //! bascule's controller: configuration, the datapath's maps, the daemon, its API and CLI.
+pub mod announce;
 pub mod api;
 pub mod cli;
 pub mod config;
