@@ -13,6 +13,7 @@
 //! Everything here is bounded: each wait has a deadline, each loop a count.
 //! Requires root and iproute2 (`ip`).
 
+pub mod bgp;
 pub mod http;
 pub mod interrupt;
 pub mod lab;
