@@ -22,7 +22,8 @@ const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Tools the end-to-end tests and the demo drive (namespace labs, packet capture and
-/// crafting, BPF inspection, peers to compare with, promtool).
+/// crafting, BPF inspection, peers to compare with, promtool, BIRD for the scale-out lab's
+/// BGP and BFD).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -40,6 +41,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "wrk",
     "prometheus",
     "man-db",
+    "bird2",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
