@@ -22,12 +22,16 @@ pub enum Outcome {
 /// A check of one kind, prepared once for one backend (regexes compiled, TLS configured).
 pub(super) enum Checker {
     Tcp(tcp::TcpCheck),
-    Http(http::HttpCheck),
+    /// Boxed: a prepared request is large, and the other kinds should not pay for it.
+    Http(Box<http::HttpCheck>),
     Smtp(smtp::SmtpCheck),
     Dns(dns::DnsCheck),
     Udp(udp::UdpCheck),
     Ping(ping::PingCheck),
     Misc(misc::MiscCheck),
+    /// A test's own attempt, which may panic: the supervisor's tests run it.
+    #[cfg(test)]
+    Scripted(Box<dyn Fn() -> Outcome + Send + Sync>),
 }
 
 /// What every attempt of a supervisor shares.
@@ -43,7 +47,7 @@ impl Checker {
         Ok(match hc.kind {
             CheckType::Tcp => Checker::Tcp(tcp::TcpCheck { target }),
             CheckType::HttpGet | CheckType::SslGet => {
-                Checker::Http(http::HttpCheck::new(hc, target)?)
+                Checker::Http(Box::new(http::HttpCheck::new(hc, target)?))
             }
             CheckType::Smtp => Checker::Smtp(smtp::SmtpCheck {
                 target,
@@ -74,6 +78,8 @@ impl Checker {
             Checker::Udp(c) => c.attempt(&deadline).await,
             Checker::Ping(c) => c.attempt(&shared.pinger, &deadline).await,
             Checker::Misc(c) => return c.attempt(timeout).await,
+            #[cfg(test)]
+            Checker::Scripted(attempt) => return attempt(),
         };
         match result {
             Ok(()) => Outcome::Up,

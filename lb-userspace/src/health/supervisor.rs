@@ -4,10 +4,12 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
+use futures::FutureExt;
 use tokio::{
     runtime::Handle,
     sync::{watch, Semaphore},
@@ -113,8 +115,9 @@ impl HealthSupervisor {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut tasks = lock(&self.tasks);
+        // A task that ended (it should not: panics are caught) is started again.
         tasks.retain(|key, running| {
-            let keep = desired.get(key) == Some(&running.check);
+            let keep = desired.get(key) == Some(&running.check) && !running.task.is_finished();
             if !keep {
                 running.task.abort();
             }
@@ -164,6 +167,7 @@ impl HealthSupervisor {
                 let task = self.runtime.spawn(run_backend(
                     (*key).clone(),
                     HealthCheck::clone(check),
+                    Checker::new(check, key),
                     Machine::new(Rules::of(check), initial, now + offset),
                     self.ctx.clone(),
                 ));
@@ -216,27 +220,67 @@ fn desired_checks(services: &[Service]) -> HashMap<BackendKey, Arc<HealthCheck>>
     out
 }
 
-/// One backend's checks, forever (until aborted).
-async fn run_backend(key: BackendKey, check: HealthCheck, mut machine: Machine, ctx: Arc<Ctx>) {
-    let checker = Checker::new(&check, &key);
+/// One backend's checks, forever (until aborted). A panic does not end them: in an
+/// attempt it is that attempt's failure ("checker panicked: ..."), in the bookkeeping
+/// after it the attempt is forgotten; either way the next check runs an interval later.
+async fn run_backend(
+    key: BackendKey,
+    check: HealthCheck,
+    checker: Result<Checker, String>,
+    mut machine: Machine,
+    ctx: Arc<Ctx>,
+) {
     let mut next = machine.first_attempt();
+    let mut panics = 0u64;
     loop {
         tokio::time::sleep_until(next.into()).await;
         let Ok(permit) = ctx.limiter.acquire().await else {
             return;
         };
         let started = Instant::now();
-        let outcome = match &checker {
-            // Boxed: an attempt's state (TLS, buffers) is large and exists only while it
-            // runs, so a waiting backend costs a few hundred bytes, not kilobytes.
-            Ok(c) => Box::pin(c.attempt(&ctx.shared, check.timeout)).await,
-            Err(why) => Outcome::Down(why.clone()),
+        let attempt = async {
+            match &checker {
+                // Boxed: an attempt's state (TLS, buffers) is large and exists only while
+                // it runs, so a waiting backend costs a few hundred bytes, not kilobytes.
+                Ok(c) => Box::pin(c.attempt(&ctx.shared, check.timeout)).await,
+                Err(why) => Outcome::Down(why.clone()),
+            }
+        };
+        let outcome = match AssertUnwindSafe(attempt).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                panics += 1;
+                let why = format!("checker panicked: {}", panic_message(panic.as_ref()));
+                if panics == 1 || panics.is_multiple_of(100) {
+                    tracing::error!("{key}: {why} ({panics} times so far)");
+                }
+                Outcome::Down(why)
+            }
         };
         drop(permit);
         let ended = Instant::now();
-        let step = machine.record(ended, &outcome);
-        ctx.record(&key, &check, &outcome, ended - started, step.transition);
-        next = step.next_attempt;
+        let bookkeeping = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let step = machine.record(ended, &outcome);
+            ctx.record(&key, &check, &outcome, ended - started, step.transition);
+            step.next_attempt
+        }));
+        next = bookkeeping.unwrap_or_else(|panic| {
+            let why = panic_message(panic.as_ref());
+            tracing::error!("{key}: recording a check panicked: {why}");
+            ended + check.interval
+        });
+    }
+}
+
+/// What a panic said (its `&str` or `String` payload).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "(no message)".to_string(),
     }
 }
 
@@ -372,6 +416,81 @@ mod tests {
     use super::*;
     use crate::config::CheckType;
 
+    fn test_ctx() -> Arc<Ctx> {
+        let (health, _) = watch::channel(HealthMap::new());
+        Arc::new(Ctx {
+            shared: Shared {
+                pinger: Default::default(),
+            },
+            limiter: Semaphore::new(1),
+            health,
+            services: Default::default(),
+        })
+    }
+
+    /// Waits (at most 5 s) until the backend's health satisfies `done`.
+    async fn wait_for(
+        ctx: &Ctx,
+        key: &BackendKey,
+        what: &str,
+        done: impl Fn(&BackendHealth) -> bool,
+    ) -> BackendHealth {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let h = ctx.health.borrow()[key].clone();
+            if done(&h) {
+                return h;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not {what} within 5 s: {h:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checker_that_panics_takes_its_backend_down_and_checks_go_on() {
+        let key = BackendKey::new("web", "127.0.0.1".parse().unwrap(), 80);
+        let check = HealthCheck {
+            interval: Duration::from_millis(10),
+            rise: 1,
+            fall: 1,
+            ..HealthCheck::new(CheckType::Tcp)
+        };
+        let ctx = test_ctx();
+        ctx.health.send_modify(|map| {
+            map.insert(key.clone(), BackendHealth::new(true, SystemTime::now()));
+        });
+        // Attempts 2 and 3 panic, the others succeed.
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = attempts.clone();
+        let checker = Checker::Scripted(Box::new(move || {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 2 || n == 3 {
+                panic!("attempt {n} went wrong");
+            }
+            Outcome::Up
+        }));
+        let machine = Machine::new(Rules::of(&check), InitialState::Up, Instant::now());
+        let task = tokio::spawn(run_backend(
+            key.clone(),
+            check,
+            Ok(checker),
+            machine,
+            ctx.clone(),
+        ));
+        let h = wait_for(&ctx, &key, "down", |h| !h.up).await;
+        assert_eq!(
+            h.last_failure.as_deref(),
+            Some("checker panicked: attempt 2 went wrong")
+        );
+        let h = wait_for(&ctx, &key, "up again", |h| h.up && h.attempts >= 5).await;
+        assert_eq!(h.failed_attempts, 2, "{h:?}");
+        assert!(!task.is_finished(), "the backend's task ended");
+        task.abort();
+    }
+
     /// Each checked backend is a task whose future lives as long as the check: it must
     /// stay small (the attempt's state is boxed while it runs). 10,000 backends x 2 KiB.
     #[test]
@@ -388,7 +507,8 @@ mod tests {
             health,
             services: Default::default(),
         });
-        let task = run_backend(key, check, machine, ctx);
+        let checker = Checker::new(&check, &key);
+        let task = run_backend(key, check, checker, machine, ctx);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2048, "a backend's task takes {size} bytes");
     }
