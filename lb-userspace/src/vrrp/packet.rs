@@ -120,7 +120,9 @@ pub enum Invalid {
     /// The address list differs from the configured virtual addresses (RFC 3768 7.1:
     /// dropped unless the sender is the address owner, priority 255).
     Addresses,
-    /// v2: the advertisement interval differs from the configured one.
+    /// The advertisement interval is 0 or differs from the configured one: RFC 3768 7.1
+    /// for v2; for v3 RFC 5798 lets a backup adopt the master's, which lets one forged
+    /// advert set every timer (see `state`).
     Interval,
     /// With unicast peers: the sender is none of them.
     Peer,
@@ -281,7 +283,7 @@ pub struct Expected<'a> {
     /// adverts are not this instance's business (ignored, not counted invalid).
     pub sibling_vrids: &'a [u8],
     pub addresses: &'a [IpAddr],
-    /// v2: adverts must carry this interval.
+    /// Adverts must carry this interval.
     pub interval: Duration,
     /// v2: the authentication adverts must carry ([`Auth::None`] without a password).
     pub auth: Auth,
@@ -326,13 +328,11 @@ pub fn check(
     if !expected.peers.is_empty() && !expected.peers.contains(&source) {
         return Verdict::Invalid(Invalid::Peer);
     }
-    if advert.version == Version::V2 {
-        if advert.auth != expected.auth {
-            return Verdict::Invalid(Invalid::Auth);
-        }
-        if advert.interval != expected.interval {
-            return Verdict::Invalid(Invalid::Interval);
-        }
+    if advert.version == Version::V2 && advert.auth != expected.auth {
+        return Verdict::Invalid(Invalid::Auth);
+    }
+    if advert.interval.is_zero() || advert.interval != expected.interval {
+        return Verdict::Invalid(Invalid::Interval);
     }
     if advert.priority != 255 && !same_addresses(&advert.addresses, expected.addresses) {
         return Verdict::Invalid(Invalid::Addresses);
@@ -636,6 +636,24 @@ mod tests {
             check(255, src, dst, &advert(Auth::pass("secret"), 3), &exp),
             Verdict::Invalid(Invalid::Interval)
         );
+    }
+
+    #[test]
+    fn check_v3_interval() {
+        let (src, dst) = (v4("10.0.0.2"), IpAddr::V4(MULTICAST_V4));
+        let addrs = [v4("10.0.0.100"), v4("10.0.0.101")];
+        let exp = expected(&addrs, &[]);
+        for ms in [0, 10, 990, 2000, 40_950] {
+            let advert = Advert {
+                interval: Duration::from_millis(ms),
+                ..v3_advert()
+            };
+            assert_eq!(
+                check(255, src, dst, &advert.encode(src, dst), &exp),
+                Verdict::Invalid(Invalid::Interval),
+                "{ms} ms against 1 s"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! `preempt_delay` is keepalived's: for that long after entering Backup from Initialize or
 //! Fault, a lower-priority master is accepted as if preemption were off; afterwards its
 //! adverts are ignored and Master_Down_Timer takes this node to Master.
+//!
+//! Every timer runs on the instance's own advert interval. RFC 5798 has a backup adopt
+//! the master's, but then one forged advert sets them: interval 0 makes each
+//! higher-priority forgery a full flap (Master_Down_Interval 0), 40.95 s leaves the
+//! segment without a master for two minutes after the real one dies. An advert whose
+//! interval is not the configured one is ignored, as the runner counts it invalid
+//! (`packet::check`); nodes of one virtual router are configured alike, as with VRRPv2.
 
 use std::{
     net::IpAddr,
@@ -81,7 +88,8 @@ impl State {
 pub struct Received {
     pub source: IpAddr,
     pub priority: u8,
-    /// The sender's advertisement interval (v3: Max Advertise Interval).
+    /// The sender's advertisement interval (v3: Max Advertise Interval): an advert whose
+    /// interval is not the instance's own is ignored.
     pub interval: Duration,
 }
 
@@ -116,8 +124,6 @@ pub struct Machine {
     settings: Settings,
     state: State,
     links_up: bool,
-    /// The current master's interval (learnt from its adverts), for Master_Down_Interval.
-    master_adver_interval: Duration,
     master_down_at: Option<Instant>,
     adver_at: Option<Instant>,
     garp_at: Option<Instant>,
@@ -131,7 +137,6 @@ impl Machine {
     /// A machine in Initialize, links assumed up until told otherwise.
     pub fn new(settings: Settings) -> Machine {
         Machine {
-            master_adver_interval: settings.advert_interval,
             settings,
             state: State::Initialize,
             links_up: true,
@@ -157,15 +162,15 @@ impl Machine {
         self.master
     }
 
-    /// Skew_Time: (256 - Priority) / 256 of Master_Adver_Interval (RFC 5798; RFC 3768's
+    /// Skew_Time: (256 - Priority) / 256 of the advert interval (RFC 5798; RFC 3768's
     /// (256 - Priority) / 256 seconds is the same for its one-second unit).
     pub fn skew_time(&self) -> Duration {
-        self.master_adver_interval * (256 - u32::from(self.settings.priority)) / 256
+        self.settings.advert_interval * (256 - u32::from(self.settings.priority)) / 256
     }
 
-    /// Master_Down_Interval: 3 x Master_Adver_Interval + Skew_Time.
+    /// Master_Down_Interval: 3 x the advert interval + Skew_Time.
     pub fn master_down_interval(&self) -> Duration {
-        3 * self.master_adver_interval + self.skew_time()
+        3 * self.settings.advert_interval + self.skew_time()
     }
 
     /// The earliest instant [`Machine::on_timer`] has something to do.
@@ -207,6 +212,8 @@ impl Machine {
                     _ => {}
                 }
             }
+            Event::Advert(r)
+                if r.interval.is_zero() || r.interval != self.settings.advert_interval => {}
             Event::Advert(r) => match self.state {
                 State::Backup => self.backup_receives(now, r),
                 State::Master => self.master_receives(now, r, &mut out),
@@ -247,7 +254,6 @@ impl Machine {
         } else if self.settings.priority == 255 {
             self.become_master(now, out);
         } else {
-            self.master_adver_interval = self.settings.advert_interval;
             self.master_down_at = Some(now + self.master_down_interval());
             self.preempt_from = Some(now + self.settings.preempt_delay);
             self.master = None;
@@ -263,7 +269,6 @@ impl Machine {
         }
         let delaying = self.preempt_from.is_some_and(|t| now < t);
         if !self.settings.preempt || r.priority >= self.settings.priority || delaying {
-            self.master_adver_interval = r.interval;
             self.master_down_at = Some(now + self.master_down_interval());
             self.master = Some(r.source);
         }
@@ -280,7 +285,6 @@ impl Machine {
             || (r.priority == mine && r.source > self.settings.primary_address)
         {
             self.leave_master(out);
-            self.master_adver_interval = r.interval;
             self.master_down_at = Some(now + self.master_down_interval());
             // Preemption came from outside: no preempt_delay after this.
             self.preempt_from = None;
@@ -516,20 +520,42 @@ mod tests {
         assert_eq!(r.run_until(deadline), becoming_master(100, State::Backup));
     }
 
+    /// Adverts from priority 254 whose interval is not the configured one (1 s) are
+    /// ignored: 300 of them, 100 a second, make a master flap no more; a backup keeps
+    /// its own Master_Down_Interval after the real master's last advert.
     #[test]
-    fn backup_learns_the_masters_interval() {
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        r.event(Event::Advert(Received {
-            source: "10.0.0.3".parse().unwrap(),
-            priority: 200,
-            interval: SEC * 2,
-        }));
-        assert_eq!(r.m.master_down_interval(), SEC * 6 + SEC * 2 * 156 / 256);
-        assert_eq!(
-            r.m.next_deadline(),
-            Some(r.t0 + SEC * 6 + SEC * 2 * 156 / 256)
-        );
+    fn adverts_with_another_interval_change_nothing() {
+        let forged = |interval| {
+            let source = "10.0.0.4".parse().unwrap();
+            Event::Advert(Received {
+                source,
+                priority: 254,
+                interval,
+            })
+        };
+        for interval in [Duration::ZERO, ms(10), SEC * 2, ms(40_950)] {
+            let mut r = Rig::new(settings(100));
+            r.event(Event::Startup);
+            let mdi = r.m.master_down_interval();
+            let mut actions = r.run_until(mdi);
+            for i in 1..=300 {
+                actions.extend(r.run_until(mdi + ms(10) * i));
+                actions.extend(r.event(forged(interval)));
+            }
+            actions.extend(r.run_until(mdi + SEC * 10));
+            let flaps = actions.iter().filter(|a| matches!(a, Transition { .. }));
+            assert_eq!(flaps.count(), 1, "{interval:?}: only Backup -> Master");
+            assert_eq!(r.m.state(), State::Master);
+
+            let mut r = Rig::new(settings(100));
+            r.event(Event::Startup);
+            r.at(SEC);
+            r.advert("10.0.0.3", 200);
+            r.at(SEC * 2);
+            r.event(forged(interval));
+            assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
+            assert_eq!(r.run_until(SEC + mdi), becoming_master(100, State::Backup));
+        }
     }
 
     #[test]
