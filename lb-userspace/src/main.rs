@@ -8,7 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use bascule::{
     cli::{self, ApiClient, Failure, DEFAULT_API},
-    daemon,
+    serve::daemon,
 };
 
 #[derive(Parser)]

@@ -11,7 +11,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use bascule::{config::Scheduler, tables};
+use bascule::{config::Scheduler, plan::tables};
 use common::{
     harness::*,
     packet::{Frame, CLIENT_MAC},

@@ -8,12 +8,12 @@
 use std::collections::BTreeMap;
 
 use bascule::{
-    metrics,
-    snapshot::{
+    cli::status,
+    serve::metrics,
+    control::snapshot::{
         BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
         VrrpStatus,
     },
-    status,
 };
 
 fn backend(label: &str, weight: u32, packets: u64) -> BackendStatus {

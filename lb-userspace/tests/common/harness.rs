@@ -12,9 +12,9 @@ use super::{
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use bascule::{
     config::Config,
-    daemon,
     datapath::Datapath,
     plan::{self, MacTable, Plan},
+    serve::daemon,
 };
 
 pub const XDP_DROP: u32 = 1;

@@ -12,7 +12,7 @@ use aya::{
 };
 use lb_common::{addr_words, DecapVip};
 
-use crate::datapath::DECAP_OBJECT;
+use super::DECAP_OBJECT;
 
 pub struct Decap {
     ebpf: Ebpf,

@@ -16,8 +16,8 @@ use prometheus_client::{
 };
 
 use crate::{
+    control::snapshot::{Snapshot, VrrpState},
     health::{DurationHistogram, DURATION_BUCKETS},
-    snapshot::{Snapshot, VrrpState},
 };
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -412,7 +412,7 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{BackendStatus, Health, Rates, ServiceStatus, VrrpStatus};
+    use crate::control::snapshot::{BackendStatus, Health, Rates, ServiceStatus, VrrpStatus};
 
     fn snapshot() -> Snapshot {
         Snapshot {

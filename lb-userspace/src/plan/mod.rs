@@ -11,10 +11,9 @@ use lb_common::{
     MAX_SERVICES, NO_BACKEND,
 };
 
-use crate::{
-    config::{Config, Forwarding, Protocol},
-    tables,
-};
+use crate::config::{Config, Forwarding, Protocol};
+
+pub mod tables;
 
 /// MAC addresses of `dr` backends, learnt from the neighbour table.
 pub type MacTable = HashMap<IpAddr, [u8; 6]>;
@@ -424,7 +423,7 @@ fn fill_tables(
             }
         });
     }
-    let built: Vec<std::sync::Arc<Vec<u32>>> = crate::cores::map(&builds, 0, |&i| {
+    let built: Vec<std::sync::Arc<Vec<u32>>> = crate::util::cores::map(&builds, 0, |&i| {
         let svc = &config.services[i];
         tables::build(svc.scheduler, &inputs[i], svc.maglev_table_size)
             .map(std::sync::Arc::new)

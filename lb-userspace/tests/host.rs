@@ -5,7 +5,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use bascule::netinfo::{host_facts, interface_addresses, interface_mac};
+use bascule::host::interfaces::{host_facts, interface_addresses, interface_mac};
 use common::Netns;
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {

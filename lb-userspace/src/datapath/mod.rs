@@ -24,11 +24,13 @@ use lb_common::{
     TABLE_MAP_FLAGS,
 };
 
-use crate::{
-    flows::{FlowMemory, SetMemory},
-    pins::PinDir,
-    plan::Plan,
-};
+pub mod decap;
+pub mod flows;
+pub mod pins;
+
+use crate::plan::Plan;
+use flows::{FlowMemory, SetMemory};
+use pins::PinDir;
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -179,7 +181,7 @@ impl Datapath {
 
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
         // Before the program runs there: it balances only frames sent to the node's MACs.
-        self.add_local_mac(crate::netinfo::interface_mac(interface)?)?;
+        self.add_local_mac(crate::host::interfaces::interface_mac(interface)?)?;
         let Some(links_dir) = self.pins.as_ref().map(|p| p.links.clone()) else {
             let link = self.attach_new(interface, mode)?;
             self.links
@@ -702,7 +704,7 @@ impl Datapath {
             if table.sets != u64::from(sets) {
                 table = FlowTable {
                     sets: u64::from(sets),
-                    seed: crate::flows::random_seed(),
+                    seed: flows::random_seed(),
                     ..FlowTable::default()
                 };
             }
@@ -785,7 +787,7 @@ impl Datapath {
         };
         let range = match key {
             None => 0..sets,
-            Some(key) => crate::flows::page_of(crate::flows::set_of::<E>(key, &shape), sets),
+            Some(key) => flows::page_of(flows::set_of::<E>(key, &shape), sets),
         };
         SetMemory::map(fd, range, shape).with_context(|| format!("cannot map {name}"))
     }
@@ -1008,7 +1010,9 @@ fn table_maps(
             .with_context(|| format!("service {}: Maglev table", svc.name))
             .map(|t| (svc.info.id, t))
     };
-    crate::cores::map(services, 16, one).into_iter().collect()
+    crate::util::cores::map(services, 16, one)
+        .into_iter()
+        .collect()
 }
 
 fn table_map(slots: &crate::plan::Table) -> Result<Array<MapData, u64>> {

@@ -31,18 +31,23 @@ use lb_common::{Counters, FlowKey, FlowState, PersistState, BACKEND_ACTIVE, NO_B
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+pub mod snapshot;
+
 use crate::{
     config::{Config, HostFacts, ParseCache, Service, XdpMode},
-    daemon,
-    datapath::{self, AttachMode, Datapath},
-    health::{self, plan_with_health, HealthMap},
-    netinfo,
-    pins::{PinDir, SavedOverride, SavedState, StateText},
-    plan::{MacTable, Plan},
-    snapshot::{
-        endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
-        VrrpSource,
+    datapath::{
+        self,
+        pins::{PinDir, SavedOverride, SavedState, StateText},
+        AttachMode, Datapath,
     },
+    health::{self, plan_with_health, HealthMap},
+    host::interfaces as netinfo,
+    plan::{MacTable, Plan},
+    serve::daemon,
+};
+use snapshot::{
+    endpoint, BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
+    VrrpSource,
 };
 
 /// How long to wait for the kernel to resolve backends' MACs at start, and on a change.
@@ -1162,7 +1167,7 @@ impl Controller {
         let services = plan
             .services
             .iter()
-            .map(|s| crate::pins::SavedService {
+            .map(|s| datapath::pins::SavedService {
                 name: s.name.clone(),
                 id: s.info.id,
             })

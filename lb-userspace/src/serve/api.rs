@@ -7,7 +7,7 @@
 //! | `GET /healthz` | 200 while the daemon runs |
 //! | `GET /readyz` | 200 once the program is attached and the maps programmed, else 503 |
 //! | `GET /metrics` | Prometheus text (OpenMetrics if the `Accept` header asks for it) |
-//! | `GET /api/v1/services` | the [`Snapshot`](crate::snapshot::Snapshot) `bascule status` shows |
+//! | `GET /api/v1/services` | the [`Snapshot`](crate::control::snapshot::Snapshot) `bascule status` shows |
 //! | `GET /api/v1/vrrp` | `{"instances": [...]}` |
 //! | `GET /api/v1/simulate?src=IP:PORT&dst=IP:PORT&proto=tcp` | which backend, and why |
 //! | `POST /api/v1/backends/{service}/{backend}` `{"weight": N}` | runtime weight (`null`: back to the file's) |
@@ -35,10 +35,8 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot};
 
-use crate::{
-    control::{self, ControlError},
-    metrics,
-};
+use super::metrics;
+use crate::control::{self, ControlError};
 
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;

@@ -252,7 +252,7 @@ pub fn random_seed() -> u64 {
     let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
     if n != 8 {
         // Only unpredictability is lost (the table works with any seed).
-        return crate::datapath::monotonic_ns().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        return super::monotonic_ns().wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     u64::from_ne_bytes(seed)
 }

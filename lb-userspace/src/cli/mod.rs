@@ -18,13 +18,13 @@ use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
+pub mod status;
+
 use crate::{
-    api::{percent_encode, ErrorBody, WeightBody},
     config::Config,
-    control::{self, ReloadReport, SimulateAnswer, WeightChange},
+    control::{self, snapshot::Snapshot, ReloadReport, SimulateAnswer, WeightChange},
     plan,
-    snapshot::Snapshot,
-    status,
+    serve::api::{percent_encode, ErrorBody, WeightBody},
 };
 
 pub const EXIT_FAILED: u8 = 1;
@@ -363,9 +363,11 @@ pub fn set_weight(
 /// `bascule check`: validates, and prints each service's Maglev digest (equal digests on
 /// two nodes mean they send every flow to the same backend).
 pub fn check(path: &Path, host: bool, json: bool) -> Outcome {
-    let config = crate::daemon::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
+    let config =
+        crate::serve::daemon::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
     if host {
-        let facts = crate::netinfo::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;
+        let facts =
+            crate::host::interfaces::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;
         control::check_host(&config, &facts).map_err(|e| {
             Failure::failed(format!(
                 "{e:#}\n(to check a file meant for another node, add --no-host)"

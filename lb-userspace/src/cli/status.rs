@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::snapshot::{BackendStatus, Rates, ServiceStatus, Snapshot};
+use crate::control::snapshot::{BackendStatus, Rates, ServiceStatus, Snapshot};
 
 /// The whole status page.
 pub fn render(s: &Snapshot) -> String {
@@ -42,7 +42,8 @@ pub fn render(s: &Snapshot) -> String {
     // Why each down backend is down (its last failed check).
     for svc in &s.services {
         for b in &svc.backends {
-            if let (crate::snapshot::Health::Down, Some(why)) = (b.health, &b.last_failure) {
+            if let (crate::control::snapshot::Health::Down, Some(why)) = (b.health, &b.last_failure)
+            {
                 let _ = writeln!(out, "{} {} down: {why}", svc.name, b.label);
             }
         }

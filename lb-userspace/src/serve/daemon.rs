@@ -14,15 +14,19 @@ use anyhow::{bail, Context, Result};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::{
-    api::Api,
     config::{Config, Forwarding, ParseCache},
-    control::{self, Controller, Request},
+    control::{
+        self,
+        snapshot::{self, VrrpSource},
+        Controller, Request,
+    },
     health::HealthSupervisor,
-    netinfo,
+    host::interfaces as netinfo,
     plan::{MacTable, TunnelSources},
-    snapshot::{self, VrrpSource},
     vrrp::{StatusBoard, Vrrp},
 };
+
+use super::api::Api;
 
 /// Loads a config and refuses what this build cannot do yet, with every error located.
 pub fn load_config(path: &Path) -> Result<Config> {
@@ -281,7 +285,7 @@ async fn serve(
         token,
         ready,
     });
-    let server = tokio::spawn(crate::api::serve(listener, api));
+    let server = tokio::spawn(super::api::serve(listener, api));
     tracing::info!(%listen, "HTTP API listening");
     // The datapath is attached (or the controller failed) before VRRP starts.
     if started.await.is_err() {
@@ -409,7 +413,7 @@ pub fn decap(interface: &str, vips: &[IpAddr]) -> Result<()> {
     } else {
         vips.to_vec()
     };
-    let decap = crate::decap::Decap::attach(interface, &vips)?;
+    let decap = crate::datapath::decap::Decap::attach(interface, &vips)?;
     tracing::info!(interface, vips = ?vips, "decap attached");
     let signals = signal_channel()?;
     while let Ok(SIGHUP) = signals.recv() {}

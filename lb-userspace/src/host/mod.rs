@@ -1,0 +1,2 @@
+//! What the kernel knows about the node's network.
+pub mod interfaces;

@@ -1,0 +1,2 @@
+//! Small helpers every layer may use.
+pub mod cores;
