@@ -5,7 +5,7 @@ mod common;
 
 use std::net::IpAddr;
 
-use bascule::host::interfaces::{host_facts, interface_addresses, interface_mac};
+use bascule::host::interfaces::{addresses_by_interface, interface_addresses, interface_mac};
 use common::Netns;
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
@@ -41,11 +41,11 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
     }
     ns.ip(&["link", "set", "d0", "address", "02:00:0a:01:00:01"]);
     // d2 has no address, but exists.
-    let (facts, d0, d1, missing, mac) = std::thread::scope(|s| {
+    let (by_interface, d0, d1, missing, mac) = std::thread::scope(|s| {
         s.spawn(|| {
             ns.enter();
             (
-                host_facts().unwrap(),
+                addresses_by_interface().unwrap(),
                 interface_addresses("d0").unwrap(),
                 interface_addresses("d1").unwrap(),
                 interface_addresses("nope").unwrap_err().to_string(),
@@ -60,7 +60,7 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
         v
     };
     assert_eq!(
-        sorted(facts.interfaces["d0"].clone()),
+        sorted(by_interface["d0"].clone()),
         sorted(ips(&[
             "10.1.0.1",
             "169.254.7.7",
@@ -70,13 +70,10 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
         ])),
         "global, link and host scopes; not site"
     );
-    assert_eq!(facts.interfaces["d1"], ips(&["10.2.0.1"]));
-    assert!(
-        facts.interfaces["lo"].is_empty(),
-        "loopback's own are left out"
-    );
-    assert!(facts.interfaces.contains_key("d2"));
-    let mut names: Vec<&String> = facts.interfaces.keys().collect();
+    assert_eq!(by_interface["d1"], ips(&["10.2.0.1"]));
+    assert!(by_interface["lo"].is_empty(), "loopback's own are left out");
+    assert!(by_interface.contains_key("d2"));
+    let mut names: Vec<&String> = by_interface.keys().collect();
     names.sort();
     assert_eq!(names, ["d0", "d1", "d2", "lo", "p0", "p1", "p2"]);
     // The tunnel's source candidates: global and host scope, IPv4 first, each family in

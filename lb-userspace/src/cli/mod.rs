@@ -366,8 +366,7 @@ pub fn check(path: &Path, host: bool, json: bool) -> Outcome {
     let config =
         crate::serve::daemon::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
     if host {
-        let facts =
-            crate::host::interfaces::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;
+        let facts = control::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;
         control::check_host(&config, &facts).map_err(|e| {
             Failure::failed(format!(
                 "{e:#}\n(to check a file meant for another node, add --no-host)"

@@ -41,7 +41,7 @@ use crate::{
         AttachMode, Datapath,
     },
     health::{self, plan_with_health, HealthMap},
-    host::interfaces as netinfo,
+    host,
     plan::{MacTable, Plan},
     serve::daemon,
 };
@@ -1064,9 +1064,10 @@ impl Controller {
     /// maps hold.
     fn replan(&mut self, config: &Config, wait: Duration) -> Result<Plan> {
         // dr backends' and sorry servers' MACs, whatever their health.
-        let macs: MacTable = netinfo::resolve_macs(&daemon::dr_backend_addresses(config), wait)?
-            .into_iter()
-            .collect();
+        let macs: MacTable =
+            host::neighbours::resolve_macs(&daemon::dr_backend_addresses(config), wait)?
+                .into_iter()
+                .collect();
         self.missing_macs = daemon::missing_dr_macs(config, &macs);
         let (input, health) = planning_input(config, &self.runtime);
         plan_with_health(
@@ -1248,7 +1249,7 @@ impl Controller {
             took_ms = started.elapsed().as_millis() as u64,
             "reload: file parsed and checked"
         );
-        let host = netinfo::host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        let host = host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
         check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
         tracing::debug!(
             took_ms = started.elapsed().as_millis() as u64,
@@ -1731,6 +1732,13 @@ impl PlanCounters {
     fn backend(&self, id: u32) -> Counters {
         self.backends.get(id as usize).copied().unwrap_or_default()
     }
+}
+
+/// The node's interfaces and their addresses, as `Config::check_host` reads them.
+pub fn host_facts() -> Result<HostFacts> {
+    Ok(HostFacts {
+        interfaces: host::interfaces::addresses_by_interface()?,
+    })
 }
 
 /// Host checks of a config, as one error listing every problem.

@@ -21,7 +21,7 @@ use crate::{
         Controller, Request,
     },
     health::HealthSupervisor,
-    host::interfaces as netinfo,
+    host::{addresses::is_link_local, interfaces, neighbours, sysctls},
     plan::{MacTable, TunnelSources},
     vrrp::{StatusBoard, Vrrp},
 };
@@ -49,10 +49,10 @@ pub fn load_config_cached(path: &Path, cache: &mut ParseCache) -> Result<Config>
 pub fn tunnel_sources(config: &Config) -> Result<TunnelSources> {
     let mut t = TunnelSources::default();
     if let Some(iface) = config.node.interfaces.first() {
-        for a in netinfo::interface_addresses(&iface.name)? {
+        for a in interfaces::interface_addresses(&iface.name)? {
             match a {
                 IpAddr::V4(v4) if t.v4.is_none() => t.v4 = Some(v4),
-                IpAddr::V6(v6) if t.v6.is_none() && !is_link_local(v6) => t.v6 = Some(v6),
+                IpAddr::V6(v6) if t.v6.is_none() && !is_link_local(&a) => t.v6 = Some(v6),
                 _ => {}
             }
         }
@@ -63,10 +63,6 @@ pub fn tunnel_sources(config: &Config) -> Result<TunnelSources> {
         None => {}
     }
     Ok(t)
-}
-
-fn is_link_local(a: std::net::Ipv6Addr) -> bool {
-    (a.segments()[0] & 0xffc0) == 0xfe80
 }
 
 /// Addresses whose MACs are needed: `dr` backends and sorry servers (a sorry server is
@@ -105,7 +101,7 @@ pub fn warm_routed_backends<'s>(services: impl IntoIterator<Item = &'s crate::co
         .collect();
     addrs.sort();
     addrs.dedup();
-    addrs.into_iter().for_each(netinfo::provoke_resolution);
+    addrs.into_iter().for_each(neighbours::provoke_resolution);
 }
 
 /// `dr` backends and sorry servers of `dr` services without a MAC address yet.
@@ -129,7 +125,7 @@ pub fn missing_dr_macs(config: &Config, macs: &MacTable) -> Vec<IpAddr> {
 }
 
 /// `tun` and `nat` find their next hop with `bpf_fib_lookup`, which needs forwarding on
-/// the XDP interfaces for the families they route (see `netinfo::enable_forwarding`).
+/// the XDP interfaces for the families they route (see `sysctls::enable_forwarding`).
 pub fn prepare_interfaces(config: &Config) -> Result<()> {
     let uses = |modes: &[Forwarding], v6: bool| {
         config.services.iter().any(|s| {
@@ -145,10 +141,10 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
         uses(&[Forwarding::Nat], true),
     );
     for iface in &config.node.interfaces {
-        for change in netinfo::enable_forwarding(&iface.name, v4, v6)? {
+        for change in sysctls::enable_forwarding(&iface.name, v4, v6)? {
             tracing::info!(interface = %iface.name, "tun/nat next hops need forwarding: set {change}");
         }
-        for change in netinfo::enable_nat_fallback(&iface.name, nat4, nat6)? {
+        for change in sysctls::enable_nat_fallback(&iface.name, nat4, nat6)? {
             tracing::info!(interface = %iface.name, "nat replies to unresolved neighbours go through the kernel: set {change}");
         }
     }
@@ -163,7 +159,7 @@ pub fn prepare_interfaces(config: &Config) -> Result<()> {
 pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
     let mut parse_cache = ParseCache::default();
     let config = load_config_cached(path, &mut parse_cache)?;
-    control::check_host(&config, &netinfo::host_facts()?)?;
+    control::check_host(&config, &control::host_facts()?)?;
     let token = read_token(&config.http)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -409,7 +405,7 @@ fn signal_channel() -> Result<mpsc::Receiver<i32>> {
 /// `bascule decap`: attach and wait for SIGINT/SIGTERM.
 pub fn decap(interface: &str, vips: &[IpAddr]) -> Result<()> {
     let vips = if vips.is_empty() {
-        netinfo::loopback_vips()?
+        interfaces::loopback_vips()?
     } else {
         vips.to_vec()
     };

@@ -20,7 +20,10 @@ use super::{
     state::{Action, Event, Machine, Received, Settings, State},
     StatusBoard, VrrpStatus,
 };
-use crate::config::{VrrpAuthType, VrrpInstance};
+use crate::{
+    config::{VrrpAuthType, VrrpInstance},
+    host::addresses::primary_address,
+};
 
 /// How long a stopping instance waits for its notify scripts.
 const NOTIFY_DRAIN: Duration = Duration::from_secs(5);
@@ -142,23 +145,6 @@ impl Prepared {
             garp_refresh: c.garp.refresh,
         }
     }
-}
-
-/// The address adverts go out from: IPv4, the interface's first address that is not a
-/// virtual one; IPv6, its link-local address (RFC 5798 5.1.2.1), or a global one when the
-/// unicast peers are not link-local. (`Config::check_host` asks it too, so that a config
-/// whose instance could not start is refused before anything changes.)
-pub(crate) fn primary_address(
-    own: impl Iterator<Item = IpAddr>,
-    vips: &[IpAddr],
-    v6: bool,
-    peers: &[IpAddr],
-) -> Option<IpAddr> {
-    let link_local =
-        |a: &IpAddr| matches!(a, IpAddr::V6(v) if (v.segments()[0] & 0xffc0) == 0xfe80);
-    let want_link_local = v6 && peers.iter().all(link_local);
-    own.filter(|a| a.is_ipv6() == v6 && !vips.contains(a))
-        .find(|a| !v6 || link_local(a) == want_link_local)
 }
 
 /// Runs until told to stop (or until `control` is dropped), then shuts down as the RFC
@@ -440,37 +426,5 @@ impl Runner {
             s.master = master;
             s.master_down_interval_ms = mdi.as_millis() as u64;
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ips(list: &[&str]) -> Vec<IpAddr> {
-        list.iter().map(|s| s.parse().unwrap()).collect()
-    }
-
-    #[test]
-    fn primary_address_skips_virtual_ones_and_prefers_link_local_for_ipv6() {
-        let own = ips(&["10.0.0.100", "10.0.0.2", "fd00::2", "fe80::2"]);
-        let vips = ips(&["10.0.0.100", "fd00::100"]);
-        assert_eq!(
-            primary_address(own.iter().copied(), &vips, false, &[]),
-            Some(ips(&["10.0.0.2"])[0])
-        );
-        assert_eq!(
-            primary_address(own.iter().copied(), &vips, true, &[]),
-            Some(ips(&["fe80::2"])[0])
-        );
-        assert_eq!(
-            primary_address(own.iter().copied(), &vips, true, &ips(&["fd00::3"])),
-            Some(ips(&["fd00::2"])[0]),
-            "global peers need a global source"
-        );
-        assert_eq!(
-            primary_address(ips(&["10.0.0.100"]).into_iter(), &vips, false, &[]),
-            None
-        );
     }
 }

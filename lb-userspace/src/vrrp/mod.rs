@@ -19,7 +19,6 @@
 pub mod addr;
 pub mod garp;
 mod instance;
-pub(crate) use instance::primary_address;
 mod notify;
 pub mod packet;
 pub mod socket;
@@ -41,6 +40,8 @@ pub use packet::Invalid;
 pub use state::State;
 
 use crate::config::{IpPrefix, VrrpInstance};
+// Until config/ imports it from host (the config split lands beside this layout).
+pub use crate::host::addresses::primary_address;
 use addr::{LinkStates, Netlink};
 use instance::{Control, Prepared};
 
