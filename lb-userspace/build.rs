@@ -1,5 +1,5 @@
 //! Builds the eBPF programs (crate `lb-ebpf`, nightly, bpf-linker) into OUT_DIR, where
-//! `src/datapath.rs` embeds them: one binary is the whole product.
+//! `src/datapath/` embeds them: one binary is the whole product.
 //!
 //! Written out instead of calling aya-build so that the eBPF crate is built for BPF ISA
 //! v3 (`-C target-cpu=v3`: 32-bit jumps and ALU, atomics; every kernel with `bpf_loop`

@@ -1,5 +1,5 @@
 //! Every map of the XDP datapath. Userspace opens them by these names (see
-//! `lb-userspace/src/datapath.rs`); keys and values are the `lb-common` types.
+//! `lb-userspace/src/datapath/`); keys and values are the `lb-common` types.
 
 use aya_ebpf::{
     btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},

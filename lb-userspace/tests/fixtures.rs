@@ -741,7 +741,7 @@ fn a_new_flow_in_a_full_set_evicts_the_least_recently_seen() {
 /// the other CPU reads or writes): every packet still goes to its flow's backend, no
 /// entry is left held (each set ends full), and what is left is whole. A torn read is a
 /// window of a few nanoseconds that one-packet test runs rarely hit: the write protocol
-/// itself (a held entry reads as absent and is not removed) is checked in `flows.rs`.
+/// itself (a held entry reads as absent and is not removed) is checked in `datapath/flows.rs`.
 #[test]
 fn concurrent_cpus_never_see_a_torn_connection_entry() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

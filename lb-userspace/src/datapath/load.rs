@@ -1,0 +1,219 @@
+//! Loading the embedded XDP object: plain (maps owned by this process) or pinned (maps
+//! reused from, or pinned to, the pin tree), and whether pinned maps fit this build.
+
+use anyhow::{anyhow, Context, Result};
+use aya::{
+    maps::{Array, MapInfo},
+    programs::Xdp,
+    Ebpf, EbpfLoader,
+};
+use lb_common::{flow_sets, FlowTable, LocalMacs};
+
+use super::{flows, pins::PinDir, Datapath, PinPaths, XDP_OBJECT, XDP_PROGRAM};
+
+/// The maps of the XDP object that userspace shares with the kernel (the object's
+/// `.rodata`/`.bss` sections are per program and not pinned).
+fn object_maps() -> Result<Vec<(String, aya_obj::Map)>> {
+    let obj = aya_obj::Object::parse(XDP_OBJECT).context("cannot parse the embedded XDP object")?;
+    let mut maps: Vec<(String, aya_obj::Map)> = obj
+        .maps
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .collect();
+    maps.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(maps)
+}
+
+/// The connection table's capacity for a configured `conntrack.max_entries`.
+fn conntrack_capacity(configured: u32) -> u32 {
+    configured.max(1024)
+}
+
+/// The entries of the maps sized by `conntrack.max_entries`: the connection table and
+/// the `nat` reply table (a `nat` flow has one entry in each), in sets of `FLOW_WAYS`.
+fn flow_table_entries(name: &str, conntrack_entries: u32) -> Option<u32> {
+    let capacity = conntrack_capacity(conntrack_entries);
+    match name {
+        "CONNTRACK" | "NAT" => Some(flow_sets(capacity)),
+        _ => None,
+    }
+}
+
+/// The set-associative tables, by their `FLOW_TABLE` slot.
+pub(super) const SET_TABLES: [&str; 2] = ["CONNTRACK", "NAT"];
+
+/// A loader with the flow tables sized for `conntrack.max_entries`.
+fn loader(conntrack_entries: u32) -> EbpfLoader<'static> {
+    let mut loader = EbpfLoader::new();
+    for name in SET_TABLES {
+        loader.map_max_entries(name, flow_table_entries(name, conntrack_entries).unwrap());
+    }
+    loader
+}
+
+/// A digest of the embedded XDP object: pinned state written by another build is checked
+/// map by map before it is adopted.
+pub fn object_digest() -> u64 {
+    lb_common::maglev::stable_hash(XDP_OBJECT)
+}
+
+impl Datapath {
+    /// Loads the program and creates its maps (not attached yet).
+    pub fn load(conntrack_entries: u32) -> Result<Self> {
+        let mut ebpf = loader(conntrack_entries).load(XDP_OBJECT).context(
+            "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
+        )?;
+        load_program(&mut ebpf)?;
+        let mut datapath = Datapath {
+            ebpf,
+            links: Vec::new(),
+            applied: None,
+            pins: None,
+        };
+        datapath.init_maps()?;
+        Ok(datapath)
+    }
+
+    /// Loads the program with every map pinned in `pins`: maps already pinned there are
+    /// reused as they are (contents included: the connection table survives), missing ones
+    /// are created and pinned. Links made by [`Datapath::attach`] are pinned too, and links
+    /// already pinned are taken over. Check [`pinned_maps_mismatch`] first.
+    pub fn load_pinned(conntrack_entries: u32, pins: &PinDir) -> Result<Self> {
+        let maps = object_maps()?;
+        let mut loader = loader(conntrack_entries);
+        for (name, _) in &maps {
+            loader.map_pin_path(name, pins.maps().join(name));
+        }
+        let mut ebpf = loader.load(XDP_OBJECT).with_context(|| {
+            format!(
+                "cannot load the XDP object with its maps pinned in {} (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
+                pins.maps().display()
+            )
+        })?;
+        load_program(&mut ebpf)?;
+        let mut datapath = Datapath {
+            ebpf,
+            links: Vec::new(),
+            applied: None,
+            pins: Some(PinPaths {
+                links: pins.links(),
+            }),
+        };
+        // An adopted table keeps its seed: its flows stay where they are.
+        datapath.init_maps()?;
+        let pin = pins.programs().join(XDP_PROGRAM);
+        let _ = std::fs::remove_file(&pin);
+        datapath
+            .program()
+            .pin(&pin)
+            .with_context(|| format!("cannot pin the XDP program at {}", pin.display()))?;
+        Ok(datapath)
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .expect("loaded in Datapath::load")
+            .try_into()
+            .expect("XDP program")
+    }
+
+    /// What every load sets up, maps adopted or new: the flow tables' shape and the clock
+    /// (`init_flow_table`), and no MACs recorded (attaching records them again).
+    pub(super) fn init_maps(&mut self) -> Result<()> {
+        self.init_flow_table()?;
+        let mut m: Array<_, LocalMacs> = Array::try_from(self.map("LOCAL_MACS")?)?;
+        m.set(0, LocalMacs::default(), 0)?;
+        Ok(())
+    }
+
+    /// Gives each new set-associative table (its `FLOW_TABLE` slot all zero: no shape) its
+    /// number of sets and a random seed, and keeps those of one adopted from a previous
+    /// daemon; calibrates the datapath's clock again either way.
+    fn init_flow_table(&mut self) -> Result<()> {
+        let clock = match self.calibrate_clock() {
+            Ok(clock) => Some(clock),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot calibrate the datapath's clock ({e:#}): it reads the kernel's coarse clock by a helper call instead, a few ns more per packet"
+                );
+                None
+            }
+        };
+        for (slot, name) in SET_TABLES.iter().enumerate() {
+            let sets = self.map_entries(name)?;
+            let mut m: Array<_, FlowTable> = Array::try_from(self.map("FLOW_TABLE")?)?;
+            let mut table = m.get(&(slot as u32), 0)?;
+            if table.sets != u64::from(sets) {
+                table = FlowTable {
+                    sets: u64::from(sets),
+                    seed: flows::random_seed(),
+                    ..FlowTable::default()
+                };
+            }
+            (table.tick_ns, table.clock_offset) = clock.unwrap_or_default();
+            m.set(slot as u32, table, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A set-associative table's number of sets (its capacity, set at load time).
+    pub(super) fn map_entries(&mut self, name: &str) -> Result<u32> {
+        match self.map(name)? {
+            aya::maps::Map::Array(data) => Ok(data.info()?.max_entries()),
+            _ => Err(anyhow!("map {name} is not an array")),
+        }
+    }
+}
+
+/// Whether the maps pinned in `pins` can be adopted by this build: every map of the
+/// object that is pinned has the same type, key and value sizes, capacity and flags.
+/// Returns the differences (empty: compatible, or nothing pinned).
+pub fn pinned_maps_mismatch(conntrack_entries: u32, pins: &PinDir) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (name, def) in object_maps()? {
+        let path = pins.maps().join(&name);
+        if !path.exists() {
+            continue;
+        }
+        let info = match MapInfo::from_pin(&path) {
+            Ok(i) => i,
+            Err(e) => {
+                out.push(format!("{name}: cannot open the pinned map: {e}"));
+                continue;
+            }
+        };
+        let max_entries =
+            flow_table_entries(&name, conntrack_entries).unwrap_or_else(|| def.max_entries());
+        let pinned_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let want = (
+            def.map_type(),
+            def.key_size(),
+            def.value_size(),
+            max_entries,
+            def.map_flags(),
+        );
+        let have = (
+            pinned_type,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+            info.map_flags(),
+        );
+        if want != have {
+            out.push(format!(
+                "{name}: pinned (type, key, value, entries, flags) {have:?}, this build needs {want:?}"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn load_program(ebpf: &mut Ebpf) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| anyhow!("program {XDP_PROGRAM} missing from the object"))?
+        .try_into()?;
+    prog.load().context("the kernel refused the XDP program")?;
+    Ok(())
+}
