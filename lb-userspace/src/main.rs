@@ -8,6 +8,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use bascule::{
     cli::{self, ApiClient, Failure, DEFAULT_API},
+    control::{config_path, load_config},
     serve::daemon,
 };
 
@@ -188,12 +189,12 @@ fn main() -> ExitCode {
         Command::Run {
             config,
             keep_datapath,
-        } => daemon::run(&daemon::config_path(&config), keep_datapath).map_err(failed),
+        } => daemon::run(&config_path(&config), keep_datapath).map_err(failed),
         Command::Check {
             config,
             no_host,
             json,
-        } => cli::check(&daemon::config_path(&config), !no_host, json),
+        } => cli::check(&config_path(&config), !no_host, json),
         Command::Decap { interface, vips } => daemon::decap(&interface, &vips).map_err(failed),
         Command::Status { api } => api.client().and_then(|c| cli::status(&c, api.json)),
         Command::Simulate {
@@ -202,7 +203,7 @@ fn main() -> ExitCode {
             proto,
             config: Some(path),
             api,
-        } => daemon::load_config(&path)
+        } => load_config(&path)
             .map_err(failed)
             .and_then(|c| cli::simulate_offline(&c, src, dst, proto.as_str(), api.json)),
         Command::Simulate {

@@ -363,8 +363,7 @@ pub fn set_weight(
 /// `bascule check`: validates, and prints each service's Maglev digest (equal digests on
 /// two nodes mean they send every flow to the same backend).
 pub fn check(path: &Path, host: bool, json: bool) -> Outcome {
-    let config =
-        crate::serve::daemon::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
+    let config = control::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
     if host {
         let facts = control::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;
         control::check_host(&config, &facts).map_err(|e| {

@@ -1,17 +1,29 @@
 //! What the daemon shows of itself at one moment: services, backends, counters, rates,
 //! VRRP instances. Plain data, the JSON of `GET /api/v1/services` and `/api/v1/vrrp`,
-//! the input of `bascule status` (`status.rs`) and of `/metrics` (`metrics.rs`).
+//! the input of `bascule status` (`cli::status`) and of `/metrics` (`serve::metrics`).
 //!
-//! Producers: the controller (`control.rs`) fills services and datapath counters; the VRRP
-//! side provides its instances' [`VrrpStatus`] through a [`VrrpSource`].
+//! Producers: the controller fills services and datapath counters (`Controller::snapshot`,
+//! at the end of this file); the VRRP side provides its instances' [`VrrpStatus`] through
+//! a [`VrrpSource`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
 };
 
+use lb_common::BACKEND_ACTIVE;
 use serde::{Deserialize, Serialize};
+
+use super::{
+    rates::{add, PlanCounters},
+    runtime::{effective, BackendKey},
+    Controller,
+};
+use crate::{
+    config::{format_duration, Backend, Service},
+    plan::{Plan, PlannedBackend, PlannedService},
+};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -247,6 +259,184 @@ pub fn endpoint(addr: IpAddr, port: u16) -> String {
         addr.to_string()
     } else {
         SocketAddr::new(addr, port).to_string()
+    }
+}
+
+/// A plan's services and backends by what the configuration names them: indexed once per
+/// snapshot, not searched per backend.
+struct Planned<'p> {
+    services: HashMap<&'p str, &'p PlannedService>,
+    backends: HashMap<(&'p str, IpAddr, u16), &'p PlannedBackend>,
+}
+
+impl<'p> Planned<'p> {
+    fn of(plan: &'p Plan) -> Self {
+        Planned {
+            services: plan.services.iter().map(|p| (p.name.as_str(), p)).collect(),
+            backends: plan
+                .backends
+                .iter()
+                .map(|b| ((&*b.service, b.address, b.port), b))
+                .collect(),
+        }
+    }
+}
+
+impl Controller {
+    /// Everything `bascule status` and `/metrics` show, read now.
+    pub(super) fn snapshot(&mut self) -> Snapshot {
+        let all = self.counters_now().unwrap_or_default();
+        let (plan, config) = (Arc::clone(&self.plan), Arc::clone(&self.config));
+        let planned = Planned::of(&plan);
+        let services = config
+            .services
+            .iter()
+            .map(|svc| self.service_status(svc, &planned, &all))
+            .collect();
+        let datapath = self.datapath_stats(&plan, &all);
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_file: self.path.display().to_string(),
+            ready: self.ready.load(Ordering::SeqCst),
+            reloads: self.reloads.clone(),
+            services,
+            datapath,
+            vrrp: (self.vrrp)(),
+        }
+    }
+
+    fn service_status(
+        &mut self,
+        svc: &Service,
+        planned: &Planned,
+        all: &PlanCounters,
+    ) -> ServiceStatus {
+        let p = planned.services.get(svc.name.as_str()).copied();
+        let counters = p.map(|p| all.service(p.info.id)).unwrap_or_default();
+        let rates = p
+            .and_then(|p| self.rates.services.get(p.info.id as usize))
+            .copied()
+            .unwrap_or_default();
+        let backends = svc
+            .backends
+            .iter()
+            .map(|b| self.backend_status(svc, b, planned, all))
+            .collect();
+        ServiceStatus {
+            name: svc.name.clone(),
+            vip: svc.vip,
+            port: svc.port,
+            protocol: svc.protocol.to_string(),
+            scheduler: svc.scheduler.to_string(),
+            forwarding: svc.forwarding.to_string(),
+            persistence: format_duration(svc.persistence),
+            packets: counters.packets,
+            bytes: counters.bytes,
+            connections: counters.new_flows,
+            rates,
+            backends,
+        }
+    }
+
+    fn backend_status(
+        &mut self,
+        svc: &Service,
+        b: &Backend,
+        planned: &Planned,
+        all: &PlanCounters,
+    ) -> BackendStatus {
+        let inhibit = svc
+            .health_check
+            .as_ref()
+            .is_some_and(|h| h.inhibit_on_failure);
+        let key = BackendKey {
+            service: svc.name.clone(),
+            address: b.address,
+            port: b.effective_port(svc),
+        };
+        let planned_b = planned
+            .backends
+            .get(&(key.service.as_str(), key.address, key.port))
+            .copied();
+        let current = planned_b.map(|p| all.backend(p.id)).unwrap_or_default();
+        let c = add(self.retired.get(&key).copied().unwrap_or_default(), current);
+        // What the checks say now (the maps follow within a moment).
+        let live = self.health_source.as_ref().map(|s| s.borrow());
+        let checked = live
+            .as_deref()
+            .unwrap_or(&self.runtime.health)
+            .get(&key.health_key())
+            .cloned();
+        drop(live);
+        let health = match &checked {
+            None => Health::Unchecked,
+            Some(h) if h.up => Health::Up,
+            Some(_) => Health::Down,
+        };
+        BackendStatus {
+            address: b.address,
+            port: key.port,
+            label: key.label(),
+            forwarding: b.effective_forwarding(svc).to_string(),
+            weight: effective(b.weight, &key, inhibit, &self.runtime).weight,
+            config_weight: b.weight,
+            weight_override: self.runtime.overrides.get(&key).map(|o| o.weight),
+            health,
+            last_failure: checked.as_ref().and_then(|h| h.last_failure.clone()),
+            check_durations: checked.map(|h| h.durations),
+            active: planned_b.is_some_and(|p| p.info.flags & BACKEND_ACTIVE != 0),
+            active_connections: planned_b
+                .and_then(|p| self.datapath.active_connections(p.id).ok())
+                .unwrap_or(0),
+            connections: c.new_flows,
+            packets: c.packets,
+            bytes: c.bytes,
+            rates: planned_b
+                .and_then(|p| self.rates.backends.get(p.id as usize))
+                .copied()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The node-wide counters: connection table, verdicts, reasons.
+    fn datapath_stats(&mut self, plan: &Plan, all: &PlanCounters) -> DatapathStats {
+        let mut datapath = DatapathStats {
+            interfaces: self.interfaces.clone(),
+            adopted: self.adopted,
+            // Counted now, not at the last reconciliation (up to 5 s old).
+            conntrack_entries: self
+                .datapath
+                .live_flows(
+                    self.config.conntrack.tcp_timeout.as_nanos() as u64,
+                    self.config.conntrack.udp_timeout.as_nanos() as u64,
+                )
+                .unwrap_or(self.conntrack_live),
+            conntrack_capacity: self.datapath.conntrack_capacity().unwrap_or(0),
+            conntrack_evictions: self.datapath.conntrack_evictions().unwrap_or(0),
+            ..Default::default()
+        };
+        if let Ok(actions) = self.datapath.actions() {
+            for (name, v) in lb_common::XDP_ACTION_NAMES.iter().zip(actions) {
+                datapath.actions.insert(name.to_string(), v);
+            }
+        }
+        if let Ok(reasons) = self.datapath.reasons() {
+            for (name, dropped) in lb_common::REASON_NAMES {
+                let v = reasons.get(name).copied().unwrap_or(0);
+                if dropped {
+                    datapath.drops.insert(name.to_string(), v);
+                } else {
+                    datapath.passes.insert(name.to_string(), v);
+                }
+            }
+        }
+        // Every scheduled flow was a miss; the services' counts hold them all.
+        datapath.conntrack_misses = plan
+            .services
+            .iter()
+            .map(|s| all.service(s.info.id).new_flows)
+            .sum();
+        datapath
     }
 }
 

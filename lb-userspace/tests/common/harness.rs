@@ -12,9 +12,9 @@ use super::{
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use bascule::{
     config::Config,
+    control::{prepare_interfaces, tunnel_sources},
     datapath::Datapath,
     plan::{self, MacTable, Plan},
-    serve::daemon,
 };
 
 pub const XDP_DROP: u32 = 1;
@@ -86,9 +86,9 @@ impl Harness {
         neighbour("fd00:111::10", CLIENT_MAC);
         ns.enter();
         let ifindex = ns.ifindex("eth0");
-        daemon::prepare_interfaces(&config).expect("forwarding sysctls");
+        prepare_interfaces(&config).expect("forwarding sysctls");
         let mut datapath = Datapath::load(entries).expect("load the XDP program");
-        let tunnel = daemon::tunnel_sources(&config).expect("tunnel sources from eth0");
+        let tunnel = tunnel_sources(&config).expect("tunnel sources from eth0");
         let plan = plan::plan(&config, &macs, tunnel, None).expect("plan");
         datapath.apply(&plan).expect("program the maps");
         Harness {
@@ -139,7 +139,7 @@ impl Harness {
                     .map(|b| (b.address, backend_mac(b.address)))
             })
             .collect();
-        let tunnel = daemon::tunnel_sources(&self.config).unwrap();
+        let tunnel = tunnel_sources(&self.config).unwrap();
         self.plan = plan::plan(&self.config, &macs, tunnel, Some(&self.plan)).unwrap();
         self.datapath.apply(&self.plan).unwrap();
     }

@@ -1,0 +1,243 @@
+//! Reloads: what changed between two configurations (services added, removed, changed;
+//! settings that need a restart; backends gone), and the controller's reload itself.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::IpAddr,
+    sync::Arc,
+    time::Instant,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{commit::report_missing, controller::log_dropped_overrides};
+use super::{
+    load::{check_host, host_facts, load_config_cached},
+    node::{prepare_interfaces, warm_routed_backends},
+    requests::ControlError,
+    runtime::{retain_overrides, BackendKey},
+    Controller, RESOLVE_WAIT_CHANGE,
+};
+use crate::config::{Config, Service};
+
+/// The answer to a reload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub diff: ConfigDiff,
+    /// Runtime weights dropped by the reload, with why.
+    pub dropped_overrides: Vec<String>,
+}
+
+/// Services added, removed and changed by a reload, by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigDiff {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub unchanged: usize,
+}
+
+pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
+    let mut d = ConfigDiff::default();
+    let before = by_name(old);
+    let after = by_name(new);
+    for s in &new.services {
+        match before.get(s.name.as_str()) {
+            None => d.added.push(s.name.clone()),
+            Some(o) if *o != s => d.changed.push(s.name.clone()),
+            Some(_) => d.unchanged += 1,
+        }
+    }
+    for o in &old.services {
+        if !after.contains_key(o.name.as_str()) {
+            d.removed.push(o.name.clone());
+        }
+    }
+    d
+}
+
+pub(super) fn by_name(config: &Config) -> HashMap<&str, &Service> {
+    config
+        .services
+        .iter()
+        .map(|s| (s.name.as_str(), s))
+        .collect()
+}
+
+/// Backends of `old` that `new` does not have (in the same service, at the same address
+/// and port). Work only for the services `diff` (of `old` to `new`) names as changed or
+/// removed.
+pub fn gone_backends(old: &Config, new: &Config, diff: &ConfigDiff) -> Vec<BackendKey> {
+    let (before, after) = (by_name(old), by_name(new));
+    let mut gone = Vec::new();
+    for name in diff.changed.iter().chain(&diff.removed) {
+        let Some(o) = before.get(name.as_str()) else {
+            continue;
+        };
+        let kept: HashSet<(IpAddr, u16)> =
+            after.get(name.as_str()).map_or_else(HashSet::new, |n| {
+                n.backends
+                    .iter()
+                    .map(|b| (b.address, b.effective_port(n)))
+                    .collect()
+            });
+        for b in &o.backends {
+            let port = b.effective_port(o);
+            if !kept.contains(&(b.address, port)) {
+                gone.push(BackendKey {
+                    service: o.name.clone(),
+                    address: b.address,
+                    port,
+                });
+            }
+        }
+    }
+    gone
+}
+
+/// Whether `config` has the backend `key`.
+pub(super) fn configured(services: &HashMap<&str, &Service>, key: &BackendKey) -> bool {
+    services.get(key.service.as_str()).is_some_and(|s| {
+        s.backends
+            .iter()
+            .any(|b| b.address == key.address && b.effective_port(s) == key.port)
+    })
+}
+
+impl fmt::Display for ConfigDiff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        write!(
+            f,
+            "services added: {}; removed: {}; changed: {}; unchanged: {}",
+            list(&self.added),
+            list(&self.removed),
+            list(&self.changed),
+            self.unchanged
+        )
+    }
+}
+
+/// Settings that need a restart: a reload that changes them is refused.
+pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.node != new.node {
+        v.push("node");
+    }
+    if old.conntrack != new.conntrack {
+        v.push("conntrack");
+    }
+    if old.http != new.http {
+        v.push("http");
+    }
+    v
+}
+
+impl Controller {
+    pub(super) fn reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let started = Instant::now();
+        let result = self.try_reload();
+        match &result {
+            Ok(report) => {
+                self.reloads.ok += 1;
+                self.reloads.last_error = None;
+                tracing::info!(
+                    file = %self.path.display(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "configuration reloaded: {}",
+                    report.diff
+                );
+            }
+            Err(e) => {
+                self.reloads.error += 1;
+                self.reloads.last_error = Some(e.to_string());
+                tracing::error!(file = %self.path.display(), "reload refused, the running configuration stays: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadReport, ControlError> {
+        let started = Instant::now();
+        let new = load_config_cached(&self.path, &mut self.parse_cache)
+            .map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: file parsed and checked"
+        );
+        let host = host_facts().map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        check_host(&new, &host).map_err(|e| ControlError::Invalid(format!("{e:#}")))?;
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: host checked"
+        );
+        let restart = restart_only_changes(&self.config, &new);
+        if !restart.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "{}: {} settings change only with a restart (the running configuration stays)",
+                self.path.display(),
+                restart.join(", ")
+            )));
+        }
+        let diff = diff(&self.config, &new);
+        let gone = gone_backends(&self.config, &new, &diff);
+        prepare_interfaces(&new).map_err(|e| ControlError::Failed(format!("{e:#}")))?;
+        // New backends' next hops start resolving (those of unchanged services are known).
+        let touched: HashSet<&str> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .map(String::as_str)
+            .collect();
+        warm_routed_backends(
+            new.services
+                .iter()
+                .filter(|s| touched.contains(s.name.as_str())),
+        );
+        let mut overrides = self.runtime.overrides.clone();
+        let dropped = retain_overrides(&mut overrides, &new);
+        let previous_overrides = std::mem::replace(&mut self.runtime.overrides, overrides);
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: diffed"
+        );
+        let result = self.replan(&new, RESOLVE_WAIT_CHANGE).and_then(|next| {
+            tracing::debug!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "reload: planned"
+            );
+            let old = std::mem::replace(&mut self.config, Arc::new(new));
+            self.commit(next, false).inspect_err(|_| self.config = old)
+        });
+        if let Err(e) = result {
+            self.runtime.overrides = previous_overrides;
+            return Err(ControlError::Failed(format!("{e:#}")));
+        }
+        tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "reload: committed"
+        );
+        log_dropped_overrides(&dropped);
+        report_missing(&self.missing_macs);
+        for k in gone {
+            self.runtime.health.remove(&k.health_key());
+        }
+        if let Some(on_reload) = &self.on_reload {
+            on_reload(&self.config);
+        }
+        Ok(ReloadReport {
+            diff,
+            dropped_overrides: dropped
+                .iter()
+                .map(|(k, why)| format!("{k}: {why}"))
+                .collect(),
+        })
+    }
+}
