@@ -9,7 +9,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use bascule::{
     cli::{self, ApiClient, Failure, DEFAULT_API},
     control::{config_path, load_config},
-    serve::daemon,
+    serve::{daemon, decap},
 };
 
 #[derive(Parser)]
@@ -195,7 +195,7 @@ fn main() -> ExitCode {
             no_host,
             json,
         } => cli::check(&config_path(&config), !no_host, json),
-        Command::Decap { interface, vips } => daemon::decap(&interface, &vips).map_err(failed),
+        Command::Decap { interface, vips } => decap::run(&interface, &vips).map_err(failed),
         Command::Status { api } => api.client().and_then(|c| cli::status(&c, api.json)),
         Command::Simulate {
             src,

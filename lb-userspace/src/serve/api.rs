@@ -122,25 +122,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (&method, segs.as_slice()) {
-        (&Method::GET, ["metrics"]) => {
-            let openmetrics = metrics::wants_openmetrics(
-                req.headers()
-                    .get(header::ACCEPT)
-                    .and_then(|v| v.to_str().ok()),
-            );
-            match ask(api, control::Request::Snapshot).await {
-                Ok(s) => {
-                    let body = metrics::render(&s, openmetrics);
-                    let ct = if openmetrics {
-                        metrics::OPENMETRICS_CONTENT_TYPE
-                    } else {
-                        metrics::TEXT_CONTENT_TYPE
-                    };
-                    respond(StatusCode::OK, ct, body)
-                }
-                Err(r) => r,
-            }
-        }
+        (&Method::GET, ["metrics"]) => metrics(api, &req).await,
         (&Method::GET, ["api", "v1", "services"]) => {
             match ask(api, control::Request::Snapshot).await {
                 Ok(s) => json(StatusCode::OK, &s),
@@ -152,52 +134,10 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             Err(r) => r,
         },
         (&Method::GET, ["api", "v1", "simulate"]) => {
-            let q = query(req.uri().query().unwrap_or(""));
-            let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
-            let parse = |k: &str| -> Result<SocketAddr, String> {
-                let v = get(k).ok_or_else(|| format!("missing query parameter {k}=IP:PORT"))?;
-                v.parse()
-                    .map_err(|_| format!("{k}={v}: expected IP:PORT ([IPV6]:PORT)"))
-            };
-            let (src, dst) = match (parse("src"), parse("dst")) {
-                (Ok(s), Ok(d)) => (s, d),
-                (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
-            };
-            let proto = match control::parse_protocol(get("proto").unwrap_or("tcp")) {
-                Ok(p) => p,
-                Err(e) => return control_error(e),
-            };
-            match ask(api, |reply| control::Request::Simulate {
-                src,
-                dst,
-                proto,
-                reply,
-            })
-            .await
-            {
-                Ok(Ok(answer)) => json(StatusCode::OK, &answer),
-                Ok(Err(e)) => control_error(e),
-                Err(r) => r,
-            }
+            simulate(api, req.uri().query().unwrap_or("")).await
         }
         (&Method::POST, ["api", "v1", "backends", service, backend]) => {
-            let (service, backend) = (service.to_string(), backend.to_string());
-            let body: WeightBody = match read_json(req).await {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
-            match ask(api, |reply| control::Request::SetWeight {
-                service,
-                backend,
-                weight: body.weight,
-                reply,
-            })
-            .await
-            {
-                Ok(Ok(change)) => json(StatusCode::OK, &change),
-                Ok(Err(e)) => control_error(e),
-                Err(r) => r,
-            }
+            set_weight(api, req, service.to_string(), backend.to_string()).await
         }
         (&Method::POST, ["api", "v1", "reload"]) => {
             match ask(api, control::Request::Reload).await {
@@ -217,6 +157,83 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             StatusCode::NOT_FOUND,
             &format!("no route {path} (see /api/v1/services, /metrics)"),
         ),
+    }
+}
+
+/// `GET /metrics`: OpenMetrics if the `Accept` header asks for it, else Prometheus text.
+async fn metrics(api: &Api, req: &Request<Incoming>) -> Response<Body> {
+    let openmetrics = metrics::wants_openmetrics(
+        req.headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match ask(api, control::Request::Snapshot).await {
+        Ok(s) => {
+            let body = metrics::render(&s, openmetrics);
+            let ct = if openmetrics {
+                metrics::OPENMETRICS_CONTENT_TYPE
+            } else {
+                metrics::TEXT_CONTENT_TYPE
+            };
+            respond(StatusCode::OK, ct, body)
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /api/v1/simulate?src=IP:PORT&dst=IP:PORT&proto=tcp`.
+async fn simulate(api: &Api, query_string: &str) -> Response<Body> {
+    let q = query(query_string);
+    let get = |k: &str| q.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let parse = |k: &str| -> Result<SocketAddr, String> {
+        let v = get(k).ok_or_else(|| format!("missing query parameter {k}=IP:PORT"))?;
+        v.parse()
+            .map_err(|_| format!("{k}={v}: expected IP:PORT ([IPV6]:PORT)"))
+    };
+    let (src, dst) = match (parse("src"), parse("dst")) {
+        (Ok(s), Ok(d)) => (s, d),
+        (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
+    };
+    let proto = match control::parse_protocol(get("proto").unwrap_or("tcp")) {
+        Ok(p) => p,
+        Err(e) => return control_error(e),
+    };
+    match ask(api, |reply| control::Request::Simulate {
+        src,
+        dst,
+        proto,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(answer)) => json(StatusCode::OK, &answer),
+        Ok(Err(e)) => control_error(e),
+        Err(r) => r,
+    }
+}
+
+/// `POST /api/v1/backends/{service}/{backend}` `{"weight": N}`.
+async fn set_weight(
+    api: &Api,
+    req: Request<Incoming>,
+    service: String,
+    backend: String,
+) -> Response<Body> {
+    let body: WeightBody = match read_json(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match ask(api, |reply| control::Request::SetWeight {
+        service,
+        backend,
+        weight: body.weight,
+        reply,
+    })
+    .await
+    {
+        Ok(Ok(change)) => json(StatusCode::OK, &change),
+        Ok(Err(e)) => control_error(e),
+        Err(r) => r,
     }
 }
 

@@ -1,15 +1,17 @@
-//! `bascule run` and `bascule decap`: the processes. Wiring and signals only; the state
+//! `bascule run`: the daemon's process. Wiring and signals only; the state
 //! lives in the controller (`control`), the HTTP side in `api`, health checks in
 //! `health` and VRRP in `vrrp`, all on one tokio runtime.
 
 use std::{
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::{atomic::AtomicBool, mpsc, Arc, Mutex},
 };
 
 use anyhow::{bail, Context, Result};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use tokio::{
+    signal::unix::{signal, Signal, SignalKind},
+    sync::{oneshot, watch},
+};
 
 use crate::{
     config::{Config, ParseCache},
@@ -18,13 +20,11 @@ use crate::{
         snapshot::{self, VrrpSource},
         Controller, Request,
     },
-    health::HealthSupervisor,
-    host::interfaces,
+    health::{HealthMap, HealthSupervisor},
     vrrp::{StatusBoard, Vrrp},
 };
 
 use super::api::Api;
-
 /// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
 /// HTTP listener, starts the health checks, the controller (`control`, on its own
 /// thread), then the VRRP instances once the datapath is attached, and the API (`api`),
@@ -96,6 +96,8 @@ async fn reconfigure_vrrp(vrrp: &mut Option<Vrrp>, new: &Config) -> Result<()> {
     }
 }
 
+/// The daemon on its runtime: listener, signals, health checks, the controller's thread,
+/// the API, VRRP once the datapath is attached; then signals and reloads until a stop.
 async fn serve(
     path: PathBuf,
     config: Config,
@@ -103,16 +105,13 @@ async fn serve(
     token: Option<String>,
     keep_datapath: bool,
 ) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
     let listen = config.http.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
             format!("cannot listen on {listen} (http.listen): is another daemon using it?")
         })?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut signals = Signals::new()?;
 
     // Health checks run on this runtime from the start; the controller plans with their
     // map and gets every change of it as a `Request::Health`.
@@ -120,13 +119,10 @@ async fn serve(
     if supervisor.checked() > 0 {
         tracing::info!(backends = supervisor.checked(), "health checks started");
     }
-    let mut health_changes = supervisor.subscribe();
-    let (reloaded_tx, mut reloaded) = tokio::sync::mpsc::unbounded_channel::<Arc<Config>>();
+    let health_changes = supervisor.subscribe();
+    let (reloaded_tx, reloaded) = tokio::sync::mpsc::unbounded_channel::<Arc<Config>>();
 
     let ready = Arc::new(AtomicBool::new(false));
-    let (requests, inbox) = mpsc::channel();
-    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
-    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<()>>();
     let board = VrrpBoard::default();
     let start = control::Start {
         path,
@@ -140,16 +136,11 @@ async fn serve(
         })),
         ready: ready.clone(),
     };
-    std::thread::Builder::new()
-        .name("bascule-control".into())
-        .spawn(move || {
-            let result = Controller::start(start).map(|c| {
-                let _ = started_tx.send(());
-                c.run(inbox)
-            });
-            let _ = done_tx.send(result);
-        })
-        .context("cannot start the controller thread")?;
+    let ControllerThread {
+        requests,
+        started,
+        mut done,
+    } = ControllerThread::spawn(start)?;
     let api = Arc::new(Api {
         control: requests.clone(),
         token,
@@ -160,12 +151,9 @@ async fn serve(
     // The datapath is attached (or the controller failed) before VRRP starts.
     if started.await.is_err() {
         server.abort();
-        return match done.await {
-            Ok(result) => result,
-            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
-        };
+        return controller_ended(done.await);
     }
-    let mut vrrp = match start_vrrp(&config).await {
+    let vrrp = match start_vrrp(&config).await {
         Ok(v) => v,
         Err(e) => {
             server.abort();
@@ -175,59 +163,153 @@ async fn serve(
         }
     };
     board.set(&vrrp);
+    let forward_health = tokio::spawn(forward_health(health_changes, requests.clone()));
 
-    // Every change of what the datapath should do (a backend up or down, a check's
-    // weight) goes to the controller as the whole map.
-    let to_controller = requests.clone();
-    let forward_health = tokio::spawn(async move {
-        while health_changes.changed().await.is_ok() {
-            let map = health_changes.borrow_and_update().clone();
-            if to_controller.send(Request::Health(map)).is_err() {
-                break;
-            }
-        }
-    });
-
-    let ended = loop {
-        tokio::select! {
-            _ = hangup.recv() => {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                if requests.send(Request::Reload(tx)).is_ok() {
-                    // The controller logs the outcome.
-                    tokio::spawn(async move { let _ = rx.await; });
-                }
-            }
-            Some(new) = reloaded.recv() => {
-                supervisor.update(&new.services);
-                if let Err(e) = reconfigure_vrrp(&mut vrrp, &new).await {
-                    tracing::error!("VRRP: {e:#}");
-                }
-                board.set(&vrrp);
-            }
-            _ = terminate.recv() => break None,
-            _ = interrupt.recv() => break None,
-            ended = &mut done => break Some(ended),
-        }
+    let mut running = Running {
+        requests,
+        supervisor,
+        vrrp,
+        board,
     };
+    let ended = running
+        .until_stopped(&mut signals, reloaded, &mut done)
+        .await;
     server.abort();
     forward_health.abort();
-    tracing::info!("stopping");
-    // Masters hand over (priority 0) and release their addresses before the datapath goes.
-    if let Some(v) = vrrp.take() {
-        v.stop().await;
+    running.stop(ended, keep_datapath, done).await
+}
+
+/// The signals the daemon answers: SIGHUP reloads, SIGTERM and SIGINT stop.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    board.set(&None);
-    drop(supervisor);
-    if let Some(ended) = ended {
-        return match ended {
-            Ok(result) => result,
-            Err(_) => bail!("the controller thread died; the datapath is left as it was"),
-        };
+}
+
+/// The controller's thread: its request channel, and what it says when attached and when
+/// it ends.
+struct ControllerThread {
+    requests: control::Handle,
+    /// Sent once the datapath is attached (dropped if the start failed).
+    started: oneshot::Receiver<()>,
+    /// The controller's end: its start's error, or `Ok` after a stop.
+    done: oneshot::Receiver<Result<()>>,
+}
+
+impl ControllerThread {
+    fn spawn(start: control::Start) -> Result<ControllerThread> {
+        let (requests, inbox) = mpsc::channel();
+        let (started_tx, started) = oneshot::channel::<()>();
+        let (done_tx, done) = oneshot::channel::<Result<()>>();
+        std::thread::Builder::new()
+            .name("bascule-control".into())
+            .spawn(move || {
+                let result = Controller::start(start).map(|c| {
+                    let _ = started_tx.send(());
+                    c.run(inbox)
+                });
+                let _ = done_tx.send(result);
+            })
+            .context("cannot start the controller thread")?;
+        Ok(ControllerThread {
+            requests,
+            started,
+            done,
+        })
     }
-    stop_controller(&requests, keep_datapath).await;
-    match done.await {
+}
+
+/// What the controller's thread ended with, when it ended on its own.
+fn controller_ended(ended: Result<Result<()>, oneshot::error::RecvError>) -> Result<()> {
+    match ended {
         Ok(result) => result,
-        Err(_) => bail!("the controller thread died while stopping"),
+        Err(_) => bail!("the controller thread died; the datapath is left as it was"),
+    }
+}
+
+/// Every change of what the datapath should do (a backend up or down, a check's weight)
+/// goes to the controller as the whole map.
+async fn forward_health(mut changes: watch::Receiver<HealthMap>, to_controller: control::Handle) {
+    while changes.changed().await.is_ok() {
+        let map = changes.borrow_and_update().clone();
+        if to_controller.send(Request::Health(map)).is_err() {
+            break;
+        }
+    }
+}
+
+/// The daemon once the controller and VRRP run.
+struct Running {
+    requests: control::Handle,
+    supervisor: HealthSupervisor,
+    vrrp: Option<Vrrp>,
+    board: VrrpBoard,
+}
+
+impl Running {
+    /// Reloads on SIGHUP, and follows each reload with the health checks and VRRP, until
+    /// SIGTERM or SIGINT (`None`) or the controller's end.
+    async fn until_stopped(
+        &mut self,
+        signals: &mut Signals,
+        mut reloaded: tokio::sync::mpsc::UnboundedReceiver<Arc<Config>>,
+        done: &mut oneshot::Receiver<Result<()>>,
+    ) -> Option<Result<Result<()>, oneshot::error::RecvError>> {
+        loop {
+            tokio::select! {
+                _ = signals.hangup.recv() => {
+                    let (tx, rx) = oneshot::channel();
+                    if self.requests.send(Request::Reload(tx)).is_ok() {
+                        // The controller logs the outcome.
+                        tokio::spawn(async move { let _ = rx.await; });
+                    }
+                }
+                Some(new) = reloaded.recv() => {
+                    self.supervisor.update(&new.services);
+                    if let Err(e) = reconfigure_vrrp(&mut self.vrrp, &new).await {
+                        tracing::error!("VRRP: {e:#}");
+                    }
+                    self.board.set(&self.vrrp);
+                }
+                _ = signals.terminate.recv() => return None,
+                _ = signals.interrupt.recv() => return None,
+                ended = &mut *done => return Some(ended),
+            }
+        }
+    }
+
+    /// Stops: VRRP masters hand over (priority 0) and release their addresses before the
+    /// datapath goes; then the health checks, then the controller (unless it `ended`).
+    async fn stop(
+        mut self,
+        ended: Option<Result<Result<()>, oneshot::error::RecvError>>,
+        keep_datapath: bool,
+        done: oneshot::Receiver<Result<()>>,
+    ) -> Result<()> {
+        tracing::info!("stopping");
+        if let Some(v) = self.vrrp.take() {
+            v.stop().await;
+        }
+        self.board.set(&None);
+        drop(self.supervisor);
+        if let Some(ended) = ended {
+            return controller_ended(ended);
+        }
+        stop_controller(&self.requests, keep_datapath).await;
+        match done.await {
+            Ok(result) => result,
+            Err(_) => bail!("the controller thread died while stopping"),
+        }
     }
 }
 
@@ -261,35 +343,4 @@ fn read_token(http: &crate::config::Http) -> Result<Option<String>> {
         );
     }
     Ok(Some(token))
-}
-
-fn signal_channel() -> Result<mpsc::Receiver<i32>> {
-    let (tx, rx) = mpsc::channel();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
-    std::thread::spawn(move || {
-        for s in signals.forever() {
-            if tx.send(s).is_err() {
-                break;
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// `bascule decap`: attach and wait for SIGINT/SIGTERM.
-pub fn decap(interface: &str, vips: &[IpAddr]) -> Result<()> {
-    let vips = if vips.is_empty() {
-        interfaces::loopback_vips()?
-    } else {
-        vips.to_vec()
-    };
-    let decap = crate::datapath::decap::Decap::attach(interface, &vips)?;
-    tracing::info!(interface, vips = ?vips, "decap attached");
-    let signals = signal_channel()?;
-    while let Ok(SIGHUP) = signals.recv() {}
-    tracing::info!(
-        decapsulated = decap.decapsulated().unwrap_or(0),
-        "decap detached"
-    );
-    Ok(())
 }

@@ -125,7 +125,22 @@ fn gauge(v: i64) -> Gauge {
 /// Every metric, as OpenMetrics text (`openmetrics`) or Prometheus text.
 pub fn render(s: &Snapshot, openmetrics: bool) -> String {
     let mut r = Registry::default();
+    register_services(&mut r, s);
+    register_check_durations(&mut r, s);
+    register_datapath(&mut r, s);
+    register_vrrp(&mut r, s);
+    register_daemon(&mut r, s);
+    let mut text = String::new();
+    encode(&mut text, &r).expect("writing to a String cannot fail");
+    if openmetrics {
+        text
+    } else {
+        openmetrics_to_prometheus(&text)
+    }
+}
 
+/// Per service and per backend: traffic, active connections, up, weight.
+fn register_services(r: &mut Registry, s: &Snapshot) {
     let svc_packets = Family::<ServiceLabels, Counter>::default();
     let svc_bytes = Family::<ServiceLabels, Counter>::default();
     let svc_conns = Family::<ServiceLabels, Counter>::default();
@@ -202,6 +217,10 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
         "Weight the scheduler uses for the backend (config, runtime override or health)",
         be_weight,
     );
+}
+
+/// `bascule_healthcheck_duration_seconds`: the health supervisor's histograms.
+fn register_check_durations(r: &mut Registry, s: &Snapshot) {
     r.register(
         "bascule_healthcheck_duration_seconds",
         "Duration of health checks",
@@ -221,7 +240,10 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
                 .collect(),
         ),
     );
+}
 
+/// The datapath's verdicts, drop and pass reasons, connection table.
+fn register_datapath(r: &mut Registry, s: &Snapshot) {
     let actions = Family::<ActionLabels, Counter>::default();
     for name in lb_common::XDP_ACTION_NAMES {
         let v = s.datapath.actions.get(name).copied().unwrap_or(0);
@@ -276,7 +298,10 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
         "Entries in the connection table",
         gauge(s.datapath.conntrack_entries as i64),
     );
+}
 
+/// Per VRRP instance: state, transitions, adverts received and discarded.
+fn register_vrrp(r: &mut Registry, s: &Snapshot) {
     let vrrp_state = Family::<InstanceStateLabels, Gauge>::default();
     let vrrp_transitions = Family::<InstanceToLabels, Counter>::default();
     let vrrp_received = Family::<InstanceLabels, Counter>::default();
@@ -339,7 +364,10 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
         "VRRP advertisements discarded, per reason",
         vrrp_invalid,
     );
+}
 
+/// The daemon itself: reloads, version, readiness.
+fn register_daemon(r: &mut Registry, s: &Snapshot) {
     let reloads = Family::<ResultLabels, Counter>::default();
     for (result, n) in [("ok", s.reloads.ok), ("error", s.reloads.error)] {
         reloads
@@ -365,14 +393,6 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
         "1 once the program is attached and the maps are programmed",
         gauge(s.ready as i64),
     );
-
-    let mut text = String::new();
-    encode(&mut text, &r).expect("writing to a String cannot fail");
-    if openmetrics {
-        text
-    } else {
-        openmetrics_to_prometheus(&text)
-    }
 }
 
 /// OpenMetrics text to the Prometheus text format: counter families are named with their

@@ -1,4 +1,14 @@
-//! The processes: `bascule run` and `bascule decap`.
+//! The processes: `bascule run` (the daemon's wiring, its HTTP API and metrics) and
+//! `bascule decap`.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`daemon`] | `bascule run`: runtime, listener, health checks, the controller's thread, VRRP, signals |
+//! | [`api`] | the HTTP server: routes, bearer token, JSON errors; asks the controller |
+//! | [`metrics`] | a snapshot as Prometheus/OpenMetrics text |
+//! | [`decap`] | `bascule decap`: the tc program attached until a signal |
+
 pub mod api;
 pub mod daemon;
+pub mod decap;
 pub mod metrics;
