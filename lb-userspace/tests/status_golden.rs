@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 use bascule::{
     cli::status,
-    serve::metrics,
     control::snapshot::{
         BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
         VrrpStatus,
     },
+    serve::metrics,
 };
 
 fn backend(label: &str, weight: u32, packets: u64) -> BackendStatus {
