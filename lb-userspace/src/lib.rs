@@ -10,7 +10,3 @@ pub mod plan;
 pub mod serve;
 pub mod util;
 pub mod vrrp;
-
-// Until `config/chunked.rs` names `crate::util::cores` (the config split lands beside this
-// layout): the one path kept from before.
-pub use util::cores;

@@ -49,14 +49,6 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("util", &[]),
 ];
 
-/// Edges tolerated until a change made beside this layout lands: (file under `src/`,
-/// module it imports). Each names the change that removes it.
-const PENDING: &[(&str, &str)] = &[
-    // config.rs calls host's `primary_address` through vrrp's re-export until the split
-    // of config.rs into config/ imports it from host.
-    ("config.rs", "vrrp"),
-];
-
 #[test]
 fn modules_import_only_downwards() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -97,7 +89,7 @@ fn modules_import_only_downwards() {
         let text = fs::read_to_string(&file).unwrap();
         for (to, line) in crate_references(&text) {
             let to = aliases.get(&to).cloned().unwrap_or(to);
-            if to == from || PENDING.contains(&(rel.as_str(), to.as_str())) {
+            if to == from {
                 continue;
             }
             let may = |a: &str, b: &str| table.get(a).is_some_and(|allowed| allowed.contains(&b));

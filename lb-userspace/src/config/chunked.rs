@@ -16,7 +16,10 @@
 
 use std::collections::HashMap;
 
-use super::{read_yaml, Config, Cx, Pos, Raw, Service, ServiceLoc, SvcDraft, P};
+use super::convert::Cx;
+use super::schema::{BackendLoc, Config, Service, ServiceLoc};
+use super::services::SvcDraft;
+use super::yaml::{read_yaml, Pos, Raw, P};
 
 /// Services parsed from a file, by the text of their item, kept beside the running
 /// configuration: a reload re-parses only the items whose text changed.
@@ -280,7 +283,7 @@ fn placed(p: &Parsed, first_line: u32) -> SvcDraft {
         backends: l
             .backends
             .iter()
-            .map(|b| super::BackendLoc {
+            .map(|b| BackendLoc {
                 forwarding: shift(b.forwarding, by),
             })
             .collect(),
@@ -294,7 +297,7 @@ fn placed(p: &Parsed, first_line: u32) -> SvcDraft {
 
 /// Parses `items` (indexes into `layout.items`), on several threads when they are many.
 fn parse_many(layout: &Layout, todo: &[usize], file: &str) -> Vec<Option<Parsed>> {
-    crate::cores::map(todo, PARALLEL_FROM, |&i| {
+    crate::util::cores::map(todo, PARALLEL_FROM, |&i| {
         parse_item(layout.items[i].text, i, file)
     })
 }
@@ -371,7 +374,7 @@ pub(super) fn chunkable(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Origin;
+    use super::super::schema::Origin;
     use super::*;
 
     const FULL: &str = include_str!("../../tests/configs/full.yaml");

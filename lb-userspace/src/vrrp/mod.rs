@@ -40,8 +40,6 @@ pub use packet::Invalid;
 pub use state::State;
 
 use crate::config::{IpPrefix, VrrpInstance};
-// Until config/ imports it from host (the config split lands beside this layout).
-pub use crate::host::addresses::primary_address;
 use addr::{LinkStates, Netlink};
 use instance::{Control, Prepared};
 

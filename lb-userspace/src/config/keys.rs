@@ -1,0 +1,106 @@
+//! The keys each mapping of the file accepts: what the parser checks every mapping against.
+
+use super::schema::CheckType;
+
+pub(super) const ROOT_KEYS: &[&str] = &["node", "http", "conntrack", "services", "vrrp"];
+pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source"];
+pub(super) const IFACE_KEYS: &[&str] = &["name", "xdp_mode"];
+pub(super) const HTTP_KEYS: &[&str] = &["listen", "token_file"];
+pub(super) const CONNTRACK_KEYS: &[&str] = &["max_entries", "tcp_timeout", "udp_timeout"];
+pub(super) const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "vip",
+    "port",
+    "protocol",
+    "scheduler",
+    "forwarding",
+    "persistence",
+    "sorry_server",
+    "maglev_table_size",
+    "backends",
+    "health_check",
+];
+pub(super) const BACKEND_KEYS: &[&str] = &["address", "port", "weight", "forwarding"];
+pub(super) const CHECK_KEYS: &[&str] = &[
+    "type",
+    "connect_port",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "retries",
+    "delay_before_retry",
+    "inhibit_on_failure",
+    "initial_state",
+    "method",
+    "path",
+    "virtualhost",
+    "expect_status",
+    "body_regex",
+    "digest",
+    "sni",
+    "ca_file",
+    "helo_name",
+    "query_name",
+    "query_type",
+    "expect_rcode",
+    "expect_answer",
+    "payload",
+    "expect",
+    "require_reply",
+    "command",
+    "dynamic",
+];
+/// Keys that only some check types use, with the types (named as in messages).
+pub(super) const CHECK_KEYS_BY_TYPE: &[(&str, &[CheckType], &str)] = &[
+    (
+        "connect_port",
+        &[
+            CheckType::Tcp,
+            CheckType::HttpGet,
+            CheckType::SslGet,
+            CheckType::Smtp,
+            CheckType::Dns,
+            CheckType::Udp,
+        ],
+        "tcp, http_get, ssl_get, smtp, dns or udp",
+    ),
+    ("method", HTTP_CHECKS, "http_get or ssl_get"),
+    ("path", HTTP_CHECKS, "http_get or ssl_get"),
+    ("virtualhost", HTTP_CHECKS, "http_get or ssl_get"),
+    ("expect_status", HTTP_CHECKS, "http_get or ssl_get"),
+    ("body_regex", HTTP_CHECKS, "http_get or ssl_get"),
+    ("digest", HTTP_CHECKS, "http_get or ssl_get"),
+    ("sni", &[CheckType::SslGet], "ssl_get"),
+    ("ca_file", &[CheckType::SslGet], "ssl_get"),
+    ("helo_name", &[CheckType::Smtp], "smtp"),
+    ("query_name", &[CheckType::Dns], "dns"),
+    ("query_type", &[CheckType::Dns], "dns"),
+    ("expect_rcode", &[CheckType::Dns], "dns"),
+    ("expect_answer", &[CheckType::Dns], "dns"),
+    ("payload", &[CheckType::Udp], "udp"),
+    ("expect", &[CheckType::Udp], "udp"),
+    ("require_reply", &[CheckType::Udp], "udp"),
+    ("command", &[CheckType::Misc], "misc"),
+    ("dynamic", &[CheckType::Misc], "misc"),
+];
+pub(super) const HTTP_CHECKS: &[CheckType] = &[CheckType::HttpGet, CheckType::SslGet];
+pub(super) const VRRP_KEYS: &[&str] = &[
+    "name",
+    "interface",
+    "virtual_router_id",
+    "priority",
+    "version",
+    "advert_interval",
+    "preempt",
+    "preempt_delay",
+    "authentication",
+    "unicast_peers",
+    "virtual_addresses",
+    "garp",
+    "track_interfaces",
+    "notify",
+];
+pub(super) const AUTH_KEYS: &[&str] = &["type", "password"];
+pub(super) const GARP_KEYS: &[&str] = &["repeat", "interval", "refresh"];
+pub(super) const NOTIFY_KEYS: &[&str] = &["master", "backup", "fault"];

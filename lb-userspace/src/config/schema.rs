@@ -1,0 +1,591 @@
+//! The configuration's public types: plain data, as the rest of the daemon reads it. The
+//! keys' names in the YAML are in `keys.rs`, the enum values' names in `keywords.rs`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::units::{ser_bytes, ser_duration, ser_opt_bytes};
+use super::yaml::Pos;
+
+/// The whole configuration file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub node: Node,
+    pub http: Http,
+    pub conntrack: Conntrack,
+    pub services: Vec<Service>,
+    pub vrrp: Vec<VrrpInstance>,
+    /// Where each service, backend and VRRP instance came from (file, line, column), for
+    /// errors reported after parsing. Opaque; `Origin::default()` for a config built in code
+    /// (its errors then carry no position). Ignored by `==`.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// `node:` this load balancer node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Node {
+    /// Where the XDP program attaches; at least one.
+    pub interfaces: Vec<Interface>,
+    /// Outer source address for IP-in-IP; `None`: the egress interface's address.
+    pub tunnel_source: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    pub name: String,
+    pub xdp_mode: XdpMode,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum XdpMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// `http:` the metrics / API listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Http {
+    pub listen: SocketAddr,
+    /// File holding the API bearer token; required when `listen` is not loopback.
+    /// `token_file: ""` in the YAML is `None`.
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: DEFAULT_HTTP_LISTEN,
+            token_file: None,
+        }
+    }
+}
+
+/// `conntrack:` the connection table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Conntrack {
+    /// Total entries across CPUs.
+    pub max_entries: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub tcp_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub udp_timeout: Duration,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack {
+            max_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
+            tcp_timeout: Duration::from_secs(15 * 60),
+            udp_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One virtual service (`services[i]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    /// 0 = all ports of this VIP and protocol.
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    /// 0 = none; >0: the same client IP goes to the same backend for that long.
+    #[serde(serialize_with = "ser_duration")]
+    pub persistence: Duration,
+    pub sorry_server: Option<SocketAddr>,
+    /// A prime <= 65537 (default 65537).
+    pub maglev_table_size: u32,
+    pub backends: Vec<Backend>,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// One real server (`services[i].backends[j]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub address: IpAddr,
+    /// Destination port after NAT; only allowed with `forwarding: nat` (default: the
+    /// service's port).
+    pub port: Option<u16>,
+    /// 0..=65535; 0 = drained.
+    pub weight: u32,
+    /// Overrides the service's forwarding method for this backend.
+    pub forwarding: Option<Forwarding>,
+    /// Not from YAML: the weight a backend that fails its health check would have (its
+    /// `weight` is then 0), set by `health::effect`. `mh` keeps the backend's place in the
+    /// table at this weight and hands its slots to stand-ins, so that no other backend's
+    /// slots move (see `lb_common::maglev`). 0 otherwise.
+    #[serde(skip)]
+    pub failed_weight: u32,
+}
+
+impl Backend {
+    /// The backend's own forwarding method, or the service's.
+    pub fn effective_forwarding(&self, svc: &Service) -> Forwarding {
+        self.forwarding.unwrap_or(svc.forwarding)
+    }
+
+    /// The destination port packets reach this backend on: the backend's port for NAT when
+    /// given, the service's (VIP's) port otherwise.
+    pub fn effective_port(&self, svc: &Service) -> u16 {
+        match self.effective_forwarding(svc) {
+            Forwarding::Nat => self.port.unwrap_or(svc.port),
+            _ => svc.port,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number: 6 for TCP, 17 for UDP.
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::IPPROTO_TCP,
+            Protocol::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forwarding {
+    /// Direct routing: destination MAC rewrite.
+    #[default]
+    Dr,
+    /// IP-in-IP tunnelling.
+    Tun,
+    /// Destination NAT (the LB is on the return path).
+    Nat,
+    /// Hand the packet to the local stack.
+    Local,
+}
+
+/// The IPVS schedulers and Maglev.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduler {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Lblc,
+    Lblcr,
+    Dh,
+    Sh,
+    Sed,
+    Nq,
+    #[default]
+    Mh,
+}
+
+/// `services[i].health_check`: how every backend of the service is checked. Keys keep
+/// keepalived's names where it has one (`connect_port`, `retries`, `delay_before_retry`,
+/// `digest`, `virtualhost`, `helo_name`, `inhibit_on_failure`); README.md documents them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: CheckType,
+    /// Port to check (default: the backend's port). Not for ping and misc.
+    pub connect_port: Option<u16>,
+    /// Time between two checks of one backend.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Bound on one attempt (connect, exchange, or the misc command's run).
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// Consecutive successful checks to go up (>= 1).
+    pub rise: u32,
+    /// Consecutive failed checks to go down (>= 1).
+    pub fall: u32,
+    /// Extra attempts within one check before it counts as failed.
+    pub retries: u32,
+    #[serde(serialize_with = "ser_duration")]
+    pub delay_before_retry: Duration,
+    /// true: a failed backend gets weight 0 (its established flows stay) instead of being
+    /// removed (its flows move).
+    pub inhibit_on_failure: bool,
+    /// The state before the first checks: `down` (default) until `rise` successes.
+    pub initial_state: InitialState,
+    /// http_get, ssl_get: the request method (default GET).
+    pub method: HttpMethod,
+    /// http_get, ssl_get: the path requested; default `/`.
+    pub path: String,
+    /// http_get, ssl_get: the `Host` header (and, for ssl_get, the SNI name unless `sni`
+    /// is given); default the backend's `ADDRESS:PORT`.
+    pub virtualhost: Option<String>,
+    /// http_get, ssl_get: accepted statuses (default 200 only).
+    pub expect_status: Vec<StatusRange>,
+    /// http_get, ssl_get: a regular expression the body must match.
+    pub body_regex: Option<String>,
+    /// http_get, ssl_get: MD5 of the body, 32 lowercase hex digits (keepalived's `digest`).
+    pub digest: Option<String>,
+    /// ssl_get: the name sent as SNI (default: `virtualhost`'s name, else none).
+    pub sni: Option<String>,
+    /// ssl_get: PEM file of CA certificates; when set, the backend's certificate must chain
+    /// to one of them and be valid for the SNI name (or the backend's address).
+    pub ca_file: Option<PathBuf>,
+    /// smtp: the name sent with HELO (default `bascule`).
+    pub helo_name: String,
+    /// dns: the name queried (default `.`, the root).
+    pub query_name: String,
+    /// dns: the record type queried (default SOA).
+    pub query_type: DnsType,
+    /// dns: the response code that means up (default NOERROR).
+    pub expect_rcode: DnsRcode,
+    /// dns: a value that must be among the answers (an address for A/AAAA, a name for
+    /// CNAME/NS/PTR/MX, the text for TXT).
+    pub expect_answer: Option<String>,
+    /// udp: the datagram sent (`hex:0a0b...` for binary; default empty).
+    #[serde(serialize_with = "ser_bytes")]
+    pub payload: Vec<u8>,
+    /// udp: the reply must start with these bytes (implies `require_reply`).
+    #[serde(serialize_with = "ser_opt_bytes")]
+    pub expect: Option<Vec<u8>>,
+    /// udp: without a reply within `timeout` the check fails (default: only an ICMP port
+    /// unreachable fails it).
+    pub require_reply: bool,
+    /// misc: the command to run (`/bin/sh -c`), required for misc.
+    pub command: Option<String>,
+    /// misc: exit 0 up, 1 down, 2..=255 up with weight = code - 2 (keepalived's
+    /// `misc_dynamic`).
+    pub dynamic: bool,
+}
+
+impl HealthCheck {
+    /// The defaults of every optional key, for a check of type `kind`.
+    pub fn new(kind: CheckType) -> HealthCheck {
+        let second = Duration::from_secs(1);
+        HealthCheck {
+            kind,
+            connect_port: None,
+            interval: second,
+            timeout: second,
+            rise: 2,
+            fall: 3,
+            retries: 0,
+            delay_before_retry: second,
+            inhibit_on_failure: false,
+            initial_state: InitialState::Down,
+            method: HttpMethod::Get,
+            path: "/".into(),
+            virtualhost: None,
+            expect_status: vec![StatusRange { lo: 200, hi: 200 }],
+            body_regex: None,
+            digest: None,
+            sni: None,
+            ca_file: None,
+            helo_name: "bascule".into(),
+            query_name: ".".into(),
+            query_type: DnsType::Soa,
+            expect_rcode: DnsRcode::NoError,
+            expect_answer: None,
+            payload: Vec::new(),
+            expect: None,
+            require_reply: false,
+            command: None,
+            dynamic: false,
+        }
+    }
+
+    /// Whether this kind of check talks to a port (all but ping and misc).
+    pub fn uses_port(&self) -> bool {
+        !matches!(self.kind, CheckType::Ping | CheckType::Misc)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckType {
+    Tcp,
+    HttpGet,
+    SslGet,
+    Smtp,
+    Dns,
+    Udp,
+    Ping,
+    Misc,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialState {
+    #[default]
+    Down,
+    Up,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Get,
+    Head,
+    Post,
+    Options,
+}
+
+/// An inclusive range of HTTP statuses (`200`, `200-299`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StatusRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.lo..=self.hi).contains(&status)
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+impl Serialize for StatusRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// DNS record types a `dns` check can query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsType {
+    A,
+    Ns,
+    Cname,
+    Soa,
+    Ptr,
+    Mx,
+    Txt,
+    Aaaa,
+    Srv,
+    Any,
+}
+
+impl DnsType {
+    /// The record type number on the wire.
+    pub fn code(self) -> u16 {
+        match self {
+            DnsType::A => 1,
+            DnsType::Ns => 2,
+            DnsType::Cname => 5,
+            DnsType::Soa => 6,
+            DnsType::Ptr => 12,
+            DnsType::Mx => 15,
+            DnsType::Txt => 16,
+            DnsType::Aaaa => 28,
+            DnsType::Srv => 33,
+            DnsType::Any => 255,
+        }
+    }
+}
+
+/// DNS response codes (RFC 1035, 4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DnsRcode {
+    NoError,
+    FormErr,
+    ServFail,
+    NxDomain,
+    NotImp,
+    Refused,
+}
+
+impl DnsRcode {
+    pub fn code(self) -> u8 {
+        match self {
+            DnsRcode::NoError => 0,
+            DnsRcode::FormErr => 1,
+            DnsRcode::ServFail => 2,
+            DnsRcode::NxDomain => 3,
+            DnsRcode::NotImp => 4,
+            DnsRcode::Refused => 5,
+        }
+    }
+}
+
+/// `vrrp[i]`: one VRRP instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VrrpInstance {
+    pub name: String,
+    pub interface: String,
+    /// 1..=255.
+    pub virtual_router_id: u8,
+    /// 1..=255 (255 = address owner); default 100.
+    pub priority: u8,
+    /// 2 (RFC 3768) or 3 (RFC 5798, the default).
+    pub version: u8,
+    #[serde(serialize_with = "ser_duration")]
+    pub advert_interval: Duration,
+    pub preempt: bool,
+    #[serde(serialize_with = "ser_duration")]
+    pub preempt_delay: Duration,
+    /// Version 2 only.
+    pub authentication: Option<VrrpAuth>,
+    /// Empty: multicast (224.0.0.18 / ff02::12).
+    pub unicast_peers: Vec<IpAddr>,
+    /// At least one; all of one address family.
+    pub virtual_addresses: Vec<IpPrefix>,
+    pub garp: Garp,
+    pub track_interfaces: Vec<String>,
+    pub notify: Notify,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VrrpAuth {
+    #[serde(rename = "type")]
+    pub kind: VrrpAuthType,
+    /// At most 8 bytes (what a VRRPv2 packet carries).
+    pub password: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VrrpAuthType {
+    Pass,
+    Ah,
+}
+
+/// Gratuitous ARP / unsolicited neighbour advertisements on becoming master.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Garp {
+    /// How many to send.
+    pub repeat: u32,
+    /// Spacing between them.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// Re-send periodically while master; 0 = never.
+    #[serde(serialize_with = "ser_duration")]
+    pub refresh: Duration,
+}
+
+impl Default for Garp {
+    fn default() -> Self {
+        Garp {
+            repeat: 5,
+            interval: Duration::from_secs(1),
+            refresh: Duration::ZERO,
+        }
+    }
+}
+
+/// Commands run on state changes (`""` in the YAML is `None`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Notify {
+    pub master: Option<String>,
+    pub backup: Option<String>,
+    pub fault: Option<String>,
+}
+
+/// An address with a prefix length, `ADDR/PREFIX` (a bare address means a host prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpPrefix {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for IpPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("\"{a}\" is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match p {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && !p.starts_with('+') => n,
+                _ => return Err(format!("prefix \"{p}\" is not in 0..={max}")),
+            },
+        };
+        Ok(IpPrefix { addr, prefix_len })
+    }
+}
+
+impl Serialize for IpPrefix {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Default `http.listen`.
+pub const DEFAULT_HTTP_LISTEN: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)), 9469);
+/// Default and largest `maglev_table_size`.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = lb_common::MAGLEV_TABLE_SIZE;
+
+/// Positions of parsed items, kept for errors reported after parsing. Opaque.
+#[derive(Clone, Default)]
+pub struct Origin {
+    pub(super) file: String,
+    pub(super) services: Vec<ServiceLoc>,
+    pub(super) vrrp: Vec<Pos>,
+    pub(super) interfaces: Vec<Pos>,
+    pub(super) vrrp_auth: Vec<Pos>,
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({:?})", self.file)
+    }
+}
+
+/// Positions are bookkeeping, not configuration: two configs that differ only in where
+/// things sit in the file are equal.
+impl PartialEq for Origin {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Origin {}
+
+#[derive(Clone, Debug, Default)]
+pub(super) struct ServiceLoc {
+    pub(super) item: Pos,
+    pub(super) vip: Pos,
+    pub(super) scheduler: Pos,
+    pub(super) forwarding: Pos,
+    pub(super) persistence: Pos,
+    pub(super) sorry_server: Pos,
+    pub(super) health_check: Pos,
+    pub(super) backends: Vec<BackendLoc>,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct BackendLoc {
+    pub(super) forwarding: Pos,
+}
