@@ -1,5 +1,5 @@
 //! `Config::load` on files: the messages carry the path as given, `FILE:LINE:COLUMN: ...`.
-//! (The detailed error cases are unit tests in src/config/tests.rs.)
+//! (Every error message, exactly, is a unit test: src/config/tests/messages.rs.)
 
 use std::path::Path;
 
