@@ -1,4 +1,5 @@
-//! The keys each mapping of the file accepts: what the parser checks every mapping against.
+//! The keys each mapping of the file accepts: what the parser checks every mapping against,
+//! and, as [`SCHEMA`], what the documentation must describe.
 
 use super::schema::CheckType;
 
@@ -104,3 +105,21 @@ pub(super) const VRRP_KEYS: &[&str] = &[
 pub(super) const AUTH_KEYS: &[&str] = &["type", "password"];
 pub(super) const GARP_KEYS: &[&str] = &["repeat", "interval", "refresh"];
 pub(super) const NOTIFY_KEYS: &[&str] = &["master", "backup", "fault"];
+
+/// Every mapping of the file with the keys it accepts, named as `docs/configuration.md`
+/// heads its sections (`services[].health_check`); `[]` marks a list's items. The parser
+/// checks each mapping against these lists (a debug build asserts that it uses no other).
+pub const SCHEMA: &[(&str, &[&str])] = &[
+    ("(top level)", ROOT_KEYS),
+    ("node", NODE_KEYS),
+    ("node.interfaces[]", IFACE_KEYS),
+    ("http", HTTP_KEYS),
+    ("conntrack", CONNTRACK_KEYS),
+    ("services[]", SERVICE_KEYS),
+    ("services[].backends[]", BACKEND_KEYS),
+    ("services[].health_check", CHECK_KEYS),
+    ("vrrp[]", VRRP_KEYS),
+    ("vrrp[].authentication", AUTH_KEYS),
+    ("vrrp[].garp", GARP_KEYS),
+    ("vrrp[].notify", NOTIFY_KEYS),
+];

@@ -12,13 +12,13 @@
 //! durations are strings such as `100ms`, `1s`, `1m30s`, `1.5s` (units `us`, `ms`, `s`, `m`,
 //! `h`, `d`; a bare `0` is also accepted, any other number needs a unit).
 //!
-//! Files: `schema.rs` the public types; `keys.rs` the keys each mapping accepts;
-//! `keywords.rs` the names of enum values; `units.rs` durations and payloads;
+//! Files: `schema.rs` the public types; `keys.rs` the keys each mapping accepts
+//! ([`SCHEMA`]); `keywords.rs` the names of enum values; `units.rs` durations and payloads;
 //! `yaml.rs` the tree, paths and the structural readers; `scalars.rs` the readers of single
 //! values; `convert.rs` the root and the small sections; `services.rs`, `health_check.rs`,
-//! `vrrp.rs` their sections; `errors.rs` [`ConfigError`]; `unsupported.rs` and `host_checks.rs` the
-//! checks of a parsed configuration against this build and this node; `chunked.rs` the
-//! parse service by service.
+//! `vrrp.rs` their sections; `errors.rs` [`ConfigError`]; `unsupported.rs` and
+//! `host_checks.rs` the checks of a parsed configuration against this build and this node;
+//! `chunked.rs` the parse service by service.
 
 mod chunked;
 mod convert;
@@ -41,6 +41,7 @@ mod tests;
 pub use chunked::ParseCache;
 pub use errors::ConfigError;
 pub use host_checks::HostFacts;
+pub use keys::SCHEMA;
 pub use schema::{
     Backend, CheckType, Config, Conntrack, DnsRcode, DnsType, Forwarding, Garp, HealthCheck, Http,
     HttpMethod, InitialState, Interface, IpPrefix, Node, Notify, Origin, Protocol, Scheduler,

@@ -466,3 +466,64 @@ fn durations() {
         assert_eq!(format_duration(parse_duration(s).unwrap()), s);
     }
 }
+
+/// `SCHEMA` is what the parser accepts, section by section: a key that is not in a section's
+/// list is refused with exactly that list. (The parser checks no mapping against a list
+/// outside `SCHEMA`: `Cx::obj` asserts it in debug builds, so every test that parses a
+/// section checks it; FULL has all of them.)
+#[test]
+fn schema_lists_the_keys_each_section_accepts() {
+    let sections: Vec<&str> = SCHEMA.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        sections,
+        [
+            "(top level)",
+            "node",
+            "node.interfaces[]",
+            "http",
+            "conntrack",
+            "services[]",
+            "services[].backends[]",
+            "services[].health_check",
+            "vrrp[]",
+            "vrrp[].authentication",
+            "vrrp[].garp",
+            "vrrp[].notify",
+        ]
+    );
+    ok(FULL);
+    let service = "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n";
+    let vrrp = "vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1/24]\n";
+    for (section, keys) in SCHEMA {
+        // The section with the key `bogus` added.
+        let doc = match *section {
+            "(top level)" => with_node("bogus: 1\n"),
+            "node" => "node:\n  bogus: 1\n  interfaces:\n    - name: eth0\n".to_owned(),
+            "node.interfaces[]" => {
+                "node:\n  interfaces:\n    - name: eth0\n      bogus: 1\n".to_owned()
+            }
+            "http" => with_node("http:\n  bogus: 1\n"),
+            "conntrack" => with_node("conntrack:\n  bogus: 1\n"),
+            "services[]" => with_node(&format!("{service}    bogus: 1\n")),
+            "services[].backends[]" => with_node(&format!(
+                "{service}    backends:\n      - address: 10.0.0.11\n        bogus: 1\n"
+            )),
+            "services[].health_check" => with_node(&format!(
+                "{service}    health_check:\n      type: tcp\n      bogus: 1\n"
+            )),
+            "vrrp[]" => with_node(&format!("{vrrp}    bogus: 1\n")),
+            "vrrp[].authentication" => with_node(&format!(
+                "{vrrp}    version: 2\n    authentication: {{type: pass, password: x, bogus: 1}}\n"
+            )),
+            "vrrp[].garp" => with_node(&format!("{vrrp}    garp: {{bogus: 1}}\n")),
+            "vrrp[].notify" => with_node(&format!("{vrrp}    notify: {{bogus: 1}}\n")),
+            other => panic!("no document for the section {other}: add one here"),
+        };
+        let e = err(&doc);
+        let expected = format!("bogus: unknown key, expected one of: {}", keys.join(", "));
+        assert!(
+            e.ends_with(&expected),
+            "{section}: {e}\nexpected: {expected}"
+        );
+    }
+}

@@ -9,6 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::convert::Cx;
 use super::errors::{cx_error, ConfigError};
+use super::keys::SCHEMA;
 
 /// A position in the file, 1-based (0 for a config built in code).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -247,6 +248,10 @@ impl Cx<'_> {
     /// Checks that `y` is a mapping with only `keys`, reporting unknown and repeated keys.
     /// A null value is an empty mapping.
     pub(super) fn obj<'y>(&mut self, y: &'y Y, path: &P, keys: &[&str]) -> Option<Obj<'y>> {
+        debug_assert!(
+            SCHEMA.iter().any(|(_, listed)| *listed == keys),
+            "{keys:?} is not in config::SCHEMA (the documentation's list of keys)"
+        );
         let pos = pos_of(y);
         let map: &[(Y, Y)] = match &y.value {
             Raw::Map(m) => m,
