@@ -338,6 +338,12 @@ pub struct FlowSet {
     pub ways: [FlowEntry; FLOW_WAYS],
 }
 
+/// The values of HZ (ticks per second) Linux is built with: x86 and arm64 offer 100, 250,
+/// 300 and 1000; other architectures some of the others.
+pub const KERNEL_HZ: [u64; 15] = [
+    24, 32, 48, 64, 100, 128, 200, 250, 256, 300, 500, 512, 1000, 1024, 1200,
+];
+
 /// A set-associative table's shape (slot 0 of `FLOW_TABLE`: the connection table; slot 1:
 /// the `nat` reply table), written by userspace when it creates the table and kept beside
 /// it (pinned, so a restarted daemon finds its flows): the number of sets and the seed of
@@ -378,18 +384,24 @@ impl FlowTable {
             .wrapping_add(self.clock_offset)
     }
 
-    /// The kernel's tick (`TICK_NSEC`, `(1e9 + HZ / 2) / HZ`) from the smallest step seen
-    /// between two values of the coarse clock, which advances once per tick (by the tick
-    /// as NTP slews it, at most 0.05% off; a step may span several ticks on an idle
-    /// machine, hence the smallest). `None` for a step outside 0.1-100 ms (HZ 10-10,000).
-    pub fn tick_for_step(step_ns: u64) -> Option<u64> {
-        if step_ns == 0 {
+    /// The kernel's tick (`TICK_NSEC`, `(1e9 + HZ / 2) / HZ`) from how far the coarse clock
+    /// advanced while the tick count advanced by `ticks`: the tick of the HZ Linux is built
+    /// with ([`KERNEL_HZ`]) closest to `elapsed_ns / ticks`, if within 1% of it (NTP slews
+    /// the clock by at most 0.05%). A reading that paired a new count with the previous
+    /// tick's time puts the ratio a tick off over `ticks`: `None` then, and the caller
+    /// measures again. Unlike watching the clock's steps, this holds however long the
+    /// measuring thread waits for a CPU.
+    pub fn tick_for_interval(elapsed_ns: u64, ticks: u64) -> Option<u64> {
+        if ticks == 0 {
             return None;
         }
-        let hz = (1_000_000_000 + step_ns / 2) / step_ns;
-        (10..=10_000)
-            .contains(&hz)
-            .then(|| (1_000_000_000 + hz / 2) / hz)
+        KERNEL_HZ
+            .iter()
+            .map(|hz| (1_000_000_000 + hz / 2) / hz)
+            .map(|tick| (tick, (tick * ticks).abs_diff(elapsed_ns)))
+            .filter(|&(tick, off)| off * 100 <= tick * ticks)
+            .min_by_key(|&(_, off)| off)
+            .map(|(tick, _)| tick)
     }
 
     /// The offset that puts `jiffies * tick_ns` on the coarse clock, from readings of
@@ -838,12 +850,28 @@ mod tests {
 
     #[test]
     fn the_clock_takes_the_kernels_tick_and_lands_on_the_coarse_clock() {
-        // HZ=250: 4 ms, as NTP slews it (+0.04%), or two ticks at once.
-        assert_eq!(FlowTable::tick_for_step(4_001_600), Some(4_000_000));
-        assert_eq!(FlowTable::tick_for_step(3_998_000), Some(4_000_000));
-        // HZ=300 and 1000: the kernel's rounding of 1e9 / HZ.
-        assert_eq!(FlowTable::tick_for_step(3_333_333), Some(3_333_333));
-        assert_eq!(FlowTable::tick_for_step(999_700), Some(1_000_000));
+        // HZ=250: ten ticks in 40 ms, as NTP slews it (+0.04%, -0.05%).
+        assert_eq!(
+            FlowTable::tick_for_interval(40_016_000, 10),
+            Some(4_000_000)
+        );
+        assert_eq!(
+            FlowTable::tick_for_interval(39_980_000, 10),
+            Some(4_000_000)
+        );
+        // HZ=300 and 1000: the kernel's rounding of 1e9 / HZ; HZ=256 beside 250.
+        assert_eq!(
+            FlowTable::tick_for_interval(33_333_330, 10),
+            Some(3_333_333)
+        );
+        assert_eq!(
+            FlowTable::tick_for_interval(39_997_000, 40),
+            Some(1_000_000)
+        );
+        assert_eq!(
+            FlowTable::tick_for_interval(39_062_500, 10),
+            Some(3_906_250)
+        );
         let tick = 4_000_000;
         let jiffies = 4_294_967_296 + 1_000;
         let ns = 17_000_000_000;
@@ -916,10 +944,14 @@ mod tests {
 
     #[test]
     fn the_clock_calibration_refuses_nonsense() {
-        assert_eq!(FlowTable::tick_for_step(0), None);
-        // One step in 1 s: HZ = 1, not a kernel's; 10 us: HZ 100,000.
-        assert_eq!(FlowTable::tick_for_step(1_000_000_000), None);
-        assert_eq!(FlowTable::tick_for_step(10_000), None);
+        assert_eq!(FlowTable::tick_for_interval(40_000_000, 0), None);
+        // One tick in 1 s: HZ = 1, not a kernel's; 10 us: HZ 100,000.
+        assert_eq!(FlowTable::tick_for_interval(1_000_000_000, 1), None);
+        assert_eq!(FlowTable::tick_for_interval(10_000, 1), None);
+        // A reading a tick off over ten (HZ=250 seen as 11 ticks in 40 ms): measured again.
+        assert_eq!(FlowTable::tick_for_interval(40_000_000, 11), None);
+        // The failure this replaces: a thread that slept through a tick saw steps of two.
+        assert_eq!(FlowTable::tick_for_interval(8_000_000, 2), Some(4_000_000));
         assert_eq!(FlowTable::clock_offset_for(4_000_000, &[]), None);
     }
 }
