@@ -1,11 +1,14 @@
-//! What the controller reads of the node's interfaces (over rtnetlink), checked in a
-//! namespace of our own against addresses of every kind `ip` can give an interface.
+//! What the controller reads of the node's interfaces and neighbour entries (over
+//! rtnetlink), checked in a namespace of our own against what `ip` gave it.
 
 mod common;
 
 use std::net::IpAddr;
 
-use bascule::host::interfaces::{addresses_by_interface, interface_addresses, interface_mac};
+use bascule::host::{
+    interfaces::{addresses_by_interface, interface_addresses, interface_mac},
+    neighbours::{neighbour_macs, resolve_macs},
+};
 use common::Netns;
 
 fn ips(list: &[&str]) -> Vec<IpAddr> {
@@ -82,4 +85,60 @@ fn interfaces_and_addresses_are_read_as_ip_shows_them() {
     assert_eq!(d1, ips(&["10.2.0.1"]));
     assert_eq!(missing, "no interface nope in this network namespace");
     assert_eq!(mac, [2, 0, 10, 1, 0, 1]);
+}
+
+/// The neighbour table as the controller reads it (over rtnetlink, no `ip` process):
+/// static entries of both families with their MACs, entries that cannot be used (failed,
+/// of an interface without ARP) left out, and a backend already known resolved at once.
+#[test]
+fn neighbour_entries_are_read_over_rtnetlink() {
+    let ns = Netns::new("neigh");
+    ns.ip(&["link", "set", "lo", "up"]);
+    ns.ip(&["link", "add", "n0", "type", "veth", "peer", "name", "n1"]);
+    for d in ["n0", "n1"] {
+        ns.ip(&["link", "set", d, "up"]);
+    }
+    ns.ip(&["addr", "add", "10.4.0.1/24", "dev", "n0"]);
+    ns.ip(&["addr", "add", "fd00:4::1/64", "nodad", "dev", "n0"]);
+    for (addr, mac, nud) in [
+        ("10.4.0.7", "02:00:0a:04:00:07", "permanent"),
+        ("10.4.0.8", "02:00:0a:04:00:08", "stale"),
+        ("fd00:4::7", "02:00:fd:04:00:07", "permanent"),
+        ("10.4.0.9", "02:00:0a:04:00:09", "noarp"),
+    ] {
+        ns.ip(&["neigh", "add", addr, "lladdr", mac, "dev", "n0", "nud", nud]);
+    }
+    let (table, resolved) = std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter();
+            let wanted = ips(&["fd00:4::7", "10.4.0.7"]);
+            let started = std::time::Instant::now();
+            let resolved =
+                resolve_macs(&wanted, std::time::Duration::from_secs(5)).expect("resolve");
+            assert!(
+                started.elapsed() < std::time::Duration::from_millis(500),
+                "known entries need no wait"
+            );
+            (neighbour_macs().expect("neighbour table"), resolved)
+        })
+        .join()
+        .unwrap()
+    });
+    let ip = |a: &str| a.parse::<IpAddr>().unwrap();
+    assert_eq!(table.get(&ip("10.4.0.7")), Some(&[2, 0, 10, 4, 0, 7]));
+    assert_eq!(table.get(&ip("10.4.0.8")), Some(&[2, 0, 10, 4, 0, 8]));
+    assert_eq!(table.get(&ip("fd00:4::7")), Some(&[2, 0, 0xfd, 4, 0, 7]));
+    assert!(
+        !table.contains_key(&ip("10.4.0.9")),
+        "a noarp entry is not a resolved neighbour: {table:?}"
+    );
+    let mut resolved = resolved;
+    resolved.sort();
+    assert_eq!(
+        resolved,
+        vec![
+            (ip("10.4.0.7"), [2, 0, 10, 4, 0, 7]),
+            (ip("fd00:4::7"), [2, 0, 0xfd, 4, 0, 7])
+        ]
+    );
 }

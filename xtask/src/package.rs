@@ -248,7 +248,7 @@ fn control(version: &str, arch: &str, size_kib: u64) -> String {
          Architecture: {arch}\n\
          Maintainer: The bascule developers <bascule@localhost>\n\
          Installed-Size: {size_kib}\n\
-         Depends: libc6, iproute2\n\
+         Depends: libc6\n\
          Section: net\n\
          Priority: optional\n\
          Description: layer-4 load balancer and failover daemon (XDP)\n \

@@ -125,8 +125,8 @@ fn addresses() -> Result<Vec<InterfaceAddress>> {
 }
 
 /// What the kernel answers one rtnetlink dump request, over a blocking socket of its own
-/// (the controller's thread has no async runtime).
-fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
+/// (the controller's thread has no async runtime); `neighbours` dumps through it too.
+pub(super) fn dump(request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>> {
     use rtnetlink::{
         packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST},
         sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr},

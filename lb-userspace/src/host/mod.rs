@@ -6,7 +6,7 @@
 //! |---|---|
 //! | [`interfaces`] | interfaces (index, name, MAC) and their addresses, over rtnetlink |
 //! | [`addresses`] | choices among addresses: link-local, VRRP's primary address (pure) |
-//! | [`neighbours`] | ARP/NDP entries (`ip -j neigh`), resolution provoked and awaited |
+//! | [`neighbours`] | ARP/NDP entries over rtnetlink, resolution provoked and awaited |
 //! | [`sysctls`] | the forwarding sysctls `tun` and `nat` need |
 
 pub mod addresses;

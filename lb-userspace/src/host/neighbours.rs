@@ -1,35 +1,20 @@
-//! Neighbour (ARP/NDP) entries: read through iproute2's JSON output (`ip -j neigh`), which
-//! every target host has, and resolution provoked for the addresses still missing.
+//! Neighbour (ARP/NDP) entries: the kernel's table dumped over rtnetlink (no `ip`
+//! process: while MACs resolve it is read every 50 ms), and resolution provoked for the
+//! addresses still missing.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use anyhow::Result;
+use rtnetlink::packet_route::{
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState},
+    RouteNetlinkMessage,
+};
 
-fn ip_json(args: &[&str]) -> Result<Value> {
-    let out = Command::new("ip")
-        .arg("-j")
-        .args(args)
-        .output()
-        .context("cannot run `ip` (iproute2): install it, or run `cargo xtask setup`")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    if out.stdout.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Array(Vec::new()));
-    }
-    serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("ip {}: unexpected output", args.join(" ")))
-}
+use super::interfaces::dump;
 
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
@@ -41,22 +26,50 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// Every usable neighbour entry (both families): address -> MAC. One dump, however
-/// many backends are looked up (a per-address query would spawn `ip` per backend).
+/// many backends are looked up. Usable: an Ethernet address the kernel resolved or was
+/// given (not an entry still resolving or failed, nor one of an interface without ARP),
+/// as `ip neigh show` lists them.
 pub fn neighbour_macs() -> Result<HashMap<IpAddr, [u8; 6]>> {
-    let v = ip_json(&["neigh", "show"])?;
     let mut out = HashMap::new();
-    for entry in v.as_array().into_iter().flatten() {
-        let failed = entry["state"]
-            .as_array()
-            .is_some_and(|s| s.iter().any(|x| x == "FAILED" || x == "INCOMPLETE"));
-        let addr = entry["dst"].as_str().and_then(|a| a.parse::<IpAddr>().ok());
-        if let (Some(addr), Some(mac), false) =
-            (addr, entry["lladdr"].as_str().and_then(parse_mac), failed)
-        {
-            out.entry(addr).or_insert(mac);
+    for message in dump(RouteNetlinkMessage::GetNeighbour(
+        NeighbourMessage::default(),
+    ))? {
+        if let RouteNetlinkMessage::NewNeighbour(n) = message {
+            if let Some((addr, mac)) = usable_entry(&n) {
+                out.entry(addr).or_insert(mac);
+            }
         }
     }
     Ok(out)
+}
+
+/// A neighbour entry's address and MAC, if it is usable (see [`neighbour_macs`]).
+fn usable_entry(n: &NeighbourMessage) -> Option<(IpAddr, [u8; 6])> {
+    if matches!(
+        n.header.state,
+        NeighbourState::Incomplete
+            | NeighbourState::Failed
+            | NeighbourState::Noarp
+            | NeighbourState::None
+    ) {
+        return None;
+    }
+    let (mut addr, mut mac) = (None, None);
+    for attr in &n.attributes {
+        match attr {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => {
+                addr = Some(IpAddr::V4(*a))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => {
+                addr = Some(IpAddr::V6(*a))
+            }
+            NeighbourAttribute::LinkLayerAddress(bytes) => {
+                mac = <[u8; 6]>::try_from(&bytes[..]).ok()
+            }
+            _ => {}
+        }
+    }
+    Some((addr?, mac?))
 }
 
 /// Makes the kernel resolve `addr`'s neighbour entry: one empty UDP datagram to the
