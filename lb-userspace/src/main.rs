@@ -175,15 +175,25 @@ impl Proto {
     }
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr, filtered by `BASCULE_LOG`; without a time of their own when the
+/// journal reads them (it stamps every line).
+fn init_logs() {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BASCULE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if bascule::util::systemd::stderr_is_journal() {
+        logs.without_time().init();
+    } else {
+        logs.init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logs();
     let cli = Cli::parse();
     let outcome: Result<(), Failure> = match cli.command {
         Command::Run {

@@ -98,6 +98,7 @@ impl Controller {
             on_reload: s.on_reload,
             ready: s.ready,
             conntrack_live: 0,
+            heartbeat: s.heartbeat,
         };
         if let Err(e) = c.bring_up(previous.is_none()) {
             // A datapath adopted from a previous daemon was forwarding before: leave it so.
@@ -156,14 +157,26 @@ impl Controller {
         Ok(())
     }
 
-    /// Serves requests until `Stop` (or until every sender is gone: a plain stop).
+    /// Serves requests until `Stop` (or until every sender is gone: a plain stop). The
+    /// heartbeat, if any, beats from this loop: at once, then every period, whatever the
+    /// requests (a request that never ends stops it).
     pub fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut next_refresh = Instant::now() + self.refresh_interval();
         let mut next_sample = Instant::now();
         let mut next_reconcile = Instant::now();
+        let mut next_beat = Instant::now();
         loop {
             let now = Instant::now();
-            let wake = next_refresh.min(next_sample).min(next_reconcile);
+            if let Some(h) = &mut self.heartbeat {
+                if now >= next_beat {
+                    (h.beat)();
+                    next_beat = now + h.every;
+                }
+            }
+            let mut wake = next_refresh.min(next_sample).min(next_reconcile);
+            if self.heartbeat.is_some() {
+                wake = wake.min(next_beat);
+            }
             match requests.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Request::Stop {
                     keep_datapath,

@@ -122,6 +122,7 @@ pub struct Controller {
     ready: Arc<AtomicBool>,
     /// Live connection-table entries at the last walk (`Datapath::reconcile`).
     conntrack_live: u64,
+    heartbeat: Option<Heartbeat>,
 }
 
 /// What the controller is started with.
@@ -140,4 +141,13 @@ pub struct Start {
     /// Called with the new configuration after each successful reload.
     pub on_reload: Option<OnReload>,
     pub ready: Arc<AtomicBool>,
+    /// Called from the controller's own loop every `Heartbeat::every` (the service
+    /// manager's watchdog): it stops when the controller hangs.
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// A call the controller's loop makes at a steady period, between requests.
+pub struct Heartbeat {
+    pub every: Duration,
+    pub beat: Box<dyn FnMut() + Send>,
 }

@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot};
 
-use super::metrics;
+use super::{metrics, systemd::ServiceManager};
 use crate::control::{self, ControlError};
 
 /// Largest request body read.
@@ -46,6 +46,8 @@ pub struct Api {
     /// Bearer token required on the API and `/metrics` (`None`: open, loopback only).
     pub token: Option<String>,
     pub ready: Arc<AtomicBool>,
+    /// Told of each reload (`RELOADING=1`, then `READY=1`), as a SIGHUP's.
+    pub systemd: Arc<ServiceManager>,
 }
 
 /// `{"error": "..."}`, the body of every error response.
@@ -140,7 +142,10 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             set_weight(api, req, service.to_string(), backend.to_string()).await
         }
         (&Method::POST, ["api", "v1", "reload"]) => {
-            match ask(api, control::Request::Reload).await {
+            api.systemd.reloading();
+            let answer = ask(api, control::Request::Reload).await;
+            api.systemd.reloaded(answer.as_ref().ok());
+            match answer {
                 Ok(Ok(report)) => json(StatusCode::OK, &report),
                 Ok(Err(e)) => control_error(e),
                 Err(r) => r,

@@ -24,7 +24,10 @@ use crate::{
     vrrp::{StatusBoard, Vrrp},
 };
 
-use super::api::Api;
+use super::{
+    api::Api,
+    systemd::{self, ServiceManager},
+};
 /// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
 /// HTTP listener, starts the health checks, the controller (`control`, on its own
 /// thread), then the VRRP instances once the datapath is attached, and the API (`api`),
@@ -124,6 +127,7 @@ async fn serve(
 
     let ready = Arc::new(AtomicBool::new(false));
     let board = VrrpBoard::default();
+    let service_manager = ServiceManager::from_env();
     let start = control::Start {
         path,
         config: config.clone(),
@@ -135,6 +139,7 @@ async fn serve(
             let _ = reloaded_tx.send(Arc::clone(c));
         })),
         ready: ready.clone(),
+        heartbeat: service_manager.heartbeat(),
     };
     let ControllerThread {
         requests,
@@ -145,6 +150,7 @@ async fn serve(
         control: requests.clone(),
         token,
         ready,
+        systemd: service_manager.clone(),
     });
     let server = tokio::spawn(super::api::serve(listener, api));
     tracing::info!(%listen, "HTTP API listening");
@@ -153,6 +159,12 @@ async fn serve(
         server.abort();
         return controller_ended(done.await);
     }
+    service_manager.set_summary(systemd::summary(
+        &config,
+        &supervisor.subscribe().borrow(),
+        &[],
+    ));
+    service_manager.ready();
     let vrrp = match start_vrrp(&config).await {
         Ok(v) => v,
         Err(e) => {
@@ -165,11 +177,15 @@ async fn serve(
     board.set(&vrrp);
     let forward_health = tokio::spawn(forward_health(health_changes, requests.clone()));
 
+    let health = supervisor.subscribe();
     let mut running = Running {
         requests,
         supervisor,
         vrrp,
         board,
+        service_manager,
+        config: Arc::new(config),
+        health,
     };
     let ended = running
         .until_stopped(&mut signals, reloaded, &mut done)
@@ -178,6 +194,9 @@ async fn serve(
     forward_health.abort();
     running.stop(ended, keep_datapath, done).await
 }
+
+/// How often the status line (`STATUS=`) is recomputed; it is sent only when it changed.
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The signals the daemon answers: SIGHUP reloads, SIGTERM and SIGINT stop.
 struct Signals {
@@ -254,6 +273,10 @@ struct Running {
     supervisor: HealthSupervisor,
     vrrp: Option<Vrrp>,
     board: VrrpBoard,
+    service_manager: Arc<ServiceManager>,
+    /// The configuration running now, and the health checks' map: the status line's.
+    config: Arc<Config>,
+    health: watch::Receiver<HealthMap>,
 }
 
 impl Running {
@@ -265,27 +288,44 @@ impl Running {
         mut reloaded: tokio::sync::mpsc::UnboundedReceiver<Arc<Config>>,
         done: &mut oneshot::Receiver<Result<()>>,
     ) -> Option<Result<Result<()>, oneshot::error::RecvError>> {
+        let mut status_tick = tokio::time::interval(STATUS_EVERY);
         loop {
             tokio::select! {
-                _ = signals.hangup.recv() => {
-                    let (tx, rx) = oneshot::channel();
-                    if self.requests.send(Request::Reload(tx)).is_ok() {
-                        // The controller logs the outcome.
-                        tokio::spawn(async move { let _ = rx.await; });
-                    }
-                }
+                _ = signals.hangup.recv() => self.reload(),
                 Some(new) = reloaded.recv() => {
                     self.supervisor.update(&new.services);
                     if let Err(e) = reconfigure_vrrp(&mut self.vrrp, &new).await {
                         tracing::error!("VRRP: {e:#}");
                     }
                     self.board.set(&self.vrrp);
+                    self.config = new;
+                }
+                _ = status_tick.tick() => {
+                    let vrrp = (self.board.source())();
+                    let line = systemd::summary(&self.config, &self.health.borrow(), &vrrp);
+                    self.service_manager.set_summary(line);
                 }
                 _ = signals.terminate.recv() => return None,
                 _ = signals.interrupt.recv() => return None,
                 ended = &mut *done => return Some(ended),
             }
         }
+    }
+
+    /// SIGHUP: the controller reloads (and logs the outcome); systemd is told when it
+    /// starts and ends.
+    fn reload(&self) {
+        self.service_manager.reloading();
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Reload(tx)).is_err() {
+            self.service_manager.reloaded(None);
+            return;
+        }
+        let service_manager = self.service_manager.clone();
+        tokio::spawn(async move {
+            let outcome = rx.await;
+            service_manager.reloaded(outcome.as_ref().ok());
+        });
     }
 
     /// Stops: VRRP masters hand over (priority 0) and release their addresses before the
@@ -297,6 +337,7 @@ impl Running {
         done: oneshot::Receiver<Result<()>>,
     ) -> Result<()> {
         tracing::info!("stopping");
+        self.service_manager.stopping();
         if let Some(v) = self.vrrp.take() {
             v.stop().await;
         }

@@ -6,9 +6,11 @@
 //! | [`daemon`] | `bascule run`: runtime, listener, health checks, the controller's thread, VRRP, signals |
 //! | [`api`] | the HTTP server: routes, bearer token, JSON errors; asks the controller |
 //! | [`metrics`] | a snapshot as Prometheus/OpenMetrics text |
+//! | [`systemd`] | what the service manager is told: ready, reloads, watchdog, status, stopping |
 //! | [`decap`] | `bascule decap`: the tc program attached until a signal |
 
 pub mod api;
 pub mod daemon;
 pub mod decap;
 pub mod metrics;
+pub mod systemd;
