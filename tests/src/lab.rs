@@ -287,6 +287,17 @@ impl Lab {
     /// sees the host's bpffs at `/sys/fs/bpf`, where bascule pins the datapath that a
     /// restarted daemon adopts. (`ip netns exec` remounts `/sys` privately.)
     pub fn spawn_net_only(&self, ns: &str, name: &str, args: &[&str]) -> Result<Spawned> {
+        self.spawn_net_only_env(ns, name, args, &[])
+    }
+
+    /// [`Lab::spawn_net_only`] with these environment variables added.
+    pub fn spawn_net_only_env(
+        &self,
+        ns: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Spawned> {
         let (program, rest) = args
             .split_first()
             .ok_or_else(|| anyhow!("spawn_net_only: no program"))?;
@@ -294,7 +305,7 @@ impl Lab {
         let netns = File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
         let fd = netns.as_raw_fd();
         let mut cmd = Command::new(program);
-        cmd.args(rest);
+        cmd.args(rest).envs(env.iter().copied());
         // SAFETY: between fork and exec only setns(2) runs (async-signal-safe); the fd
         // stays open until `spawn` returns, since `netns` lives until then.
         unsafe {

@@ -250,6 +250,24 @@ impl Topology {
             .spawn_net_only(&lb.netns, &format!("bascule-run-{}", lb.role), &args)
     }
 
+    /// `bascule run -c CONFIG` on `lb` with these environment variables (`NOTIFY_SOCKET`,
+    /// `WATCHDOG_USEC`: the daemon as systemd starts it).
+    pub fn start_bascule_env(
+        &self,
+        bin: &Path,
+        lb: &Host,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Spawned> {
+        let (bin, config) = (path_str(bin)?, path_str(config)?);
+        self.lab.spawn_net_only_env(
+            &lb.netns,
+            &format!("bascule-run-{}", lb.role),
+            &[bin, "run", "-c", config],
+            env,
+        )
+    }
+
     /// Polls `GET /readyz` of the daemon on `lb` (its API on 127.0.0.1:9469) until it
     /// answers 200: at most `attempts` tries `interval` apart. Fails early, with its log,
     /// if `daemon` exits.
