@@ -111,6 +111,7 @@ fn snapshot() -> Snapshot {
             last_error: Some(
                 "/etc/bascule/bascule.yaml:15:17: services[0].backends[0].weight: 70000 is out of range, expected 0..=65535".into(),
             ),
+            last: None,
         },
         services: vec![web, dns],
         datapath: DatapathStats {

@@ -6,7 +6,7 @@ use std::{
     fmt,
     net::IpAddr,
     sync::Arc,
-    time::Instant,
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,7 @@ use super::{
     node::{prepare_interfaces, warm_routed_backends},
     requests::ControlError,
     runtime::{retain_overrides, BackendKey},
+    snapshot::LastReload,
     Controller, RESOLVE_WAIT_CHANGE,
 };
 use crate::config::{Config, Service};
@@ -144,6 +145,13 @@ impl Controller {
     pub(super) fn reload(&mut self) -> Result<ReloadReport, ControlError> {
         let started = Instant::now();
         let result = self.try_reload();
+        self.reloads.last = Some(LastReload {
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            ok: result.is_ok(),
+            took_ms: started.elapsed().as_millis() as u64,
+        });
         match &result {
             Ok(report) => {
                 self.reloads.ok += 1;

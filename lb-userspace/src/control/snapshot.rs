@@ -46,6 +46,18 @@ pub struct Reloads {
     pub error: u64,
     /// The message of the last refused reload, until one succeeds.
     pub last_error: Option<String>,
+    /// The last reload, taken or refused (none yet: `null`).
+    #[serde(default)]
+    pub last: Option<LastReload>,
+}
+
+/// When the last reload happened, and whether it was taken.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// Unix time, milliseconds.
+    pub at_unix_ms: u64,
+    pub ok: bool,
+    pub took_ms: u64,
 }
 
 /// Per-second rates over the last sampling interval.

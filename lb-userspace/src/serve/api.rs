@@ -4,6 +4,7 @@
 //!
 //! | route | answer |
 //! |---|---|
+//! | `GET /` | the live status page ([`status_page`](super::status_page)) |
 //! | `GET /healthz` | 200 while the daemon runs |
 //! | `GET /readyz` | 200 once the program is attached and the maps programmed, else 503 |
 //! | `GET /metrics` | Prometheus text (OpenMetrics if the `Accept` header asks for it) |
@@ -124,6 +125,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
         .collect();
     let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
     match (&method, segs.as_slice()) {
+        (&Method::GET, [""]) => status_page(api),
         (&Method::GET, ["metrics"]) => metrics(api, &req).await,
         (&Method::GET, ["api", "v1", "services"]) => {
             match ask(api, control::Request::Snapshot).await {
@@ -151,7 +153,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
                 Err(r) => r,
             }
         }
-        (_, ["metrics"])
+        (_, ["" | "metrics"])
         | (_, ["api", "v1", "services" | "vrrp" | "simulate"])
         | (_, ["api", "v1", "backends", _, _])
         | (_, ["api", "v1", "reload"]) => error(
@@ -163,6 +165,24 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             &format!("no route {path} (see /api/v1/services, /metrics)"),
         ),
     }
+}
+
+/// `GET /`: the status page (behind the token, like the API it reads).
+fn status_page(api: &Api) -> Response<Body> {
+    let mut r = respond(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        super::status_page::render(api.token.as_deref()),
+    );
+    let headers = r.headers_mut();
+    headers.insert(header::CACHE_CONTROL, "no-store".parse().expect("static"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        super::status_page::CONTENT_SECURITY_POLICY
+            .parse()
+            .expect("static"),
+    );
+    r
 }
 
 /// `GET /metrics`: OpenMetrics if the `Accept` header asks for it, else Prometheus text.

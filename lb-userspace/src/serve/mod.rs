@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`daemon`] | `bascule run`: runtime, listener, health checks, the controller's thread, VRRP, signals |
 //! | [`api`] | the HTTP server: routes, bearer token, JSON errors; asks the controller |
+//! | [`status_page`] | the live status page at `/`, embedded |
 //! | [`metrics`] | a snapshot as Prometheus/OpenMetrics text |
 //! | [`systemd`] | what the service manager is told: ready, reloads, watchdog, status, stopping |
 //! | [`decap`] | `bascule decap`: the tc program attached until a signal |
@@ -13,4 +14,5 @@ pub mod api;
 pub mod daemon;
 pub mod decap;
 pub mod metrics;
+pub mod status_page;
 pub mod systemd;
