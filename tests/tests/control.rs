@@ -676,4 +676,22 @@ fn api_wants_its_token_when_listening_beyond_loopback() {
     )
     .unwrap();
     assert_eq!((status, body.trim()), (200, "{\n  \"instances\": []\n}"));
+    // The status page too: only with the token, which it hands to its own requests.
+    let (status, _) = topo.api(lb, "GET", "/", None).unwrap();
+    assert_eq!(status, 401, "the status page wants the token");
+    let (status, page) = http_request(
+        &topo.client.netns,
+        api,
+        "GET",
+        "/",
+        &[("Authorization", "Bearer s3cret-token")],
+        None,
+        TIMEOUT,
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<meta name="bascule-token" content="s3cret-token">"#),
+        "{page}"
+    );
 }

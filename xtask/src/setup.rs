@@ -23,7 +23,7 @@ const BPF_LINKER_VERSION: &str = "0.10.4";
 
 /// Tools the end-to-end tests and the demo drive (namespace labs, packet capture and
 /// crafting, BPF inspection, peers to compare with, promtool, BIRD for the scale-out lab's
-/// BGP and BFD).
+/// BGP and BFD, Chromium for the status page's test).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -42,6 +42,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "man-db",
     "bird2",
+    "chromium",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
