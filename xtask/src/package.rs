@@ -184,7 +184,20 @@ fn check_installed() -> Result<()> {
     if !conffiles.contains(CONFFILE) {
         bail!("{CONFFILE} is not a conffile: {conffiles:?}");
     }
-    run_checked(Command::new("/usr/bin/bascule").args(["check", "--no-host", "-c", CONFFILE]))
+    run_checked(Command::new("/usr/bin/bascule").args(["check", "--no-host", "-c", CONFFILE]))?;
+    // The unit as this machine's systemd reads it (unknown settings, a Type= it lacks).
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "/lib/systemd/system/bascule.service"])
+        .output()
+        .context("cannot run systemd-analyze")?;
+    let said = String::from_utf8_lossy(&verify.stderr);
+    if !verify.status.success() || said.contains("bascule.service") {
+        bail!(
+            "systemd-analyze verify of the installed unit: {}",
+            said.trim()
+        );
+    }
+    Ok(())
 }
 
 /// Copies `from` to `to` (creating its directory) with `mode`.
