@@ -349,6 +349,11 @@ pub(super) fn parse(text: &str, file: &str, cache: Option<&mut ParseCache>) -> O
         return None;
     }
     (config.services, config.origin.services) = drafts.into_iter().map(|d| (d.svc, d.loc)).unzip();
+    // `announce.vips` names services' VIPs: checked once the services are known.
+    cx.check_announce(&config);
+    if !cx.errors.is_empty() {
+        return None;
+    }
     if let Some(cache) = cache {
         // This file's items: those kept move over, the new ones go in.
         let mut old = std::mem::take(cache);

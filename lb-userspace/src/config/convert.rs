@@ -48,17 +48,23 @@ impl Cx<'_> {
         let services = self.list(o.opt("services"), &services_path, "services", Self::service);
         let vrrp_path = P::Key(&path, "vrrp");
         let vrrp = self.list(o.opt("vrrp"), &vrrp_path, "VRRP instances", Self::vrrp);
+        let announce = self.opt_field(&o, &path, "announce", Self::announce);
 
         let services = services.map(|s| self.check_services(s));
         let vrrp = vrrp.map(|v| self.check_vrrp(v));
 
         let (node, http, conntrack, services, vrrp) = (node?, http?, conntrack?, services?, vrrp?);
+        let (announce, announce_vips) = match announce? {
+            Some((a, positions)) => (Some(a), positions),
+            None => (None, Vec::new()),
+        };
         let origin = Origin {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
             vrrp: vrrp.iter().map(|d| d.item).collect(),
             interfaces: std::mem::take(&mut self.interfaces),
             vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
+            announce_vips,
         };
         Some(Config {
             node,
@@ -66,6 +72,7 @@ impl Cx<'_> {
             conntrack,
             services: services.into_iter().map(|d| d.svc).collect(),
             vrrp: vrrp.into_iter().map(|d| d.inst).collect(),
+            announce,
             origin,
         })
     }

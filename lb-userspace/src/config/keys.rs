@@ -3,7 +3,8 @@
 
 use super::schema::CheckType;
 
-pub(super) const ROOT_KEYS: &[&str] = &["node", "http", "conntrack", "services", "vrrp"];
+pub(super) const ROOT_KEYS: &[&str] =
+    &["node", "http", "conntrack", "services", "vrrp", "announce"];
 pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source"];
 pub(super) const IFACE_KEYS: &[&str] = &["name", "xdp_mode"];
 pub(super) const HTTP_KEYS: &[&str] = &["listen", "token_file"];
@@ -105,6 +106,7 @@ pub(super) const VRRP_KEYS: &[&str] = &[
 pub(super) const AUTH_KEYS: &[&str] = &["type", "password"];
 pub(super) const GARP_KEYS: &[&str] = &["repeat", "interval", "refresh"];
 pub(super) const NOTIFY_KEYS: &[&str] = &["master", "backup", "fault"];
+pub(super) const ANNOUNCE_KEYS: &[&str] = &["table", "protocol", "withdraw_grace", "vips"];
 
 /// Every mapping of the file with the keys it accepts, named as `docs/configuration.md`
 /// heads its sections (`services[].health_check`); `[]` marks a list's items. The parser
@@ -122,4 +124,5 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("vrrp[].authentication", AUTH_KEYS),
     ("vrrp[].garp", GARP_KEYS),
     ("vrrp[].notify", NOTIFY_KEYS),
+    ("announce", ANNOUNCE_KEYS),
 ];

@@ -16,10 +16,11 @@
 //! ([`SCHEMA`]); `keywords.rs` the names of enum values; `units.rs` durations and payloads;
 //! `yaml.rs` the tree, paths and the structural readers; `scalars.rs` the readers of single
 //! values; `convert.rs` the root and the small sections; `services.rs`, `health_check.rs`,
-//! `vrrp.rs` their sections; `errors.rs` [`ConfigError`]; `unsupported.rs` and
+//! `vrrp.rs`, `announce.rs` their sections; `errors.rs` [`ConfigError`]; `unsupported.rs` and
 //! `host_checks.rs` the checks of a parsed configuration against this build and this node;
 //! `chunked.rs` the parse service by service.
 
+mod announce;
 mod chunked;
 mod convert;
 mod errors;
@@ -38,14 +39,16 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
+pub use announce::withdraw_grace;
 pub use chunked::ParseCache;
 pub use errors::ConfigError;
 pub use host_checks::HostFacts;
 pub use keys::SCHEMA;
 pub use schema::{
-    Backend, CheckType, Config, Conntrack, DnsRcode, DnsType, Forwarding, Garp, HealthCheck, Http,
-    HttpMethod, InitialState, Interface, IpPrefix, Node, Notify, Origin, Protocol, Scheduler,
-    Service, StatusRange, VrrpAuth, VrrpAuthType, VrrpInstance, XdpMode, DEFAULT_HTTP_LISTEN,
+    Announce, Backend, CheckType, Config, Conntrack, DnsRcode, DnsType, Forwarding, Garp,
+    HealthCheck, Http, HttpMethod, InitialState, Interface, IpPrefix, Node, Notify, Origin,
+    Protocol, Scheduler, Service, StatusRange, VrrpAuth, VrrpAuthType, VrrpInstance, XdpMode,
+    DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE, DEFAULT_HTTP_LISTEN,
     DEFAULT_MAGLEV_TABLE_SIZE,
 };
 pub use units::{format_bytes, format_duration, parse_bytes, parse_duration};
@@ -114,6 +117,9 @@ impl Config {
             interfaces: Vec::new(),
         };
         let config = cx.root(&root);
+        if let Some(c) = &config {
+            cx.check_announce(c);
+        }
         match config {
             Some(c) if cx.errors.is_empty() => Ok(c),
             _ => {

@@ -19,6 +19,8 @@ pub struct Config {
     pub conntrack: Conntrack,
     pub services: Vec<Service>,
     pub vrrp: Vec<VrrpInstance>,
+    /// `announce:` (scale-out); `None` when the section is absent: nothing is announced.
+    pub announce: Option<Announce>,
     /// Where each service, backend and VRRP instance came from (file, line, column), for
     /// errors reported after parsing. Opaque; `Origin::default()` for a config built in code
     /// (its errors then carry no position). Ignored by `==`.
@@ -501,6 +503,37 @@ pub struct Notify {
     pub fault: Option<String>,
 }
 
+/// `announce:` the VIPs this node asks a routing daemon to announce (BGP, ECMP): one
+/// blackhole route per announced VIP in a kernel routing table of bascule's own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Announce {
+    /// The kernel routing table bascule owns (not 0, 253, 254 or 255).
+    pub table: u32,
+    /// The routing protocol number of its routes, 5..=255.
+    pub protocol: u8,
+    /// On SIGTERM/SIGINT: withdraw every VIP, keep forwarding this long, then stop.
+    #[serde(serialize_with = "ser_duration")]
+    pub withdraw_grace: Duration,
+    /// Empty: every service VIP; else only these (each a service's VIP).
+    pub vips: Vec<IpAddr>,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Announce {
+            table: DEFAULT_ANNOUNCE_TABLE,
+            protocol: DEFAULT_ANNOUNCE_PROTOCOL,
+            withdraw_grace: Duration::from_secs(5),
+            vips: Vec::new(),
+        }
+    }
+}
+
+/// Default `announce.table`.
+pub const DEFAULT_ANNOUNCE_TABLE: u32 = 200;
+/// Default `announce.protocol`.
+pub const DEFAULT_ANNOUNCE_PROTOCOL: u8 = 186;
+
 /// An address with a prefix length, `ADDR/PREFIX` (a bare address means a host prefix).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IpPrefix {
@@ -556,6 +589,8 @@ pub struct Origin {
     pub(super) vrrp: Vec<Pos>,
     pub(super) interfaces: Vec<Pos>,
     pub(super) vrrp_auth: Vec<Pos>,
+    /// `announce.vips[i]`.
+    pub(super) announce_vips: Vec<Pos>,
 }
 
 impl fmt::Debug for Origin {

@@ -120,6 +120,15 @@ fn full_example_parses_with_expected_values() {
             notify: Notify::default(),
         }]
     );
+    assert_eq!(
+        c.announce,
+        Some(Announce {
+            table: 200,
+            protocol: 186,
+            withdraw_grace: Duration::from_secs(5),
+            vips: vec![ip("10.0.0.100")],
+        })
+    );
     // The JSON dump works and writes durations the way the file does.
     let json = serde_json::to_string(&c).unwrap();
     assert!(json.contains(r#""tcp_timeout":"15m""#), "{json}");
@@ -143,6 +152,7 @@ fn defaults() {
     assert_eq!(c.http.token_file, None);
     assert_eq!(c.conntrack, Conntrack::default());
     assert!(c.vrrp.is_empty());
+    assert_eq!(c.announce, None);
     let s = &c.services[0];
     assert_eq!(s.vip, IpAddr::V6("fd00::100".parse::<Ipv6Addr>().unwrap()));
     assert_eq!(s.port, 0);
@@ -489,6 +499,7 @@ fn schema_lists_the_keys_each_section_accepts() {
             "vrrp[].authentication",
             "vrrp[].garp",
             "vrrp[].notify",
+            "announce",
         ]
     );
     ok(FULL);
@@ -517,6 +528,7 @@ fn schema_lists_the_keys_each_section_accepts() {
             )),
             "vrrp[].garp" => with_node(&format!("{vrrp}    garp: {{bogus: 1}}\n")),
             "vrrp[].notify" => with_node(&format!("{vrrp}    notify: {{bogus: 1}}\n")),
+            "announce" => with_node("announce:\n  bogus: 1\n"),
             other => panic!("no document for the section {other}: add one here"),
         };
         let e = err(&doc);
@@ -526,4 +538,18 @@ fn schema_lists_the_keys_each_section_accepts() {
             "{section}: {e}\nexpected: {expected}"
         );
     }
+}
+
+#[test]
+fn announce_defaults_and_every_vip() {
+    let c = ok(&with_node(
+        "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\nannounce: {}\n",
+    ));
+    assert_eq!(c.announce, Some(Announce::default()));
+    let a = Announce::default();
+    assert_eq!((a.table, a.protocol), (200, 186));
+    assert_eq!(a.withdraw_grace, Duration::from_secs(5));
+    assert!(a.vips.is_empty());
+    assert_eq!(announce::withdraw_grace(&c), Duration::from_secs(5));
+    assert_eq!(announce::withdraw_grace(&ok(NODE)), Duration::ZERO);
 }

@@ -138,6 +138,12 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.http != new.http {
         v.push("http");
     }
+    // Which table and protocol the routes live in (and whether there are any): a reload
+    // may change `announce.vips` and `announce.withdraw_grace` only.
+    let routes = |c: &Config| c.announce.as_ref().map(|a| (a.table, a.protocol));
+    if routes(old) != routes(new) {
+        v.push("announce.table, announce.protocol");
+    }
     v
 }
 

@@ -322,6 +322,20 @@ fn diff_by_service_name() {
         restart_only_changes(&old, &moved),
         vec!["node", "conntrack"]
     );
+    // announce: its table, protocol and presence need a restart; its VIPs and grace not.
+    let mut announcing = old.clone();
+    announcing.announce = Some(crate::config::Announce::default());
+    assert_eq!(
+        restart_only_changes(&old, &announcing),
+        vec!["announce.table, announce.protocol"]
+    );
+    let mut narrowed = announcing.clone();
+    let a = narrowed.announce.as_mut().unwrap();
+    a.vips = vec!["10.0.0.1".parse().unwrap()];
+    a.withdraw_grace = std::time::Duration::from_secs(1);
+    assert!(restart_only_changes(&announcing, &narrowed).is_empty());
+    narrowed.announce.as_mut().unwrap().table = 201;
+    assert_eq!(restart_only_changes(&announcing, &narrowed).len(), 1);
 }
 
 fn state(backend: u32, service: u32, last_seen: u64) -> FlowState {

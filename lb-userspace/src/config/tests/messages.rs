@@ -14,9 +14,11 @@ enum Doc {
     Check(&'static str),
     /// More keys of `vrrp[0]`, VI_1 on eth0 with router id 51 and 10.0.0.1/24.
     Vrrp(&'static str),
+    /// The body of `announce`, after a service web at 10.0.0.1:80.
+    Announce(&'static str),
 }
 
-use Doc::{AfterNode, Check, File, Vrrp};
+use Doc::{AfterNode, Announce, Check, File, Vrrp};
 
 impl Doc {
     fn text(self) -> String {
@@ -29,6 +31,9 @@ impl Doc {
             Vrrp(keys) => with_node(&format!(
                 "vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1/24]\n{keys}"
             )),
+            Announce(body) => with_node(&format!(
+                "services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\nannounce:\n{body}"
+            )),
         }
     }
 }
@@ -36,7 +41,7 @@ impl Doc {
 #[rustfmt::skip]
 const CASES: &[(Doc, &str)] = &[
     // Unknown keys, with "did you mean" when a key is close.
-    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp"),
+    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, announce"),
     (File("node:\n  interfaces:\n    - name: eth0\n      xdp_mod: native\n"), "bascule.yaml:4:7: node.interfaces[0].xdp_mod: unknown key (did you mean \"xdp_mode\"?), expected one of: name, xdp_mode"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check: {type: tcp, intervall: 2s}\n"), "bascule.yaml:8:31: services[0].health_check.intervall: unknown key (did you mean \"interval\"?), expected one of: type, connect_port, interval, timeout, rise, fall, retries, delay_before_retry, inhibit_on_failure, initial_state, method, path, virtualhost, expect_status, body_regex, digest, sni, ca_file, helo_name, query_name, query_type, expect_rcode, expect_answer, payload, expect, require_reply, command, dynamic"),
 
@@ -46,7 +51,7 @@ const CASES: &[(Doc, &str)] = &[
     (File("node:\n  interfaces:\n    - eth0\n"), "bascule.yaml:3:7: node.interfaces[0]: expected a mapping with the keys name, xdp_mode, found the string \"eth0\""),
     (File("node:\n  - eth0\n"), "bascule.yaml:2:3: node: expected a mapping with the keys interfaces, tunnel_source, found a list"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 1\n    virtual_addresses: [10.0.0.1/24]\n    preempt: sometimes\n"), "bascule.yaml:9:14: vrrp[0].preempt: expected true or false, found the string \"sometimes\""),
-    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, found a list"),
+    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, announce, found a list"),
 
     // Durations.
     (AfterNode("conntrack:\n  tcp_timeout: 10\n"), "bascule.yaml:5:16: conntrack.tcp_timeout: \"10\" is not a valid duration (missing unit), expected e.g. 100ms, 1s, 5m or 1h"),
@@ -117,6 +122,16 @@ const CASES: &[(Doc, &str)] = &[
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1/24, fd00::1/64]\n"), "bascule.yaml:8:38: vrrp[0].virtual_addresses[1]: fd00::1/64 is IPv6 but virtual_addresses[0] is IPv4; an instance carries one address family (use a second instance)"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    version: 2\n    virtual_addresses: [fd00::1/64]\n"), "bascule.yaml:9:25: vrrp[0].virtual_addresses[0]: fd00::1/64: VRRP version 2 is IPv4 only, expected version: 3 for IPv6"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1/24]\n  - name: VI_2\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.2/24]\n"), "bascule.yaml:11:24: vrrp[1].virtual_router_id: 51 is already used on eth0 for IPv4 by vrrp[0] (\"VI_1\") at line 7"),
+
+    // Announcements.
+    (Announce("  table: 254\n"), "bascule.yaml:9:10: announce.table: 254 is the system's \"main\" table (0, 253, 254 and 255 are shared), expected a table of bascule's own, e.g. 200"),
+    (Announce("  table: 0\n"), "bascule.yaml:9:10: announce.table: 0 is the system's \"unspec\" table (0, 253, 254 and 255 are shared), expected a table of bascule's own, e.g. 200"),
+    (Announce("  protocol: 4\n"), "bascule.yaml:9:13: announce.protocol: 4 is out of range, expected 5..=255"),
+    (Announce("  protocol: 256\n"), "bascule.yaml:9:13: announce.protocol: 256 is out of range, expected 5..=255"),
+    (Announce("  withdraw_grace: soon\n"), "bascule.yaml:9:19: announce.withdraw_grace: \"soon\" is not a valid duration (expected a number before \"soon\"), expected e.g. 100ms, 1s, 5m or 1h"),
+    (Announce("  vips: [10.0.0.1, 10.0.0.9]\n"), "bascule.yaml:9:20: announce.vips[1]: 10.0.0.9 is not the VIP of any service, expected one of the services' VIPs"),
+    (Announce("  vips: [10.0.0.1, 10.0.0.1]\n"), "bascule.yaml:9:20: announce.vips[1]: 10.0.0.1 is listed twice (also vips[0])"),
+    (Announce("  vip: [10.0.0.1]\n"), "bascule.yaml:9:3: announce.vip: unknown key (did you mean \"vips\"?), expected one of: table, protocol, withdraw_grace, vips"),
 
     // Health checks.
     (Check("      type: tcp\n      interval: 0s\n"), "bascule.yaml:10:17: services[0].health_check.interval: 0s is not allowed, expected a duration greater than 0"),
