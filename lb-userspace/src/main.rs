@@ -133,6 +133,17 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Withdraw every VIP this node announces (`announce:`); the datapath keeps forwarding
+    /// what still arrives, so no connection is reset.
+    DrainNode {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Announce again the VIPs this node should announce (after `drain-node`).
+    UndrainNode {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Make the daemon reload its configuration file (like SIGHUP), and report the result.
     Reload {
         #[command(flatten)]
@@ -242,6 +253,12 @@ fn main() -> ExitCode {
                 .and_then(|c| cli::set_weight(&c, &backend, service.as_deref(), w, api.json))
         }),
         Command::Reload { api } => api.client().and_then(|c| cli::reload(&c, api.json)),
+        Command::DrainNode { api } => api
+            .client()
+            .and_then(|c| cli::drain_node(&c, true, api.json)),
+        Command::UndrainNode { api } => api
+            .client()
+            .and_then(|c| cli::drain_node(&c, false, api.json)),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -13,6 +13,7 @@ use bascule::{
         BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
         VrrpStatus,
     },
+    control::{AnnounceStatus, VipAnnouncement},
     serve::metrics,
 };
 
@@ -141,6 +142,23 @@ fn snapshot() -> Snapshot {
             adverts_received: 12,
             adverts_invalid: BTreeMap::new(),
         }],
+        announce: Some(AnnounceStatus {
+            table: 200,
+            protocol: 186,
+            draining: false,
+            vips: vec![
+                VipAnnouncement {
+                    vip: "10.0.0.100".parse().unwrap(),
+                    announced: true,
+                    reason: "announced".into(),
+                },
+                VipAnnouncement {
+                    vip: "fd00::53".parse().unwrap(),
+                    announced: false,
+                    reason: "no backend up".into(),
+                },
+            ],
+        }),
     }
 }
 
@@ -170,6 +188,10 @@ fn snapshot_json_round_trips() {
         "{json}"
     );
     assert!(json.contains("\"state\":\"master\""), "{json}");
+    assert!(
+        json.contains(r#"{"vip":"fd00::53","announced":false,"reason":"no backend up"}"#),
+        "{json}"
+    );
 }
 
 /// The metric names a scrape of `s` shows (Prometheus text format): every `# TYPE`

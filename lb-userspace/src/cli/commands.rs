@@ -1,5 +1,5 @@
-//! The commands that talk to a running daemon: `status`, `reload`, `simulate`, `weight`
-//! and `drain`.
+//! The commands that talk to a running daemon: `status`, `reload`, `simulate`, `weight`,
+//! `drain`, `drain-node` and `undrain-node`.
 
 use std::net::SocketAddr;
 
@@ -7,7 +7,7 @@ use hyper::Method;
 
 use super::{print_json, print_simulation, ApiClient, Failure, Outcome, EXIT_FAILED};
 use crate::{
-    control::{ReloadReport, SimulateAnswer, WeightChange},
+    control::{AnnounceStatus, ReloadReport, SimulateAnswer, WeightChange},
     serve::api::{percent_encode, WeightBody},
 };
 
@@ -42,6 +42,35 @@ pub fn reload(api: &ApiClient, json: bool) -> Outcome {
         ))),
         Err(f) => Err(f),
     }
+}
+
+/// `bascule drain-node` (`drain`) and `bascule undrain-node`: every VIP withdrawn while
+/// the datapath keeps forwarding, or announced again.
+pub fn drain_node(api: &ApiClient, drain: bool, json: bool) -> Outcome {
+    let path = if drain {
+        "/api/v1/node/drain"
+    } else {
+        "/api/v1/node/undrain"
+    };
+    let status: AnnounceStatus = api.call(Method::POST, path, Some(String::new()))?;
+    if json {
+        print_json(&status);
+        return Ok(());
+    }
+    if drain {
+        println!("node drained: every VIP withdrawn, the datapath keeps forwarding");
+    } else {
+        println!("node undrained: VIPs announced again where they should be");
+    }
+    for v in &status.vips {
+        let state = if v.announced {
+            "announced"
+        } else {
+            "withdrawn"
+        };
+        println!("{} {state} ({})", v.vip, v.reason);
+    }
+    Ok(())
 }
 
 /// `bascule simulate` against the daemon: its plan and its connection table.

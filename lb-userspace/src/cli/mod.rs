@@ -13,7 +13,7 @@
 //! | module | what |
 //! |---|---|
 //! | `client` | [`ApiClient`]: one call to the daemon's API, its errors as exit codes |
-//! | `commands` | `status`, `reload`, `simulate`, `weight`, `drain` |
+//! | `commands` | `status`, `reload`, `simulate`, `weight`, `drain`, `drain-node`, `undrain-node` |
 //! | `check` | `check` and `simulate -c`, from a file alone |
 //! | [`status`] | a snapshot as the `bascule status` table (pure) |
 
@@ -26,7 +26,7 @@ pub mod status;
 
 pub use check::{check, offline_plan, simulate_offline};
 pub use client::ApiClient;
-pub use commands::{reload, set_weight, simulate, status};
+pub use commands::{drain_node, reload, set_weight, simulate, status};
 
 pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_UNREACHABLE: u8 = 3;

@@ -54,6 +54,35 @@ pub fn render(s: &Snapshot) -> String {
         out.push('\n');
         out.push_str(&vrrp_table(s));
     }
+    if let Some(a) = &s.announce {
+        out.push('\n');
+        out.push_str(&announce_table(a));
+    }
+    out
+}
+
+/// `announce:`: each VIP, whether its route is in the table, and why.
+fn announce_table(a: &crate::control::AnnounceStatus) -> String {
+    let mut out = format!(
+        "Announced through table {}, protocol {}{}\n",
+        a.table,
+        a.protocol,
+        if a.draining {
+            ", node DRAINED (bascule undrain-node announces again)"
+        } else {
+            ""
+        }
+    );
+    let mut t = Table::default();
+    t.row(&["VIP", "Announced", "Why"]);
+    for v in &a.vips {
+        t.row_owned(vec![
+            v.vip.to_string(),
+            if v.announced { "yes" } else { "no" }.to_string(),
+            v.reason.clone(),
+        ]);
+    }
+    out.push_str(&t.render(usize::MAX));
     out
 }
 

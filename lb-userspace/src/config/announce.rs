@@ -4,7 +4,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::time::Duration;
 
 use super::convert::Cx;
 use super::keys::ANNOUNCE_KEYS;
@@ -104,12 +103,4 @@ impl Cx<'_> {
             );
         }
     }
-}
-
-/// The grace a stop gives (zero without `announce:`).
-pub fn withdraw_grace(config: &Config) -> Duration {
-    config
-        .announce
-        .as_ref()
-        .map_or(Duration::ZERO, |a| a.withdraw_grace)
 }

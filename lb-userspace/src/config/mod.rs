@@ -39,7 +39,6 @@ mod yaml;
 #[cfg(test)]
 mod tests;
 
-pub use announce::withdraw_grace;
 pub use chunked::ParseCache;
 pub use errors::ConfigError;
 pub use host_checks::HostFacts;

@@ -550,6 +550,4 @@ fn announce_defaults_and_every_vip() {
     assert_eq!((a.table, a.protocol), (200, 186));
     assert_eq!(a.withdraw_grace, Duration::from_secs(5));
     assert!(a.vips.is_empty());
-    assert_eq!(announce::withdraw_grace(&c), Duration::from_secs(5));
-    assert_eq!(announce::withdraw_grace(&ok(NODE)), Duration::ZERO);
 }

@@ -112,6 +112,8 @@ impl Controller {
             "commit: maps written"
         );
         self.plan = next;
+        // What the node announces follows what the maps hold.
+        self.update_announcements();
         // Counts of backends no longer configured at all are forgotten.
         if !self.retired.is_empty() {
             let services = by_name(&self.config);

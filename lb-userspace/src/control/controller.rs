@@ -11,6 +11,7 @@ use std::{
 use anyhow::Result;
 
 use super::{
+    announcing::Announcer,
     commit::report_missing,
     node::{prepare_interfaces, warm_routed_backends},
     rates::RateTracker,
@@ -77,6 +78,10 @@ impl Controller {
             let dropped = retain_overrides(&mut runtime.overrides, &s.config);
             log_dropped_overrides(&dropped);
         }
+        let announcer = match (&s.config.announce, s.io) {
+            (Some(settings), Some(io)) => Some(Announcer::connect(settings, io)?),
+            _ => None,
+        };
         let previous = saved.as_ref().map(SavedState::id_plan);
         let mut c = Controller {
             path: s.path,
@@ -99,6 +104,7 @@ impl Controller {
             ready: s.ready,
             conntrack_live: 0,
             heartbeat: s.heartbeat,
+            announcer,
         };
         if let Err(e) = c.bring_up(previous.is_none()) {
             // A datapath adopted from a previous daemon was forwarding before: leave it so.
@@ -148,6 +154,7 @@ impl Controller {
             self.commit(next, false)?;
         }
         self.ready.store(true, Ordering::SeqCst);
+        self.reconcile_announcements()?;
         tracing::info!(
             services = self.plan.services.len(),
             backends = self.plan.backends.len(),
@@ -234,6 +241,9 @@ impl Controller {
                 let _ = reply.send(self.set_weight(&service, &backend, weight));
             }
             Request::Health(health) => self.set_health(health),
+            Request::Drain { drain, reply } => {
+                let _ = reply.send(self.set_draining(drain));
+            }
             Request::Simulate {
                 src,
                 dst,
@@ -269,6 +279,8 @@ impl Controller {
     fn stop(&mut self, keep_datapath: bool) {
         self.ready.store(false, Ordering::SeqCst);
         if keep_datapath && self.pins.is_some() {
+            // The routes stay too: the datapath they attract traffic to stays, and the
+            // next daemon reconciles them.
             let kept = self.datapath.keep_attached();
             tracing::info!(
                 interfaces = ?kept,
@@ -276,6 +288,8 @@ impl Controller {
             );
             return;
         }
+        // No route may attract traffic to a node that stops forwarding.
+        self.withdraw_all();
         tracing::info!("stopping; removing the datapath");
         self.datapath.detach_all();
         if let Some(pins) = self.pins.take() {

@@ -26,6 +26,7 @@
 //! | [`snapshot`] | what the daemon shows (status, API, metrics), read at request time |
 //! | `load` | a config loaded as the daemon takes it, checked against the node |
 //! | `node` | what a config asks of the node: sysctls, tunnel sources, neighbours |
+//! | `announcing` | `announce:`: the decisions after each change, applied to the routing table |
 
 use std::{
     collections::HashMap,
@@ -48,6 +49,7 @@ use crate::{
     plan::Plan,
 };
 
+mod announcing;
 mod commit;
 mod controller;
 mod load;
@@ -61,6 +63,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use announcing::{vip_facts, AnnounceStatus, VipAnnouncement};
 pub use load::{check_host, config_path, host_facts, load_config, load_config_cached};
 pub use node::{
     dr_backend_addresses, missing_dr_macs, prepare_interfaces, tunnel_sources, warm_routed_backends,
@@ -123,6 +126,8 @@ pub struct Controller {
     /// Live connection-table entries at the last walk (`Datapath::reconcile`).
     conntrack_live: u64,
     heartbeat: Option<Heartbeat>,
+    /// `announce:`'s routing table; `None` without the section.
+    announcer: Option<announcing::Announcer>,
 }
 
 /// What the controller is started with.
@@ -144,6 +149,9 @@ pub struct Start {
     /// Called from the controller's own loop every `Heartbeat::every` (the service
     /// manager's watchdog): it stops when the controller hangs.
     pub heartbeat: Option<Heartbeat>,
+    /// Where the announcement table's netlink I/O runs (`announce:`); `None`: the
+    /// configuration's `announce:` is not applied.
+    pub io: Option<tokio::runtime::Handle>,
 }
 
 /// A call the controller's loop makes at a steady period, between requests.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::{
+    announcing::AnnounceStatus,
     reload::ReloadReport,
     runtime::{backend_keys, effective, find_backend, same_for_datapath, Override},
     simulate::SimulateAnswer,
@@ -66,6 +67,12 @@ pub enum Request {
         dst: SocketAddr,
         proto: u8,
         reply: oneshot::Sender<Result<SimulateAnswer, ControlError>>,
+    },
+    /// `bascule drain-node` (`drain: true`): withdraw every VIP, keep forwarding;
+    /// `undrain-node` (`false`): announce again what should be.
+    Drain {
+        drain: bool,
+        reply: oneshot::Sender<Result<AnnounceStatus, ControlError>>,
     },
     /// Stops the controller: with `keep_datapath`, pinned links stay attached and the
     /// maps pinned (the next daemon adopts them); otherwise everything is removed.

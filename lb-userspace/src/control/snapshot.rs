@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub datapath: DatapathStats,
     #[serde(default)]
     pub vrrp: Vec<VrrpStatus>,
+    /// What this node announces (`announce:`); `None` without the section.
+    #[serde(default)]
+    pub announce: Option<super::AnnounceStatus>,
 }
 
 /// Config reloads since the daemon started.
@@ -314,6 +317,7 @@ impl Controller {
             services,
             datapath,
             vrrp: (self.vrrp)(),
+            announce: self.announce_status(),
         }
     }
 

@@ -521,3 +521,76 @@ fn rates_per_second() {
     // A reset counter gives 0, not a negative rate.
     assert_eq!(rates(c(30, 5000, 5), c(1, 1, 1), 2.0).packets, 0.0);
 }
+
+/// What `announce::decide` is given: per service, its VIP and the planned backends that
+/// take new connections (active, weight above 0); a sorry server in use counts apart.
+#[test]
+fn announce_facts_follow_health_weights_and_sorry_servers() {
+    use crate::announce::{decide, NodeFacts, Reason, Selection};
+    let ready = NodeFacts {
+        ready: true,
+        draining: false,
+    };
+    let reasons = |c: &Config, rt: &Runtime| {
+        let (input, health) = planning_input(c, rt);
+        let p = health::plan_with_health(
+            &input,
+            &MacTable::new(),
+            TunnelSources::default(),
+            None,
+            &health,
+        )
+        .unwrap();
+        let facts = vip_facts(c, &p);
+        decide(ready, &facts, &Selection::Every)
+            .into_iter()
+            .map(|(vip, r)| (vip.to_string(), r))
+            .collect::<Vec<_>>()
+    };
+    let vips =
+        |a: Reason, b: Reason| vec![("10.0.0.1".to_string(), a), ("10.0.0.2".to_string(), b)];
+    let mut c = checked_config();
+    // b's backend starts down (its check's initial state) until its check says up.
+    assert_eq!(
+        reasons(&c, &Runtime::default()),
+        vips(Reason::Announced, Reason::NoBackendUp)
+    );
+    c.services[1].health_check.as_mut().unwrap().initial_state = crate::config::InitialState::Up;
+    let mut rt = Runtime::default();
+    assert_eq!(reasons(&c, &rt), vips(Reason::Announced, Reason::Announced));
+    // b's only backend down (inhibited: weight 0, still active): nothing takes new flows.
+    let down = health::BackendHealth::new(false, std::time::SystemTime::UNIX_EPOCH);
+    rt.health
+        .insert(key("b", "10.0.0.13", 0).health_key(), down.clone());
+    assert_eq!(
+        reasons(&c, &rt),
+        vips(Reason::Announced, Reason::NoBackendUp)
+    );
+    // a: one backend down, the other drained at run time.
+    rt.health
+        .insert(key("a", "10.0.0.11", 80).health_key(), down);
+    rt.overrides.insert(
+        key("a", "10.0.0.12", 80),
+        Override {
+            weight: 0,
+            config_weight: 2,
+        },
+    );
+    assert_eq!(
+        reasons(&c, &rt),
+        vips(Reason::NoBackendUp, Reason::NoBackendUp)
+    );
+    // b's sorry server takes its new flows: b is announced again.
+    let mut sorry = c.clone();
+    sorry.services[1].sorry_server = Some("10.0.0.250:80".parse().unwrap());
+    assert_eq!(
+        reasons(&sorry, &rt),
+        vips(Reason::NoBackendUp, Reason::Announced)
+    );
+    // The drain lifted: a announced again.
+    rt.overrides.clear();
+    assert_eq!(
+        reasons(&c, &rt),
+        vips(Reason::Announced, Reason::NoBackendUp)
+    );
+}

@@ -13,6 +13,7 @@
 //! | `GET /api/v1/simulate?src=IP:PORT&dst=IP:PORT&proto=tcp` | which backend, and why |
 //! | `POST /api/v1/backends/{service}/{backend}` `{"weight": N}` | runtime weight (`null`: back to the file's) |
 //! | `POST /api/v1/reload` | reloads the config file |
+//! | `POST /api/v1/node/drain`, `POST /api/v1/node/undrain` | withdraw every VIP (the datapath keeps forwarding) / announce again; answers the announcements (`announce:`) |
 //!
 //! With a token (`http.token_file`), every route but `/healthz` and `/readyz` needs
 //! `Authorization: Bearer TOKEN`; otherwise 401.
@@ -153,7 +154,16 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
                 Err(r) => r,
             }
         }
+        (&Method::POST, ["api", "v1", "node", action @ ("drain" | "undrain")]) => {
+            let drain = *action == "drain";
+            match ask(api, |reply| control::Request::Drain { drain, reply }).await {
+                Ok(Ok(status)) => json(StatusCode::OK, &status),
+                Ok(Err(e)) => control_error(e),
+                Err(r) => r,
+            }
+        }
         (_, ["" | "metrics"])
+        | (_, ["api", "v1", "node", "drain" | "undrain"])
         | (_, ["api", "v1", "services" | "vrrp" | "simulate"])
         | (_, ["api", "v1", "backends", _, _])
         | (_, ["api", "v1", "reload"]) => error(

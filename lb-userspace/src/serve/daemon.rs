@@ -5,6 +5,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{atomic::AtomicBool, mpsc, Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::{bail, Context, Result};
@@ -31,8 +32,10 @@ use super::{
 /// `bascule run`: the daemon. Its main owns no logic: it checks the config, binds the
 /// HTTP listener, starts the health checks, the controller (`control`, on its own
 /// thread), then the VRRP instances once the datapath is attached, and the API (`api`),
-/// then turns signals into controller requests. SIGHUP reloads; SIGTERM/SIGINT stop: VRRP
-/// masters hand over first, then the datapath goes unless `keep_datapath`.
+/// then turns signals into controller requests. SIGHUP reloads; SIGTERM/SIGINT stop: with
+/// `announce:` (and without `keep_datapath`) every VIP is withdrawn and the datapath
+/// forwards for `announce.withdraw_grace`; then VRRP masters hand over, then the datapath
+/// goes unless `keep_datapath`.
 pub fn run(path: &Path, keep_datapath: bool) -> Result<()> {
     let mut parse_cache = ParseCache::default();
     let config = control::load_config_cached(path, &mut parse_cache)?;
@@ -140,6 +143,7 @@ async fn serve(
         })),
         ready: ready.clone(),
         heartbeat: service_manager.heartbeat(),
+        io: Some(tokio::runtime::Handle::current()),
     };
     let ControllerThread {
         requests,
@@ -178,6 +182,7 @@ async fn serve(
     let forward_health = tokio::spawn(forward_health(health_changes, requests.clone()));
 
     let health = supervisor.subscribe();
+    let withdraw_grace = config.announce.as_ref().map(|a| a.withdraw_grace);
     let mut running = Running {
         requests,
         supervisor,
@@ -186,6 +191,7 @@ async fn serve(
         service_manager,
         config: Arc::new(config),
         health,
+        withdraw_grace,
     };
     let ended = running
         .until_stopped(&mut signals, reloaded, &mut done)
@@ -277,6 +283,8 @@ struct Running {
     /// The configuration running now, and the health checks' map: the status line's.
     config: Arc<Config>,
     health: watch::Receiver<HealthMap>,
+    /// `announce.withdraw_grace` of the running configuration; `None` without `announce:`.
+    withdraw_grace: Option<Duration>,
 }
 
 impl Running {
@@ -294,6 +302,7 @@ impl Running {
                 _ = signals.hangup.recv() => self.reload(),
                 Some(new) = reloaded.recv() => {
                     self.supervisor.update(&new.services);
+                    self.withdraw_grace = new.announce.as_ref().map(|a| a.withdraw_grace);
                     if let Err(e) = reconfigure_vrrp(&mut self.vrrp, &new).await {
                         tracing::error!("VRRP: {e:#}");
                     }
@@ -338,6 +347,11 @@ impl Running {
     ) -> Result<()> {
         tracing::info!("stopping");
         self.service_manager.stopping();
+        if ended.is_none() && !keep_datapath {
+            if let Some(grace) = self.withdraw_grace {
+                self.withdraw_for(grace).await;
+            }
+        }
         if let Some(v) = self.vrrp.take() {
             v.stop().await;
         }
@@ -350,6 +364,32 @@ impl Running {
         match done.await {
             Ok(result) => result,
             Err(_) => bail!("the controller thread died while stopping"),
+        }
+    }
+}
+
+impl Running {
+    /// A stop with `announce:`: every VIP is withdrawn first, and the datapath keeps
+    /// forwarding for `grace` while the routers move the flows to the other nodes.
+    async fn withdraw_for(&self, grace: Duration) {
+        let (tx, rx) = oneshot::channel();
+        let drain = Request::Drain {
+            drain: true,
+            reply: tx,
+        };
+        if self.requests.send(drain).is_err() {
+            return;
+        }
+        match rx.await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    grace = %crate::config::format_duration(grace),
+                    "every VIP withdrawn; forwarding during announce.withdraw_grace before stopping"
+                );
+                tokio::time::sleep(grace).await;
+            }
+            Ok(Err(e)) => tracing::error!("cannot withdraw before stopping: {e}"),
+            Err(_) => {}
         }
     }
 }

@@ -52,6 +52,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VipLabels {
+    vip: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: String,
 }
@@ -129,6 +134,7 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
     register_check_durations(&mut r, s);
     register_datapath(&mut r, s);
     register_vrrp(&mut r, s);
+    register_announce(&mut r, s);
     register_daemon(&mut r, s);
     let mut text = String::new();
     encode(&mut text, &r).expect("writing to a String cannot fail");
@@ -366,6 +372,26 @@ fn register_vrrp(r: &mut Registry, s: &Snapshot) {
     );
 }
 
+/// Per VIP, with `announce:`: 1 while its route is in the announcement table.
+fn register_announce(r: &mut Registry, s: &Snapshot) {
+    let Some(announce) = &s.announce else {
+        return;
+    };
+    let announced = Family::<VipLabels, Gauge>::default();
+    for v in &announce.vips {
+        announced
+            .get_or_create(&VipLabels {
+                vip: v.vip.to_string(),
+            })
+            .set(v.announced as i64);
+    }
+    r.register(
+        "bascule_announced",
+        "1 while this node announces the VIP (its route is in announce.table), else 0",
+        announced,
+    );
+}
+
 /// The daemon itself: reloads, version, readiness.
 fn register_daemon(r: &mut Registry, s: &Snapshot) {
     let reloads = Family::<ResultLabels, Counter>::default();
@@ -512,11 +538,45 @@ mod tests {
         assert!(text.contains("# TYPE bascule_service_packets_total counter\n"));
         assert!(text.contains("# HELP bascule_service_packets_total "));
         assert!(!text.contains("# EOF"));
-        // No VRRP instance: no VRRP series.
+        // No VRRP instance: no VRRP series; no announce: no announcement series.
         assert!(!text.contains("bascule_vrrp_state{"));
+        assert!(!text.contains("bascule_announced"));
         let om = render(&snapshot(), true);
         assert!(om.contains("# TYPE bascule_service_packets counter\n"));
         assert!(om.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn announced_per_vip() {
+        use crate::control::{AnnounceStatus, VipAnnouncement};
+        let mut s = snapshot();
+        s.announce = Some(AnnounceStatus {
+            table: 200,
+            protocol: 186,
+            draining: false,
+            vips: vec![
+                VipAnnouncement {
+                    vip: "10.0.0.100".parse().unwrap(),
+                    announced: true,
+                    reason: "announced".into(),
+                },
+                VipAnnouncement {
+                    vip: "fd00::100".parse().unwrap(),
+                    announced: false,
+                    reason: "no backend up".into(),
+                },
+            ],
+        });
+        let text = render(&s, false);
+        assert_eq!(
+            value(&text, "bascule_announced{vip=\"10.0.0.100\"}").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            value(&text, "bascule_announced{vip=\"fd00::100\"}").as_deref(),
+            Some("0")
+        );
+        assert!(text.contains("# TYPE bascule_announced gauge\n"));
     }
 
     #[test]
