@@ -18,6 +18,7 @@ pub mod http;
 pub mod interrupt;
 pub mod lab;
 pub mod product;
+pub mod scale_out;
 pub mod tcp;
 pub mod topology;
 pub mod traffic;

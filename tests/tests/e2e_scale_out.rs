@@ -2,7 +2,9 @@
 //! holding the blackhole routes bascule will hold (`ip route add blackhole VIP table 200
 //! proto 186`, by hand here), BIRD announces them with the shipped `deploy/bird/`
 //! configurations, and the router's routes show what a user would see: which LB nodes
-//! get a VIP's traffic.
+//! get a VIP's traffic. Then bascule itself, with `announce:`, on every LB node: the
+//! spread of new connections, a node's death, `drain-node`, backends unreachable from one
+//! node, SIGTERM.
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +18,9 @@ use bascule_tests::{
     lab::list_netns,
     lab::Host,
     require_root,
+    scale_out::{echo4, web4, web6, AnnouncingLab, Spread, WITHDRAW_GRACE},
     topology::{VIP4, VIP6, VIP_PORT},
+    traffic::{open_tcp_flows, FlowRecord, Prober},
 };
 
 /// How long a route change on a node may take to show on the router (measured: ~10 ms).
@@ -171,4 +175,296 @@ fn a_node_cut_off_or_dead_leaves_the_spread_within_bfd_detection_time() {
     lab.lab.set_plugged(lb3, false).expect("unplug lb3");
     lab.lab.kill(&bird).expect("kill lb3's BIRD");
     wait_left(&lab, &[lb1, lb2], unplugged, "dead lb3");
+}
+
+// ---- bascule announcing: what a user sees ---------------------------------------------
+
+/// Exchanges of long-lived flows: every 50 ms, each answered within this.
+const BEAT: Duration = Duration::from_millis(50);
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A change on a node (drain, health) shows on the router within this.
+const ROUTE_BOUND: Duration = Duration::from_secs(5);
+
+fn require_bascule() -> std::path::PathBuf {
+    require_root();
+    bascule_tests::bascule_bin()
+}
+
+/// Each node's share of `spread`, and each backend's, between 20% and 47%.
+fn assert_spread_everywhere(what: &str, spread: &Spread, n: usize, lab: &AnnouncingLab) {
+    let share = |count: u64| count as f64 / n as f64;
+    println!(
+        "{what}: {n} connections over the LB nodes {:?} and the backends {:?}",
+        spread.nodes, spread.backends
+    );
+    assert_eq!(
+        spread.nodes.iter().sum::<u64>(),
+        n as u64,
+        "{what}: every connection counted once"
+    );
+    for (lb, count) in lab.net.lbs.iter().zip(&spread.nodes) {
+        let s = share(*count);
+        assert!(
+            (0.20..=0.47).contains(&s),
+            "{what}: {} took {:.0}% of {n}",
+            lb.role,
+            s * 100.0
+        );
+    }
+    assert_eq!(
+        spread.backends.len(),
+        lab.net.backends.len(),
+        "{what}: {:?}",
+        spread.backends
+    );
+    for (backend, count) in &spread.backends {
+        let s = share(*count as u64);
+        assert!(
+            (0.20..=0.47).contains(&s),
+            "{what}: {backend} took {:.0}% of {n}",
+            s * 100.0
+        );
+    }
+}
+
+/// Opens `n` long-lived `mh` flows to the echo service and starts probing them.
+fn long_lived_flows(lab: &AnnouncingLab, n: usize) -> Prober {
+    let flows = open_tcp_flows(lab.net.client_netns(), echo4(), n, Duration::from_secs(3))
+        .expect("open long-lived flows");
+    let prober = Prober::start(flows, BEAT, EXCHANGE_TIMEOUT).expect("start the prober");
+    prober
+        .wait_rounds(3, Duration::from_secs(10))
+        .expect("probe rounds");
+    prober
+}
+
+/// Every flow answered by one backend all along, without a failed exchange.
+fn assert_all_survived(what: &str, records: &[FlowRecord]) {
+    let lost: Vec<&FlowRecord> = records.iter().filter(|r| r.lost()).collect();
+    println!(
+        "{what}: {} of {} long-lived connections survived",
+        records.len() - lost.len(),
+        records.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{what}: lost {} flows: {lost:#?}",
+        lost.len()
+    );
+}
+
+#[test]
+fn bascule_spreads_drains_and_follows_backend_health() {
+    let bin = require_bascule();
+    let lab = AnnouncingLab::new("scale-out-bascule", &bin).expect("build the lab with bascule");
+    let [lb1, lb2, lb3] = [&lab.net.lbs[0], &lab.net.lbs[1], &lab.net.lbs[2]];
+
+    // (a) New connections from the client spread over the three nodes and the backends.
+    for (vip, service) in [(web4(), "web"), (web6(), "web6")] {
+        let spread = lab.spread(vip, service, 300).expect("300 connections");
+        assert_spread_everywhere(&format!("{service} {vip}"), &spread, 300, &lab);
+    }
+    // Every node says so in its metrics and its status.
+    for lb in &lab.net.lbs {
+        for vip in vips() {
+            let series = format!("bascule_announced{{vip=\"{vip}\"}}");
+            assert_eq!(
+                lab.metric(lb, &series).unwrap(),
+                Some(1.0),
+                "{} {series}",
+                lb.role
+            );
+        }
+    }
+    let status = lab.cli(lb1, &["status"]).expect("bascule status");
+    assert!(
+        status.contains("Announced through table 200, protocol 186"),
+        "{status}"
+    );
+
+    // (c) drain-node on lb2: its routes leave the router, no connection is reset, new
+    // connections go to the others; undrain-node brings it back into the spread.
+    let prober = long_lived_flows(&lab, 30);
+    let out = lab.cli(lb2, &["drain-node"]).expect("bascule drain-node");
+    assert!(out.contains("node drained"), "{out}");
+    let drained = Instant::now();
+    for vip in vips() {
+        lab.net
+            .wait_next_hops(vip, &lab.net.next_hops_of(&[lb1, lb3], vip), ROUTE_BOUND)
+            .expect("lb2's routes leave the router");
+    }
+    println!(
+        "drain-node: lb2 out of the router's routes after {:.2?}",
+        drained.elapsed()
+    );
+    let spread = lab
+        .spread(web4(), "web", 60)
+        .expect("connections while lb2 is drained");
+    assert_eq!(
+        spread.nodes[1], 0,
+        "a drained node got new connections: {spread:?}"
+    );
+    prober
+        .wait_rounds(3, Duration::from_secs(10))
+        .expect("probe rounds");
+    let series = format!("bascule_announced{{vip=\"{VIP4}\"}}");
+    assert_eq!(lab.metric(lb2, &series).unwrap(), Some(0.0));
+    let out = lab
+        .cli(lb2, &["undrain-node"])
+        .expect("bascule undrain-node");
+    assert!(out.contains("node undrained"), "{out}");
+    for vip in vips() {
+        let all = lab.net.next_hops_of(&[lb1, lb2, lb3], vip);
+        lab.net
+            .wait_next_hops(vip, &all, ROUTE_BOUND)
+            .expect("lb2 back in the routes");
+    }
+    let spread = lab
+        .spread(web4(), "web", 300)
+        .expect("connections after undrain-node");
+    assert_spread_everywhere("after undrain-node", &spread, 300, &lab);
+    prober
+        .wait_rounds(3, Duration::from_secs(10))
+        .expect("probe rounds");
+    assert_all_survived("drain-node and undrain-node", &prober.stop());
+
+    // (d) Every IPv4 backend unreachable from lb3 only: lb3 withdraws the IPv4 VIP, and
+    // only it; the others keep it. Reachable again: lb3 announces it again.
+    let v4_backends: Vec<String> = lab
+        .net
+        .backends
+        .iter()
+        .map(|b| b.ipv4().unwrap().to_string())
+        .collect();
+    for b in &v4_backends {
+        lab.net
+            .lab
+            .exec_ok(&lb3.netns, &["ip", "route", "add", "prohibit", b])
+            .unwrap();
+    }
+    let cut = Instant::now();
+    let v4 = IpAddr::V4(VIP4);
+    lab.net
+        .wait_next_hops(v4, &lab.net.next_hops_of(&[lb1, lb2], v4), ROUTE_BOUND)
+        .unwrap_or_else(|e| panic!("lb3 withdraws {VIP4}: {e:#}\n{}", lab.diagnostics()));
+    println!(
+        "backends unreachable from lb3: {VIP4} withdrawn after {:.2?}",
+        cut.elapsed()
+    );
+    let v6 = IpAddr::V6(VIP6);
+    assert_eq!(
+        lab.net.next_hops(v6).unwrap(),
+        lab.net.next_hops_of(&[lb1, lb2, lb3], v6),
+        "lb3 keeps announcing {VIP6}"
+    );
+    let status = lab.cli(lb3, &["status"]).unwrap();
+    assert!(status.contains("no backend up"), "{status}");
+    for b in &v4_backends {
+        lab.net
+            .lab
+            .exec_ok(&lb3.netns, &["ip", "route", "del", "prohibit", b])
+            .unwrap();
+    }
+    let back = Instant::now();
+    lab.net
+        .wait_next_hops(v4, &lab.net.next_hops_of(&[lb1, lb2, lb3], v4), ROUTE_BOUND)
+        .unwrap_or_else(|e| panic!("lb3 announces {VIP4} again: {e:#}\n{}", lab.diagnostics()));
+    println!(
+        "backends reachable again: {VIP4} announced by lb3 after {:.2?}",
+        back.elapsed()
+    );
+    let log = lab.daemons[2].log_text();
+    assert!(
+        log.contains("VIP 10.112.0.100 withdrawn: no backend up"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_dead_bascule_node_leaves_within_bfd_time_and_its_flows_survive() {
+    let bin = require_bascule();
+    let lab = AnnouncingLab::new("scale-out-kill", &bin).expect("build the lab with bascule");
+    let [lb1, lb2, lb3] = [&lab.net.lbs[0], &lab.net.lbs[1], &lab.net.lbs[2]];
+    let prober = long_lived_flows(&lab, 30);
+    let on_lb2 = lab.connections(lb2, "echo").unwrap();
+    assert!(on_lb2 > 0, "no long-lived flow went through lb2");
+
+    let pulled = lab.kill_node(1).expect("kill lb2");
+    for vip in vips() {
+        let bound = (BFD_DETECTION + BFD_MARGIN).saturating_sub(pulled.elapsed());
+        lab.net
+            .wait_next_hops(vip, &lab.net.next_hops_of(&[lb1, lb3], vip), bound)
+            .unwrap_or_else(|e| panic!("dead lb2 leaves within BFD time: {e:#}"));
+        println!(
+            "{vip}: dead lb2 out of the router's route after {:.2?}",
+            pulled.elapsed()
+        );
+    }
+    // Two whole rounds after the death: every flow has had traffic again.
+    prober
+        .wait_rounds(2, Duration::from_secs(20))
+        .expect("probe rounds");
+    println!(
+        "every long-lived connection had traffic again {:.2?} after lb2's death \
+         ({on_lb2} of 30 were on lb2)",
+        pulled.elapsed()
+    );
+    for i in 0..20 {
+        let body = http_get(lab.net.client_netns(), web4(), Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("new connection {i} after lb2's death: {e:#}"));
+        assert!(body.starts_with('b'), "{body}");
+    }
+    assert_all_survived("lb2 killed", &prober.stop());
+}
+
+#[test]
+fn sigterm_withdraws_before_detaching_and_flows_on_the_node_survive() {
+    let bin = require_bascule();
+    let lab = AnnouncingLab::new("scale-out-term", &bin).expect("build the lab with bascule");
+    let [lb1, lb2, lb3] = [&lab.net.lbs[0], &lab.net.lbs[1], &lab.net.lbs[2]];
+    let prober = long_lived_flows(&lab, 30);
+    assert!(
+        lab.connections(lb3, "echo").unwrap() > 0,
+        "no long-lived flow went through lb3"
+    );
+
+    lab.net
+        .lab
+        .signal(&lab.daemons[2], libc::SIGTERM)
+        .expect("SIGTERM lb3's bascule");
+    let termed = Instant::now();
+    for vip in vips() {
+        lab.net
+            .wait_next_hops(vip, &lab.net.next_hops_of(&[lb1, lb2], vip), ROUTE_BOUND)
+            .expect("lb3 withdraws on SIGTERM");
+    }
+    let withdrawn = termed.elapsed();
+    assert!(
+        lab.net.lab.exit_status(&lab.daemons[2]).is_none(),
+        "lb3's bascule exited before its routes left the router"
+    );
+    println!("SIGTERM: lb3 out of the router's routes after {withdrawn:.2?}, still forwarding");
+    let deadline = Instant::now() + WITHDRAW_GRACE + Duration::from_secs(5);
+    while lab.net.lab.exit_status(&lab.daemons[2]).is_none() {
+        assert!(Instant::now() < deadline, "lb3's bascule did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopped = termed.elapsed();
+    println!("SIGTERM: lb3's bascule stopped after {stopped:.2?}");
+    assert!(
+        stopped >= WITHDRAW_GRACE,
+        "stopped before announce.withdraw_grace"
+    );
+    let log = lab.daemons[2].log_text();
+    let withdrew = log
+        .find("every VIP withdrawn")
+        .expect("the withdrawal is logged");
+    let detached = log
+        .find("removing the datapath")
+        .expect("the stop is logged");
+    assert!(withdrew < detached, "{log}");
+    prober
+        .wait_rounds(3, Duration::from_secs(10))
+        .expect("probe rounds");
+    assert_all_survived("SIGTERM on lb3", &prober.stop());
 }
