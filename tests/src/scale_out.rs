@@ -9,11 +9,12 @@
 //! [`crate::traffic`]).
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
@@ -98,6 +99,8 @@ pub struct AnnouncingLab {
     pub daemons: Vec<Spawned>,
     pub bin: PathBuf,
     pub config: PathBuf,
+    /// LB nodes killed by [`AnnouncingLab::kill_node`] (their API is gone).
+    dead: Mutex<BTreeSet<usize>>,
     pub net: ScaleOutLab,
 }
 
@@ -123,6 +126,7 @@ impl AnnouncingLab {
             daemons: Vec::new(),
             bin: bin.to_path_buf(),
             config,
+            dead: Mutex::new(BTreeSet::new()),
             net,
         };
         for i in 0..lab.net.lbs.len() {
@@ -227,11 +231,17 @@ impl AnnouncingLab {
         Ok(Spread { nodes, backends })
     }
 
+    /// Per LB node; 0 for a dead one.
     fn connections_everywhere(&self, service: &str) -> Result<Vec<u64>> {
+        let dead = self.dead.lock().expect("dead nodes").clone();
         self.net
             .lbs
             .iter()
-            .map(|lb| self.connections(lb, service))
+            .enumerate()
+            .map(|(i, lb)| match dead.contains(&i) {
+                true => Ok(0),
+                false => self.connections(lb, service),
+            })
             .collect()
     }
 
@@ -240,6 +250,7 @@ impl AnnouncingLab {
     pub fn kill_node(&self, i: usize) -> Result<Instant> {
         let lb = &self.net.lbs[i];
         let pulled = Instant::now();
+        self.dead.lock().expect("dead nodes").insert(i);
         self.net.lab.set_plugged(lb, false)?;
         self.net.lab.kill(&self.daemons[i])?;
         let bird = self.net.bird_of(lb)?.process.clone();

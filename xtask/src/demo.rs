@@ -43,15 +43,18 @@ const KEEP_AT_MOST: Duration = Duration::from_secs(3600);
 const BAR_WIDTH: usize = 40;
 
 const USAGE: &str = "\
-usage: cargo xtask demo [--keep]
+usage: cargo xtask demo [--keep | --scale-out]
 
-  --keep   leave the lab up after the story (until Ctrl-C, at most an hour)
-           and print how to reach it";
+  --keep       leave the lab up after the story (until Ctrl-C, at most an hour)
+               and print how to reach it
+  --scale-out  the ECMP story: a router running BIRD, three LB nodes announcing
+               over BGP, one node killed, one drained";
 
 pub fn run(args: &[String]) -> Result<()> {
     let keep = match args {
         [] => false,
         [flag] if flag == "--keep" => true,
+        [flag] if flag == "--scale-out" => return crate::demo_scale_out::run(),
         [flag] if flag == "-h" || flag == "--help" => {
             println!("{USAGE}");
             return Ok(());

@@ -4,6 +4,7 @@
 
 mod commits;
 mod demo;
+mod demo_scale_out;
 #[cfg(test)]
 mod doclinks;
 mod package;
@@ -29,7 +30,8 @@ commands:
   run [--release] -- ARGS...  build, then run target/{debug,release}/bascule ARGS...
   test                        commit subjects, fmt, prerequisites, clippy (the eBPF crate too), build,
                               every test including privileged ones (root)
-  demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root)
+  demo [ARGS...]              namespace-lab demo: spread over backends, then failover (root);
+                              --scale-out: three LB nodes behind a BIRD router (BGP, ECMP)
   package [--debug]           Debian package target/debian/bascule_<version>_<arch>.deb
   package --install-test      build it (debug), install it here, check it, purge it (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
