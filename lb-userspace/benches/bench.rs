@@ -14,7 +14,7 @@
 //! Every case starts from empty tables (connection table and `nat` replies), and the
 //! whole XDP part runs pinned to one CPU.
 //!
-//! `--only GROUP[,GROUP]` (xdp, control, failover, ...): just those figures.
+//! `--only GROUP[,GROUP]` (xdp, control, failover, ecmp, ...): just those figures.
 //!
 //! A group that needs something this machine may refuse or lack (live frames for `veth`,
 //! HAProxy, wrk and BPF statistics for `http`) checks for it before measuring; without
@@ -33,6 +33,8 @@ mod common;
 
 #[path = "bench/control.rs"]
 mod control;
+#[path = "bench/ecmp.rs"]
+mod ecmp;
 #[path = "bench/figure.rs"]
 mod figure;
 #[path = "bench/health.rs"]
@@ -108,7 +110,7 @@ struct Group {
     run: fn(&Settings, &mut Vec<Figure>) -> GroupResult,
 }
 
-const GROUPS: [Group; 6] = [
+const GROUPS: [Group; 7] = [
     Group {
         name: "xdp",
         quick: true,
@@ -150,6 +152,11 @@ const GROUPS: [Group; 6] = [
             failover_figures(f);
             Ok(())
         },
+    },
+    Group {
+        name: "ecmp",
+        quick: false,
+        run: |_, f| ecmp::figures(f),
     },
 ];
 

@@ -186,9 +186,20 @@ impl AnnouncingLab {
 
     /// `METHOD PATH` on the API of the daemon on `lb` (127.0.0.1:9469 in its namespace).
     pub fn api(&self, lb: &Host, method: &str, path: &str) -> Result<(u16, String)> {
+        self.api_with_body(lb, method, path, "")
+    }
+
+    /// [`AnnouncingLab::api`] with a JSON body.
+    pub fn api_with_body(
+        &self,
+        lb: &Host,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Result<(u16, String)> {
         let api = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), API_PORT);
         let timeout = Duration::from_secs(5);
-        http_request(&lb.netns, api, method, path, &[], Some(""), timeout)
+        http_request(&lb.netns, api, method, path, &[], Some(body), timeout)
     }
 
     /// `bascule ARGS...` run in `lb`'s namespace (the CLI talks to that node's daemon).

@@ -35,7 +35,8 @@ commands:
   package [--debug]           Debian package target/debian/bascule_<version>_<arch>.deb
   package --install-test      build it (debug), install it here, check it, purge it (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
-                              G: xdp, veth, http, control, health, failover (comma-separated)";
+                              G: xdp, veth, http, control, health, failover, ecmp
+                              (comma-separated)";
 
 /// Crates that are not built for the host: the eBPF crate is built by lb-userspace's build
 /// script for the BPF target, with nightly.
