@@ -148,6 +148,35 @@ impl AnnouncingLab {
         )
     }
 
+    /// bascule on LB node `i` SIGKILLed (its routes and its pinned datapath stay, as a
+    /// crash leaves them), then started again; returns once the new daemon answers
+    /// `/readyz`, calling `meanwhile` with the network between polls.
+    pub fn crash_and_restart(
+        &mut self,
+        i: usize,
+        mut meanwhile: impl FnMut(&ScaleOutLab),
+    ) -> Result<()> {
+        self.net.lab.kill(&self.daemons[i])?;
+        self.daemons[i] = self.start_daemon(i)?;
+        let lb = &self.net.lbs[i];
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !matches!(self.api(lb, "GET", "/readyz"), Ok((200, _))) {
+            if let Some(status) = self.net.lab.exit_status(&self.daemons[i]) {
+                bail!(
+                    "{} exited ({status}):\n{}",
+                    lb.role,
+                    self.daemons[i].log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("{} not ready again{}", lb.role, self.diagnostics());
+            }
+            meanwhile(&self.net);
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     /// Waits until every daemon is ready and the router routes both VIPs over all the
     /// LB nodes.
     pub fn wait_everywhere(&self, timeout: Duration) -> Result<Duration> {

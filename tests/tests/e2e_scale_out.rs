@@ -256,8 +256,10 @@ fn assert_all_survived(what: &str, records: &[FlowRecord]) {
 #[test]
 fn bascule_spreads_drains_and_follows_backend_health() {
     let bin = require_bascule();
-    let lab = AnnouncingLab::new("scale-out-bascule", &bin).expect("build the lab with bascule");
-    let [lb1, lb2, lb3] = [&lab.net.lbs[0], &lab.net.lbs[1], &lab.net.lbs[2]];
+    let mut lab =
+        AnnouncingLab::new("scale-out-bascule", &bin).expect("build the lab with bascule");
+    let lbs = lab.net.lbs.clone();
+    let [lb1, lb2, lb3] = [&lbs[0], &lbs[1], &lbs[2]];
 
     // (a) New connections from the client spread over the three nodes and the backends.
     for (vip, service) in [(web4(), "web"), (web6(), "web6")] {
@@ -376,6 +378,39 @@ fn bascule_spreads_drains_and_follows_backend_health() {
     let log = lab.daemons[2].log_text();
     assert!(
         log.contains("VIP 10.112.0.100 withdrawn: no backend up"),
+        "{log}"
+    );
+
+    // A crashed daemon's routes: a new daemon keeps those it wants (the router never
+    // loses lb1) and removes the others (a route to a VIP no service has any more).
+    let stale: IpAddr = "10.112.0.99".parse().unwrap();
+    lab.net
+        .announce(lb1, stale)
+        .expect("a stale route of bascule's protocol");
+    let only_lb1 = lab.net.next_hops_of(&[lb1], stale);
+    lab.net
+        .wait_next_hops(stale, &only_lb1, ROUTE_BOUND)
+        .expect("the stale route is announced");
+    let everyone = lab.net.next_hops_of(&[lb1, lb2, lb3], v4);
+    let mut polls = 0;
+    lab.crash_and_restart(0, |net| {
+        let hops = net.next_hops(v4).unwrap();
+        assert_eq!(hops, everyone, "lb1 left the route while restarting");
+        polls += 1;
+    })
+    .expect("restart lb1's bascule");
+    assert!(polls > 0);
+    lab.net
+        .wait_next_hops(stale, &BTreeSet::new(), ROUTE_BOUND)
+        .expect("the restarted daemon removes the stale route");
+    assert_eq!(lab.net.next_hops(v4).unwrap(), everyone);
+    let log = lab.daemons[0].log_text();
+    assert!(
+        log.contains("VIP 10.112.0.100 announced (its route was in the table)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("route blackhole 10.112.0.99/32 removed"),
         "{log}"
     );
 }
