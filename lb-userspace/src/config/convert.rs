@@ -50,14 +50,33 @@ impl Cx<'_> {
         let vrrp = self.list(o.opt("vrrp"), &vrrp_path, "VRRP instances", Self::vrrp);
         let announce = self.opt_field(&o, &path, "announce", Self::announce);
 
+        let scripts_path = P::Key(&path, "vrrp_scripts");
+        let scripts = self.list(
+            o.opt("vrrp_scripts"),
+            &scripts_path,
+            "VRRP scripts",
+            Self::vrrp_script,
+        );
+        let groups_path = P::Key(&path, "sync_groups");
+        let groups = self.list(
+            o.opt("sync_groups"),
+            &groups_path,
+            "sync groups",
+            Self::sync_group,
+        );
+
         let services = services.map(|s| self.check_services(s));
         let vrrp = vrrp.map(|v| self.check_vrrp(v));
+        if let (Some(v), Some(s), Some(g)) = (&vrrp, &scripts, &groups) {
+            self.check_tracking(v, s, g);
+        }
 
         let (node, http, conntrack, services, vrrp) = (node?, http?, conntrack?, services?, vrrp?);
         let (announce, announce_vips) = match announce? {
             Some((a, positions)) => (Some(a), positions),
             None => (None, Vec::new()),
         };
+        let (scripts, groups) = (scripts?, groups?);
         let origin = Origin {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
@@ -73,6 +92,8 @@ impl Cx<'_> {
             services: services.into_iter().map(|d| d.svc).collect(),
             vrrp: vrrp.into_iter().map(|d| d.inst).collect(),
             announce,
+            vrrp_scripts: scripts.into_iter().map(|d| d.script).collect(),
+            sync_groups: groups.into_iter().map(|d| d.group).collect(),
             origin,
         })
     }

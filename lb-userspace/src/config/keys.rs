@@ -3,8 +3,16 @@
 
 use super::schema::CheckType;
 
-pub(super) const ROOT_KEYS: &[&str] =
-    &["node", "http", "conntrack", "services", "vrrp", "announce"];
+pub(super) const ROOT_KEYS: &[&str] = &[
+    "node",
+    "http",
+    "conntrack",
+    "services",
+    "vrrp",
+    "vrrp_scripts",
+    "sync_groups",
+    "announce",
+];
 pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source"];
 pub(super) const IFACE_KEYS: &[&str] = &["name", "xdp_mode"];
 pub(super) const HTTP_KEYS: &[&str] = &["listen", "token_file"];
@@ -101,12 +109,17 @@ pub(super) const VRRP_KEYS: &[&str] = &[
     "virtual_addresses",
     "garp",
     "track_interfaces",
+    "track_scripts",
     "notify",
 ];
 pub(super) const AUTH_KEYS: &[&str] = &["type", "password"];
 pub(super) const GARP_KEYS: &[&str] = &["repeat", "interval", "refresh"];
 pub(super) const NOTIFY_KEYS: &[&str] = &["master", "backup", "fault"];
 pub(super) const ANNOUNCE_KEYS: &[&str] = &["table", "protocol", "withdraw_grace", "vips"];
+pub(super) const SCRIPT_KEYS: &[&str] = &[
+    "name", "script", "interval", "timeout", "weight", "rise", "fall",
+];
+pub(super) const SYNC_GROUP_KEYS: &[&str] = &["name", "instances"];
 
 /// Every mapping of the file with the keys it accepts, named as `docs/configuration.md`
 /// heads its sections (`services[].health_check`); `[]` marks a list's items. The parser
@@ -124,5 +137,7 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("vrrp[].authentication", AUTH_KEYS),
     ("vrrp[].garp", GARP_KEYS),
     ("vrrp[].notify", NOTIFY_KEYS),
+    ("vrrp_scripts[]", SCRIPT_KEYS),
+    ("sync_groups[]", SYNC_GROUP_KEYS),
     ("announce", ANNOUNCE_KEYS),
 ];

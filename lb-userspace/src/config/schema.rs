@@ -21,6 +21,10 @@ pub struct Config {
     pub vrrp: Vec<VrrpInstance>,
     /// `announce:` (scale-out); `None` when the section is absent: nothing is announced.
     pub announce: Option<Announce>,
+    /// keepalived's `vrrp_script`s, named by the instances' `track_scripts`.
+    pub vrrp_scripts: Vec<VrrpScript>,
+    /// keepalived's `vrrp_sync_group`s: instances that change state together.
+    pub sync_groups: Vec<SyncGroup>,
     /// Where each service, backend and VRRP instance came from (file, line, column), for
     /// errors reported after parsing. Opaque; `Origin::default()` for a config built in code
     /// (its errors then carry no position). Ignored by `==`.
@@ -454,7 +458,37 @@ pub struct VrrpInstance {
     pub virtual_addresses: Vec<IpPrefix>,
     pub garp: Garp,
     pub track_interfaces: Vec<String>,
+    /// Names of `vrrp_scripts` whose results change this instance's priority or put it in
+    /// FAULT.
+    pub track_scripts: Vec<String>,
     pub notify: Notify,
+}
+
+/// `vrrp_scripts[i]`: a command run periodically, keepalived's `vrrp_script`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VrrpScript {
+    pub name: String,
+    /// A shell command line; exit status 0 is a success.
+    pub script: String,
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    /// A run still going after this is killed (with its process group) and fails.
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    /// -253..=253. 0: while failing, the tracking instances are in FAULT. Negative: added
+    /// to their priority while failing; positive: added while succeeding.
+    pub weight: i16,
+    /// Consecutive successes to go up, failures to go down.
+    pub rise: u32,
+    pub fall: u32,
+}
+
+/// `sync_groups[i]`: instances that change state together (keepalived's
+/// `vrrp_sync_group`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncGroup {
+    pub name: String,
+    pub instances: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -117,6 +117,7 @@ fn full_example_parses_with_expected_values() {
                 refresh: Duration::ZERO
             },
             track_interfaces: vec![],
+            track_scripts: vec!["chk_web".into()],
             notify: Notify::default(),
         }]
     );
@@ -129,6 +130,19 @@ fn full_example_parses_with_expected_values() {
             vips: vec![ip("10.0.0.100")],
         })
     );
+    assert_eq!(
+        c.vrrp_scripts,
+        vec![VrrpScript {
+            name: "chk_web".into(),
+            script: "/usr/local/bin/check-web".into(),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            weight: -20,
+            rise: 2,
+            fall: 2,
+        }]
+    );
+    assert!(c.sync_groups.is_empty());
     // The JSON dump works and writes durations the way the file does.
     let json = serde_json::to_string(&c).unwrap();
     assert!(json.contains(r#""tcp_timeout":"15m""#), "{json}");
@@ -247,6 +261,38 @@ fn vrrp_values() {
     // A bare address is a host prefix, as in keepalived.
     let c = ok(&with_node("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1]\n"));
     assert_eq!(c.vrrp[0].virtual_addresses[0].to_string(), "10.0.0.1/32");
+}
+
+/// keepalived's defaults: every second, timeout the interval, weight 0, rise and fall 1.
+#[test]
+fn vrrp_scripts_and_sync_groups() {
+    let c = ok(&with_node(
+        "vrrp:\n  - {name: VI_4, interface: eth0, virtual_router_id: 51, virtual_addresses: [10.0.0.1/24], track_scripts: [chk]}\n  - {name: VI_6, interface: eth0, virtual_router_id: 51, virtual_addresses: ['fd00::1/64']}\nvrrp_scripts:\n  - {name: chk, script: test -e /run/ok, interval: 3s}\n  - {name: unused, script: 'true', weight: 253}\nsync_groups:\n  - {name: G1, instances: [VI_4, VI_6]}\n",
+    ));
+    assert_eq!(
+        c.vrrp_scripts[0],
+        VrrpScript {
+            name: "chk".into(),
+            script: "test -e /run/ok".into(),
+            interval: Duration::from_secs(3),
+            timeout: Duration::from_secs(3),
+            weight: 0,
+            rise: 1,
+            fall: 1,
+        }
+    );
+    assert_eq!(c.vrrp_scripts[1].weight, 253);
+    assert_eq!(c.vrrp_scripts[1].interval, Duration::from_secs(1));
+    assert_eq!(c.vrrp[0].track_scripts, ["chk"]);
+    assert!(c.vrrp[1].track_scripts.is_empty());
+    assert_eq!(
+        c.sync_groups,
+        [SyncGroup {
+            name: "G1".into(),
+            instances: vec!["VI_4".into(), "VI_6".into()]
+        }]
+    );
+    assert!(c.unsupported().is_empty());
 }
 
 /// `services[0].health_check` of a service web at 10.0.0.1:80, with `body`.
@@ -499,6 +545,8 @@ fn schema_lists_the_keys_each_section_accepts() {
             "vrrp[].authentication",
             "vrrp[].garp",
             "vrrp[].notify",
+            "vrrp_scripts[]",
+            "sync_groups[]",
             "announce",
         ]
     );
@@ -528,6 +576,10 @@ fn schema_lists_the_keys_each_section_accepts() {
             )),
             "vrrp[].garp" => with_node(&format!("{vrrp}    garp: {{bogus: 1}}\n")),
             "vrrp[].notify" => with_node(&format!("{vrrp}    notify: {{bogus: 1}}\n")),
+            "vrrp_scripts[]" => with_node("vrrp_scripts:\n  - {name: a, script: x, bogus: 1}\n"),
+            "sync_groups[]" => with_node(&format!(
+                "{vrrp}sync_groups:\n  - {{name: G, instances: [VI_1], bogus: 1}}\n"
+            )),
             "announce" => with_node("announce:\n  bogus: 1\n"),
             other => panic!("no document for the section {other}: add one here"),
         };

@@ -20,6 +20,8 @@ pub(super) struct VrrpDraft {
     pub(super) name_pos: Pos,
     pub(super) vrid_pos: Pos,
     pub(super) auth_pos: Pos,
+    /// Of each item of `track_scripts`.
+    pub(super) track_pos: Vec<Pos>,
 }
 
 impl Cx<'_> {
@@ -55,6 +57,13 @@ impl Cx<'_> {
             "interface names",
             Self::ifname,
         );
+        let scripts_path = P::Key(path, "track_scripts");
+        let scripts = self.list(
+            o.opt("track_scripts"),
+            &scripts_path,
+            "script names",
+            |cx, y, p| cx.name(y, p, "script"),
+        );
         let notify = self.field(&o, path, "notify", Notify::default(), Self::notify);
 
         let inst = VrrpInstance {
@@ -71,6 +80,7 @@ impl Cx<'_> {
             virtual_addresses: addrs?,
             garp: garp?,
             track_interfaces: track?,
+            track_scripts: scripts?,
             notify: notify?,
         };
 
@@ -80,6 +90,10 @@ impl Cx<'_> {
             name_pos: o.pos("name"),
             vrid_pos: o.pos("virtual_router_id"),
             auth_pos: o.pos("authentication"),
+            track_pos: match o.opt("track_scripts").map(|y| &y.value) {
+                Some(Raw::Seq(items)) => items.iter().map(pos_of).collect(),
+                _ => Vec::new(),
+            },
             inst,
         })
     }

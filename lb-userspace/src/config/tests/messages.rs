@@ -41,7 +41,7 @@ impl Doc {
 #[rustfmt::skip]
 const CASES: &[(Doc, &str)] = &[
     // Unknown keys, with "did you mean" when a key is close.
-    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, announce"),
+    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce"),
     (File("node:\n  interfaces:\n    - name: eth0\n      xdp_mod: native\n"), "bascule.yaml:4:7: node.interfaces[0].xdp_mod: unknown key (did you mean \"xdp_mode\"?), expected one of: name, xdp_mode"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check: {type: tcp, intervall: 2s}\n"), "bascule.yaml:8:31: services[0].health_check.intervall: unknown key (did you mean \"interval\"?), expected one of: type, connect_port, interval, timeout, rise, fall, retries, delay_before_retry, inhibit_on_failure, initial_state, method, path, virtualhost, expect_status, body_regex, digest, sni, ca_file, helo_name, query_name, query_type, expect_rcode, expect_answer, payload, expect, require_reply, command, dynamic"),
 
@@ -51,7 +51,7 @@ const CASES: &[(Doc, &str)] = &[
     (File("node:\n  interfaces:\n    - eth0\n"), "bascule.yaml:3:7: node.interfaces[0]: expected a mapping with the keys name, xdp_mode, found the string \"eth0\""),
     (File("node:\n  - eth0\n"), "bascule.yaml:2:3: node: expected a mapping with the keys interfaces, tunnel_source, found a list"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 1\n    virtual_addresses: [10.0.0.1/24]\n    preempt: sometimes\n"), "bascule.yaml:9:14: vrrp[0].preempt: expected true or false, found the string \"sometimes\""),
-    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, announce, found a list"),
+    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, found a list"),
 
     // Durations.
     (AfterNode("conntrack:\n  tcp_timeout: 10\n"), "bascule.yaml:5:16: conntrack.tcp_timeout: \"10\" is not a valid duration (missing unit), expected e.g. 100ms, 1s, 5m or 1h"),
@@ -123,6 +123,24 @@ const CASES: &[(Doc, &str)] = &[
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    version: 2\n    virtual_addresses: [fd00::1/64]\n"), "bascule.yaml:9:25: vrrp[0].virtual_addresses[0]: fd00::1/64: VRRP version 2 is IPv4 only, expected version: 3 for IPv6"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.1/24]\n  - name: VI_2\n    interface: eth0\n    virtual_router_id: 51\n    virtual_addresses: [10.0.0.2/24]\n"), "bascule.yaml:11:24: vrrp[1].virtual_router_id: 51 is already used on eth0 for IPv4 by vrrp[0] (\"VI_1\") at line 7"),
 
+    // VRRP scripts and sync groups.
+    (Vrrp("    track_scripts: [chk_x]\n"), "bascule.yaml:9:21: vrrp[0].track_scripts[0]: no vrrp_scripts entry is named \"chk_x\" (there is none)"),
+    (Vrrp("    track_scripts: [chk, chk_x]\nvrrp_scripts:\n  - {name: chk, script: x}\n"), "bascule.yaml:9:26: vrrp[0].track_scripts[1]: no vrrp_scripts entry is named \"chk_x\" (defined: chk)"),
+    (Vrrp("    track_scripts: [chk, chk]\nvrrp_scripts:\n  - {name: chk, script: x}\n"), "bascule.yaml:9:26: vrrp[0].track_scripts[1]: \"chk\" is listed twice"),
+    (Vrrp("    track_scripts: [chk]\nvrrp_scripts:\n  - {name: chk, script: x, weight: -10}\nsync_groups:\n  - {name: G1, instances: [VI_1]}\n"), "bascule.yaml:9:21: vrrp[0].track_scripts[0]: \"chk\" has weight -10, but VI_1 is in sync group G1, whose members must prefer the same node: track only scripts of weight 0 (FAULT while failing) in a group (keepalived ignores weighted ones)"),
+    (Vrrp("    priority: 255\n    track_scripts: [chk]\nvrrp_scripts:\n  - {name: chk, script: x, weight: 10}\n"), "bascule.yaml:10:21: vrrp[0].track_scripts[0]: \"chk\" has weight 10, but the address owner's priority (255) never changes: use a script of weight 0 or a priority below 255"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk, script: x, weight: 254}\n"), "bascule.yaml:5:36: vrrp_scripts[0].weight: 254 is out of range, expected -253..=253"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk, script: x, rise: 0}\n"), "bascule.yaml:5:34: vrrp_scripts[0].rise: 0 is out of range, expected 1..=65535"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk, script: x, timeout: 0s}\n"), "bascule.yaml:5:37: vrrp_scripts[0].timeout: 0s is not allowed, expected a duration greater than 0"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk, script: \" \"}\n"), "bascule.yaml:5:25: vrrp_scripts[0].script: expected a command line, found an empty string"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk, script: x}\n  - {name: chk, script: y}\n"), "bascule.yaml:6:12: vrrp_scripts[1].name: duplicate script name \"chk\", already used by vrrp_scripts[0] at line 5"),
+    (AfterNode("vrrp_scripts:\n  - {name: chk web, script: x}\n"), "bascule.yaml:5:12: vrrp_scripts[0].name: \"chk web\" is not a valid script name, expected letters, digits, '.', '_' or '-'"),
+    (Vrrp("sync_groups:\n  - {name: G1, instances: [VI_1, VI_9]}\n"), "bascule.yaml:10:34: sync_groups[0].instances[1]: no vrrp instance is named \"VI_9\" (defined: VI_1)"),
+    (Vrrp("sync_groups:\n  - {name: G1, instances: [VI_1]}\n  - {name: G2, instances: [VI_1]}\n"), "bascule.yaml:11:28: sync_groups[1].instances[0]: \"VI_1\" is already in sync group G1 (sync_groups[0]) at line 10; an instance is in at most one group"),
+    (Vrrp("sync_groups:\n  - {name: G1, instances: [VI_1, VI_1]}\n"), "bascule.yaml:10:34: sync_groups[0].instances[1]: \"VI_1\" is listed twice"),
+    (Vrrp("sync_groups:\n  - {name: G1, instances: []}\n"), "bascule.yaml:10:27: sync_groups[0].instances: expected at least one instance name, found an empty list"),
+    (Vrrp("sync_groups:\n  - {name: G1, instances: [VI_1]}\n  - {name: G1, instances: []}\n"), "bascule.yaml:11:27: sync_groups[1].instances: expected at least one instance name, found an empty list"),
+    (Vrrp("sync_groups:\n  - {name: G1}\n"), "bascule.yaml:10:5: sync_groups[0]: missing required key \"instances\""),
     // Announcements.
     (Announce("  table: 254\n"), "bascule.yaml:9:10: announce.table: 254 is the system's \"main\" table (0, 253, 254 and 255 are shared), expected a table of bascule's own, e.g. 200"),
     (Announce("  table: 0\n"), "bascule.yaml:9:10: announce.table: 0 is the system's \"unspec\" table (0, 253, 254 and 255 are shared), expected a table of bascule's own, e.g. 200"),
