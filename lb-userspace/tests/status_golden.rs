@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use bascule::{
     cli::status,
     control::snapshot::{
-        BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot, VrrpState,
-        VrrpStatus,
+        BackendStatus, DatapathStats, Health, Rates, Reloads, ServiceStatus, Snapshot,
+        VrrpScriptStatus, VrrpState, VrrpStatus,
     },
     control::{AnnounceStatus, VipAnnouncement},
     serve::metrics,
@@ -128,20 +128,55 @@ fn snapshot() -> Snapshot {
             conntrack_capacity: 1_048_576,
             conntrack_evictions: 17,
         },
-        vrrp: vec![VrrpStatus {
-            instance: "VI_1".into(),
-            interface: "eth0".into(),
-            virtual_router_id: 51,
-            state: VrrpState::Master,
-            priority: 140,
-            master: Some("10.0.0.2".parse().unwrap()),
-            virtual_addresses: vec!["10.0.0.100/24".into()],
-            transitions: [(VrrpState::Backup, 1), (VrrpState::Master, 1)]
-                .into_iter()
-                .collect(),
-            adverts_received: 12,
-            adverts_invalid: BTreeMap::new(),
-        }],
+        vrrp: vec![
+            VrrpStatus {
+                instance: "VI_1".into(),
+                interface: "eth0".into(),
+                virtual_router_id: 51,
+                state: VrrpState::Master,
+                priority: 140,
+                configured_priority: 140,
+                sync_group: Some("G1".into()),
+                scripts: vec![VrrpScriptStatus {
+                    name: "chk_haproxy".into(),
+                    weight: 0,
+                    state: "up".into(),
+                }],
+                master: Some("10.0.0.2".parse().unwrap()),
+                virtual_addresses: vec!["10.0.0.100/24".into()],
+                transitions: [(VrrpState::Backup, 1), (VrrpState::Master, 1)]
+                    .into_iter()
+                    .collect(),
+                adverts_received: 12,
+                adverts_invalid: BTreeMap::new(),
+            },
+            VrrpStatus {
+                instance: "VI_2".into(),
+                interface: "eth1".into(),
+                virtual_router_id: 52,
+                state: VrrpState::Backup,
+                priority: 80,
+                configured_priority: 100,
+                sync_group: None,
+                scripts: vec![
+                    VrrpScriptStatus {
+                        name: "chk_web".into(),
+                        weight: -20,
+                        state: "down".into(),
+                    },
+                    VrrpScriptStatus {
+                        name: "chk_db".into(),
+                        weight: 10,
+                        state: "unknown".into(),
+                    },
+                ],
+                master: Some("10.0.1.3".parse().unwrap()),
+                virtual_addresses: vec!["10.0.1.100/24".into()],
+                transitions: [(VrrpState::Backup, 1)].into_iter().collect(),
+                adverts_received: 40,
+                adverts_invalid: BTreeMap::new(),
+            },
+        ],
         announce: Some(AnnounceStatus {
             table: 200,
             protocol: 186,

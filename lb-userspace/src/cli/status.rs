@@ -201,6 +201,8 @@ fn datapath_lines(s: &Snapshot) -> String {
     out
 }
 
+/// One line per instance. `Priority` is the effective one, with the configured one in
+/// parentheses when track scripts moved it; `Scripts` lists its track scripts' states.
 fn vrrp_table(s: &Snapshot) -> String {
     let mut t = Table::default();
     t.row(&[
@@ -210,16 +212,34 @@ fn vrrp_table(s: &Snapshot) -> String {
         "State",
         "Priority",
         "Master",
+        "Group",
+        "Scripts",
         "Addresses",
     ]);
     for v in &s.vrrp {
+        let priority = if v.configured_priority == 0 || v.configured_priority == v.priority {
+            v.priority.to_string()
+        } else {
+            format!("{} ({})", v.priority, v.configured_priority)
+        };
+        let scripts: Vec<String> = v
+            .scripts
+            .iter()
+            .map(|s| format!("{}:{}", s.name, s.state))
+            .collect();
         t.row_owned(vec![
             v.instance.clone(),
             v.interface.clone(),
             v.virtual_router_id.to_string(),
             v.state.as_str().to_uppercase(),
-            v.priority.to_string(),
+            priority,
             v.master.map_or_else(|| "-".to_string(), |m| m.to_string()),
+            v.sync_group.clone().unwrap_or_else(|| "-".to_string()),
+            if scripts.is_empty() {
+                "-".to_string()
+            } else {
+                scripts.join(" ")
+            },
             v.virtual_addresses.join(" "),
         ]);
     }

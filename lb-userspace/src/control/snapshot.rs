@@ -191,8 +191,17 @@ pub struct VrrpStatus {
     pub interface: String,
     pub virtual_router_id: u8,
     pub state: VrrpState,
-    /// The priority its adverts carry.
+    /// The priority its adverts carry: the configured one moved by weighted track scripts.
     pub priority: u8,
+    /// The configured priority.
+    #[serde(default)]
+    pub configured_priority: u8,
+    /// Its sync group, if any.
+    #[serde(default)]
+    pub sync_group: Option<String>,
+    /// Its track scripts, in the configured order.
+    #[serde(default)]
+    pub scripts: Vec<VrrpScriptStatus>,
     /// The master's address as last seen in its adverts (ours when master).
     pub master: Option<IpAddr>,
     pub virtual_addresses: Vec<String>,
@@ -201,6 +210,15 @@ pub struct VrrpStatus {
     pub adverts_received: u64,
     /// Adverts discarded, per reason (`ttl`, `auth`, `vrid`, `checksum`, ...).
     pub adverts_invalid: BTreeMap<String, u64>,
+}
+
+/// A track script as an instance sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VrrpScriptStatus {
+    pub name: String,
+    pub weight: i16,
+    /// `up`, `down`, or `unknown` before its first result.
+    pub state: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -251,6 +269,17 @@ pub fn vrrp_status(v: &crate::vrrp::VrrpStatus) -> VrrpStatus {
         virtual_router_id: v.virtual_router_id,
         state: state(v.state),
         priority: v.priority,
+        configured_priority: v.configured_priority,
+        sync_group: v.sync_group.clone(),
+        scripts: v
+            .scripts
+            .iter()
+            .map(|s| VrrpScriptStatus {
+                name: s.name.clone(),
+                weight: s.weight,
+                state: s.state.label().to_string(),
+            })
+            .collect(),
         master: v.master,
         virtual_addresses: v
             .virtual_addresses

@@ -85,7 +85,7 @@ async fn start_vrrp(config: &Config) -> Result<Option<Vrrp>> {
     if config.vrrp.is_empty() {
         return Ok(None);
     }
-    let vrrp = Vrrp::start(&config.vrrp).await?;
+    let vrrp = Vrrp::start(config).await?;
     tracing::info!(instances = config.vrrp.len(), "VRRP instances started");
     Ok(Some(vrrp))
 }
@@ -94,7 +94,7 @@ async fn start_vrrp(config: &Config) -> Result<Option<Vrrp>> {
 /// restart, start, stop.
 async fn reconfigure_vrrp(vrrp: &mut Option<Vrrp>, new: &Config) -> Result<()> {
     match vrrp {
-        Some(running) => running.reconfigure(&new.vrrp).await,
+        Some(running) => running.reconfigure(new).await,
         None => {
             *vrrp = start_vrrp(new).await?;
             Ok(())

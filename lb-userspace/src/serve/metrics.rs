@@ -67,6 +67,11 @@ struct InstanceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScriptLabels {
+    script: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceStateLabels {
     instance: String,
     state: String,
@@ -306,13 +311,29 @@ fn register_datapath(r: &mut Registry, s: &Snapshot) {
     );
 }
 
-/// Per VRRP instance: state, transitions, adverts received and discarded.
+/// Per VRRP instance: state, effective priority, transitions, adverts received and
+/// discarded; per track script (shared by the instances tracking it): up or not, once it
+/// has a result.
 fn register_vrrp(r: &mut Registry, s: &Snapshot) {
+    let vrrp_priority = Family::<InstanceLabels, Gauge>::default();
+    let script_up = Family::<ScriptLabels, Gauge>::default();
     let vrrp_state = Family::<InstanceStateLabels, Gauge>::default();
     let vrrp_transitions = Family::<InstanceToLabels, Counter>::default();
     let vrrp_received = Family::<InstanceLabels, Counter>::default();
     let vrrp_invalid = Family::<InstanceReasonLabels, Counter>::default();
     for v in &s.vrrp {
+        vrrp_priority
+            .get_or_create(&InstanceLabels {
+                instance: v.instance.clone(),
+            })
+            .set(i64::from(v.priority));
+        for script in v.scripts.iter().filter(|s| s.state != "unknown") {
+            script_up
+                .get_or_create(&ScriptLabels {
+                    script: script.name.clone(),
+                })
+                .set(i64::from(script.state == "up"));
+        }
         for state in VrrpState::ALL {
             vrrp_state
                 .get_or_create(&InstanceStateLabels {
@@ -354,6 +375,16 @@ fn register_vrrp(r: &mut Registry, s: &Snapshot) {
         "bascule_vrrp_state",
         "1 for the VRRP instance's current state, 0 for the others",
         vrrp_state,
+    );
+    r.register(
+        "bascule_vrrp_priority",
+        "The VRRP instance's effective priority (the configured one moved by weighted track scripts)",
+        vrrp_priority,
+    );
+    r.register(
+        "bascule_vrrp_script_up",
+        "1 while the VRRP track script succeeds (after rise/fall), 0 while it fails",
+        script_up,
     );
     r.register(
         "bascule_vrrp_transitions",
@@ -458,7 +489,9 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::snapshot::{BackendStatus, Health, Rates, ServiceStatus, VrrpStatus};
+    use crate::control::snapshot::{
+        BackendStatus, Health, Rates, ServiceStatus, VrrpScriptStatus, VrrpStatus,
+    };
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -587,7 +620,21 @@ mod tests {
             interface: "eth0".into(),
             virtual_router_id: 51,
             state: VrrpState::Master,
-            priority: 150,
+            priority: 130,
+            configured_priority: 150,
+            sync_group: None,
+            scripts: vec![
+                VrrpScriptStatus {
+                    name: "chk_web".into(),
+                    weight: -20,
+                    state: "down".into(),
+                },
+                VrrpScriptStatus {
+                    name: "chk_new".into(),
+                    weight: 0,
+                    state: "unknown".into(),
+                },
+            ],
             master: None,
             virtual_addresses: vec![],
             transitions: [(VrrpState::Master, 1)].into_iter().collect(),
@@ -603,6 +650,19 @@ mod tests {
         };
         assert_eq!(series("master").as_deref(), Some("1"));
         assert_eq!(series("backup").as_deref(), Some("0"));
+        assert_eq!(
+            value(&text, "bascule_vrrp_priority{instance=\"VI_1\"}").as_deref(),
+            Some("130"),
+            "the effective priority"
+        );
+        assert_eq!(
+            value(&text, "bascule_vrrp_script_up{script=\"chk_web\"}").as_deref(),
+            Some("0")
+        );
+        assert!(
+            !text.contains("script=\"chk_new\""),
+            "no series before the first result"
+        );
         assert_eq!(
             value(
                 &text,

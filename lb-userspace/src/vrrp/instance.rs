@@ -1,6 +1,8 @@
 //! One running instance: the I/O shell around [`Machine`]. It feeds the machine received
-//! adverts, timer expiries and link changes, carries out the actions it returns (sockets,
-//! rtnetlink, notify scripts) and keeps the instance's entry on the status board current.
+//! adverts, timer expiries, link changes, its track scripts' states (as its effective
+//! priority and fault) and its sync group's events, carries out the actions it returns
+//! (sockets, rtnetlink, notify scripts), tells its sync group of its transitions and
+//! faults, and keeps the instance's entry on the status board current.
 
 use std::{
     collections::BTreeMap,
@@ -16,12 +18,14 @@ use super::{
     garp::Announcer,
     notify::Notifier,
     packet::{self, Advert, Auth, Expected, Verdict, Version, MULTICAST_V4, MULTICAST_V6},
+    script::{tracked, ScriptState, ScriptStates, TrackedScript},
     socket::{Inbound, VrrpSocket},
     state::{Action, Event, Machine, Received, Settings, State},
-    StatusBoard, VrrpStatus,
+    sync::{Hub, Member, Report},
+    Spec, StatusBoard, VrrpStatus,
 };
 use crate::{
-    config::{VrrpAuthType, VrrpInstance},
+    config::{VrrpAuthType, VrrpInstance, VrrpScript},
     host::addresses::primary_address,
 };
 
@@ -38,6 +42,8 @@ pub(super) enum Control {
 /// sockets) is done.
 pub(super) struct Prepared {
     config: VrrpInstance,
+    scripts: Vec<VrrpScript>,
+    group: Option<String>,
     version: Version,
     ifindex: u32,
     primary: IpAddr,
@@ -53,11 +59,8 @@ pub(super) struct Prepared {
 impl Prepared {
     /// Looks the interface up, finds the advert source address, removes virtual addresses
     /// a previous run left behind, and opens the sockets.
-    pub(super) async fn new(
-        config: &VrrpInstance,
-        siblings: Vec<u8>,
-        netlink: &Netlink,
-    ) -> Result<Prepared> {
+    pub(super) async fn new(spec: &Spec, siblings: Vec<u8>, netlink: &Netlink) -> Result<Prepared> {
+        let config = &spec.config;
         let name = &config.name;
         let link = netlink.link(&config.interface).await?;
         let Some(mac) = link.mac else {
@@ -119,6 +122,8 @@ impl Prepared {
         Ok(Prepared {
             version: Version::from_number(config.version).context("VRRP version 2 or 3")?,
             config: config.clone(),
+            scripts: spec.scripts.clone(),
+            group: spec.group.clone(),
             ifindex: link.index,
             primary,
             destinations,
@@ -147,37 +152,79 @@ impl Prepared {
     }
 }
 
+/// What an instance runs with beside its own configuration: the link states, the track
+/// scripts' states and the sync groups.
+pub(super) struct Shared {
+    pub(super) links: LinkStates,
+    pub(super) scripts: ScriptStates,
+    pub(super) hub: Hub,
+    pub(super) board: StatusBoard,
+}
+
 /// Runs until told to stop (or until `control` is dropped), then shuts down as the RFC
 /// says: priority 0 if Master, addresses removed.
-pub(super) async fn run(
-    p: Prepared,
-    mut control: mpsc::Receiver<Control>,
-    mut links: LinkStates,
-    board: StatusBoard,
-) {
+pub(super) async fn run(p: Prepared, mut control: mpsc::Receiver<Control>, shared: Shared) {
+    let Shared {
+        mut links,
+        mut scripts,
+        hub,
+        board,
+    } = shared;
     let name = p.config.name.clone();
     let mut watched = vec![p.config.interface.clone()];
     watched.extend(p.config.track_interfaces.iter().cloned());
+    let (member, mut group_events) = match &p.group {
+        Some(group) => {
+            let (member, rx) = hub.join(group, &name);
+            (Some(member), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut runner = Runner {
         machine: Machine::new(p.settings()),
         notifier: Notifier::spawn(&name),
         send_errors: 0,
         p,
         board,
+        member,
+        links_up: true,
+        scripts_up: None,
+        own_fault: false,
+        started: false,
+        tracked: Vec::new(),
     };
     runner.init_status();
-    let mut links_up = all_up(&links.borrow(), &watched);
-    if !links_up {
+    runner.links_up = all_up(&links.borrow(), &watched);
+    if !runner.links_up {
         tracing::warn!(instance = %name, "down: {}", down_list(&links.borrow(), &watched));
     }
-    runner.event(Event::Links { up: links_up }).await;
-    runner.event(Event::Startup).await;
+    runner
+        .event(Event::Links {
+            up: runner.links_up,
+        })
+        .await;
+    // What the group says at once (another member in fault) comes before the start.
+    while let Some(event) = group_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+        runner.event(event).await;
+    }
+    let states = scripts.borrow_and_update().clone();
+    runner.scripts_changed(&states).await;
+    if !runner.started {
+        tracing::info!(instance = %name, "waiting for the first result of its track scripts of weight 0");
+    }
     let mut watching = true;
+    let mut watching_scripts = true;
     loop {
         let deadline = runner.machine.next_deadline();
         let timer = async move {
             match deadline {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let group_event = async {
+            match group_events.as_mut() {
+                Some(rx) => rx.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -199,16 +246,26 @@ pub(super) async fn run(
                     continue;
                 }
                 let up = all_up(&links.borrow_and_update(), &watched);
-                if up != links_up {
-                    links_up = up;
+                if up != runner.links_up {
+                    runner.links_up = up;
                     if up {
                         tracing::info!(instance = %name, "tracked interfaces up: {}", watched.join(", "));
                     } else {
                         tracing::warn!(instance = %name, "down: {}", down_list(&links.borrow(), &watched));
                     }
                     runner.event(Event::Links { up }).await;
+                    runner.report_fault();
                 }
             }
+            changed = scripts.changed(), if watching_scripts => {
+                if changed.is_err() {
+                    watching_scripts = false;
+                    continue;
+                }
+                let states = scripts.borrow_and_update().clone();
+                runner.scripts_changed(&states).await;
+            }
+            Some(event) = group_event => runner.event(event).await,
             command = control.recv() => match command {
                 Some(Control::Siblings(ids)) => runner.p.siblings = ids,
                 Some(Control::Stop) | None => break,
@@ -218,6 +275,8 @@ pub(super) async fn run(
     }
     runner.event(Event::Shutdown).await;
     runner.publish();
+    // Leaves the group (a fault of its own ends for the others) before the scripts drain.
+    drop(runner.member.take());
     runner.notifier.finish(NOTIFY_DRAIN).await;
 }
 
@@ -248,9 +307,69 @@ struct Runner {
     notifier: Notifier,
     board: StatusBoard,
     send_errors: u64,
+    /// Its place in its sync group, if any.
+    member: Option<Member>,
+    links_up: bool,
+    /// Whether its scripts of weight 0 succeed; `None` until each has a result.
+    scripts_up: Option<bool>,
+    /// What the group was last told.
+    own_fault: bool,
+    /// Startup happened (it waits for the scripts of weight 0).
+    started: bool,
+    tracked: Vec<TrackedScript>,
 }
 
 impl Runner {
+    /// New states of the track scripts: the effective priority, the fault, and the start
+    /// once every script of weight 0 has a result.
+    async fn scripts_changed(&mut self, states: &BTreeMap<String, ScriptState>) {
+        self.tracked = self
+            .p
+            .scripts
+            .iter()
+            .map(|s| TrackedScript {
+                name: s.name.clone(),
+                weight: s.weight,
+                state: states.get(&s.name).copied().unwrap_or(ScriptState::Unknown),
+            })
+            .collect();
+        let t = tracked(self.p.config.priority, &self.tracked);
+        let before = self.machine.settings().priority;
+        if t.priority != before {
+            tracing::info!(
+                instance = %self.p.config.name,
+                "effective priority {before} -> {} (track scripts)",
+                t.priority
+            );
+            self.event(Event::Priority(t.priority)).await;
+        }
+        if let Some(up) = t.scripts_up {
+            if self.scripts_up != Some(up) {
+                if !up {
+                    tracing::warn!(instance = %self.p.config.name, "a track script of weight 0 fails: FAULT");
+                }
+                self.event(Event::Scripts { up }).await;
+            }
+        }
+        self.scripts_up = t.scripts_up;
+        self.report_fault();
+        if !self.started && self.scripts_up.is_some() {
+            self.started = true;
+            self.event(Event::Startup).await;
+        }
+    }
+
+    /// Tells the sync group when the instance's own fault starts or ends.
+    fn report_fault(&mut self) {
+        let fault = !self.links_up || self.scripts_up == Some(false);
+        if fault != self.own_fault {
+            self.own_fault = fault;
+            if let Some(m) = &self.member {
+                m.report(Report::OwnFault(fault));
+            }
+        }
+    }
+
     async fn event(&mut self, event: Event) {
         let actions = self.machine.handle(Instant::now(), event);
         self.execute(actions).await;
@@ -370,9 +489,10 @@ impl Runner {
 
     fn transition(&mut self, from: State, to: State) {
         let c = &self.p.config;
+        let priority = self.machine.settings().priority;
         tracing::info!(
             instance = %c.name,
-            priority = c.priority,
+            priority,
             master = ?self.machine.master(),
             "VRRP {} -> {}",
             from.keepalived_name(),
@@ -388,7 +508,10 @@ impl Runner {
             State::Initialize => &None,
         };
         if let Some(script) = script {
-            self.notifier.call(script, &c.name, to, c.priority);
+            self.notifier.call(script, &c.name, to, priority);
+        }
+        if let Some(m) = &self.member {
+            m.report(Report::Transition { from, to });
         }
     }
 
@@ -402,6 +525,9 @@ impl Runner {
             virtual_router_id: c.virtual_router_id,
             version: c.version,
             priority: c.priority,
+            configured_priority: c.priority,
+            scripts: Vec::new(),
+            sync_group: self.p.group.clone(),
             state: State::Initialize,
             master: None,
             source_address: self.p.primary,
@@ -416,15 +542,18 @@ impl Runner {
     }
 
     fn publish(&self) {
-        let (state, master, mdi) = (
+        let (state, master, mdi, priority) = (
             self.machine.state(),
             self.machine.master(),
             self.machine.master_down_interval(),
+            self.machine.settings().priority,
         );
         self.board.update(&self.p.config.name, |s| {
             s.state = state;
             s.master = master;
             s.master_down_interval_ms = mdi.as_millis() as u64;
+            s.priority = priority;
+            s.scripts.clone_from(&self.tracked);
         });
     }
 }

@@ -11,6 +11,8 @@
 //! | [`garp`] | gratuitous ARP and unsolicited neighbour advertisements |
 //! | `addr` | rtnetlink: interfaces, virtual addresses, link events |
 //! | `notify` | keepalived-style notify scripts |
+//! | [`script`] | track scripts: runs, rise and fall, the effective priority (pure) |
+//! | [`sync`] | sync groups: which members follow a member's change (pure), and the hub |
 //!
 //! [`Vrrp`] runs the instances of a config as tasks on the current tokio runtime and
 //! publishes a [`VrrpStatus`] per instance on a [`StatusBoard`] (for the API, metrics and
@@ -21,8 +23,10 @@ pub mod garp;
 mod instance;
 mod notify;
 pub mod packet;
+pub mod script;
 pub mod socket;
 pub mod state;
+pub mod sync;
 
 use std::{
     collections::BTreeMap,
@@ -34,14 +38,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 
 pub use packet::Invalid;
+pub use script::{ScriptState, TrackedScript};
 pub use state::State;
 
-use crate::config::{IpPrefix, VrrpInstance};
+use crate::config::{Config, IpPrefix, VrrpInstance, VrrpScript};
 use addr::{LinkStates, Netlink};
-use instance::{Control, Prepared};
+use instance::{Control, Prepared, Shared};
 
 /// How long a stopping instance may take (priority-0 advert, addresses removed, notify
 /// scripts) before it is abandoned.
@@ -55,7 +63,12 @@ pub struct VrrpStatus {
     pub interface: String,
     pub virtual_router_id: u8,
     pub version: u8,
+    /// The effective priority: the configured one moved by weighted track scripts.
     pub priority: u8,
+    pub configured_priority: u8,
+    /// The tracked scripts, in the configured order, with their current states.
+    pub scripts: Vec<TrackedScript>,
+    pub sync_group: Option<String>,
     pub state: State,
     /// The current master's address as this node knows it (its own when Master); none
     /// while unknown (Initialize, Fault, a Backup that has heard no master yet).
@@ -140,8 +153,46 @@ pub fn status_table(statuses: &[VrrpStatus]) -> String {
     out
 }
 
-struct Running {
+/// One instance as it runs: its configuration, the scripts it tracks (in its order), its
+/// sync group. An instance restarts on a reload when any of them changes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Spec {
     config: VrrpInstance,
+    scripts: Vec<VrrpScript>,
+    group: Option<String>,
+}
+
+impl Spec {
+    /// Every instance of `config` (whose references the parser checked).
+    fn all(config: &Config) -> Vec<Spec> {
+        config
+            .vrrp
+            .iter()
+            .map(|i| Spec {
+                config: i.clone(),
+                scripts: i
+                    .track_scripts
+                    .iter()
+                    .filter_map(|n| config.vrrp_scripts.iter().find(|s| s.name == *n))
+                    .cloned()
+                    .collect(),
+                group: config
+                    .sync_groups
+                    .iter()
+                    .find(|g| g.instances.contains(&i.name))
+                    .map(|g| g.name.clone()),
+            })
+            .collect()
+    }
+}
+
+struct RunningScript {
+    script: VrrpScript,
+    task: JoinHandle<()>,
+}
+
+struct Running {
+    spec: Spec,
     siblings: Vec<u8>,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
@@ -153,13 +204,17 @@ pub struct Vrrp {
     links: LinkStates,
     running: BTreeMap<String, Running>,
     board: StatusBoard,
+    /// The track scripts some instance tracks, by name, and their published states.
+    scripts: BTreeMap<String, RunningScript>,
+    script_states: watch::Sender<BTreeMap<String, ScriptState>>,
+    hub: sync::Hub,
 }
 
 impl Vrrp {
     /// Starts every instance. Must be called from within a tokio runtime. Fails, with
     /// nothing left running, if an instance cannot start (interface missing, no address,
     /// no permission for raw sockets).
-    pub async fn start(instances: &[VrrpInstance]) -> Result<Vrrp> {
+    pub async fn start(config: &Config) -> Result<Vrrp> {
         let netlink = Netlink::connect()?;
         let links = addr::watch_links(&netlink).await?;
         let mut vrrp = Vrrp {
@@ -167,21 +222,31 @@ impl Vrrp {
             links,
             running: BTreeMap::new(),
             board: StatusBoard::default(),
+            scripts: BTreeMap::new(),
+            script_states: watch::Sender::new(BTreeMap::new()),
+            hub: sync::Hub::default(),
         };
-        if let Err(e) = vrrp.reconfigure(instances).await {
+        if let Err(e) = vrrp.reconfigure(config).await {
             vrrp.stop().await;
             return Err(e);
         }
         Ok(vrrp)
     }
 
-    /// Applies a new list of instances: unchanged ones keep running untouched (told of their
-    /// new siblings); changed and removed ones stop (a master hands over with priority 0),
-    /// then changed and new ones start. On error the instances started so far keep running.
-    pub async fn reconfigure(&mut self, instances: &[VrrpInstance]) -> Result<()> {
-        let wanted: BTreeMap<&str, (&VrrpInstance, Vec<u8>)> = instances
+    /// Applies a new configuration: unchanged instances keep running untouched (told of
+    /// their new siblings); changed and removed ones stop (a master hands over with
+    /// priority 0), then the track scripts are brought up to date (a changed script
+    /// restarts, and so do the instances tracking it), then changed and new instances
+    /// start. On error the instances started so far keep running.
+    pub async fn reconfigure(&mut self, config: &Config) -> Result<()> {
+        let instances = &config.vrrp;
+        let specs = Spec::all(config);
+        let wanted: BTreeMap<&str, (&Spec, Vec<u8>)> = specs
             .iter()
-            .map(|i| (i.name.as_str(), (i, siblings(i, instances))))
+            .map(|s| {
+                let i = &s.config;
+                (i.name.as_str(), (s, siblings(i, instances)))
+            })
             .collect();
         let stale: Vec<String> = self
             .running
@@ -189,7 +254,7 @@ impl Vrrp {
             .filter(|(name, r)| {
                 wanted
                     .get(name.as_str())
-                    .is_none_or(|(c, _)| **c != r.config)
+                    .is_none_or(|(spec, _)| **spec != r.spec)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -201,7 +266,8 @@ impl Vrrp {
                 self.board.remove(name);
             }
         }
-        for (name, (config, sibs)) in wanted {
+        self.update_scripts(&specs);
+        for (name, (spec, sibs)) in wanted {
             if let Some(r) = self.running.get_mut(name) {
                 if r.siblings != sibs {
                     r.siblings = sibs.clone();
@@ -209,20 +275,21 @@ impl Vrrp {
                 }
                 continue;
             }
-            let prepared = Prepared::new(config, sibs.clone(), &self.netlink)
+            let prepared = Prepared::new(spec, sibs.clone(), &self.netlink)
                 .await
                 .with_context(|| format!("vrrp instance {name}"))?;
             let (control, rx) = mpsc::channel(1);
-            let task = tokio::spawn(instance::run(
-                prepared,
-                rx,
-                self.links.clone(),
-                self.board.clone(),
-            ));
+            let shared = Shared {
+                links: self.links.clone(),
+                scripts: self.script_states.subscribe(),
+                hub: self.hub.clone(),
+                board: self.board.clone(),
+            };
+            let task = tokio::spawn(instance::run(prepared, rx, shared));
             self.running.insert(
                 name.to_string(),
                 Running {
-                    config: config.clone(),
+                    spec: spec.clone(),
                     siblings: sibs,
                     control,
                     task,
@@ -232,13 +299,45 @@ impl Vrrp {
         Ok(())
     }
 
-    /// Stops every instance: masters send priority 0 and remove their addresses.
+    /// Runs the scripts `specs` track (each once, whoever tracks it), stopping the ones no
+    /// longer tracked or changed. A changed script starts again from no result.
+    fn update_scripts(&mut self, specs: &[Spec]) {
+        let mut wanted: BTreeMap<&str, &VrrpScript> = BTreeMap::new();
+        for s in specs.iter().flat_map(|s| &s.scripts) {
+            wanted.insert(s.name.as_str(), s);
+        }
+        let states = &self.script_states;
+        self.scripts.retain(|name, r| {
+            let keep = wanted.get(name.as_str()) == Some(&&r.script);
+            if !keep {
+                r.task.abort();
+                states.send_modify(|m| {
+                    m.remove(name);
+                });
+            }
+            keep
+        });
+        for (name, script) in wanted {
+            if !self.scripts.contains_key(name) {
+                let task = script::spawn(script.clone(), self.script_states.clone());
+                let script = script.clone();
+                self.scripts
+                    .insert(name.to_string(), RunningScript { script, task });
+            }
+        }
+    }
+
+    /// Stops every instance (masters send priority 0 and remove their addresses), then
+    /// the track scripts.
     pub async fn stop(mut self) {
         let running = std::mem::take(&mut self.running);
         let stops = running
             .into_iter()
             .map(|(name, r)| async move { stop_one(&name, r).await });
         futures::future::join_all(stops).await;
+        for (_, r) in std::mem::take(&mut self.scripts) {
+            r.task.abort();
+        }
     }
 
     pub fn status(&self) -> Vec<VrrpStatus> {
@@ -287,6 +386,9 @@ mod tests {
             virtual_router_id: 51,
             version: 3,
             priority: 150,
+            configured_priority: 150,
+            scripts: Vec::new(),
+            sync_group: None,
             state,
             master: Some("10.0.0.2".parse().unwrap()),
             source_address: "10.0.0.2".parse().unwrap(),
@@ -335,6 +437,31 @@ mod tests {
         assert_eq!(c.vrrp.len(), 2);
         assert_eq!(c.vrrp[0].preempt_delay, Duration::from_secs(30));
         assert_eq!(siblings(&c.vrrp[0], &c.vrrp), vec![52]);
+    }
+
+    /// An instance runs with the scripts it tracks, in its order, and its group: a change
+    /// of either restarts it on a reload.
+    #[test]
+    fn an_instance_runs_with_its_scripts_and_group() {
+        let c = crate::config::Config::parse(
+            "node:\n  interfaces: [{name: eth0}]\nvrrp:\n\
+             - {name: a, interface: eth0, virtual_router_id: 1, virtual_addresses: [10.0.0.1], track_scripts: [y, x]}\n\
+             - {name: b, interface: eth0, virtual_router_id: 2, virtual_addresses: [10.0.0.2]}\n\
+             vrrp_scripts:\n  - {name: x, script: 'true'}\n  - {name: y, script: 'false'}\n\
+             sync_groups:\n  - {name: G, instances: [b, a]}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let specs = Spec::all(&c);
+        let names: Vec<&str> = specs[0].scripts.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["y", "x"]);
+        assert_eq!(specs[0].group.as_deref(), Some("G"));
+        assert!(specs[1].scripts.is_empty());
+        let mut changed = c.clone();
+        changed.vrrp_scripts[0].interval = Duration::from_secs(5);
+        let again = Spec::all(&changed);
+        assert_ne!(again[0], specs[0], "a tracked script changed");
+        assert_eq!(again[1], specs[1]);
     }
 
     #[test]

@@ -145,7 +145,19 @@ impl Drop for Notifier {
 
 /// Kills a script's whole process group when dropped, unless disarmed once the script
 /// has been reaped (its id may then be another process's).
-struct ProcessGroup(Option<i32>);
+pub(super) struct ProcessGroup(Option<i32>);
+
+impl ProcessGroup {
+    /// The group `child` leads (spawned with `process_group(0)`).
+    pub(super) fn of(child: &tokio::process::Child) -> ProcessGroup {
+        ProcessGroup(child.id().and_then(|pid| i32::try_from(pid).ok()))
+    }
+
+    /// The leader was reaped: nothing to kill any more.
+    pub(super) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
@@ -176,10 +188,10 @@ async fn run(instance: &str, script: &str, args: &[String], timeout: Duration) {
         }
     };
     // Declared after `child`, so dropped first: the group dies before the leader is reaped.
-    let mut group = ProcessGroup(child.id().and_then(|pid| i32::try_from(pid).ok()));
+    let mut group = ProcessGroup::of(&child);
     let result = tokio::time::timeout(timeout, child.wait()).await;
     if result.is_ok() {
-        group.0 = None;
+        group.disarm();
     }
     match result {
         Ok(Ok(status)) if status.success() => {

@@ -4,8 +4,19 @@
 //! [`Machine::on_timer`].
 //!
 //! Beside the RFC's Initialize, Backup and Master it has keepalived's Fault: while a
-//! tracked link (or the instance's own) is down the instance neither sends nor listens,
+//! tracked link (or the instance's own) is down, a tracked script of weight 0 fails, or
+//! another instance of its sync group is in fault, the instance neither sends nor listens,
 //! and leaves Master with a priority-0 advert so a backup takes over at once.
+//!
+//! The priority can change while it runs (keepalived's weighted track scripts): a master
+//! advertises the new one from its next advert, a backup's Master_Down_Timer moves by the
+//! change of its Skew_Time, and the usual rules do the rest (a backup with preempt ignores
+//! a master that is now lower and takes over; a master hearing a higher one gives way).
+//!
+//! Sync groups (keepalived's `vrrp_sync_group`) reach the machine as events: another
+//! member became master ([`Event::GroupMaster`]: a backup becomes master at once) or gave
+//! way to a higher priority ([`Event::GroupBackup`]: a master becomes backup), or a member
+//! is in fault ([`Event::GroupFault`]).
 //!
 //! `preempt_delay` is keepalived's: for that long after entering Backup from Initialize or
 //! Fault, a lower-priority master is accepted as if preemption were off; afterwards its
@@ -102,6 +113,20 @@ pub enum Event {
     Links {
         up: bool,
     },
+    /// Whether every tracked script of weight 0 succeeds.
+    Scripts {
+        up: bool,
+    },
+    /// The effective priority (the configured one moved by weighted scripts), 1..=255.
+    Priority(u8),
+    /// Whether another instance of the sync group is in fault.
+    GroupFault {
+        fault: bool,
+    },
+    /// Another instance of the sync group became master.
+    GroupMaster,
+    /// Another instance of the sync group left master for backup.
+    GroupBackup,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +149,8 @@ pub struct Machine {
     settings: Settings,
     state: State,
     links_up: bool,
+    scripts_up: bool,
+    group_fault: bool,
     master_down_at: Option<Instant>,
     adver_at: Option<Instant>,
     garp_at: Option<Instant>,
@@ -140,6 +167,8 @@ impl Machine {
             settings,
             state: State::Initialize,
             links_up: true,
+            scripts_up: true,
+            group_fault: false,
             master_down_at: None,
             adver_at: None,
             garp_at: None,
@@ -199,17 +228,24 @@ impl Machine {
                 State::Backup | State::Fault => self.go(State::Initialize, &mut out),
                 State::Initialize => {}
             },
-            Event::Links { up } => {
-                self.links_up = up;
-                match (self.state, up) {
-                    (State::Master, false) => {
-                        self.leave_master(&mut out);
-                        out.push(Action::SendAdvert { priority: 0 });
-                        self.go(State::Fault, &mut out);
-                    }
-                    (State::Backup, false) => self.go(State::Fault, &mut out),
-                    (State::Fault, true) => self.start(now, &mut out),
-                    _ => {}
+            Event::Links { up } => self.set_health(now, |m| m.links_up = up, &mut out),
+            Event::Scripts { up } => self.set_health(now, |m| m.scripts_up = up, &mut out),
+            Event::GroupFault { fault } => {
+                self.set_health(now, |m| m.group_fault = fault, &mut out)
+            }
+            Event::Priority(p) => self.set_priority(p),
+            Event::GroupMaster => {
+                if self.state == State::Backup {
+                    self.become_master(now, &mut out);
+                }
+            }
+            Event::GroupBackup => {
+                if self.state == State::Master {
+                    self.leave_master(&mut out);
+                    self.master_down_at = Some(now + self.master_down_interval());
+                    self.preempt_from = None;
+                    self.master = None;
+                    self.go(State::Backup, &mut out);
                 }
             }
             Event::Advert(r)
@@ -247,9 +283,48 @@ impl Machine {
         out
     }
 
+    /// Links up, scripts of weight 0 up, no fault in the sync group.
+    fn healthy(&self) -> bool {
+        self.links_up && self.scripts_up && !self.group_fault
+    }
+
+    /// Applies `change` to what the health depends on; Master or Backup go to Fault when
+    /// it fails, Fault starts again when it is back.
+    fn set_health(&mut self, now: Instant, change: impl FnOnce(&mut Self), out: &mut Vec<Action>) {
+        change(self);
+        match (self.state, self.healthy()) {
+            (State::Master, false) => {
+                self.leave_master(out);
+                out.push(Action::SendAdvert { priority: 0 });
+                self.go(State::Fault, out);
+            }
+            (State::Backup, false) => self.go(State::Fault, out),
+            (State::Fault, true) => self.start(now, out),
+            _ => {}
+        }
+    }
+
+    /// A new effective priority. A backup keeps waiting for the same master's adverts:
+    /// its Master_Down_Timer moves by the change of Master_Down_Interval (keepalived's
+    /// behaviour), so an advert heard just before counts as before.
+    fn set_priority(&mut self, priority: u8) {
+        let before = self.master_down_interval();
+        self.settings.priority = priority.max(1);
+        let after = self.master_down_interval();
+        if self.state == State::Backup {
+            self.master_down_at = self.master_down_at.map(|t| {
+                if after >= before {
+                    t + (after - before)
+                } else {
+                    t.checked_sub(before - after).unwrap_or(t)
+                }
+            });
+        }
+    }
+
     /// Initialize (or Fault) -> Backup or Master, as RFC 5798 6.4.1's Startup.
     fn start(&mut self, now: Instant, out: &mut Vec<Action>) {
-        if !self.links_up {
+        if !self.healthy() {
             self.go(State::Fault, out);
         } else if self.settings.priority == 255 {
             self.become_master(now, out);
@@ -347,465 +422,4 @@ impl Machine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use Action::*;
-
-    const SEC: Duration = Duration::from_secs(1);
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn settings(priority: u8) -> Settings {
-        Settings {
-            version: Version::V3,
-            priority,
-            advert_interval: SEC,
-            preempt: true,
-            preempt_delay: Duration::ZERO,
-            primary_address: "10.0.0.2".parse().unwrap(),
-            garp_repeat: 3,
-            garp_interval: ms(500),
-            garp_refresh: Duration::ZERO,
-        }
-    }
-
-    /// A machine and a fake clock.
-    struct Rig {
-        m: Machine,
-        t0: Instant,
-        now: Instant,
-    }
-
-    impl Rig {
-        fn new(s: Settings) -> Rig {
-            let t0 = Instant::now();
-            Rig {
-                m: Machine::new(s),
-                t0,
-                now: t0,
-            }
-        }
-
-        fn at(&mut self, offset: Duration) -> &mut Self {
-            assert!(
-                self.t0 + offset >= self.now,
-                "the fake clock only moves forward"
-            );
-            self.now = self.t0 + offset;
-            self
-        }
-
-        fn event(&mut self, e: Event) -> Vec<Action> {
-            self.m.handle(self.now, e)
-        }
-
-        /// Advances to `offset`, firing timers in order as a runner would.
-        fn run_until(&mut self, offset: Duration) -> Vec<Action> {
-            let end = self.t0 + offset;
-            let mut out = Vec::new();
-            for _ in 0..10_000 {
-                match self.m.next_deadline() {
-                    Some(t) if t <= end => {
-                        self.now = self.now.max(t);
-                        out.extend(self.m.on_timer(self.now));
-                    }
-                    _ => break,
-                }
-            }
-            self.now = end;
-            out
-        }
-
-        fn advert(&mut self, source: &str, priority: u8) -> Vec<Action> {
-            let r = Received {
-                source: source.parse().unwrap(),
-                priority,
-                interval: SEC,
-            };
-            self.event(Event::Advert(r))
-        }
-    }
-
-    fn t(from: State, to: State) -> Action {
-        Transition { from, to }
-    }
-
-    /// Everything a node does on becoming Master with `settings(p)`.
-    fn becoming_master(p: u8, from: State) -> Vec<Action> {
-        vec![
-            AddAddresses,
-            SendAdvert { priority: p },
-            SendGarp,
-            t(from, State::Master),
-        ]
-    }
-
-    #[test]
-    fn intervals_follow_the_rfc() {
-        let m = Machine::new(settings(100));
-        assert_eq!(m.skew_time(), SEC * 156 / 256);
-        assert_eq!(m.master_down_interval(), 3 * SEC + SEC * 156 / 256);
-        let m = Machine::new(Settings {
-            advert_interval: ms(100),
-            ..settings(254)
-        });
-        assert_eq!(m.master_down_interval(), ms(300) + ms(100) * 2 / 256);
-    }
-
-    #[test]
-    fn startup_goes_to_backup_then_master_after_master_down_interval() {
-        let mut r = Rig::new(settings(100));
-        assert_eq!(
-            r.event(Event::Startup),
-            vec![t(State::Initialize, State::Backup)]
-        );
-        let mdi = r.m.master_down_interval();
-        assert_eq!(r.m.next_deadline(), Some(r.t0 + mdi));
-        assert_eq!(r.run_until(mdi - ms(1)), vec![]);
-        assert_eq!(r.run_until(mdi), becoming_master(100, State::Backup));
-        assert_eq!(r.m.master(), Some("10.0.0.2".parse().unwrap()));
-    }
-
-    #[test]
-    fn the_address_owner_starts_as_master() {
-        let mut r = Rig::new(settings(255));
-        assert_eq!(
-            r.event(Event::Startup),
-            becoming_master(255, State::Initialize)
-        );
-    }
-
-    #[test]
-    fn master_advertises_every_interval_and_garps_as_configured() {
-        let mut r = Rig::new(Settings {
-            garp_refresh: SEC * 10,
-            ..settings(255)
-        });
-        r.event(Event::Startup);
-        // Burst of 3 (one at once, two 500 ms apart), adverts every second.
-        assert_eq!(r.run_until(ms(500)), vec![SendGarp]);
-        assert_eq!(
-            r.run_until(ms(1000)),
-            vec![SendAdvert { priority: 255 }, SendGarp]
-        );
-        assert_eq!(r.run_until(ms(2000)), vec![SendAdvert { priority: 255 }]);
-        // Refresh: one more every 10 s after the last of the burst.
-        let acts = r.run_until(ms(11_000));
-        assert_eq!(
-            acts.iter().filter(|a| **a == SendGarp).count(),
-            1,
-            "{acts:?}"
-        );
-        assert_eq!(acts.len(), 10, "9 adverts and a refresh: {acts:?}");
-    }
-
-    #[test]
-    fn backup_hears_a_higher_master_and_stays() {
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        for s in 1..=10 {
-            r.at(SEC * s);
-            assert_eq!(r.advert("10.0.0.3", 150), vec![]);
-        }
-        assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
-        assert_eq!(
-            r.run_until(SEC * 10 + r.m.master_down_interval() - ms(1)),
-            vec![]
-        );
-        assert_eq!(r.m.state(), State::Backup);
-        // The master dies: Master_Down_Interval after its last advert.
-        let deadline = SEC * 10 + r.m.master_down_interval();
-        assert_eq!(r.run_until(deadline), becoming_master(100, State::Backup));
-    }
-
-    /// Adverts from priority 254 whose interval is not the configured one (1 s) are
-    /// ignored: 300 of them, 100 a second, make a master flap no more; a backup keeps
-    /// its own Master_Down_Interval after the real master's last advert.
-    #[test]
-    fn adverts_with_another_interval_change_nothing() {
-        let forged = |interval| {
-            let source = "10.0.0.4".parse().unwrap();
-            Event::Advert(Received {
-                source,
-                priority: 254,
-                interval,
-            })
-        };
-        for interval in [Duration::ZERO, ms(10), SEC * 2, ms(40_950)] {
-            let mut r = Rig::new(settings(100));
-            r.event(Event::Startup);
-            let mdi = r.m.master_down_interval();
-            let mut actions = r.run_until(mdi);
-            for i in 1..=300 {
-                actions.extend(r.run_until(mdi + ms(10) * i));
-                actions.extend(r.event(forged(interval)));
-            }
-            actions.extend(r.run_until(mdi + SEC * 10));
-            let flaps = actions.iter().filter(|a| matches!(a, Transition { .. }));
-            assert_eq!(flaps.count(), 1, "{interval:?}: only Backup -> Master");
-            assert_eq!(r.m.state(), State::Master);
-
-            let mut r = Rig::new(settings(100));
-            r.event(Event::Startup);
-            r.at(SEC);
-            r.advert("10.0.0.3", 200);
-            r.at(SEC * 2);
-            r.event(forged(interval));
-            assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
-            assert_eq!(r.run_until(SEC + mdi), becoming_master(100, State::Backup));
-        }
-    }
-
-    #[test]
-    fn priority_zero_hands_over_in_skew_time() {
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        r.at(SEC);
-        r.advert("10.0.0.3", 150);
-        r.at(SEC * 2);
-        assert_eq!(r.advert("10.0.0.3", 0), vec![]);
-        let skew = r.m.skew_time();
-        assert_eq!(r.m.next_deadline(), Some(r.t0 + SEC * 2 + skew));
-        assert_eq!(
-            r.run_until(SEC * 2 + skew),
-            becoming_master(100, State::Backup)
-        );
-    }
-
-    #[test]
-    fn preempt_takes_over_from_a_lower_master() {
-        let mut r = Rig::new(settings(200));
-        r.event(Event::Startup);
-        // The lower master's adverts are ignored: Master_Down_Timer runs out.
-        for s in 1..=3 {
-            r.at(SEC * s);
-            assert_eq!(r.advert("10.0.0.3", 100), vec![]);
-        }
-        let mdi = r.m.master_down_interval();
-        assert_eq!(r.run_until(mdi), becoming_master(200, State::Backup));
-    }
-
-    #[test]
-    fn without_preempt_a_lower_master_is_kept() {
-        let mut r = Rig::new(Settings {
-            preempt: false,
-            ..settings(200)
-        });
-        r.event(Event::Startup);
-        for s in 1..=20 {
-            r.at(SEC * s);
-            r.advert("10.0.0.3", 100);
-            assert_eq!(r.run_until(SEC * s + ms(999)), vec![]);
-        }
-        assert_eq!(r.m.state(), State::Backup);
-        assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
-    }
-
-    #[test]
-    fn preempt_delay_holds_preemption_back_after_startup() {
-        let mut r = Rig::new(Settings {
-            preempt_delay: SEC * 10,
-            ..settings(200)
-        });
-        r.event(Event::Startup);
-        // Within the delay the lower master is accepted...
-        for s in 1..=10 {
-            r.at(SEC * s);
-            r.advert("10.0.0.3", 100);
-            assert_eq!(r.run_until(SEC * s + ms(999)), vec![], "second {s}");
-        }
-        // ...afterwards ignored, so Master_Down_Interval after the last accepted advert
-        // (at 9 s; the one at 10 s came once the delay was over) this node preempts.
-        r.at(SEC * 11);
-        r.advert("10.0.0.3", 100);
-        let mdi = r.m.master_down_interval();
-        assert_eq!(r.run_until(SEC * 9 + mdi - ms(1)), vec![]);
-        assert_eq!(r.m.state(), State::Backup);
-        assert_eq!(
-            r.run_until(SEC * 9 + mdi),
-            becoming_master(200, State::Backup)
-        );
-    }
-
-    #[test]
-    fn master_yields_to_a_higher_priority() {
-        let mut r = Rig::new(settings(255));
-        r.event(Event::Startup);
-        r.at(ms(300));
-        assert_eq!(r.advert("10.0.0.3", 100), vec![], "lower: discarded");
-        assert_eq!(r.m.state(), State::Master);
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        r.run_until(r.m.master_down_interval());
-        r.at(SEC * 5);
-        assert_eq!(
-            r.advert("10.0.0.3", 101),
-            vec![RemoveAddresses, t(State::Master, State::Backup)]
-        );
-        assert_eq!(r.m.master(), Some("10.0.0.3".parse().unwrap()));
-        assert_eq!(
-            r.m.next_deadline(),
-            Some(r.t0 + SEC * 5 + r.m.master_down_interval())
-        );
-    }
-
-    #[test]
-    fn equal_priority_is_decided_by_the_higher_address() {
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        r.run_until(r.m.master_down_interval());
-        r.at(SEC * 5);
-        assert_eq!(
-            r.advert("10.0.0.1", 100),
-            vec![],
-            "lower address: discarded"
-        );
-        assert_eq!(
-            r.advert("10.0.0.9", 100),
-            vec![RemoveAddresses, t(State::Master, State::Backup)]
-        );
-    }
-
-    #[test]
-    fn master_answers_a_leaving_master_at_once() {
-        let mut r = Rig::new(settings(255));
-        r.event(Event::Startup);
-        r.at(ms(400));
-        assert_eq!(r.advert("10.0.0.3", 0), vec![SendAdvert { priority: 255 }]);
-        // The advert timer restarted from now.
-        assert_eq!(
-            r.run_until(ms(1399)),
-            vec![SendGarp, SendGarp],
-            "only the rest of the GARP burst"
-        );
-        assert_eq!(r.run_until(ms(1400)), vec![SendAdvert { priority: 255 }]);
-    }
-
-    #[test]
-    fn shutdown_of_a_master_sends_priority_zero_and_removes_addresses() {
-        let mut r = Rig::new(settings(255));
-        r.event(Event::Startup);
-        r.at(SEC);
-        assert_eq!(
-            r.event(Event::Shutdown),
-            vec![
-                RemoveAddresses,
-                SendAdvert { priority: 0 },
-                t(State::Master, State::Initialize)
-            ]
-        );
-        assert_eq!(r.m.next_deadline(), None);
-        assert_eq!(r.event(Event::Shutdown), vec![]);
-    }
-
-    #[test]
-    fn shutdown_of_a_backup_is_silent() {
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        assert_eq!(
-            r.event(Event::Shutdown),
-            vec![t(State::Backup, State::Initialize)]
-        );
-        assert_eq!(r.m.next_deadline(), None);
-    }
-
-    #[test]
-    fn a_link_down_is_a_fault_and_its_return_a_new_start() {
-        let mut r = Rig::new(settings(200));
-        r.event(Event::Startup);
-        r.run_until(r.m.master_down_interval());
-        assert_eq!(r.m.state(), State::Master);
-        r.at(SEC * 10);
-        assert_eq!(
-            r.event(Event::Links { up: false }),
-            vec![
-                RemoveAddresses,
-                SendAdvert { priority: 0 },
-                t(State::Master, State::Fault)
-            ]
-        );
-        assert_eq!(r.m.next_deadline(), None);
-        assert_eq!(r.advert("10.0.0.3", 100), vec![], "Fault does not listen");
-        r.at(SEC * 20);
-        assert_eq!(
-            r.event(Event::Links { up: true }),
-            vec![t(State::Fault, State::Backup)]
-        );
-        let mdi = r.m.master_down_interval();
-        assert_eq!(
-            r.run_until(SEC * 20 + mdi),
-            becoming_master(200, State::Backup)
-        );
-        // A backup faults too, silently.
-        let mut r = Rig::new(settings(100));
-        r.event(Event::Startup);
-        assert_eq!(
-            r.event(Event::Links { up: false }),
-            vec![t(State::Backup, State::Fault)]
-        );
-        assert_eq!(
-            r.event(Event::Shutdown),
-            vec![t(State::Fault, State::Initialize)]
-        );
-    }
-
-    #[test]
-    fn startup_with_a_link_down_is_a_fault() {
-        let mut r = Rig::new(settings(255));
-        r.event(Event::Links { up: false });
-        assert_eq!(
-            r.event(Event::Startup),
-            vec![t(State::Initialize, State::Fault)]
-        );
-        assert_eq!(
-            r.event(Event::Links { up: true }),
-            becoming_master(255, State::Fault)
-        );
-    }
-
-    #[test]
-    fn preempt_delay_applies_again_after_a_fault() {
-        let mut r = Rig::new(Settings {
-            preempt_delay: SEC * 5,
-            ..settings(200)
-        });
-        r.event(Event::Startup);
-        r.event(Event::Links { up: false });
-        r.at(SEC * 100);
-        r.event(Event::Links { up: true });
-        r.at(SEC * 101);
-        r.advert("10.0.0.3", 100);
-        assert_eq!(
-            r.m.master(),
-            Some("10.0.0.3".parse().unwrap()),
-            "accepted within the delay"
-        );
-    }
-
-    #[test]
-    fn no_garp_when_repeat_is_zero() {
-        let mut r = Rig::new(Settings {
-            garp_repeat: 0,
-            ..settings(255)
-        });
-        assert_eq!(
-            r.event(Event::Startup),
-            vec![
-                AddAddresses,
-                SendAdvert { priority: 255 },
-                t(State::Initialize, State::Master)
-            ]
-        );
-        assert_eq!(r.run_until(SEC * 3).len(), 3, "adverts only");
-    }
-
-    #[test]
-    fn adverts_in_initialize_are_ignored() {
-        let mut r = Rig::new(settings(100));
-        assert_eq!(r.advert("10.0.0.3", 0), vec![]);
-        assert_eq!(r.m.state(), State::Initialize);
-        assert_eq!(r.m.next_deadline(), None);
-    }
-}
+mod tests;
