@@ -41,6 +41,8 @@ pub struct Instance {
     pub garp_repeat: u32,
     pub garp_interval: Duration,
     pub track_interfaces: Vec<String>,
+    /// Names of `vrrp_scripts` (bascule only; the test writes the scripts).
+    pub track_scripts: Vec<String>,
     /// One script for master, backup and fault.
     pub notify: Option<String>,
 }
@@ -60,6 +62,7 @@ impl Instance {
             garp_repeat: 5,
             garp_interval: Duration::from_millis(200),
             track_interfaces: Vec::new(),
+            track_scripts: Vec::new(),
             notify: None,
         }
     }
@@ -104,6 +107,9 @@ impl Instance {
                 "    track_interfaces: [{}]",
                 self.track_interfaces.join(", ")
             );
+        }
+        if !self.track_scripts.is_empty() {
+            let _ = writeln!(y, "    track_scripts: [{}]", self.track_scripts.join(", "));
         }
         if let Some(n) = &self.notify {
             let _ = writeln!(

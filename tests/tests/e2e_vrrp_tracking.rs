@@ -1,0 +1,334 @@
+//! keepalived's track scripts and sync groups between two bascule nodes in a namespace
+//! lab: a weighted script that starts failing lowers the master's priority and the peer
+//! takes over, and back when it passes; a failing script of weight 0 is a FAULT; a sync
+//! group's IPv4 and IPv6 instances fail over together when only the IPv6 instance's
+//! tracked interface goes down. The binary comes from `BASCULE_BIN` (set by `cargo xtask
+//! test`).
+
+use std::{
+    fs,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use bascule_tests::{
+    bascule_bin,
+    lab::ip,
+    vrrp::{bascule_config, holds, wait_for, wait_for_master, Instance, LINK_VIP4, LINK_VIP6},
+    Host, Spawned, Topology, TopologySpec,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Bound for things with no protocol deadline of their own (startup, preemption after a
+/// Master_Down_Interval).
+const SETTLE: Duration = Duration::from_secs(10);
+
+fn require_root() {
+    // SAFETY: geteuid(2) cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "VRRP tests create network namespaces: run them as root (`cargo xtask test`)"
+    );
+}
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
+    topo.write_config(name, text).expect("write a config")
+}
+
+fn start(topo: &Topology, lb: &Host, config: &Path) -> Spawned {
+    topo.start_bascule(&bascule_bin(), lb, config)
+        .expect("start bascule")
+}
+
+fn logs(daemons: &[&Spawned]) -> String {
+    daemons
+        .iter()
+        .map(|d| format!("\n---- {} ----\n{}", d.name, d.log_text()))
+        .collect()
+}
+
+fn stop(topo: &Topology, daemon: &Spawned) {
+    let (status, in_time) = topo.lab.terminate(daemon).expect("stop");
+    assert!(
+        in_time && status.success(),
+        "{} did not stop cleanly on SIGTERM ({status}):\n{}",
+        daemon.name,
+        daemon.log_text()
+    );
+}
+
+/// The value of the metric `series` (name and labels, as printed) on `lb`.
+fn metric(topo: &Topology, lb: &Host, series: &str) -> Option<String> {
+    let (_, text) = topo.api(lb, "GET", "/metrics", None).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(str::to_string)
+}
+
+/// `name`'s entry in `GET /api/v1/vrrp` on `lb`, if its API answers with one.
+fn try_instance(topo: &Topology, lb: &Host, name: &str) -> Option<serde_json::Value> {
+    let (status, body) = topo.api(lb, "GET", "/api/v1/vrrp", None).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then_some(())?;
+    json["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["instance"] == name)
+        .cloned()
+}
+
+fn instance(topo: &Topology, lb: &Host, name: &str) -> serde_json::Value {
+    try_instance(topo, lb, name)
+        .unwrap_or_else(|| panic!("no instance {name} in GET /api/v1/vrrp on {}", lb.role))
+}
+
+/// Waits for `name`'s state on `lb` (its API may not listen yet).
+fn wait_for_state(topo: &Topology, lb: &Host, name: &str, state: &str, daemons: &[&Spawned]) {
+    wait_for(&format!("{name} {state} on {}", lb.role), SETTLE, || {
+        try_instance(topo, lb, name).is_some_and(|i| i["state"] == state)
+    })
+    .unwrap_or_else(|e| panic!("{e:#}{}", logs(daemons)));
+}
+
+fn expect_master(nodes: &[&Host], master: &Host, vip: IpAddr, daemons: &[&Spawned]) -> Duration {
+    wait_for_master(nodes, master, vip, SETTLE).unwrap_or_else(|e| panic!("{e:#}{}", logs(daemons)))
+}
+
+/// lb1 (150) tracks a script of weight -100 that fails while a file exists; lb2 (100)
+/// tracks nothing. The file appears: lb1's effective priority drops to 50, lb2 preempts
+/// it; the file goes: lb1 (150 again) preempts lb2.
+#[test]
+fn a_failing_track_script_hands_over_to_the_peer_and_back() {
+    require_root();
+    let _serial = serial();
+    let topo = Topology::new(
+        "vrrp-script",
+        TopologySpec {
+            lbs: 2,
+            backends: 1,
+        },
+    )
+    .expect("build the lab");
+    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
+    let nodes = [lb1, lb2];
+    let vip = IpAddr::V4(LINK_VIP4);
+    let flag = topo.lab.dir().join("lb1-fails");
+    let advert = Duration::from_millis(300);
+    let mut i1 = Instance::new("VI_1", 71, 150, vip, advert);
+    i1.track_scripts = vec!["chk".into()];
+    let i2 = Instance::new("VI_1", 71, 100, vip, advert);
+    let scripts = format!(
+        "vrrp_scripts:\n  - {{ name: chk, script: \"test ! -e {}\", interval: 200ms, weight: -100, rise: 2, fall: 2 }}\n",
+        flag.display()
+    );
+    let cfg1 = write(
+        &topo,
+        "lb1.yaml",
+        &(bascule_config(&topo.backends, &[], &[i1]) + &scripts),
+    );
+    let cfg2 = write(
+        &topo,
+        "lb2.yaml",
+        &bascule_config(&topo.backends, &[], std::slice::from_ref(&i2)),
+    );
+    let d1 = start(&topo, lb1, &cfg1);
+    expect_master(&nodes, lb1, vip, &[&d1]);
+    let d2 = start(&topo, lb2, &cfg2);
+    let daemons = [&d1, &d2];
+    wait_for_state(&topo, lb2, "VI_1", "backup", &daemons);
+    let priority = "bascule_vrrp_priority{instance=\"VI_1\"}";
+    let script_up = "bascule_vrrp_script_up{script=\"chk\"}";
+    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("150"));
+    assert_eq!(metric(&topo, lb1, script_up).as_deref(), Some("1"));
+
+    fs::write(&flag, "").unwrap();
+    let took = expect_master(&nodes, lb2, vip, &daemons);
+    println!("script fails: lb2 master after {} ms", took.as_millis());
+    // Two failed runs, then lb2's Master_Down_Interval after lb1's last advert it heard
+    // at a higher priority (and a run's and an advert's worth of slack).
+    let bound = 3 * Duration::from_millis(200) + i2.master_down_interval() + advert;
+    assert!(took < bound, "{took:?} >= {bound:?}{}", logs(&daemons));
+    let seen = instance(&topo, lb1, "VI_1");
+    assert_eq!(seen["state"], "backup", "{seen}");
+    assert_eq!(seen["priority"], 50, "{seen}");
+    assert_eq!(seen["configured_priority"], 150, "{seen}");
+    assert_eq!(seen["scripts"][0]["state"], "down", "{seen}");
+    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("50"));
+    assert_eq!(metric(&topo, lb1, script_up).as_deref(), Some("0"));
+    // It stays there: lb2 (100) now wins against lb1 (50).
+    std::thread::sleep(4 * advert);
+    assert!(holds(lb2, vip) && !holds(lb1, vip), "{}", logs(&daemons));
+
+    fs::remove_file(&flag).unwrap();
+    let took = expect_master(&nodes, lb1, vip, &daemons);
+    println!(
+        "script passes: lb1 master again after {} ms",
+        took.as_millis()
+    );
+    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("150"));
+    assert_eq!(instance(&topo, lb2, "VI_1")["state"], "backup");
+    stop(&topo, &d1);
+    stop(&topo, &d2);
+}
+
+/// A sync group of an IPv4 and an IPv6 instance on each node, lb1 (150) preferred over
+/// lb2 (100); on lb1 only the IPv6 instance tracks an interface. That interface goes
+/// down: the IPv6 instance faults, and with it the IPv4 one, whose priority-0 advert
+/// hands it over at once; lb2 takes both addresses. The interface comes back: lb1 takes
+/// both back.
+#[test]
+fn a_sync_group_fails_over_together() {
+    require_root();
+    let _serial = serial();
+    let topo = Topology::new(
+        "vrrp-sync",
+        TopologySpec {
+            lbs: 2,
+            backends: 1,
+        },
+    )
+    .expect("build the lab");
+    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
+    let nodes = [lb1, lb2];
+    let (vip4, vip6) = (IpAddr::V4(LINK_VIP4), IpAddr::V6(LINK_VIP6));
+    // A link to track (a veth pair inside lb1: this kernel has no dummy interfaces).
+    let ns1 = lb1.netns.as_str();
+    ip(&[
+        "-n",
+        ns1,
+        "link",
+        "add",
+        "uplink6",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "uplink6-peer",
+    ])
+    .expect("uplink");
+    for link in ["uplink6", "uplink6-peer"] {
+        ip(&["-n", ns1, "link", "set", link, "up"]).expect("uplink up");
+    }
+    let advert = Duration::from_millis(300);
+    let group = "sync_groups:\n  - { name: G1, instances: [VI_4, VI_6] }\n";
+    let pair = |priority: u8, track: bool| {
+        let v4 = Instance::new("VI_4", 81, priority, vip4, advert);
+        let mut v6 = Instance::new("VI_6", 82, priority, vip6, advert);
+        if track {
+            v6.track_interfaces = vec!["uplink6".into()];
+        }
+        bascule_config(&topo.backends, &[], &[v4, v6]) + group
+    };
+    let cfg1 = write(&topo, "lb1.yaml", &pair(150, true));
+    let cfg2 = write(&topo, "lb2.yaml", &pair(100, false));
+    let d1 = start(&topo, lb1, &cfg1);
+    expect_master(&nodes, lb1, vip4, &[&d1]);
+    expect_master(&nodes, lb1, vip6, &[&d1]);
+    let d2 = start(&topo, lb2, &cfg2);
+    let daemons = [&d1, &d2];
+    wait_for_state(&topo, lb2, "VI_4", "backup", &daemons);
+    wait_for_state(&topo, lb2, "VI_6", "backup", &daemons);
+    assert_eq!(instance(&topo, lb1, "VI_4")["sync_group"], "G1");
+
+    ip(&["-n", ns1, "link", "set", "uplink6", "down"]).expect("uplink down");
+    let took4 = expect_master(&nodes, lb2, vip4, &daemons);
+    let took6 = expect_master(&nodes, lb2, vip6, &daemons);
+    println!(
+        "IPv6 uplink down: lb2 master of VI_4 after {} ms, of VI_6 after {} ms more",
+        took4.as_millis(),
+        took6.as_millis()
+    );
+    let mdi = Instance::new("VI_4", 81, 100, vip4, advert).master_down_interval();
+    assert!(
+        took4 < mdi,
+        "VI_4 faults with VI_6 and hands over with priority 0: {took4:?}{}",
+        logs(&daemons)
+    );
+    // The addresses moved; each daemon's status follows its own transition a moment later.
+    for name in ["VI_4", "VI_6"] {
+        wait_for_state(&topo, lb1, name, "fault", &daemons);
+        wait_for_state(&topo, lb2, name, "master", &daemons);
+    }
+
+    ip(&["-n", ns1, "link", "set", "uplink6", "up"]).expect("uplink up");
+    expect_master(&nodes, lb1, vip4, &daemons);
+    expect_master(&nodes, lb1, vip6, &daemons);
+    for name in ["VI_4", "VI_6"] {
+        wait_for_state(&topo, lb2, name, "backup", &daemons);
+    }
+    stop(&topo, &d1);
+    stop(&topo, &d2);
+}
+
+/// A script of weight 0 (keepalived's default): while it fails, lb1 is in FAULT and hands
+/// over at once with a priority-0 advert; when it passes, lb1 starts again and preempts.
+#[test]
+fn a_failing_script_of_weight_zero_is_a_fault() {
+    require_root();
+    let _serial = serial();
+    let topo = Topology::new(
+        "vrrp-script0",
+        TopologySpec {
+            lbs: 2,
+            backends: 1,
+        },
+    )
+    .expect("build the lab");
+    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
+    let nodes = [lb1, lb2];
+    let vip = IpAddr::V4(LINK_VIP4);
+    let flag = topo.lab.dir().join("lb1-fails");
+    let advert = Duration::from_millis(300);
+    let mut i1 = Instance::new("VI_1", 72, 150, vip, advert);
+    i1.track_scripts = vec!["chk".into()];
+    let i2 = Instance::new("VI_1", 72, 100, vip, advert);
+    let scripts = format!(
+        "vrrp_scripts:\n  - {{ name: chk, script: \"test ! -e {}\", interval: 200ms }}\n",
+        flag.display()
+    );
+    let cfg1 = write(
+        &topo,
+        "lb1.yaml",
+        &(bascule_config(&topo.backends, &[], &[i1]) + &scripts),
+    );
+    let cfg2 = write(
+        &topo,
+        "lb2.yaml",
+        &bascule_config(&topo.backends, &[], std::slice::from_ref(&i2)),
+    );
+    let d1 = start(&topo, lb1, &cfg1);
+    expect_master(&nodes, lb1, vip, &[&d1]);
+    let d2 = start(&topo, lb2, &cfg2);
+    let daemons = [&d1, &d2];
+    wait_for_state(&topo, lb2, "VI_1", "backup", &daemons);
+
+    fs::write(&flag, "").unwrap();
+    let took = expect_master(&nodes, lb2, vip, &daemons);
+    println!(
+        "weight-0 script fails: lb2 master after {} ms",
+        took.as_millis()
+    );
+    assert!(
+        took < i2.master_down_interval(),
+        "a faulting master hands over with priority 0: {took:?}{}",
+        logs(&daemons)
+    );
+    let seen = instance(&topo, lb1, "VI_1");
+    assert_eq!(seen["state"], "fault", "{seen}");
+    assert_eq!(seen["priority"], 150, "weight 0 moves no priority: {seen}");
+
+    fs::remove_file(&flag).unwrap();
+    expect_master(&nodes, lb1, vip, &daemons);
+    stop(&topo, &d1);
+    stop(&topo, &d2);
+}
