@@ -6,6 +6,7 @@ pub mod control;
 pub mod datapath;
 pub mod health;
 pub mod host;
+pub mod keepalived;
 pub mod plan;
 pub mod serve;
 pub mod util;

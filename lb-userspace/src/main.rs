@@ -159,6 +159,18 @@ enum Command {
         #[arg(long = "vip")]
         vips: Vec<IpAddr>,
     },
+    /// Convert a keepalived.conf (and the files it includes) into bascule YAML.
+    ///
+    /// Every statement not mapped, or only approximated, is listed on standard error as
+    /// FILE:LINE: statement: why. Exit status 0 when the YAML is written, 1 when the input
+    /// cannot be read or parsed.
+    ImportKeepalived {
+        /// The keepalived configuration file.
+        file: PathBuf,
+        /// Write the YAML to OUT [default: standard output].
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+    },
     /// Print a completion script for SHELL (bash, zsh, fish, elvish, powershell) on
     /// standard output.
     Completions {
@@ -259,6 +271,12 @@ fn main() -> ExitCode {
         Command::UndrainNode { api } => api
             .client()
             .and_then(|c| cli::drain_node(&c, false, api.json)),
+        Command::ImportKeepalived { file, output } => {
+            bascule::keepalived::command(&file, output.as_deref()).map_err(|message| Failure {
+                code: cli::EXIT_FAILED,
+                message,
+            })
+        }
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -45,6 +45,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("plan", &["config", "host", "util"]),
     ("config", &["host", "util"]),
     ("announce", &[]),
+    ("keepalived", &[]),
     ("host", &[]),
     ("util", &[]),
 ];
