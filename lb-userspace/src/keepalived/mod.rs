@@ -74,7 +74,12 @@ impl Features {
 /// What this bascule's configuration reads: the one place to switch a key on when the
 /// daemon implements it (then regenerate the golden files: `BASCULE_UPDATE_GOLDEN=1 cargo
 /// test -p lb-userspace --test keepalived_import`).
-pub const SUPPORTED: Features = Features::NONE;
+pub const SUPPORTED: Features = Features {
+    vrrp_scripts: true,
+    sync_groups: true,
+    connection_thresholds: false,
+    service_groups: false,
+};
 
 /// One import's result.
 #[derive(Debug)]
