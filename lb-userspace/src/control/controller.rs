@@ -308,36 +308,23 @@ fn empty_plan() -> Plan {
     }
 }
 
-/// The saved state, if what is pinned can be adopted: it was written in this very network
-/// namespace, for the same connection-table size, and every pinned map has the layout this
-/// build expects. Otherwise says why it starts over.
+/// The saved state, if what is pinned can be adopted (see [`datapath::adoption`]);
+/// otherwise says why it starts over.
 fn adoptable_state(pins: &PinDir, conntrack_entries: u32) -> Result<Option<SavedState>> {
-    if !pins.has_pins() {
-        return Ok(None);
+    match datapath::adoption(pins, conntrack_entries)? {
+        None => Ok(None),
+        Some(Ok(state)) => {
+            tracing::info!(dir = %pins.root().display(), "adopting the pinned datapath");
+            Ok(Some(state))
+        }
+        Some(Err(why)) => {
+            tracing::warn!(
+                dir = %pins.root().display(),
+                "not adopting the pinned datapath ({why}): starting over, established flows will be rescheduled"
+            );
+            Ok(None)
+        }
     }
-    let why = match pins.read_state() {
-        None => "no readable state file".to_string(),
-        Some(s) if s.netns_cookie != pins.netns_cookie() => {
-            "it was left by a network namespace that no longer exists".to_string()
-        }
-        Some(s) if s.conntrack_entries != conntrack_entries => format!(
-            "conntrack.max_entries changed from {} to {conntrack_entries}",
-            s.conntrack_entries
-        ),
-        Some(s) => {
-            let mismatch = datapath::pinned_maps_mismatch(conntrack_entries, pins)?;
-            if mismatch.is_empty() {
-                tracing::info!(dir = %pins.root().display(), "adopting the pinned datapath");
-                return Ok(Some(s));
-            }
-            format!("its maps differ from this build's: {}", mismatch.join("; "))
-        }
-    };
-    tracing::warn!(
-        dir = %pins.root().display(),
-        "not adopting the pinned datapath ({why}): starting over, established flows will be rescheduled"
-    );
-    Ok(None)
 }
 
 pub(super) fn log_dropped_overrides(dropped: &[(BackendKey, String)]) {

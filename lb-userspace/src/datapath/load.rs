@@ -9,7 +9,11 @@ use aya::{
 };
 use lb_common::{flow_sets, FlowTable, LocalMacs};
 
-use super::{flows, pins::PinDir, Datapath, PinPaths, XDP_OBJECT, XDP_PROGRAM};
+use super::{
+    flows,
+    pins::{PinDir, SavedState},
+    Datapath, PinPaths, XDP_OBJECT, XDP_PROGRAM,
+};
 
 /// The maps of the XDP object that userspace shares with the kernel (the object's
 /// `.rodata`/`.bss` sections are per program and not pinned).
@@ -51,8 +55,8 @@ fn loader(conntrack_entries: u32) -> EbpfLoader<'static> {
     loader
 }
 
-/// A digest of the embedded XDP object: pinned state written by another build is checked
-/// map by map before it is adopted.
+/// A digest of the embedded XDP object, saved in the state file: pinned state written by
+/// another build is not adopted (see [`adoption`]).
 pub fn object_digest() -> u64 {
     lb_common::maglev::stable_hash(XDP_OBJECT)
 }
@@ -207,6 +211,45 @@ pub fn pinned_maps_mismatch(conntrack_entries: u32, pins: &PinDir) -> Result<Vec
         }
     }
     Ok(out)
+}
+
+/// Whether the state pinned in `pins` can be adopted by this build: `None` when nothing
+/// is pinned, the saved state when it was written in this very network namespace, by
+/// this very build (the XDP object's digest), for the same connection-table size, and
+/// every pinned map has the layout this build expects; otherwise why not (the daemon
+/// then starts over).
+pub fn adoption(
+    pins: &PinDir,
+    conntrack_entries: u32,
+) -> Result<Option<std::result::Result<SavedState, String>>> {
+    if !pins.has_pins() {
+        return Ok(None);
+    }
+    let why = match pins.read_state() {
+        None => "no readable state file".to_string(),
+        Some(s) if s.netns_cookie != pins.netns_cookie() => {
+            "it was left by a network namespace that no longer exists".to_string()
+        }
+        // Another build may give a field another meaning at the same size: its maps
+        // would pass the layout check below and be misread.
+        Some(s) if s.object_digest != object_digest() => format!(
+            "it was left by another build: object digest {:016x}, this build's is {:016x}",
+            s.object_digest,
+            object_digest()
+        ),
+        Some(s) if s.conntrack_entries != conntrack_entries => format!(
+            "conntrack.max_entries changed from {} to {conntrack_entries}",
+            s.conntrack_entries
+        ),
+        Some(s) => {
+            let mismatch = pinned_maps_mismatch(conntrack_entries, pins)?;
+            if mismatch.is_empty() {
+                return Ok(Some(Ok(s)));
+            }
+            format!("its maps differ from this build's: {}", mismatch.join("; "))
+        }
+    };
+    Ok(Some(Err(why)))
 }
 
 fn load_program(ebpf: &mut Ebpf) -> Result<()> {

@@ -39,7 +39,7 @@ mod tables;
 mod write;
 
 pub use clock::monotonic_ns;
-pub use load::{object_digest, pinned_maps_mismatch};
+pub use load::{adoption, object_digest, pinned_maps_mismatch};
 pub use reconcile::Reconciled;
 
 /// The XDP object built by `build.rs` from `lb-ebpf`.

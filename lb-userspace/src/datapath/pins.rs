@@ -416,11 +416,13 @@ fn remove_entries(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The inode of the current network namespace (`/proc/self/ns/net`): names its tree.
+/// The inode of the calling thread's network namespace (`/proc/thread-self/ns/net`:
+/// `/proc/self` is the main thread's, which a thread that entered another namespace
+/// does not share): names its tree.
 pub fn netns_inode() -> Result<u64> {
     use std::os::unix::fs::MetadataExt;
-    Ok(fs::metadata("/proc/self/ns/net")
-        .context("cannot read /proc/self/ns/net")?
+    Ok(fs::metadata("/proc/thread-self/ns/net")
+        .context("cannot read /proc/thread-self/ns/net")?
         .ino())
 }
 
