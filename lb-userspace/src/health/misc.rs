@@ -4,7 +4,8 @@
 //!
 //! The command learns which backend it checks from its environment: `BASCULE_SERVICE`,
 //! `BASCULE_BACKEND_ADDRESS`, `BASCULE_BACKEND_PORT` (and `BASCULE_BACKEND`, the two
-//! together as `ADDRESS:PORT`).
+//! together as `ADDRESS:PORT`). It runs without the daemon's capabilities (see
+//! [`crate::util::caps`]).
 
 use std::{os::unix::process::ExitStatusExt, process::Stdio, time::Duration};
 
@@ -13,7 +14,10 @@ use tokio::{
     process::Command,
 };
 
-use crate::config::{format_duration, HealthCheck};
+use crate::{
+    config::{format_duration, HealthCheck},
+    util::caps,
+};
 
 use super::{BackendKey, Outcome};
 
@@ -50,9 +54,16 @@ impl MiscCheck {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        caps::run_without_capabilities(&mut cmd);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => return Outcome::Down(format!("cannot run `{}`: {e}", self.command)),
+            Err(e) => {
+                return Outcome::Down(format!(
+                    "cannot run `{}`: {e}{}",
+                    self.command,
+                    caps::spawn_hint(&e)
+                ))
+            }
         };
         let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
         let run = async {
@@ -154,6 +165,44 @@ mod tests {
         assert_eq!(
             judge_exit("c", None, Some(9), true, ""),
             Outcome::Down("`c` was killed by signal 9".into())
+        );
+    }
+
+    /// The capability sets of `/proc/self/status` text, by name (`CapEff`, ...).
+    fn capabilities(status: &str) -> Vec<(String, u64)> {
+        status
+            .lines()
+            .filter_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                let value = u64::from_str_radix(value.trim(), 16).ok()?;
+                name.starts_with("Cap").then(|| (name.to_string(), value))
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_command_runs_without_the_daemons_capabilities() {
+        let ours = capabilities(&std::fs::read_to_string("/proc/self/status").unwrap());
+        assert!(
+            ours.iter().any(|(n, v)| n == "CapEff" && *v != 0),
+            "the test needs capabilities of its own to see them dropped (run as root): {ours:?}"
+        );
+        let file = std::env::temp_dir().join(format!("bascule-misc-caps-{}", std::process::id()));
+        let check = MiscCheck {
+            command: format!("cat /proc/self/status > {}", file.display()),
+            dynamic: false,
+            env: Vec::new(),
+        };
+        let outcome = check.attempt(Duration::from_secs(10)).await;
+        let status = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(outcome, Outcome::Up);
+        let seen = capabilities(&status);
+        let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]);
+        assert!(
+            seen.iter().all(|(_, v)| *v == 0),
+            "the command kept capabilities: {seen:x?}"
         );
     }
 }

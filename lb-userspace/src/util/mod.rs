@@ -2,7 +2,9 @@
 //!
 //! | module | what |
 //! |---|---|
+//! | [`caps`] | the capabilities a command the daemon runs starts without |
 //! | [`cores`] | a slice's items on one scoped thread per core |
 //! | [`systemd`] | the service manager's notification socket, watchdog and journal stream |
+pub mod caps;
 pub mod cores;
 pub mod systemd;

@@ -7,7 +7,8 @@
 //! [`QUEUED`] calls wait: under a flood of transitions the oldest waiting ones are dropped
 //! (logged, counted), so the last scripts to run are those of the latest states. Each
 //! script runs in a process group of its own, killed whole when the script outlives its
-//! timeout (or when the instance stops waiting for it).
+//! timeout (or when the instance stops waiting for it), and without the daemon's
+//! capabilities (see [`crate::util::caps`]).
 
 use std::{
     collections::VecDeque,
@@ -19,6 +20,7 @@ use std::{
 use tokio::{process::Command, sync::Notify, task::JoinHandle};
 
 use super::state::State;
+use crate::util::caps;
 
 /// A script still running after this is killed, so that one stuck script does not hold
 /// back every later notification.
@@ -180,10 +182,12 @@ async fn run(instance: &str, script: &str, args: &[String], timeout: Duration) {
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    caps::run_without_capabilities(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(e) => {
-            tracing::warn!(instance, script, "cannot run notify script: {e}");
+            let hint = caps::spawn_hint(&e);
+            tracing::warn!(instance, script, "cannot run notify script: {e}{hint}");
             return;
         }
     };
@@ -302,6 +306,35 @@ mod tests {
             panic!("the script's child {child} outlived the script's timeout by 5 s");
         }
         notifier.finish(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn a_script_runs_without_the_daemons_capabilities() {
+        let eff = |status: &str, set: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+                .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        };
+        let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert_ne!(
+            eff(&ours, "CapEff"),
+            Some(0),
+            "the test needs capabilities of its own to see them dropped (run as root)"
+        );
+        let dir = Scratch::new("caps");
+        let seen = dir.path("status");
+        let script = dir.script(
+            "notify.sh",
+            &format!("cat /proc/self/status > {}\n", seen.display()),
+        );
+        let notifier = Notifier::with_timeout("VI_1", Duration::from_secs(5));
+        notifier.call(&script, "VI_1", State::Master, 100);
+        notifier.finish(Duration::from_secs(10)).await;
+        let status = std::fs::read_to_string(&seen).unwrap();
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(eff(&status, set), Some(0), "{set} of the script:\n{status}");
+        }
     }
 
     #[tokio::test]
