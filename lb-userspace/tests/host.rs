@@ -142,3 +142,25 @@ fn neighbour_entries_are_read_over_rtnetlink() {
         ]
     );
 }
+
+#[test]
+fn a_veths_driver_and_xdp_mode_are_read_as_ethtool_and_ip_show_them() {
+    use bascule::host::interfaces::{driver, xdp_attach_mode};
+    let ns = Netns::new("driver");
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "p0"]);
+    let (d0, mode, missing) = std::thread::scope(|s| {
+        s.spawn(|| {
+            ns.enter();
+            (
+                driver("d0").unwrap(),
+                xdp_attach_mode("d0").unwrap(),
+                driver("nope").unwrap_err().to_string(),
+            )
+        })
+        .join()
+        .unwrap()
+    });
+    assert_eq!(d0, "veth");
+    assert_eq!(mode, "none");
+    assert!(missing.contains("nope"), "{missing}");
+}

@@ -117,6 +117,7 @@ fn snapshot() -> Snapshot {
         services: vec![web, dns],
         datapath: DatapathStats {
             interfaces: vec!["eth0".into(), "eth1".into()],
+            xdp_modes: vec!["native".into(), "generic".into()],
             adopted: true,
             actions,
             drops: [("truncated_ip".to_string(), 3), ("bad_ip_header".to_string(), 0)]

@@ -144,6 +144,17 @@ impl Lab {
         &self.tag
     }
 
+    /// The switch namespace (bridge `br0`), where each host's `eth0` has its peer
+    /// `v{role}` (see [`Lab::switch_port`]).
+    pub fn switch(&self) -> &str {
+        &self.switch
+    }
+
+    /// The name of `host`'s port on the bridge: the peer of its `eth0`.
+    pub fn switch_port(host: &Host) -> String {
+        format!("v{}", host.role)
+    }
+
     /// Scratch directory for configs and logs; removed with the lab.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -174,6 +185,15 @@ impl Lab {
     /// reverse-path filtering off.
     pub fn add_host(&mut self, role: &str, addrs: &[IpAddr]) -> Result<Host> {
         let port = format!("v{role}");
+        debug_assert_eq!(
+            port,
+            Lab::switch_port(&Host {
+                role: role.to_string(),
+                netns: String::new(),
+                mac: String::new(),
+                addrs: Vec::new(),
+            })
+        );
         if port.len() > IFNAME_MAX || role.is_empty() {
             bail!(
                 "host role `{role}` must be 1..{} characters",

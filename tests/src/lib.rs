@@ -23,6 +23,7 @@ pub mod tcp;
 pub mod topology;
 pub mod traffic;
 pub mod vrrp;
+pub mod xdp;
 
 pub use http::{http_get, http_get_from, http_request, http_server, HttpServer};
 pub use lab::{cleanup_stale, in_netns, Host, Lab, Spawned};

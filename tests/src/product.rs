@@ -134,9 +134,7 @@ pub fn lb_config(mode: Mode, node: &Host, servers: &[Host], priority: u8) -> Str
         Mode::Local => "dr",
         other => other.as_str(),
     };
-    let mut y = String::from(
-        "node:\n  interfaces:\n    - name: eth0\n      xdp_mode: generic\nservices:\n",
-    );
+    let mut y = String::from("node:\n  interfaces:\n    - name: eth0\nservices:\n");
     for (name, vip, port, check) in services() {
         let _ = write!(
             y,

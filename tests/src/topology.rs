@@ -420,14 +420,12 @@ fn path_str(path: &Path) -> Result<&str> {
         .with_context(|| format!("path {} is not UTF-8", path.display()))
 }
 
-/// The bascule YAML for the lab's LB nodes: XDP in generic mode on `eth0` (a veth
-/// without an XDP program on its peer cannot take native XDP_TX), services `web`
+/// The bascule YAML for the lab's LB nodes: XDP on `eth0` in the default mode (`auto`,
+/// which takes generic mode on a veth), services `web`
 /// (10.112.0.100:80) and `web6` ([fd00:112::100]:80), TCP, Maglev, `forwarding` to every
 /// backend of the same family, weight 1.
 pub fn lb_config_yaml(forwarding: Forwarding, backends: &[Host]) -> String {
-    let mut yaml = String::from(
-        "node:\n  interfaces:\n    - name: eth0\n      xdp_mode: generic\nservices:\n",
-    );
+    let mut yaml = String::from("node:\n  interfaces:\n    - name: eth0\nservices:\n");
     for (name, vip) in [("web", IpAddr::V4(VIP4)), ("web6", IpAddr::V6(VIP6))] {
         let _ = write!(
             yaml,

@@ -153,8 +153,7 @@ pub fn bascule_config(
     services: &[(IpAddr, u16)],
     instances: &[Instance],
 ) -> String {
-    let mut y =
-        String::from("node:\n  interfaces:\n    - name: eth0\n      xdp_mode: generic\nservices:");
+    let mut y = String::from("node:\n  interfaces:\n    - name: eth0\nservices:");
     if services.is_empty() {
         y.push_str(" []");
     }

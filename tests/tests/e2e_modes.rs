@@ -90,8 +90,7 @@ fn nat_rewrites_both_ways_with_replies_routed_through_the_lb() {
         no_checksum_offload(&topo, &b.netns);
     }
     no_checksum_offload(&topo, &topo.client.netns);
-    let mut yaml =
-        String::from("node:\n  interfaces:\n    - { name: eth0, xdp_mode: generic }\nservices:\n");
+    let mut yaml = String::from("node:\n  interfaces:\n    - { name: eth0 }\nservices:\n");
     for (name, vip) in [("web", vip4()), ("web6", vip6())] {
         yaml.push_str(&format!(
             "  - name: {name}\n    vip: {}\n    port: 80\n    forwarding: nat\n    backends:\n",
@@ -154,7 +153,7 @@ fn local_forwarding_serves_from_the_lb_itself_beside_a_dr_backend() {
     .unwrap();
     let _servers = topo.start_backend_servers().unwrap();
     let yaml = format!(
-        "node:\n  interfaces:\n    - {{ name: eth0, xdp_mode: generic }}\nservices:\n  - name: web\n    vip: {}\n    port: 80\n    backends:\n      - {{ address: {}, forwarding: local }}\n      - {{ address: {} }}\n",
+        "node:\n  interfaces:\n    - {{ name: eth0 }}\nservices:\n  - name: web\n    vip: {}\n    port: 80\n    backends:\n      - {{ address: {}, forwarding: local }}\n      - {{ address: {} }}\n",
         vip4().ip(),
         lb.ipv4().unwrap(),
         topo.backends[0].ipv4().unwrap(),
@@ -184,8 +183,7 @@ fn persistence_sends_every_connection_of_a_client_to_one_backend() {
     let bin = bascule_bin();
     let topo = Topology::standard("e2e-persist").expect("build the lab");
     let _servers = topo.start_backend_servers().unwrap();
-    let mut yaml =
-        String::from("node:\n  interfaces:\n    - { name: eth0, xdp_mode: generic }\nservices:\n");
+    let mut yaml = String::from("node:\n  interfaces:\n    - { name: eth0 }\nservices:\n");
     yaml.push_str(&format!(
         "  - name: web\n    vip: {}\n    port: 80\n    persistence: 300s\n    backends:\n",
         vip4().ip()

@@ -173,7 +173,16 @@ fn datapath_lines(s: &Snapshot) -> String {
     let interfaces = if d.interfaces.is_empty() {
         "no interface".to_string()
     } else {
-        d.interfaces.join(", ")
+        let named: Vec<String> = d
+            .interfaces
+            .iter()
+            .enumerate()
+            .map(|(i, name)| match d.xdp_modes.get(i) {
+                Some(mode) => format!("{name} ({mode})"),
+                None => name.clone(),
+            })
+            .collect();
+        named.join(", ")
     };
     let _ = writeln!(
         out,

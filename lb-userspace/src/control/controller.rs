@@ -95,6 +95,7 @@ impl Controller {
             pins,
             adopted,
             interfaces: Vec::new(),
+            xdp_modes: Vec::new(),
             reloads: Reloads::default(),
             rates: RateTracker::default(),
             retired: HashMap::new(),
@@ -144,6 +145,12 @@ impl Controller {
             };
             self.datapath.attach(&iface.name, mode)?;
             self.interfaces.push(iface.name.clone());
+            let attached =
+                crate::host::interfaces::xdp_attach_mode(&iface.name).unwrap_or_else(|e| {
+                    tracing::warn!(interface = %iface.name, "cannot read the XDP mode: {e:#}");
+                    "unknown"
+                });
+            self.xdp_modes.push(attached.to_string());
         }
         let keep: Vec<&str> = self.interfaces.iter().map(String::as_str).collect();
         self.datapath.prune_links(&keep)?;

@@ -111,6 +111,8 @@ pub struct Controller {
     pins: Option<PinDir>,
     adopted: bool,
     interfaces: Vec<String>,
+    /// How XDP runs on each of `interfaces`, as the kernel said after attaching.
+    xdp_modes: Vec<String>,
     reloads: Reloads,
     rates: RateTracker,
     /// Counts of backends that left the plan (down, removed) and may come back under a

@@ -164,6 +164,10 @@ pub struct BackendStatus {
 pub struct DatapathStats {
     /// Interfaces the program runs on.
     pub interfaces: Vec<String>,
+    /// How it runs on each of `interfaces` (same order), as the kernel reports: `native`,
+    /// `generic` (see `xdp_mode`; `auto` takes generic on a veth).
+    #[serde(default)]
+    pub xdp_modes: Vec<String>,
     /// Whether this daemon adopted a datapath left running by a previous one.
     pub adopted: bool,
     /// Packets per XDP verdict (`aborted`, `drop`, `pass`, `tx`, `redirect`).
@@ -447,6 +451,7 @@ impl Controller {
     fn datapath_stats(&mut self, plan: &Plan, all: &PlanCounters) -> DatapathStats {
         let mut datapath = DatapathStats {
             interfaces: self.interfaces.clone(),
+            xdp_modes: self.xdp_modes.clone(),
             adopted: self.adopted,
             // Counted now, not at the last reconciliation (up to 5 s old).
             conntrack_entries: self

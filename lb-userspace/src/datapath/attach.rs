@@ -17,6 +17,32 @@ use lb_common::{LocalMacs, MAX_LOCAL_MACS};
 
 use super::{AttachMode, Attachment, Datapath};
 
+/// Why native XDP on a veth needs help (the warning of `xdp_mode: native` there).
+const NATIVE_ON_VETH: &str = "xdp_mode native on a veth: XDP_TX and redirects into a veth are dropped unless its peer runs an XDP program too, and frames sent by this host's own namespaces arrive with their TCP/UDP checksums not yet computed (checksum offload) and are forwarded so: turn the senders' offload off (`ethtool -K IF tx off`) or use xdp_mode auto or generic";
+
+/// The modes to try on an interface with `driver`, in order, and why (for the log).
+///
+/// `auto` takes generic mode on a veth: native XDP there forwards frames from the host's
+/// own namespaces with their checksums unfilled (the receiver drops them), and XDP_TX into
+/// a veth needs an XDP program on its peer. Elsewhere native if the driver has it.
+pub(super) fn attempts(
+    mode: AttachMode,
+    driver: Option<&str>,
+) -> (&'static [XdpMode], &'static str) {
+    match (mode, driver) {
+        (AttachMode::Auto, Some("veth")) => (
+            &[XdpMode::Skb],
+            "xdp_mode auto on a veth: generic, as native XDP there would forward frames of local senders with unfilled checksums, and XDP_TX would need an XDP program on the peer",
+        ),
+        (AttachMode::Auto, _) => (
+            &[XdpMode::Driver, XdpMode::Skb],
+            "xdp_mode auto: native where the driver has it, else generic",
+        ),
+        (AttachMode::Native, _) => (&[XdpMode::Driver], "xdp_mode native"),
+        (AttachMode::Generic, _) => (&[XdpMode::Skb], "xdp_mode generic"),
+    }
+}
+
 impl Datapath {
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<()> {
         // Before the program runs there: it balances only frames sent to the node's MACs.
@@ -31,9 +57,12 @@ impl Datapath {
         if pin.exists() {
             match self.adopt_link(&pin) {
                 Ok(link) => {
+                    let mode =
+                        crate::host::interfaces::xdp_attach_mode(interface).unwrap_or("unknown");
                     tracing::info!(
                         interface,
-                        "XDP link adopted from {}: program replaced atomically",
+                        mode,
+                        "XDP link adopted from {}: program replaced atomically (its mode kept)",
                         pin.display()
                     );
                     self.links
@@ -75,16 +104,32 @@ impl Datapath {
     }
 
     fn attach_new(&mut self, interface: &str, mode: AttachMode) -> Result<XdpLinkId> {
-        let attempts: &[XdpMode] = match mode {
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            AttachMode::Native => &[XdpMode::Driver],
-            AttachMode::Generic => &[XdpMode::Skb],
+        let driver = match crate::host::interfaces::driver(interface) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::debug!(interface, "cannot read the interface's driver: {e:#}");
+                None
+            }
         };
+        let (attempts, why) = attempts(mode, driver.as_deref());
+        if mode == AttachMode::Native && driver.as_deref() == Some("veth") {
+            tracing::warn!(interface, "{NATIVE_ON_VETH}");
+        }
         let mut last = None;
         for &m in attempts {
             match self.program().attach(interface, m) {
                 Ok(link) => {
-                    tracing::info!(interface, mode = ?m, "XDP program attached");
+                    let mode = if m == XdpMode::Skb {
+                        "generic"
+                    } else {
+                        "native"
+                    };
+                    tracing::info!(
+                        interface,
+                        mode,
+                        driver = driver.as_deref().unwrap_or("unknown"),
+                        "XDP program attached ({why})"
+                    );
                     return Ok(link);
                 }
                 Err(e) => last = Some(e),
@@ -186,5 +231,30 @@ impl Drop for Datapath {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_takes_generic_on_a_veth_and_says_why() {
+        let (modes, why) = attempts(AttachMode::Auto, Some("veth"));
+        assert_eq!(modes, [XdpMode::Skb]);
+        assert!(why.contains("veth") && why.contains("generic"), "{why}");
+        for driver in [Some("virtio_net"), Some("mlx5_core"), None] {
+            let (modes, _) = attempts(AttachMode::Auto, driver);
+            assert_eq!(modes, [XdpMode::Driver, XdpMode::Skb], "{driver:?}");
+        }
+        // An explicit mode is taken as written, veth or not.
+        assert_eq!(
+            attempts(AttachMode::Native, Some("veth")).0,
+            [XdpMode::Driver]
+        );
+        assert_eq!(
+            attempts(AttachMode::Generic, Some("ixgbe")).0,
+            [XdpMode::Skb]
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::IpAddr};
 use anyhow::{bail, Context, Result};
 use rtnetlink::packet_route::{
     address::{AddressAttribute, AddressMessage, AddressScope},
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
     RouteNetlinkMessage,
 };
 
@@ -62,6 +62,8 @@ struct Interface {
     name: String,
     /// Its Ethernet address, if it has one.
     mac: Option<[u8; 6]>,
+    /// How an XDP program is attached to it, as the kernel reports (`IFLA_XDP`).
+    xdp: Option<XdpAttached>,
 }
 
 /// The interface called `name` in `links`.
@@ -78,11 +80,17 @@ fn links() -> Result<Vec<Interface>> {
         .into_iter()
         .filter_map(|m| match m {
             RouteNetlinkMessage::NewLink(l) => {
-                let (mut name, mut mac) = (None, None);
+                let (mut name, mut mac, mut xdp) = (None, None, None);
                 for attr in &l.attributes {
                     match attr {
                         LinkAttribute::IfName(n) => name = Some(n.clone()),
                         LinkAttribute::Address(bytes) => mac = <[u8; 6]>::try_from(&bytes[..]).ok(),
+                        LinkAttribute::Xdp(nlas) => {
+                            xdp = nlas.iter().find_map(|n| match n {
+                                LinkXdp::Attached(a) => Some(*a),
+                                _ => None,
+                            })
+                        }
                         _ => {}
                     }
                 }
@@ -90,6 +98,7 @@ fn links() -> Result<Vec<Interface>> {
                     index: l.header.index,
                     name: name?,
                     mac,
+                    xdp,
                 })
             }
             _ => None,
@@ -184,4 +193,68 @@ pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
     link_named(&links, interface)?
         .mac
         .with_context(|| format!("{interface}: no Ethernet address"))
+}
+
+/// The name of the driver behind `interface`, as `ethtool -i` prints it (`veth`,
+/// `virtio_net`, `mlx5_core`...): `SIOCETHTOOL` with `ETHTOOL_GDRVINFO`.
+pub fn driver(interface: &str) -> Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    /// `struct ethtool_drvinfo`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    if interface.len() >= libc::IFNAMSIZ {
+        bail!("interface name `{interface}` is too long");
+    }
+    // SAFETY: plain data; all zeros is valid.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: plain data; all zeros is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(interface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot open a socket for ethtool");
+    }
+    // SAFETY: SIOCETHTOOL with an ifreq naming the interface and pointing at `info`,
+    // which outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err).with_context(|| format!("cannot read the driver of {interface}"));
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(32);
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
+/// How an XDP program runs on `interface`, as the kernel reports it: `native`,
+/// `generic`, `offloaded`, `several` (programs in more than one mode) or `none`.
+pub fn xdp_attach_mode(interface: &str) -> Result<&'static str> {
+    let links = links()?;
+    Ok(match link_named(&links, interface)?.xdp {
+        Some(XdpAttached::Driver) => "native",
+        Some(XdpAttached::SocketBuffer) => "generic",
+        Some(XdpAttached::Hardware) => "offloaded",
+        Some(XdpAttached::Multiple) => "several",
+        Some(XdpAttached::None) | None => "none",
+        Some(_) => "unknown",
+    })
 }
