@@ -693,11 +693,12 @@ pub const XDP_ACTION_NAMES: [&str; 5] = ["aborted", "drop", "pass", "tx", "redir
 pub enum Reason {
     /// Frame shorter than an Ethernet header: dropped.
     TruncatedEthernet = 0,
-    /// IPv4/IPv6 header cut short: dropped (the kernel would drop it too).
+    /// IPv4/IPv6 header cut short, or a packet for this node longer than its frame (its
+    /// IP length says more bytes than came): dropped (the kernel would drop it too).
     TruncatedIp = 1,
     /// IPv4 header with IHL < 5 or a total length shorter than the header: dropped.
     BadIpHeader = 2,
-    /// TCP/UDP/ICMP header cut short: dropped.
+    /// TCP/UDP/ICMP header cut short, by the frame or by the IP length: dropped.
     TruncatedL4 = 3,
     /// A non-first fragment whose first fragment was not seen: passed to the kernel.
     FragmentUnmatched = 4,

@@ -97,6 +97,8 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     if !addressed_to_us(ctx) {
         return Ok(xdp_action::XDP_PASS);
     }
+    // Never forwarded, rewritten or answered unless whole, as the kernel would not either.
+    pkt.whole()?;
     let mut service = ServiceInfo::default();
     let mut target = if pkt.is_icmp() {
         icmp::handle(raw, &pkt)

@@ -88,6 +88,31 @@ impl Packet {
     pub fn is_icmp(&self) -> bool {
         self.proto == IPPROTO_ICMP || self.proto == IPPROTO_ICMPV6
     }
+
+    /// Whether the packet the readers found is whole: its IP length fits in the frame
+    /// (else `TruncatedIp`) and covers the headers read (else `TruncatedL4`). The readers
+    /// read headers from the frame's bytes, which may run past the IP length (padding, or
+    /// a forged length); a packet is forwarded, rewritten or answered only when whole.
+    #[inline(always)]
+    pub fn whole(&self) -> Result<(), Stop> {
+        // IPv6's length is its payload's plus 40, which wraps past 65,495 bytes of
+        // payload (below 40 then): more than any frame holds.
+        let v6 = self.family == FAMILY_V6;
+        let ip_len = self.l3_len as u32;
+        let end = self.l3 as u32 + ip_len;
+        if end > self.frame_len || (v6 & (ip_len < IPV6_LEN as u32)) {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedIp));
+        }
+        let l4_len = match (self.fragment, self.proto) {
+            (Fragment::Later, _) => 0,
+            (_, IPPROTO_TCP) => 20,
+            _ => 8,
+        };
+        if self.l4_off() as u32 + l4_len > end {
+            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedL4));
+        }
+        Ok(())
+    }
 }
 
 /// Why parsing stopped: the verdict to return and the reason to count, if any.

@@ -119,6 +119,16 @@ fn forwarding_fixtures() {
     // A header of 20 bytes in an IP packet of 19: not read inline, dropped by the parser.
     let mut short_total = full.clone();
     short_total[16..18].copy_from_slice(&19u16.to_be_bytes());
+    // The fuzzer's finds: an IP length past the frame's end (a cut frame, read inline
+    // and by the parser, IPv4 and IPv6), and one that ends inside the TCP header (the
+    // rest of the frame is padding).
+    let cut4 = full[..full.len() - 3].to_vec();
+    let mut cut4_tagged = vlan_dr.bytes();
+    cut4_tagged.truncate(cut4_tagged.len() - 3);
+    let full6 = dr_tcp6.bytes();
+    let cut6 = full6[..full6.len() - 1].to_vec();
+    let mut padded_l4 = full.clone();
+    padded_l4[16..18].copy_from_slice(&30u16.to_be_bytes());
     let mut fragment = full.clone();
     fragment[20] = 0x00; // a later fragment (offset 8 bytes) whose first was never seen
     fragment[21] = 0x01;
@@ -297,6 +307,30 @@ fn forwarding_fixtures() {
             expect: Expect::Unchanged,
         },
         Case {
+            name: "IPv4 length past the frame: dropped, not forwarded",
+            input: cut4,
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "IPv4 length past the frame, VLAN: dropped, not forwarded",
+            input: cut4_tagged,
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "IPv6 length past the frame: dropped, not forwarded",
+            input: cut6,
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
+            name: "IPv4 length ending inside the TCP header: dropped",
+            input: padded_l4,
+            verdict: XDP_DROP,
+            expect: Expect::Unchanged,
+        },
+        Case {
             name: "IPv4 later fragment, first unseen: passed untouched",
             input: fragment,
             verdict: XDP_PASS,
@@ -313,8 +347,8 @@ fn forwarding_fixtures() {
 
     let reasons = h.datapath.reasons().unwrap();
     assert_eq!(reasons["truncated_ethernet"], 1);
-    assert_eq!(reasons["truncated_ip"], 2);
-    assert_eq!(reasons["truncated_l4"], 2);
+    assert_eq!(reasons["truncated_ip"], 5);
+    assert_eq!(reasons["truncated_l4"], 3);
     assert_eq!(reasons["bad_ip_header"], 2);
     assert_eq!(reasons["fragment_unmatched"], 1);
     assert_eq!(reasons["stacked_vlan"], 1);
