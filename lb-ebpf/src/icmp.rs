@@ -55,14 +55,6 @@ pub fn handle(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u64 {
 fn echo_reply(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32, Stop> {
     let ctx = &crate::parse::context(raw);
     let bad = || Stop::counted(xdp_action::XDP_DROP, Reason::TruncatedL4);
-    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or_else(bad)?;
-    unsafe {
-        let m = eth.read_unaligned();
-        let mut s = [0u8; 12];
-        s[..6].copy_from_slice(&m[6..]);
-        s[6..].copy_from_slice(&m[..6]);
-        eth.write_unaligned(s);
-    }
     let reply_type = if pkt.family == FAMILY_V4 {
         ECHO_REPLY_V4
     } else {
@@ -82,9 +74,24 @@ fn echo_reply(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> Result<u32,
     let check = d
         .apply(u16::from_ne_bytes([icmp[2], icmp[3]]))
         .to_ne_bytes();
+    // An update that gives 0x0000 is ambiguous: right for a message whose other words
+    // sum to 0xffff, wrong for one of zeros only (its checksum is 0xffff; RFC 1624's
+    // update cannot tell them apart). ICMPv4 has no pseudo-header, so an echo of zeros
+    // (identifier, sequence and data 0) is possible: the kernel answers it instead.
+    if check == [0, 0] {
+        return Ok(xdp_action::XDP_PASS);
+    }
     icmp[2] = check[0];
     icmp[3] = check[1];
     unsafe { ty.write_unaligned(icmp) };
+    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or_else(bad)?;
+    unsafe {
+        let m = eth.read_unaligned();
+        let mut s = [0u8; 12];
+        s[..6].copy_from_slice(&m[6..]);
+        s[6..].copy_from_slice(&m[..6]);
+        eth.write_unaligned(s);
+    }
 
     if pkt.family == FAMILY_V4 {
         let ip = ptr_at::<[u8; IPV4_LEN]>(ctx, pkt.l3_off()).ok_or_else(bad)?;
@@ -128,10 +135,14 @@ fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Option<(FlowKey, usize, usize)
     if q > MAX_L4_OFFSET {
         return None;
     }
+    // The quoted header and ports must be inside the ICMP message (the IP length), not
+    // in bytes past it that the frame happens to hold: a `nat` rewrite of those would
+    // leave the message's checksum wrong.
+    let end = pkt.l3_off() + pkt.l3_len as usize;
     if pkt.family == FAMILY_V4 {
         let h = unsafe { &*ptr_at::<[u8; IPV4_LEN]>(ctx, q)? };
         let ihl = (h[0] & 0x0f) as usize * 4;
-        if ihl < IPV4_LEN {
+        if ihl < IPV4_LEN || q + ihl + 4 > end {
             return None;
         }
         let p = read::<[u8; 4]>(ctx, q + ihl)?;
@@ -147,6 +158,9 @@ fn quoted_flow(ctx: &XdpContext, pkt: &Packet) -> Option<(FlowKey, usize, usize)
         };
         Some((key, q, q + ihl))
     } else {
+        if q + IPV6_LEN + 4 > end {
+            return None;
+        }
         let h = unsafe { &*ptr_at::<[u8; IPV6_LEN]>(ctx, q)? };
         let p = read::<[u8; 4]>(ctx, q + IPV6_LEN)?;
         let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);

@@ -495,6 +495,14 @@ fn icmp_echo_is_answered_for_vips_only() {
             expect: Expect::Unchanged,
         },
         Case {
+            // The fuzzer's find: identifier, sequence and data all zero. Its reply's
+            // checksum is 0xffff, which an incremental update gives as 0x0000.
+            name: "echo v4 of zeros to a VIP: kernel's",
+            input: Frame::icmp(CLIENT4, "10.112.0.131", ECHO_REQUEST_V4, 0, &[0; 8]).bytes(),
+            verdict: XDP_PASS,
+            expect: Expect::Unchanged,
+        },
+        Case {
             name: "other ICMP to a VIP: kernel's",
             // A timestamp request.
             input: echo(CLIENT4, "10.112.0.131", 13).bytes(),
@@ -562,9 +570,26 @@ fn too_big_errors_reach_the_backend_that_owns_the_flow() {
         verdict: XDP_TX,
         expect: Expect::Frame(expected.clone()),
     });
+    // The fuzzer's find: an error whose IP length ends inside the quoted header (the
+    // frame's padding holds the rest): not steered, so never rewritten.
+    let mut cut = too_big("10.111.0.1", "10.112.0.110", 80, CLIENT4, 49100).bytes();
+    let short = (20 + 8 + 17) as u16;
+    cut[16..18].copy_from_slice(&short.to_be_bytes());
+    let sum = lb_common::checksum::internet_checksum(&{
+        let mut h = cut[14..34].to_vec();
+        h[10..12].fill(0);
+        h
+    });
+    cut[24..26].copy_from_slice(&sum.to_be_bytes());
+    cases.push(Case {
+        name: "too big quoting past its IP length: kernel's",
+        input: cut,
+        verdict: XDP_PASS,
+        expect: Expect::Unchanged,
+    });
     check(&mut h, cases);
     scapy_checksums_ok(&[expected]);
-    assert_eq!(h.datapath.reasons().unwrap()["icmp_unmatched"], 2);
+    assert_eq!(h.datapath.reasons().unwrap()["icmp_unmatched"], 3);
 }
 
 /// Fragments of one TCP datagram (first: offset 0 with the header; later: offset > 0).
