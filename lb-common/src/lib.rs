@@ -430,8 +430,43 @@ pub const fn flow_sets(capacity: u32) -> u32 {
 /// `FlowState::flags`: the flow counts in its backend's active connections (cleared when a
 /// FIN or RST is seen, so it is subtracted once).
 pub const FLOW_ACTIVE: u32 = 1;
+/// `FlowState::flags`: the entry was inserted from a peer's report (`sync:`), not by a
+/// packet of this node.
+pub const FLOW_SYNCED: u32 = 2;
 /// How stale `last_seen` may get before a packet refreshes it.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// What the datapath reports to the daemon about a flow when `sync:` is configured (one
+/// record of the `SYNC_RING` ring buffer): a new connection-table entry, or a flow's end
+/// (its first FIN or RST). Nothing is reported per packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SyncReport {
+    /// The flow as the client sent it.
+    pub key: FlowKey,
+    /// The backend's address (four words, IPv4 in word 0).
+    pub backend_addr: [u32; 4],
+    /// The service's and the backend's ids on this node (the daemon names them by address
+    /// and port before they leave the node).
+    pub service: u32,
+    pub backend: u32,
+    /// `nat`: the backend's port (network order); 0 = the flow's own port.
+    pub backend_port: u16,
+    /// SYNC_NEW or SYNC_END.
+    pub kind: u8,
+    /// The backend's family.
+    pub backend_family: u8,
+    /// The entry's FLOW_* bits.
+    pub flags: u32,
+}
+
+/// `SyncReport::kind`: a new connection-table entry.
+pub const SYNC_NEW: u8 = 1;
+/// `SyncReport::kind`: a FIN or RST was seen.
+pub const SYNC_END: u8 = 2;
+/// Bytes of the `SYNC_RING` ring buffer (a power of two, a multiple of the page size):
+/// about 13,000 reports.
+pub const SYNC_RING_BYTES: u32 = 1 << 20;
 
 /// Reply-direction key of a `nat` flow: the packet the backend sends back. 8-byte
 /// aligned, like `FlowKey`.
@@ -679,6 +714,10 @@ pub struct Settings {
     /// (`conntrack.tcp_timeout` / `udp_timeout`), in nanoseconds. 0 = never.
     pub tcp_timeout_ns: u64,
     pub udp_timeout_ns: u64,
+    /// Non-zero when `sync:` is configured: new flows and their ends are reported to the
+    /// daemon (`SyncReport`, ring buffer `SYNC_RING`). Nodes without sync pay this load.
+    pub sync_enabled: u32,
+    pub _pad: u32,
 }
 
 /// What the datapath did with a packet, for `bascule_xdp_packets_total{action}`.

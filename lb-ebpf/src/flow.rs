@@ -7,7 +7,7 @@ use core::ptr::read_volatile;
 
 use lb_common::{
     BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo,
-    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, TOUCH_INTERVAL_NS,
+    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, TOUCH_INTERVAL_NS,
 };
 
 use crate::{
@@ -91,6 +91,7 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
         if st.flags & FLOW_ACTIVE != 0 && closing(pkt) {
             live.flags &= !FLOW_ACTIVE;
             sub_active(st.backend);
+            ended(pkt, &st);
         }
         return st.backend;
     }
@@ -99,6 +100,21 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
         sub_active(st.backend);
     }
     NO_BACKEND
+}
+
+/// A flow's end (its first FIN or RST), reported when `sync:` is configured. A separate
+/// BPF function: the established path only calls it on the packet that ends its flow.
+#[inline(never)]
+fn ended(pkt: &Packet, st: &FlowState) {
+    if crate::sync::enabled() {
+        crate::sync::report(
+            pkt,
+            st.service,
+            st.backend,
+            SYNC_END as u32,
+            st.flags & !FLOW_ACTIVE,
+        );
+    }
 }
 
 /// Writes a flow's entry: over its own stale entry if its set has one, else over the set's
@@ -171,6 +187,9 @@ pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) {
     );
     if service.persistence_secs != 0 {
         remember_client(pkt, service, id, now);
+    }
+    if crate::sync::enabled() {
+        crate::sync::report(pkt, service.id, id, SYNC_NEW as u32, flags);
     }
 }
 

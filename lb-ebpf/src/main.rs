@@ -18,6 +18,7 @@ mod nat;
 mod parse;
 mod sched;
 mod sets;
+mod sync;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{

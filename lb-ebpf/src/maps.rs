@@ -2,14 +2,14 @@
 //! `lb-userspace/src/datapath/`); keys and values are the `lb-common` types.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
     NatSet, NextHop, PersistKey, PersistState, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4,
-    Settings, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_SERVICES, NEXT_HOP_SLOTS,
-    REASON_COUNT, TABLE_CELLS, TABLE_MAP_FLAGS,
+    Settings, SyncReport, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
+    NEXT_HOP_SLOTS, REASON_COUNT, SYNC_RING_BYTES, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.
@@ -140,3 +140,13 @@ pub static LOCAL_MACS: Array<lb_common::LocalMacs, 1> = Array::new();
 /// reused for `NEXT_HOP_TTL_NS` (see `forward::next_hop`).
 #[btf_map]
 pub static NEXT_HOPS: PerCpuArray<NextHop, { NEXT_HOP_SLOTS as usize }> = PerCpuArray::new();
+
+/// `sync:`: new flows and flows' ends (`lb_common::SyncReport`), read by the daemon, which
+/// sends them to its peers. Written only while `Settings::sync_enabled` is set.
+#[btf_map]
+pub static SYNC_RING: RingBuf<SyncReport, { SYNC_RING_BYTES as usize }> = RingBuf::new();
+
+/// Slot 0: reports dropped because `SYNC_RING` was full (the packet is forwarded all the
+/// same).
+#[btf_map]
+pub static SYNC_DROPS: PerCpuArray<u64, 1> = PerCpuArray::new();

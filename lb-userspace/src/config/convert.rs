@@ -65,6 +65,8 @@ impl Cx<'_> {
             Self::sync_group,
         );
 
+        let sync = self.opt_field(&o, &path, "sync", Self::sync);
+
         let services = services.map(|s| self.check_services(s));
         let vrrp = vrrp.map(|v| self.check_vrrp(v));
         if let (Some(v), Some(s), Some(g)) = (&vrrp, &scripts, &groups) {
@@ -77,6 +79,7 @@ impl Cx<'_> {
             None => (None, Vec::new()),
         };
         let (scripts, groups) = (scripts?, groups?);
+        let sync = sync?;
         let origin = Origin {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
@@ -94,6 +97,7 @@ impl Cx<'_> {
             announce,
             vrrp_scripts: scripts.into_iter().map(|d| d.script).collect(),
             sync_groups: groups.into_iter().map(|d| d.group).collect(),
+            sync,
             origin,
         })
     }

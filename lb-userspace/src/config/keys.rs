@@ -12,6 +12,7 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "vrrp_scripts",
     "sync_groups",
     "announce",
+    "sync",
 ];
 pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source"];
 pub(super) const IFACE_KEYS: &[&str] = &["name", "xdp_mode"];
@@ -120,6 +121,7 @@ pub(super) const SCRIPT_KEYS: &[&str] = &[
     "name", "script", "interval", "timeout", "weight", "rise", "fall",
 ];
 pub(super) const SYNC_GROUP_KEYS: &[&str] = &["name", "instances"];
+pub(super) const SYNC_KEYS: &[&str] = &["peers", "port", "key_file", "group", "interface"];
 
 /// Every mapping of the file with the keys it accepts, named as `docs/configuration.md`
 /// heads its sections (`services[].health_check`); `[]` marks a list's items. The parser
@@ -140,4 +142,5 @@ pub const SCHEMA: &[(&str, &[&str])] = &[
     ("vrrp_scripts[]", SCRIPT_KEYS),
     ("sync_groups[]", SYNC_GROUP_KEYS),
     ("announce", ANNOUNCE_KEYS),
+    ("sync", SYNC_KEYS),
 ];

@@ -16,7 +16,7 @@
 //! ([`SCHEMA`]); `keywords.rs` the names of enum values; `units.rs` durations and payloads;
 //! `yaml.rs` the tree, paths and the structural readers; `scalars.rs` the readers of single
 //! values; `convert.rs` the root and the small sections; `services.rs`, `health_check.rs`,
-//! `vrrp.rs`, `announce.rs` their sections; `tracking.rs` the VRRP scripts, the sync groups
+//! `vrrp.rs`, `announce.rs`, `sync.rs` their sections; `tracking.rs` the VRRP scripts, the sync groups
 //! and what ties them to instances; `errors.rs` [`ConfigError`]; `unsupported.rs` and
 //! `host_checks.rs` the checks of a parsed configuration against this build and this node;
 //! `chunked.rs` the parse service by service.
@@ -32,6 +32,7 @@ mod keywords;
 mod scalars;
 mod schema;
 mod services;
+mod sync;
 mod tracking;
 mod units;
 mod unsupported;
@@ -48,9 +49,9 @@ pub use keys::SCHEMA;
 pub use schema::{
     Announce, Backend, CheckType, Config, Conntrack, DnsRcode, DnsType, Forwarding, Garp,
     HealthCheck, Http, HttpMethod, InitialState, Interface, IpPrefix, Node, Notify, Origin,
-    Protocol, Scheduler, Service, StatusRange, SyncGroup, VrrpAuth, VrrpAuthType, VrrpInstance,
-    VrrpScript, XdpMode, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE, DEFAULT_HTTP_LISTEN,
-    DEFAULT_MAGLEV_TABLE_SIZE,
+    Protocol, Scheduler, Service, StateSync, StatusRange, SyncGroup, VrrpAuth, VrrpAuthType,
+    VrrpInstance, VrrpScript, XdpMode, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE,
+    DEFAULT_HTTP_LISTEN, DEFAULT_MAGLEV_TABLE_SIZE, DEFAULT_SYNC_PORT,
 };
 pub use units::{format_bytes, format_duration, parse_bytes, parse_duration};
 

@@ -25,6 +25,8 @@ pub struct Config {
     pub vrrp_scripts: Vec<VrrpScript>,
     /// keepalived's `vrrp_sync_group`s: instances that change state together.
     pub sync_groups: Vec<SyncGroup>,
+    /// `sync:` connection state shared with the other LB nodes; `None` when absent.
+    pub sync: Option<StateSync>,
     /// Where each service, backend and VRRP instance came from (file, line, column), for
     /// errors reported after parsing. Opaque; `Origin::default()` for a config built in code
     /// (its errors then carry no position). Ignored by `==`.
@@ -94,6 +96,21 @@ impl Default for Conntrack {
         }
     }
 }
+
+/// `sync:` connection state shared with the other LB nodes: each new flow and flow end
+/// is sent to `peers` over UDP, authenticated with the key in `key_file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StateSync {
+    /// Unicast peers (the other LB nodes' addresses).
+    pub peers: Vec<IpAddr>,
+    /// UDP port sent to and listened on.
+    pub port: u16,
+    /// The shared secret (at least 16 bytes; readable by its owner only).
+    pub key_file: PathBuf,
+}
+
+/// `sync.port` when absent.
+pub const DEFAULT_SYNC_PORT: u16 = 9470;
 
 /// One virtual service (`services[i]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

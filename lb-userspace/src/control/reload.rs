@@ -144,6 +144,9 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     if routes(old) != routes(new) {
         v.push("announce.table, announce.protocol");
     }
+    if old.sync != new.sync {
+        v.push("sync");
+    }
     v
 }
 

@@ -202,6 +202,7 @@ fn settings(config: &Config, tunnel: TunnelSources) -> Settings {
     }) as u32;
     settings.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
     settings.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
+    settings.sync_enabled = config.sync.is_some() as u32;
     settings
 }
 
