@@ -9,5 +9,6 @@ pub mod host;
 pub mod keepalived;
 pub mod plan;
 pub mod serve;
+pub mod sync;
 pub mod util;
 pub mod vrrp;

@@ -4,13 +4,13 @@
 //! does not name fails too, so a new module takes its place in the layers deliberately.
 //!
 //! ```text
-//! main (the binary) -> cli -> serve -> control -> datapath, health, vrrp -> plan -> config
-//!     -> host, util
+//! main (the binary) -> cli -> serve -> control -> datapath, health, vrrp, sync -> plan
+//!     -> config -> host, util
 //! ```
 //!
 //! `cli` sits above `serve` because it is the API's client: it speaks the wire types the
-//! server defines (`serve::api`). `datapath`, `health` and `vrrp` are side by side: none
-//! of them imports another. `host` and `util` are leaves: they import nothing of the crate.
+//! server defines (`serve::api`). `datapath`, `health`, `vrrp` and `sync` are side by
+//! side: none of them imports another. `host` and `util` are leaves: they import nothing of the crate.
 
 use std::{
     collections::BTreeMap,
@@ -23,25 +23,27 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "serve", "control", "datapath", "health", "vrrp", "plan", "config", "announce", "host",
-            "util",
+            "serve", "control", "datapath", "health", "vrrp", "sync", "plan", "config", "announce",
+            "host", "util",
         ],
     ),
     (
         "serve",
         &[
-            "control", "datapath", "health", "vrrp", "plan", "config", "announce", "host", "util",
+            "control", "datapath", "health", "vrrp", "sync", "plan", "config", "announce", "host",
+            "util",
         ],
     ),
     (
         "control",
         &[
-            "datapath", "health", "vrrp", "plan", "config", "announce", "host", "util",
+            "datapath", "health", "vrrp", "sync", "plan", "config", "announce", "host", "util",
         ],
     ),
     ("datapath", &["plan", "config", "host", "util"]),
     ("health", &["plan", "config", "host", "util"]),
     ("vrrp", &["plan", "config", "host", "util"]),
+    ("sync", &["plan", "config", "host", "util"]),
     ("plan", &["config", "host", "util"]),
     ("config", &["host", "util"]),
     ("announce", &[]),

@@ -195,6 +195,18 @@ fn snapshot() -> Snapshot {
                 },
             ],
         }),
+        sync: Some(bascule::control::SyncStatus {
+            peers: vec![bascule::control::PeerStatus {
+                address: "10.0.0.3".parse().unwrap(),
+                last_seen: None,
+                datagrams: 0,
+            }],
+            sent: 1_200,
+            received: 0,
+            applied: 0,
+            rejected: vec![("auth".into(), 4), ("replay".into(), 0)],
+            dropped: 0,
+        }),
     }
 }
 

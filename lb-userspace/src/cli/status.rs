@@ -58,6 +58,10 @@ pub fn render(s: &Snapshot) -> String {
         out.push('\n');
         out.push_str(&announce_table(a));
     }
+    if let Some(sync) = &s.sync {
+        out.push('\n');
+        out.push_str(&sync_lines(sync));
+    }
     out
 }
 
@@ -83,6 +87,40 @@ fn announce_table(a: &crate::control::AnnounceStatus) -> String {
         ]);
     }
     out.push_str(&t.render(usize::MAX));
+    out
+}
+
+/// `sync:`: each peer and when it was last heard from, then the counters.
+fn sync_lines(sync: &crate::control::SyncStatus) -> String {
+    let mut t = Table::default();
+    t.row(&["Sync peer", "Last seen", "Datagrams"]);
+    for p in &sync.peers {
+        let seen = p.last_seen.map_or_else(
+            || "never".to_string(),
+            |at| format!("{:.1}s ago", crate::control::seconds_ago(at)),
+        );
+        t.row_owned(vec![p.address.to_string(), seen, p.datagrams.to_string()]);
+    }
+    let mut out = t.render(usize::MAX);
+    let rejected: Vec<String> = sync
+        .rejected
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(r, n)| format!("{r} {n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "sync: {} sent, {} received, {} applied, {} dropped (ring full); rejected: {}",
+        sync.sent,
+        sync.received,
+        sync.applied,
+        sync.dropped,
+        if rejected.is_empty() {
+            "none".to_string()
+        } else {
+            rejected.join(", ")
+        }
+    );
     out
 }
 

@@ -548,6 +548,7 @@ fn schema_lists_the_keys_each_section_accepts() {
             "vrrp_scripts[]",
             "sync_groups[]",
             "announce",
+            "sync",
         ]
     );
     ok(FULL);
@@ -581,6 +582,7 @@ fn schema_lists_the_keys_each_section_accepts() {
                 "{vrrp}sync_groups:\n  - {{name: G, instances: [VI_1], bogus: 1}}\n"
             )),
             "announce" => with_node("announce:\n  bogus: 1\n"),
+            "sync" => with_node("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  bogus: 1\n"),
             other => panic!("no document for the section {other}: add one here"),
         };
         let e = err(&doc);
@@ -602,4 +604,25 @@ fn announce_defaults_and_every_vip() {
     assert_eq!((a.table, a.protocol), (200, 186));
     assert_eq!(a.withdraw_grace, Duration::from_secs(5));
     assert!(a.vips.is_empty());
+}
+
+#[test]
+fn sync_takes_peers_a_key_file_and_a_default_port() {
+    let c = ok(&with_node(
+        "sync:\n  peers: [10.0.0.3, \"2001:db8::3\"]\n  key_file: /etc/bascule/sync.key\n",
+    ));
+    let sync = c.sync.expect("sync configured");
+    assert_eq!(
+        sync.peers,
+        [
+            "10.0.0.3".parse::<std::net::IpAddr>().unwrap(),
+            "2001:db8::3".parse().unwrap()
+        ]
+    );
+    assert_eq!(sync.port, 9470);
+    assert_eq!(
+        sync.key_file,
+        std::path::PathBuf::from("/etc/bascule/sync.key")
+    );
+    assert_eq!(ok(&with_node("")).sync, None);
 }

@@ -114,6 +114,7 @@ impl Controller {
         self.plan = next;
         // What the node announces follows what the maps hold.
         self.update_announcements();
+        self.sync_plan_changed();
         // Counts of backends no longer configured at all are forgotten.
         if !self.retired.is_empty() {
             let services = by_name(&self.config);

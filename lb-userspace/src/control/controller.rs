@@ -106,6 +106,7 @@ impl Controller {
             conntrack_live: 0,
             heartbeat: s.heartbeat,
             announcer,
+            sync: s.sync,
         };
         if let Err(e) = c.bring_up(previous.is_none()) {
             // A datapath adopted from a previous daemon was forwarding before: leave it so.
@@ -154,6 +155,7 @@ impl Controller {
         }
         let keep: Vec<&str> = self.interfaces.iter().map(String::as_str).collect();
         self.datapath.prune_links(&keep)?;
+        self.start_sync()?;
         // Health that changed while this was starting is in the maps before "ready".
         if let Some(now) = self.newer_health() {
             self.runtime.health = now;
@@ -259,6 +261,7 @@ impl Controller {
             } => {
                 let _ = reply.send(self.simulate(src, dst, proto));
             }
+            Request::Sync(entries) => self.apply_synced(entries),
             Request::Stop { .. } => unreachable!("handled by run"),
         }
     }

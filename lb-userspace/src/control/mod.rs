@@ -60,6 +60,7 @@ mod requests;
 mod runtime;
 mod simulate;
 pub mod snapshot;
+mod synced;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +79,7 @@ pub use runtime::{
 };
 pub use simulate::{parse_protocol, simulate, FlowLookups, SimulateAnswer};
 use snapshot::{Reloads, VrrpSource};
+pub use synced::{seconds_ago, shared as sync_shared, PeerStatus, SyncStatus};
 
 /// How long to wait for the kernel to resolve backends' MACs at start, and on a change.
 const RESOLVE_WAIT_START: Duration = Duration::from_secs(3);
@@ -130,6 +132,8 @@ pub struct Controller {
     heartbeat: Option<Heartbeat>,
     /// `announce:`'s routing table; `None` without the section.
     announcer: Option<announcing::Announcer>,
+    /// `sync:` state shared with its sender and receiver; `None` without sync.
+    sync: Option<Arc<crate::sync::Shared>>,
 }
 
 /// What the controller is started with.
@@ -154,6 +158,9 @@ pub struct Start {
     /// Where the announcement table's netlink I/O runs (`announce:`); `None`: the
     /// configuration's `announce:` is not applied.
     pub io: Option<tokio::runtime::Handle>,
+    /// `sync:`: shared with the sync sender and receiver (`serve` starts them once the
+    /// controller has put the datapath's report ring in it). `None` without sync.
+    pub sync: Option<Arc<crate::sync::Shared>>,
 }
 
 /// A call the controller's loop makes at a steady period, between requests.

@@ -74,6 +74,9 @@ pub enum Request {
         drain: bool,
         reply: oneshot::Sender<Result<AnnounceStatus, ControlError>>,
     },
+    /// `sync:` entries a peer sent (authenticated, fresh): written into the connection
+    /// table, or counted as ignored. No answer.
+    Sync(Vec<crate::sync::Entry>),
     /// Stops the controller: with `keep_datapath`, pinned links stay attached and the
     /// maps pinned (the next daemon adopts them); otherwise everything is removed.
     Stop {

@@ -40,6 +40,9 @@ pub struct Snapshot {
     /// What this node announces (`announce:`); `None` without the section.
     #[serde(default)]
     pub announce: Option<super::AnnounceStatus>,
+    /// `sync:`; `None` when not configured.
+    #[serde(default)]
+    pub sync: Option<super::SyncStatus>,
 }
 
 /// Config reloads since the daemon started.
@@ -351,6 +354,7 @@ impl Controller {
             datapath,
             vrrp: (self.vrrp)(),
             announce: self.announce_status(),
+            sync: self.sync_status(),
         }
     }
 

@@ -50,6 +50,26 @@ impl<E: SetEntry> SetMemory<E> {
         sets: std::ops::Range<usize>,
         table: FlowTable,
     ) -> std::io::Result<SetMemory<E>> {
+        // Populated at once: one call instead of a page fault per 4 KiB read.
+        Self::map_with(fd, sets, table, libc::MAP_POPULATE)
+    }
+
+    /// `map` without populating: pages count in the daemon's memory only once touched
+    /// (a mapping kept for single entries).
+    pub fn map_lazy(
+        fd: i32,
+        sets: std::ops::Range<usize>,
+        table: FlowTable,
+    ) -> std::io::Result<SetMemory<E>> {
+        Self::map_with(fd, sets, table, 0)
+    }
+
+    fn map_with(
+        fd: i32,
+        sets: std::ops::Range<usize>,
+        table: FlowTable,
+        flags: i32,
+    ) -> std::io::Result<SetMemory<E>> {
         assert_eq!(std::mem::size_of::<E>(), 64);
         let len = sets.len() * set_bytes::<E>();
         // SAFETY: an mmap-able array map exposes its values from offset 0, page-aligned;
@@ -59,8 +79,7 @@ impl<E: SetEntry> SetMemory<E> {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                // Populated at once: one call instead of a page fault per 4 KiB read.
-                libc::MAP_SHARED | libc::MAP_POPULATE,
+                libc::MAP_SHARED | flags,
                 fd,
                 (sets.start * set_bytes::<E>()) as libc::off_t,
             )
@@ -193,6 +212,57 @@ impl<E: SetEntry> SetMemory<E> {
         (0..FLOW_WAYS).any(|way| {
             self.read(set, way).is_some_and(|e| e.key() == *key) && self.remove(set, way, key)
         })
+    }
+
+    /// Writes `entry` with the datapath's protocol (`lb-ebpf/src/sets.rs`, `claim` and
+    /// `release`): into the way holding its key, else an empty one, else the one whose
+    /// `recency` is lowest (the least recently seen: its flow is evicted); claimed by a
+    /// compare-and-swap of the write sequence, tagged while held, written, released.
+    /// False if a writer held the way (the caller may retry).
+    pub fn insert(&self, entry: E, recency: impl Fn(&E) -> u64) -> bool {
+        let key = entry.key();
+        let hash = flow_set(&E::key_words(&key), self.table.seed);
+        let set = self.table.set_index(hash) as usize;
+        let mut victim = None;
+        let mut lowest = u64::MAX;
+        for way in 0..FLOW_WAYS {
+            // SAFETY: a volatile copy of plain data, only used to choose the way.
+            let e = unsafe { std::ptr::read_volatile(self.entry(set, way)) };
+            if !e.is_empty() && e.key() == key {
+                victim = Some(way);
+                break;
+            }
+            let r = if e.is_empty() { 0 } else { recency(&e) };
+            if victim.is_none() || r < lowest {
+                lowest = r;
+                victim = Some(way);
+            }
+        }
+        let way = victim.expect("a set has ways");
+        let word = self.word(set, way);
+        let before = word.load(Ordering::Acquire);
+        if held(before)
+            || word
+                .compare_exchange(
+                    before,
+                    before.wrapping_add(SEQ_STEP),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        self.tag(set, way)
+            .store(lb_common::hash::flow_tag(hash), Ordering::Relaxed);
+        // SAFETY: 64 bytes of plain data; this writer owns the way (odd sequence).
+        let words: [u64; 8] = unsafe { std::mem::transmute_copy(&entry) };
+        let dst = self.entry(set, way).cast::<u64>();
+        for (i, w) in words.iter().enumerate().take(7) {
+            unsafe { std::ptr::write_volatile(dst.add(i), *w) };
+        }
+        word.store(released(before, words[7] as u32), Ordering::Release);
+        true
     }
 
     /// Empties every entry; how many held one.
@@ -371,6 +441,35 @@ mod tests {
         assert!(!t.remove_key(&key(7)));
         assert_eq!(t.lookup(&key(7)), None);
         assert_eq!(t.entries().count(), 39);
+    }
+
+    #[test]
+    fn an_insert_takes_its_own_way_else_an_empty_one_else_the_least_recent() {
+        let t = FlowMemory::owned(1, 9);
+        let recency = |e: &FlowEntry| e.state.last_seen;
+        for n in 0..FLOW_WAYS as u32 {
+            assert!(t.insert(entry(n, n, 100 + u64::from(n)), recency));
+        }
+        assert_eq!(t.entries().count(), FLOW_WAYS);
+        // The same key again: replaced in place.
+        assert!(t.insert(entry(3, 33, 500), recency));
+        assert_eq!(t.lookup(&flow(3)).map(|e| e.state.backend), Some(33));
+        assert_eq!(t.entries().count(), FLOW_WAYS);
+        // A full set: the least recently seen (flow 0) goes.
+        assert!(t.insert(entry(50, 5, 600), recency));
+        assert_eq!(t.lookup(&flow(0)), None);
+        let e = t.lookup(&flow(50)).unwrap();
+        assert_eq!(
+            (e.state.backend, e.state.flags, e.state.seq % 2),
+            (5, FLOW_ACTIVE, 0)
+        );
+        // Tagged as the datapath tags (its lookups compare tags first).
+        let (set, way, _) = t.entries().find(|(_, _, e)| e.key == flow(50)).unwrap();
+        let tag = lb_common::hash::flow_tag(flow_set(&flow(50).words(), 9));
+        assert_eq!(t.tag(set, way).load(Ordering::Relaxed), tag);
+        // A way a writer holds is not taken.
+        t.word(set, way).fetch_add(SEQ_STEP, Ordering::SeqCst);
+        assert!(!t.insert(entry(50, 6, 700), recency));
     }
 
     #[test]

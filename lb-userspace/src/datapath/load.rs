@@ -73,6 +73,7 @@ impl Datapath {
             links: Vec::new(),
             applied: None,
             pins: None,
+            synced: None,
         };
         datapath.init_maps()?;
         Ok(datapath)
@@ -102,6 +103,7 @@ impl Datapath {
             pins: Some(PinPaths {
                 links: pins.links(),
             }),
+            synced: None,
         };
         // An adopted table keeps its seed: its flows stay where they are.
         datapath.init_maps()?;

@@ -11,6 +11,7 @@
 //! | `counters` | counters per service, backend, verdict and reason; active connections |
 //! | `reconcile` | the connection table: lookups, the reconciling walk |
 //! | [`flows`] | the set-associative tables' memory (connection table, `nat` replies) |
+//! | `synced` | `sync:`: the report ring, its drops, peers' flows inserted and removed |
 //! | [`pins`] | the pin tree and the state file a restarted daemon adopts |
 //! | `syscall` | the bpf(2) calls aya does not make (batches, inner maps) |
 //! | `clock` | the datapath's clock: calibrated at load, read from userspace |
@@ -34,6 +35,7 @@ pub mod flows;
 mod load;
 pub mod pins;
 mod reconcile;
+mod synced;
 mod syscall;
 mod tables;
 mod write;
@@ -65,6 +67,9 @@ pub struct Datapath {
     applied: Option<Arc<Plan>>,
     /// Where links and the program are pinned, when loaded by `load_pinned`.
     pins: Option<PinPaths>,
+    /// The connection table mapped whole for `sync:` (peers' entries inserted), once the
+    /// first one came.
+    synced: Option<flows::FlowMemory>,
 }
 
 /// How an interface's XDP link is held.

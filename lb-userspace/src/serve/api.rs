@@ -10,6 +10,7 @@
 //! | `GET /metrics` | Prometheus text (OpenMetrics if the `Accept` header asks for it) |
 //! | `GET /api/v1/services` | the [`Snapshot`](crate::control::snapshot::Snapshot) `bascule status` shows |
 //! | `GET /api/v1/vrrp` | `{"instances": [...]}` |
+//! | `GET /api/v1/sync` | `{"enabled": bool, "peers": [...], "sent": N, ...}` (`sync:`) |
 //! | `GET /api/v1/simulate?src=IP:PORT&dst=IP:PORT&proto=tcp` | which backend, and why |
 //! | `POST /api/v1/backends/{service}/{backend}` `{"weight": N}` | runtime weight (`null`: back to the file's) |
 //! | `POST /api/v1/reload` | reloads the config file |
@@ -138,6 +139,15 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
             Ok(s) => json(StatusCode::OK, &serde_json::json!({ "instances": s.vrrp })),
             Err(r) => r,
         },
+        (&Method::GET, ["api", "v1", "sync"]) => match ask(api, control::Request::Snapshot).await {
+            Ok(s) => {
+                let enabled = s.sync.is_some();
+                let mut body = serde_json::to_value(s.sync.unwrap_or_default()).unwrap_or_default();
+                body["enabled"] = enabled.into();
+                json(StatusCode::OK, &body)
+            }
+            Err(r) => r,
+        },
         (&Method::GET, ["api", "v1", "simulate"]) => {
             simulate(api, req.uri().query().unwrap_or("")).await
         }
@@ -164,7 +174,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
         }
         (_, ["" | "metrics"])
         | (_, ["api", "v1", "node", "drain" | "undrain"])
-        | (_, ["api", "v1", "services" | "vrrp" | "simulate"])
+        | (_, ["api", "v1", "services" | "vrrp" | "sync" | "simulate"])
         | (_, ["api", "v1", "backends", _, _])
         | (_, ["api", "v1", "reload"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,

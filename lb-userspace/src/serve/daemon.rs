@@ -131,6 +131,7 @@ async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
     let board = VrrpBoard::default();
     let service_manager = ServiceManager::from_env();
+    let shared_sync = config.sync.as_ref().map(|_| control::sync_shared());
     let start = control::Start {
         path,
         config: config.clone(),
@@ -144,6 +145,7 @@ async fn serve(
         ready: ready.clone(),
         heartbeat: service_manager.heartbeat(),
         io: Some(tokio::runtime::Handle::current()),
+        sync: shared_sync.clone(),
     };
     let ControllerThread {
         requests,
@@ -169,7 +171,12 @@ async fn serve(
         &[],
     ));
     service_manager.ready();
-    let vrrp = match start_vrrp(&config).await {
+    // Sync runs before VRRP: a backup takes its peers' flows before it can be master.
+    let started_vrrp = match start_sync(&config, shared_sync, &requests) {
+        Ok(s) => start_vrrp(&config).await.map(|v| (v, s)),
+        Err(e) => Err(e),
+    };
+    let (vrrp, sync) = match started_vrrp {
         Ok(v) => v,
         Err(e) => {
             server.abort();
@@ -192,6 +199,7 @@ async fn serve(
         config: Arc::new(config),
         health,
         withdraw_grace,
+        sync,
     };
     let ended = running
         .until_stopped(&mut signals, reloaded, &mut done)
@@ -273,6 +281,23 @@ async fn forward_health(mut changes: watch::Receiver<HealthMap>, to_controller: 
     }
 }
 
+/// `sync:`'s sender and receiver, started once the controller has put the datapath's
+/// report ring in `shared`; peers' entries go to the controller.
+fn start_sync(
+    config: &Config,
+    shared: Option<Arc<crate::sync::Shared>>,
+    requests: &control::Handle,
+) -> Result<Option<crate::sync::Running>> {
+    let (Some(c), Some(shared)) = (&config.sync, shared) else {
+        return Ok(None);
+    };
+    let to_controller = requests.clone();
+    let running = crate::sync::start(c, shared, move |_from, entries| {
+        let _ = to_controller.send(Request::Sync(entries));
+    })?;
+    Ok(Some(running))
+}
+
 /// The daemon once the controller and VRRP run.
 struct Running {
     requests: control::Handle,
@@ -285,6 +310,7 @@ struct Running {
     health: watch::Receiver<HealthMap>,
     /// `announce.withdraw_grace` of the running configuration; `None` without `announce:`.
     withdraw_grace: Option<Duration>,
+    sync: Option<crate::sync::Running>,
 }
 
 impl Running {
@@ -356,6 +382,9 @@ impl Running {
             v.stop().await;
         }
         self.board.set(&None);
+        if let Some(s) = self.sync.take() {
+            s.stop();
+        }
         drop(self.supervisor);
         if let Some(ended) = ended {
             return controller_ended(ended);

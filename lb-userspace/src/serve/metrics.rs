@@ -140,6 +140,7 @@ pub fn render(s: &Snapshot, openmetrics: bool) -> String {
     register_datapath(&mut r, s);
     register_vrrp(&mut r, s);
     register_announce(&mut r, s);
+    register_sync(&mut r, s);
     register_daemon(&mut r, s);
     let mut text = String::new();
     encode(&mut text, &r).expect("writing to a String cannot fail");
@@ -423,6 +424,48 @@ fn register_announce(r: &mut Registry, s: &Snapshot) {
     );
 }
 
+/// `sync:` (no series without it): entries sent, received, applied, refused by reason;
+/// reports the datapath dropped (ring full).
+fn register_sync(r: &mut Registry, s: &Snapshot) {
+    let Some(sync) = &s.sync else {
+        return;
+    };
+    r.register(
+        "bascule_sync_sent",
+        "Flow entries sent to the sync peers (each once, whatever the number of peers)",
+        counter(sync.sent),
+    );
+    r.register(
+        "bascule_sync_received",
+        "Flow entries received in authenticated, fresh sync datagrams",
+        counter(sync.received),
+    );
+    r.register(
+        "bascule_sync_applied",
+        "Peers' flow entries written into (or removed from) the connection table",
+        counter(sync.applied),
+    );
+    let rejected = Family::<ReasonLabels, Counter>::default();
+    for (reason, n) in &sync.rejected {
+        rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.clone(),
+            })
+            .inc_by(*n);
+    }
+    r.register(
+        "bascule_sync_rejected",
+        "Sync datagrams (auth, replay, malformed) or entries (unknown_service, \
+         unknown_backend, backend_down) refused, per reason",
+        rejected,
+    );
+    r.register(
+        "bascule_sync_dropped",
+        "Flow reports the datapath dropped because the sync ring was full",
+        counter(sync.dropped),
+    );
+}
+
 /// The daemon itself: reloads, version, readiness.
 fn register_daemon(r: &mut Registry, s: &Snapshot) {
     let reloads = Family::<ResultLabels, Counter>::default();
@@ -610,6 +653,34 @@ mod tests {
             Some("0")
         );
         assert!(text.contains("# TYPE bascule_announced gauge\n"));
+    }
+
+    #[test]
+    fn sync_series_only_with_sync() {
+        assert!(!render(&snapshot(), false).contains("bascule_sync_"));
+        let mut s = snapshot();
+        s.sync = Some(crate::control::SyncStatus {
+            sent: 40,
+            received: 30,
+            applied: 28,
+            rejected: vec![("auth".into(), 3), ("unknown_backend".into(), 2)],
+            dropped: 1,
+            ..Default::default()
+        });
+        let text = render(&s, false);
+        for (series, v) in [
+            ("bascule_sync_sent_total", "40"),
+            ("bascule_sync_received_total", "30"),
+            ("bascule_sync_applied_total", "28"),
+            ("bascule_sync_rejected_total{reason=\"auth\"}", "3"),
+            (
+                "bascule_sync_rejected_total{reason=\"unknown_backend\"}",
+                "2",
+            ),
+            ("bascule_sync_dropped_total", "1"),
+        ] {
+            assert_eq!(value(&text, series).as_deref(), Some(v), "{series}");
+        }
     }
 
     #[test]

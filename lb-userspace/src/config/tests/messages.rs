@@ -40,8 +40,13 @@ impl Doc {
 
 #[rustfmt::skip]
 const CASES: &[(Doc, &str)] = &[
+    // sync:
+    (AfterNode("sync:\n  peers: [10.0.0.3]\n"), "bascule.yaml:5:3: sync: missing required key \"key_file\""),
+    (AfterNode("sync:\n  peers: []\n  key_file: /k\n"), "bascule.yaml:5:10: sync.peers: expected at least one peer address (peers: [10.0.0.3])"),
+    (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  group: 239.0.0.81\n"), "bascule.yaml:7:10: sync.group: multicast sync is not supported yet (this build supports: peers)"),
+    (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  port: 0\n"), "bascule.yaml:7:9: sync.port: 0 is out of range, expected 1..=65535"),
     // Unknown keys, with "did you mean" when a key is close.
-    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce"),
+    (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, sync"),
     (File("node:\n  interfaces:\n    - name: eth0\n      xdp_mod: native\n"), "bascule.yaml:4:7: node.interfaces[0].xdp_mod: unknown key (did you mean \"xdp_mode\"?), expected one of: name, xdp_mode"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    health_check: {type: tcp, intervall: 2s}\n"), "bascule.yaml:8:31: services[0].health_check.intervall: unknown key (did you mean \"interval\"?), expected one of: type, connect_port, interval, timeout, rise, fall, retries, delay_before_retry, inhibit_on_failure, initial_state, method, path, virtualhost, expect_status, body_regex, digest, sni, ca_file, helo_name, query_name, query_type, expect_rcode, expect_answer, payload, expect, require_reply, command, dynamic"),
 
@@ -51,7 +56,7 @@ const CASES: &[(Doc, &str)] = &[
     (File("node:\n  interfaces:\n    - eth0\n"), "bascule.yaml:3:7: node.interfaces[0]: expected a mapping with the keys name, xdp_mode, found the string \"eth0\""),
     (File("node:\n  - eth0\n"), "bascule.yaml:2:3: node: expected a mapping with the keys interfaces, tunnel_source, found a list"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 1\n    virtual_addresses: [10.0.0.1/24]\n    preempt: sometimes\n"), "bascule.yaml:9:14: vrrp[0].preempt: expected true or false, found the string \"sometimes\""),
-    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, found a list"),
+    (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, sync, found a list"),
 
     // Durations.
     (AfterNode("conntrack:\n  tcp_timeout: 10\n"), "bascule.yaml:5:16: conntrack.tcp_timeout: \"10\" is not a valid duration (missing unit), expected e.g. 100ms, 1s, 5m or 1h"),
