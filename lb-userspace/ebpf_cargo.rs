@@ -21,6 +21,8 @@ fn ebpf_cargo(
         // Kept global (BTF linkage) so that the verifier checks it once, on its own:
         // `lb-ebpf/src/flow.rs`, `schedule`.
         "-Clink-arg=--export=bascule_schedule".into(),
+        // The same for `lb-ebpf/src/sync.rs`, `report`.
+        "-Clink-arg=--export=bascule_sync_report".into(),
     ]
     .join("\x1f");
     let mut cmd = std::process::Command::new("rustup");

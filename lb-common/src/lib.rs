@@ -452,7 +452,7 @@ pub struct SyncReport {
     pub backend: u32,
     /// `nat`: the backend's port (network order); 0 = the flow's own port.
     pub backend_port: u16,
-    /// SYNC_NEW or SYNC_END.
+    /// SYNC_NEW, SYNC_END or SYNC_REFRESH.
     pub kind: u8,
     /// The backend's family.
     pub backend_family: u8,
@@ -464,6 +464,11 @@ pub struct SyncReport {
 pub const SYNC_NEW: u8 = 1;
 /// `SyncReport::kind`: a FIN or RST was seen.
 pub const SYNC_END: u8 = 2;
+/// `SyncReport::kind`: a live flow, again, so that peers' copies do not expire: sent by
+/// the packet that refreshes `last_seen` (`TOUCH_INTERVAL_NS`) when that crosses a
+/// multiple of 2^`SYNC_REFRESH_SHIFT` ns (about every 17 s of a flow's life).
+pub const SYNC_REFRESH: u8 = 3;
+pub const SYNC_REFRESH_SHIFT: u32 = 34;
 /// Bytes of the `SYNC_RING` ring buffer (a power of two, a multiple of the page size):
 /// about 13,000 reports.
 pub const SYNC_RING_BYTES: u32 = 1 << 20;

@@ -7,7 +7,8 @@ use core::ptr::read_volatile;
 
 use lb_common::{
     BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo,
-    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, TOUCH_INTERVAL_NS,
+    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, SYNC_REFRESH,
+    SYNC_REFRESH_SHIFT, TOUCH_INTERVAL_NS,
 };
 
 use crate::{
@@ -87,6 +88,9 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
             if service.persistence_secs != 0 {
                 remember_client(pkt, service, st.backend, now);
             }
+            if (now ^ st.last_seen) >> SYNC_REFRESH_SHIFT != 0 {
+                refreshed(pkt, &st);
+            }
         }
         if st.flags & FLOW_ACTIVE != 0 && closing(pkt) {
             live.flags &= !FLOW_ACTIVE;
@@ -107,13 +111,23 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
 #[inline(never)]
 fn ended(pkt: &Packet, st: &FlowState) {
     if crate::sync::enabled() {
-        crate::sync::report(
+        let _ = crate::sync::report(
             pkt,
             st.service,
             st.backend,
             SYNC_END as u32,
             st.flags & !FLOW_ACTIVE,
         );
+    }
+}
+
+/// A live flow reported again (`SYNC_REFRESH`) when `sync:` is configured, so that the
+/// peers' copies do not expire. A separate BPF function: reached at most once per flow
+/// every ~17 s.
+#[inline(never)]
+fn refreshed(pkt: &Packet, st: &FlowState) {
+    if crate::sync::enabled() {
+        let _ = crate::sync::report(pkt, st.service, st.backend, SYNC_REFRESH as u32, st.flags);
     }
 }
 
@@ -189,7 +203,7 @@ pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) {
         remember_client(pkt, service, id, now);
     }
     if crate::sync::enabled() {
-        crate::sync::report(pkt, service.id, id, SYNC_NEW as u32, flags);
+        let _ = crate::sync::report(pkt, service.id, id, SYNC_NEW as u32, flags);
     }
 }
 

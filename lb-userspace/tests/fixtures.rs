@@ -1048,3 +1048,62 @@ fn the_datapaths_clock_is_the_kernels_tick_on_the_coarse_clock() {
         std::thread::sleep(std::time::Duration::from_millis(3));
     }
 }
+
+/// The reports in the ring, in order.
+fn reports(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<lb_common::SyncReport> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<lb_common::SyncReport>());
+        out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) });
+    }
+    out
+}
+
+/// `sync:`: a node reports each new flow and its end (first FIN/RST), nothing for its
+/// other packets, and nothing at all without sync; a full ring drops reports and counts
+/// them while every packet is still forwarded.
+#[test]
+fn synced_nodes_report_new_flows_and_ends_only() {
+    let plain_flow = Frame::tcp("10.111.0.10", 41000, "10.112.0.100", 80);
+    let mut h = Harness::new(CONFIG);
+    let mut ring = h.datapath.take_sync_ring().unwrap();
+    assert_eq!(h.run(&plain_flow.bytes()).0, XDP_TX);
+    assert_eq!(reports(&mut ring), [], "no sync, no report");
+
+    let synced = format!("{CONFIG}sync:\n  peers: [10.0.0.3]\n  key_file: /etc/k\n");
+    let mut h = Harness::new(&synced);
+    let mut ring = h.datapath.take_sync_ring().unwrap();
+    let f = Frame::tcp("10.111.0.10", 41001, "10.112.0.100", 80);
+    let backend = h.predicted(&f);
+    assert_eq!(h.run(&f.bytes()).0, XDP_TX);
+    assert_eq!(h.run(&f.clone().flags(0x10).bytes()).0, XDP_TX, "ACK");
+    assert_eq!(h.run(&f.clone().flags(0x11).bytes()).0, XDP_TX, "FIN");
+    assert_eq!(h.run(&f.clone().flags(0x11).bytes()).0, XDP_TX, "FIN again");
+    let got = reports(&mut ring);
+    let kinds: Vec<u8> = got.iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [lb_common::SYNC_NEW, lb_common::SYNC_END]);
+    let (addr, _) = lb_common::addr_words(backend);
+    for r in &got {
+        assert_eq!(r.key, f.flow_key());
+        assert_eq!(r.backend_addr, addr);
+        assert_eq!(r.service, h.service_id("web4"));
+    }
+    assert_eq!(got[0].flags, lb_common::FLOW_ACTIVE);
+    assert_eq!(got[1].flags & lb_common::FLOW_ACTIVE, 0);
+
+    // Nobody reads the ring: it fills, reports are dropped and counted, flows still go.
+    let flows = (lb_common::SYNC_RING_BYTES as usize / 64) + 1000;
+    for i in 0..flows {
+        let src = format!("10.{}.{}.{}", 120 + (i >> 16), (i >> 8) & 0xff, i & 0xff);
+        let f = Frame::tcp(&src, 1024 + (i % 50_000) as u16, "10.112.0.100", 80);
+        assert_eq!(h.run(&f.bytes()).0, XDP_TX);
+    }
+    let dropped = h.datapath.sync_drops().unwrap();
+    let kept = reports(&mut ring).len() as u64;
+    assert!(dropped > 0, "a full ring drops reports");
+    assert_eq!(
+        kept + dropped,
+        flows as u64,
+        "every new flow reported or counted"
+    );
+}

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 
 use lb_common::{
     addr_words, words_addr, FlowEntry, FlowKey, FlowState, PersistKey, SyncReport, BACKEND_ACTIVE,
-    FLOW_ACTIVE, FLOW_SYNCED, SYNC_END, SYNC_NEW,
+    FLOW_ACTIVE, FLOW_SYNCED, SYNC_END, SYNC_NEW, SYNC_REFRESH,
 };
 
 use super::wire::{Entry, Kind, Reject};
@@ -96,7 +96,8 @@ impl Directory {
             return None;
         }
         let kind = match r.kind {
-            SYNC_NEW => Kind::New,
+            // A refresh is written as a new entry: seen now, on every peer.
+            SYNC_NEW | SYNC_REFRESH => Kind::New,
             SYNC_END => Kind::End,
             _ => return None,
         };
@@ -248,6 +249,12 @@ services:
         };
         let named = Directory::of(&here).name(&report).unwrap();
         assert_eq!(named, entry("10.0.0.100", 80, 80, "10.0.1.11"));
+        // A refresh travels as a new entry (written again, seen now).
+        let refresh = SyncReport {
+            kind: lb_common::SYNC_REFRESH,
+            ..report
+        };
+        assert_eq!(Directory::of(&here).name(&refresh), Some(named));
         let Ok(Apply::Insert { entry: e, persist }) = Directory::of(&there).resolve(&named, 5)
         else {
             panic!("not applied");
