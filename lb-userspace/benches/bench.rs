@@ -42,6 +42,8 @@ mod health;
 
 #[path = "bench/http.rs"]
 mod http;
+#[path = "bench/sync.rs"]
+mod sync;
 #[path = "bench/veth.rs"]
 mod veth;
 
@@ -110,7 +112,7 @@ struct Group {
     run: fn(&Settings, &mut Vec<Figure>) -> GroupResult,
 }
 
-const GROUPS: [Group; 7] = [
+const GROUPS: &[Group] = &[
     Group {
         name: "xdp",
         quick: true,
@@ -142,6 +144,14 @@ const GROUPS: [Group; 7] = [
         quick: true,
         run: |s, f| {
             health::figures(s, f);
+            Ok(())
+        },
+    },
+    Group {
+        name: "sync",
+        quick: true,
+        run: |s, f| {
+            sync::figures(s, f);
             Ok(())
         },
     },
@@ -393,6 +403,12 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
         .map(|(_, fam, vip, _)| (0..fill).map(|n| client_syn(fam, 2, n, vip)).collect())
         .collect();
     let base = Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80).bytes();
+    // `xdp.dr.v4.new_synced`: the same new flows with `sync:` configured (each reported to
+    // the ring, which a reader drains as the daemon's sender does).
+    let synced_config = format!("{CONFIG}sync:\n  peers: [10.0.0.3]\n  key_file: /etc/k\n");
+    let mut ring = h.datapath.take_sync_ring().expect("the sync ring");
+    let mut fig_synced = Figure::new("xdp.dr.v4.new_synced", "ns");
+    fig_synced.baseline = Some("xdp.dr.v4.new".into());
     let _pinned = Pinned::here();
     for round in 0..s.rounds {
         {
@@ -461,10 +477,33 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 *verdict,
             ));
         }
+        h.apply(&synced_config);
+        h.datapath
+            .clear_conntrack()
+            .expect("clear the connection table");
+        let first = round as u32 * s.runs;
+        let prog = h.datapath.program();
+        fig_synced.samples.push(measure(
+            prog,
+            ifindex,
+            &mut |i| {
+                if i % 1024 == 0 {
+                    while ring.next().is_some() {}
+                }
+                client_syn("v4", 3, first + i, "10.112.0.100")
+            },
+            s.runs,
+            3,
+        ));
+        while ring.next().is_some() {}
+        h.apply(CONFIG);
     }
+    let dropped = h.datapath.sync_drops().expect("the sync drop counter");
+    assert_eq!(dropped, 0, "reports dropped while the ring was drained");
     figures.push(fig_drop);
     figures.push(fig_swap);
     figures.extend(per_case.into_iter().flatten());
+    figures.push(fig_synced);
 }
 
 /// `failover.{100ms,1s}.seconds`: a two-node lab (VRRP, dr, health checks) per advert
