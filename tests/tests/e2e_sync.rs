@@ -9,21 +9,38 @@
 //! The tests run one at a time (VRRP at 200 ms adverts). The binary comes from
 //! `BASCULE_BIN` (set by `cargo xtask test`).
 
-use std::{os::unix::fs::PermissionsExt, sync::Mutex, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr, UdpSocket},
+    os::unix::fs::PermissionsExt,
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use bascule_tests::product::{
     wait_until, Failover, Mode, ProductLab, BACKUP_PRIORITY, MASTER_PRIORITY,
 };
-use bascule_tests::{bascule_bin, require_root};
+use bascule_tests::{bascule_bin, in_netns, require_root};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Long-lived connections through the failover.
 const CONNECTIONS: usize = 30;
+/// The key both nodes read from `sync.key_file`.
+const KEY: &[u8] = b"a secret shared by lb1 and lb2 only";
+/// Forged datagrams of the flood.
+const FLOOD: usize = 2_000;
 
+/// Also: before the failover, forged datagrams sent to the backup (wrong key, garbage,
+/// truncated, replayed, stale, naming an unknown service) are refused and counted by
+/// reason, nothing of them is applied, and a flood of them evicts nothing.
 #[test]
 fn rr_connections_survive_the_death_of_the_master_with_sync() {
-    survive(Mode::Dr, "rr");
+    let (lab, f) = fail_over_with(Mode::Dr, "rr", true, forge);
+    assert_eq!(f.survived(), CONNECTIONS, "{}", lab.logs());
+    teardown(lab);
 }
 
 #[test]
@@ -43,7 +60,7 @@ fn nat_rr_connections_survive_with_sync() {
 
 /// With sync, every connection survives on its server.
 fn survive(mode: Mode, scheduler: &str) {
-    let (lab, f) = fail_over_with(mode, scheduler, true);
+    let (lab, f) = fail_over_with(mode, scheduler, true, |_| {});
     let lost: Vec<String> = f
         .connections
         .iter()
@@ -75,7 +92,7 @@ fn survive(mode: Mode, scheduler: &str) {
 
 #[test]
 fn rr_connections_are_lost_without_sync() {
-    let (lab, f) = fail_over_with(Mode::Dr, "rr", false);
+    let (lab, f) = fail_over_with(Mode::Dr, "rr", false, |_| {});
     let servers: std::collections::BTreeSet<_> = f
         .connections
         .iter()
@@ -103,7 +120,7 @@ fn teardown(lab: ProductLab) {
 /// other.
 fn configs(lab: &ProductLab, scheduler: &str, sync: bool) -> [String; 2] {
     let key = lab.topo.lab.dir().join("sync.key");
-    std::fs::write(&key, "a secret shared by lb1 and lb2 only\n").expect("write the key");
+    std::fs::write(&key, [KEY, b"\n"].concat()).expect("write the key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     [(0, 1, MASTER_PRIORITY), (1, 0, BACKUP_PRIORITY)].map(|(i, other, priority)| {
         let mut yaml = lab
@@ -127,7 +144,12 @@ fn configs(lab: &ProductLab, scheduler: &str, sync: bool) -> [String; 2] {
 
 /// lb1 master, lb2 backup, every server up on both; 30 connections through lb1; with
 /// `sync`, lb2 has applied them; lb1 dies.
-fn fail_over_with(mode: Mode, scheduler: &str, sync: bool) -> (ProductLab, Failover) {
+fn fail_over_with(
+    mode: Mode,
+    scheduler: &str,
+    sync: bool,
+    before_failover: impl FnOnce(&ProductLab),
+) -> (ProductLab, Failover) {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let tag = format!("sync-{}-{}", mode.as_str(), if sync { "on" } else { "off" });
@@ -159,6 +181,7 @@ fn fail_over_with(mode: Mode, scheduler: &str, sync: bool) -> (ProductLab, Failo
         });
         check(&lab, "sync", applied);
     }
+    before_failover(&lab);
     let f = lab
         .fail_over(probes)
         .unwrap_or_else(|e| panic!("fail over: {e:#}{}", lab.logs()));
@@ -174,4 +197,136 @@ fn fail_over_with(mode: Mode, scheduler: &str, sync: bool) -> (ProductLab, Failo
         f.survived()
     );
     (lab, f)
+}
+
+/// lb2's `GET /api/v1/sync`.
+fn sync_status(lab: &ProductLab) -> serde_json::Value {
+    let (status, body) = lab
+        .topo
+        .api(lab.lb(1), "GET", "/api/v1/sync", None)
+        .expect("GET /api/v1/sync");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn rejected(v: &serde_json::Value, reason: &str) -> u64 {
+    v["rejected"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r[0] == reason))
+        .and_then(|r| r[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn mapped(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// A sync datagram as `docs/operations.md` describes it: one new flow from `client` to
+/// `vip`:80 on `backend`:80, authenticated with `key`.
+fn datagram(
+    key: &[u8],
+    seq: u64,
+    at_ms: u64,
+    client: IpAddr,
+    vip: IpAddr,
+    backend: IpAddr,
+) -> Vec<u8> {
+    let mut d = Vec::new();
+    d.extend_from_slice(b"BSYN");
+    d.extend_from_slice(&[1, 0]);
+    d.extend_from_slice(&1u16.to_be_bytes());
+    d.extend_from_slice(&0x0bad_5eed_u64.to_be_bytes());
+    d.extend_from_slice(&seq.to_be_bytes());
+    d.extend_from_slice(&at_ms.to_be_bytes());
+    d.extend_from_slice(&[1, 4, 6, 1]);
+    d.extend_from_slice(&mapped(client));
+    d.extend_from_slice(&45_678u16.to_be_bytes());
+    d.extend_from_slice(&mapped(vip));
+    d.extend_from_slice(&80u16.to_be_bytes());
+    d.extend_from_slice(&80u16.to_be_bytes());
+    d.extend_from_slice(&[4, 0]);
+    d.extend_from_slice(&mapped(backend));
+    d.extend_from_slice(&80u16.to_be_bytes());
+    d.extend_from_slice(&[0, 0]);
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+    mac.update(&d);
+    d.extend_from_slice(&mac.finalize().into_bytes());
+    d
+}
+
+/// Forged datagrams from the client to lb2: each refused with its reason, none applied;
+/// then a flood of them.
+fn forge(lab: &ProductLab) {
+    let before = sync_status(lab);
+    let lb2 = lab.lb(1).ipv4().expect("lb2 IPv4");
+    let to = SocketAddr::new(lb2, 9470);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let vip: IpAddr = bascule_tests::product::VIP4.into();
+    let client = lab.topo.client.ipv4().expect("client IPv4");
+    let backend = lab.servers[0].ipv4().expect("server IPv4");
+    let unknown_vip: IpAddr = "10.0.0.250".parse().unwrap();
+    let good = datagram(KEY, 1, now, client, vip, backend);
+    let unknown = datagram(KEY, 2, now, client, unknown_vip, backend);
+    let wrong_key = datagram(b"not the shared key at all", 3, now, client, vip, backend);
+    let stale = datagram(KEY, 4, now - 120_000, client, vip, backend);
+    let sends: Vec<Vec<u8>> = vec![
+        wrong_key.clone(),
+        b"garbage".to_vec(),
+        good[..good.len() - 10].to_vec(),
+        unknown.clone(),
+        unknown.clone(), // replayed
+        stale,
+    ];
+    let flood: Vec<Vec<u8>> = (0..FLOOD as u64)
+        .map(|i| datagram(b"an attacker's own key", 100 + i, now, client, vip, backend))
+        .collect();
+    in_netns(&lab.topo.client.netns.clone(), move || {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        for d in sends {
+            s.send_to(&d, to)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Paced (10,000 a second): every one reaches the daemon, none is lost to a full
+        // socket buffer, so each must be counted.
+        for chunk in flood.chunks(10) {
+            for d in chunk {
+                s.send_to(d, to)?;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    })
+    .expect("send forged datagrams");
+    let want = [
+        ("auth", 1 + FLOOD as u64),
+        ("malformed", 2),
+        ("replay", 2),
+        ("unknown_service", 1),
+    ];
+    let settled = wait_until(
+        "lb2 counting the forged datagrams",
+        Duration::from_secs(10),
+        || {
+            let now = sync_status(lab);
+            want.iter()
+                .all(|(r, n)| rejected(&now, r) >= rejected(&before, r) + n)
+        },
+    );
+    let after = sync_status(lab);
+    assert!(
+        settled.is_ok(),
+        "rejected by reason, before {} after {}",
+        before["rejected"],
+        after["rejected"]
+    );
+    assert_eq!(
+        after["applied"], before["applied"],
+        "nothing forged applied"
+    );
 }
