@@ -330,3 +330,62 @@ fn forge(lab: &ProductLab) {
         "nothing forged applied"
     );
 }
+
+/// Bulk sync: lb1 dies, 30 new connections go through lb2 (rr), lb1 restarts from scratch
+/// (its state file removed: it starts over with empty tables) and asks lb2 for its whole
+/// table before VRRP starts; it preempts, and every connection survives the hand-back.
+#[test]
+fn a_node_restarted_from_scratch_takes_the_table_before_the_master_role() {
+    let (mut lab, f) = fail_over_with(Mode::Dr, "rr", true, |_| {});
+    assert_eq!(f.survived(), CONNECTIONS, "{}", lab.logs());
+    let probes = lab
+        .open_connections(CONNECTIONS)
+        .unwrap_or_else(|e| panic!("open connections through lb2: {e:#}{}", lab.logs()));
+    // lb1 from scratch: without its state file the daemon clears its pins and starts over.
+    let lb1 = lab.lb(0).clone();
+    let inode = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/run/netns/{}", lb1.netns)).expect("lb1's netns"),
+    );
+    let state = format!("/run/bascule/{inode}");
+    std::fs::remove_dir_all(&state).unwrap_or_else(|e| panic!("remove {state}: {e}"));
+    let [c1, _] = configs(&lab, "rr", true);
+    lab.revive_node(0, &c1)
+        .unwrap_or_else(|e| panic!("restart lb1: {e:#}{}", lab.logs()));
+    let took = lab.wait_for_master(0, &[1]);
+    let log = lab.log(0);
+    took.unwrap_or_else(|e| panic!("lb1 master again: {e:#}{}", lab.logs()));
+    assert!(
+        !log.contains("adopted the pinned"),
+        "lb1 started over:\n{log}"
+    );
+    assert!(
+        log.contains("sync: bulk transfer received"),
+        "lb1 logs the bulk transfer it received:\n{log}"
+    );
+    let at_handback = probes.progress();
+    let recovered = wait_until(
+        "every connection answering after the hand-back",
+        Duration::from_secs(20),
+        || {
+            probes
+                .progress()
+                .iter()
+                .zip(&at_handback)
+                .all(|(&(now, done), &(then, _))| done || now >= then + 5)
+        },
+    );
+    let results = probes.stop();
+    recovered.unwrap_or_else(|e| panic!("{e:#}{}", lab.logs()));
+    let lost: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.failure.as_ref().map(|f| format!("{}: {f}", r.local)))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {CONNECTIONS} connections lost at the hand-back:\n{}{}",
+        lost.len(),
+        lost.join("\n"),
+        lab.logs()
+    );
+    teardown(lab);
+}

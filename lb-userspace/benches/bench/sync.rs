@@ -54,6 +54,7 @@ pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
             .enumerate()
             .map(|(i, chunk)| {
                 let header = Header {
+                    message: wire::FLOWS,
                     node: 1 + round as u64,
                     seq: i as u64 + 1,
                     timestamp_ms: now_ms,

@@ -262,6 +262,9 @@ impl Controller {
                 let _ = reply.send(self.simulate(src, dst, proto));
             }
             Request::Sync(entries) => self.apply_synced(entries),
+            Request::SyncTable(reply) => {
+                let _ = reply.send(self.synced_table());
+            }
             Request::Stop { .. } => unreachable!("handled by run"),
         }
     }

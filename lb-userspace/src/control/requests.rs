@@ -77,6 +77,8 @@ pub enum Request {
     /// `sync:` entries a peer sent (authenticated, fresh): written into the connection
     /// table, or counted as ignored. No answer.
     Sync(Vec<crate::sync::Entry>),
+    /// `sync:` bulk: every connection-table entry, named for a peer that starts.
+    SyncTable(oneshot::Sender<Vec<crate::sync::Entry>>),
     /// Stops the controller: with `keep_datapath`, pinned links stay attached and the
     /// maps pinned (the next daemon adopts them); otherwise everything is removed.
     Stop {

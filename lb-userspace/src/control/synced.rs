@@ -88,6 +88,24 @@ impl Controller {
         }
     }
 
+    /// Every live connection-table entry named for a peer (bulk sync).
+    pub(super) fn synced_table(&mut self) -> Vec<Entry> {
+        let Some(shared) = self.sync.clone() else {
+            return Vec::new();
+        };
+        let directory = shared.directory();
+        match self.datapath.flow_entries() {
+            Ok(flows) => flows
+                .iter()
+                .filter_map(|f| directory.name_flow(f))
+                .collect(),
+            Err(e) => {
+                tracing::warn!("sync: cannot list the connection table: {e:#}");
+                Vec::new()
+            }
+        }
+    }
+
     pub(super) fn sync_status(&mut self) -> Option<SyncStatus> {
         let shared = self.sync.clone()?;
         let configured = self.config.sync.as_ref().map_or(&[][..], |s| &s.peers[..]);

@@ -62,6 +62,11 @@ impl Datapath {
         Ok(written)
     }
 
+    /// Every entry of the connection table (a peer's bulk sync).
+    pub fn flow_entries(&mut self) -> Result<Vec<FlowEntry>> {
+        Ok(self.synced_table()?.entries().map(|(_, _, e)| e).collect())
+    }
+
     /// Removes a flow a peer saw end; whether the table had it.
     pub fn remove_synced(&mut self, key: &FlowKey) -> Result<bool> {
         Ok(self.synced_table()?.remove_key(key))

@@ -171,9 +171,19 @@ async fn serve(
         &[],
     ));
     service_manager.ready();
-    // Sync runs before VRRP: a backup takes its peers' flows before it can be master.
+    let forward_health = tokio::spawn(forward_health(health_changes, requests.clone()));
+    // Sync runs before VRRP: a backup takes its peers' flows before it can be master,
+    // and a node that starts asks its peers for their whole table first (bounded), once
+    // its health checks have a first verdict (a peer's flow on a backend still down here
+    // is ignored).
     let started_vrrp = match start_sync(&config, shared_sync, &requests) {
-        Ok(s) => start_vrrp(&config).await.map(|v| (v, s)),
+        Ok(s) => {
+            if let Some(running) = &s {
+                first_verdicts(&supervisor, &config, FIRST_VERDICTS_LIMIT).await;
+                running.bulk(BULK_SYNC_LIMIT).await;
+            }
+            start_vrrp(&config).await.map(|v| (v, s))
+        }
         Err(e) => Err(e),
     };
     let (vrrp, sync) = match started_vrrp {
@@ -186,7 +196,6 @@ async fn serve(
         }
     };
     board.set(&vrrp);
-    let forward_health = tokio::spawn(forward_health(health_changes, requests.clone()));
 
     let health = supervisor.subscribe();
     let withdraw_grace = config.announce.as_ref().map(|a| a.withdraw_grace);
@@ -281,6 +290,38 @@ async fn forward_health(mut changes: watch::Receiver<HealthMap>, to_controller: 
     }
 }
 
+/// How long a starting node waits for a peer's whole table before VRRP starts.
+const BULK_SYNC_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a starting node with sync waits for its health checks' first verdicts.
+const FIRST_VERDICTS_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits (at most `limit`) until every checked backend has a first verdict: up, or
+/// `rise` attempts made without coming up.
+async fn first_verdicts(
+    supervisor: &HealthSupervisor,
+    config: &Config,
+    limit: std::time::Duration,
+) {
+    let rise = config
+        .services
+        .iter()
+        .filter_map(|s| s.health_check.as_ref())
+        .map(|h| u64::from(h.rise))
+        .max()
+        .unwrap_or(1);
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if supervisor
+            .snapshot()
+            .values()
+            .all(|h| h.up || h.attempts >= rise)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// `sync:`'s sender and receiver, started once the controller has put the datapath's
 /// report ring in `shared`; peers' entries go to the controller.
 fn start_sync(
@@ -292,9 +333,20 @@ fn start_sync(
         return Ok(None);
     };
     let to_controller = requests.clone();
-    let running = crate::sync::start(c, shared, move |_from, entries| {
-        let _ = to_controller.send(Request::Sync(entries));
-    })?;
+    let ask_controller = requests.clone();
+    let table: crate::sync::TableSource = Box::new(move || {
+        let (tx, rx) = oneshot::channel();
+        let _ = ask_controller.send(Request::SyncTable(tx));
+        rx
+    });
+    let running = crate::sync::start(
+        c,
+        shared,
+        move |_from, entries| {
+            let _ = to_controller.send(Request::Sync(entries));
+        },
+        table,
+    )?;
     Ok(Some(running))
 }
 

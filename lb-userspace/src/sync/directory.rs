@@ -115,6 +115,21 @@ impl Directory {
         })
     }
 
+    /// A connection-table entry as peers name it (bulk sync); `None` if its ids are not
+    /// the plan's.
+    pub fn name_flow(&self, f: &FlowEntry) -> Option<Entry> {
+        let &(backend, _) = self.backend_names.get(&f.state.backend)?;
+        self.name(&SyncReport {
+            key: f.key,
+            backend_addr: addr_words(backend).0,
+            service: f.state.service,
+            backend: f.state.backend,
+            kind: SYNC_NEW,
+            flags: f.state.flags,
+            ..SyncReport::default()
+        })
+    }
+
     /// A peer's entry in this node's ids, seen at `now` (the datapath's clock); or why it
     /// is ignored. Ends are applied whatever the backend's state.
     pub fn resolve(&self, e: &Entry, now: u64) -> Result<Apply, Reject> {
@@ -255,6 +270,18 @@ services:
             ..report
         };
         assert_eq!(Directory::of(&here).name(&refresh), Some(named));
+        // A table entry (bulk sync) the same way.
+        let table_entry = FlowEntry {
+            key: flow,
+            state: FlowState {
+                backend,
+                service: web_here.info.id,
+                last_seen: 1,
+                flags: FLOW_ACTIVE,
+                seq: 0,
+            },
+        };
+        assert_eq!(Directory::of(&here).name_flow(&table_entry), Some(named));
         let Ok(Apply::Insert { entry: e, persist }) = Directory::of(&there).resolve(&named, 5)
         else {
             panic!("not applied");

@@ -31,7 +31,7 @@ mod run;
 pub mod wire;
 
 pub use directory::{Apply, Directory};
-pub use run::{start, Running};
+pub use run::{start, Running, TableSource};
 pub use wire::{Entry, Reject};
 
 /// What the sender, the receiver and the controller share.
@@ -42,6 +42,8 @@ pub struct Shared {
     pub directory: RwLock<Arc<Directory>>,
     /// The datapath's report ring, put here by the controller for the sender to take.
     pub ring: Mutex<Option<RingBuf<MapData>>>,
+    /// Told when a peer finished sending its whole table (bulk sync).
+    pub bulk_done: tokio::sync::Notify,
 }
 
 impl Shared {

@@ -35,6 +35,9 @@ pub struct Running {
     stop: Arc<AtomicBool>,
     sender: Option<JoinHandle<()>>,
     receiver: tokio::task::JoinHandle<()>,
+    link: Arc<Link>,
+    peers: Vec<SocketAddr>,
+    shared: Arc<Shared>,
 }
 
 impl Running {
@@ -45,7 +48,64 @@ impl Running {
             let _ = s.join();
         }
     }
+
+    /// Bulk sync: asks every peer for its whole table and waits until one has sent it
+    /// (its entries are applied as they come) or `limit` passed. Logs how many entries
+    /// came; the number, `None` if no peer finished in time.
+    pub async fn bulk(&self, limit: Duration) -> Option<u64> {
+        let before = self.shared.stats.received.load(Ordering::Relaxed);
+        let done = self.shared.bulk_done.notified();
+        tokio::pin!(done);
+        done.as_mut().enable();
+        for peer in &self.peers {
+            self.link.send(wire::BULK_REQUEST, &[], *peer);
+        }
+        let finished = tokio::time::timeout(limit, done).await.is_ok();
+        let received = self.shared.stats.received.load(Ordering::Relaxed) - before;
+        if finished {
+            tracing::info!(
+                entries = received,
+                "sync: bulk transfer received from a peer"
+            );
+            Some(received)
+        } else {
+            tracing::warn!(
+                entries = received,
+                limit_ms = limit.as_millis() as u64,
+                "sync: no peer finished a bulk transfer in time; going on without it"
+            );
+            None
+        }
+    }
 }
+
+/// What sends: the key, this node's id and sequence, the socket bound to `sync.port`.
+struct Link {
+    key: Vec<u8>,
+    node: u64,
+    seq: std::sync::atomic::AtomicU64,
+    socket: UdpSocket,
+}
+
+impl Link {
+    /// One datagram of `message` with `entries` (at most `MAX_ENTRIES`) to `to`.
+    fn send(&self, message: u8, entries: &[Entry], to: SocketAddr) {
+        let header = Header {
+            message,
+            node: self.node,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            timestamp_ms: unix_ms(),
+        };
+        let datagram = wire::encode(&self.key, header, entries);
+        if let Err(e) = self.socket.send_to(&datagram, to) {
+            tracing::debug!(%to, "sync: cannot send: {e}");
+        }
+    }
+}
+
+/// The controller's answer to "list the whole table" (bulk sync), asked by the receiver.
+pub type TableSource =
+    Box<dyn Fn() -> tokio::sync::oneshot::Receiver<Vec<Entry>> + Send + Sync + 'static>;
 
 /// Bytes of the receiving socket's buffer asked for: room for bursts (a peer's bulk of new
 /// flows, or a flood of forged datagrams) while the receiver checks MACs.
@@ -91,13 +151,15 @@ fn random_u64() -> u64 {
 
 /// Starts sync (on the current tokio runtime): reads the key, binds `sync.port`, takes
 /// the datapath's ring from `shared` (the controller put it there) for the sender thread,
-/// and calls `deliver` with each peer's authenticated, fresh entries.
+/// calls `deliver` with each peer's authenticated, fresh entries, and answers a peer's
+/// bulk request with what `table` lists.
 pub fn start(
     config: &StateSync,
     shared: Arc<Shared>,
     deliver: impl Fn(IpAddr, Vec<Entry>) + Send + Sync + 'static,
+    table: TableSource,
 ) -> Result<Running> {
-    let key = Arc::new(load_key(&config.key_file)?);
+    let key = load_key(&config.key_file)?;
     let any: IpAddr = if config.peers.iter().all(IpAddr::is_ipv4) {
         Ipv4Addr::UNSPECIFIED.into()
     } else {
@@ -106,23 +168,26 @@ pub fn start(
     let socket = UdpSocket::bind(SocketAddr::new(any, config.port))
         .with_context(|| format!("sync: cannot listen on UDP port {}", config.port))?;
     receive_buffer(&socket, RECEIVE_BUFFER);
-    let send_socket = socket.try_clone()?;
+    let link = Arc::new(Link {
+        key,
+        node: random_u64(),
+        seq: (unix_ms() * 1000).into(),
+        socket: socket.try_clone()?,
+    });
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UdpSocket::from_std(socket)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let peers: Vec<SocketAddr> = config
+        .peers
+        .iter()
+        .map(|a| SocketAddr::new(*a, config.port))
+        .collect();
     let ring = shared.ring.lock().unwrap_or_else(|e| e.into_inner()).take();
     let sender = match ring {
         Some(ring) => {
             let sender = Sender {
-                key: key.clone(),
-                node: random_u64(),
-                seq: unix_ms() * 1000,
-                peers: config
-                    .peers
-                    .iter()
-                    .map(|a| SocketAddr::new(*a, config.port))
-                    .collect(),
-                socket: send_socket,
+                link: link.clone(),
+                peers: peers.clone(),
                 shared: shared.clone(),
             };
             let stop = stop.clone();
@@ -137,21 +202,28 @@ pub fn start(
             None
         }
     };
-    let receiver = tokio::spawn(receive(socket, key, shared, deliver));
+    let receiver = tokio::spawn(receive(
+        socket,
+        link.clone(),
+        config.port,
+        shared.clone(),
+        deliver,
+        Arc::new(table),
+    ));
     tracing::info!(peers = ?config.peers, port = config.port, "sync started");
     Ok(Running {
         stop,
         sender,
         receiver,
+        link,
+        peers,
+        shared,
     })
 }
 
 struct Sender {
-    key: Arc<Vec<u8>>,
-    node: u64,
-    seq: u64,
+    link: Arc<Link>,
     peers: Vec<SocketAddr>,
-    socket: UdpSocket,
     shared: Arc<Shared>,
 }
 
@@ -200,17 +272,8 @@ impl Sender {
 
     fn send(&mut self, entries: &[Entry]) {
         for chunk in entries.chunks(MAX_ENTRIES) {
-            self.seq += 1;
-            let header = Header {
-                node: self.node,
-                seq: self.seq,
-                timestamp_ms: unix_ms(),
-            };
-            let datagram = wire::encode(&self.key, header, chunk);
             for peer in &self.peers {
-                if let Err(e) = self.socket.send_to(&datagram, peer) {
-                    tracing::debug!(%peer, "sync: cannot send: {e}");
-                }
+                self.link.send(wire::FLOWS, chunk, *peer);
             }
             self.shared
                 .stats
@@ -222,9 +285,11 @@ impl Sender {
 
 async fn receive(
     socket: tokio::net::UdpSocket,
-    key: Arc<Vec<u8>>,
+    link: Arc<Link>,
+    port: u16,
     shared: Arc<Shared>,
     deliver: impl Fn(IpAddr, Vec<Entry>) + Send + Sync + 'static,
+    table: Arc<TableSource>,
 ) {
     let mut guard = ReplayGuard::default();
     let mut buf = vec![0u8; 65_536];
@@ -237,16 +302,32 @@ async fn receive(
             }
         };
         let stats = &shared.stats;
-        let checked = wire::decode(&key, &buf[..n])
-            .and_then(|(header, entries)| guard.accept(&header, unix_ms()).map(|()| entries));
+        let checked = wire::decode(&link.key, &buf[..n]).and_then(|(header, entries)| {
+            guard
+                .accept(&header, unix_ms())
+                .map(|()| (header.message, entries))
+        });
+        let from = from.ip().to_canonical();
         match checked {
-            Ok(entries) => {
-                let from = from.ip().to_canonical();
+            Ok((message, entries)) => {
                 stats.heard(from);
-                stats
-                    .received
-                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
-                deliver(from, entries);
+                match message {
+                    wire::BULK_REQUEST => {
+                        let asked = table();
+                        tokio::spawn(answer_bulk(
+                            link.clone(),
+                            SocketAddr::new(from, port),
+                            asked,
+                        ));
+                    }
+                    wire::BULK_DONE => shared.bulk_done.notify_waiters(),
+                    _ => {
+                        stats
+                            .received
+                            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+                        deliver(from, entries);
+                    }
+                }
             }
             Err(why) => {
                 tracing::debug!(%from, reason = why.label(), "sync: datagram refused");
@@ -254,4 +335,25 @@ async fn receive(
             }
         }
     }
+}
+
+/// Sends a peer that asked for it the whole table (`FLOWS` datagrams, paced), then
+/// `BULK_DONE`.
+async fn answer_bulk(
+    link: Arc<Link>,
+    to: SocketAddr,
+    table: tokio::sync::oneshot::Receiver<Vec<Entry>>,
+) {
+    let Ok(entries) = table.await else {
+        return;
+    };
+    for (i, chunk) in entries.chunks(MAX_ENTRIES).enumerate() {
+        link.send(wire::FLOWS, chunk, to);
+        if i % 64 == 63 {
+            // About 1,300 entries per millisecond: the peer's socket buffer keeps up.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    link.send(wire::BULK_DONE, &[], to);
+    tracing::info!(peer = %to.ip(), entries = entries.len(), "sync: bulk transfer sent");
 }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! header (32 bytes, big-endian):
-//!   magic "BSYN" | version u8 (1) | reserved u8 | entries u16 |
+//!   magic "BSYN" | version u8 (1) | message u8 (0 flows, 1 bulk request, 2 bulk done) |
+//!   entries u16 |
 //!   node id u64 | sequence u64 | timestamp u64 (ms since the Unix epoch)
 //! entries (64 bytes each):
 //!   kind u8 (1 new, 2 end) | family u8 (4 or 6) | protocol u8 | flags u8 (1 active) |
@@ -30,6 +31,12 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 32;
 pub const ENTRY_LEN: usize = 64;
 pub const MAC_LEN: usize = 32;
+/// `Header::message`: entries of flows (new, ended, refreshed).
+pub const FLOWS: u8 = 0;
+/// `Header::message`: send me your whole table (a node that starts empty), no entries.
+pub const BULK_REQUEST: u8 = 1;
+/// `Header::message`: the whole table was sent (after its `FLOWS` datagrams), no entries.
+pub const BULK_DONE: u8 = 2;
 /// Entries per datagram: 20 keep it below 1,400 bytes (no IP fragments on a 1,500 MTU).
 pub const MAX_ENTRIES: usize = 20;
 /// How far a datagram's timestamp may be from the receiver's clock, in milliseconds.
@@ -68,6 +75,8 @@ pub struct Entry {
 /// One datagram's header fields.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// FLOWS, BULK_REQUEST or BULK_DONE.
+    pub message: u8,
     pub node: u64,
     pub seq: u64,
     pub timestamp_ms: u64,
@@ -147,7 +156,7 @@ pub fn encode(key: &[u8], header: Header, entries: &[Entry]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + entries.len() * ENTRY_LEN + MAC_LEN);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.push(0);
+    out.push(header.message);
     out.extend_from_slice(&(entries.len() as u16).to_be_bytes());
     out.extend_from_slice(&header.node.to_be_bytes());
     out.extend_from_slice(&header.seq.to_be_bytes());
@@ -215,7 +224,10 @@ pub fn decode(key: &[u8], datagram: &[u8]) -> Result<(Header, Vec<Entry>), Rejec
         return Err(Reject::Malformed);
     }
     let count = u16_at(datagram, 6) as usize;
-    if count > MAX_ENTRIES || datagram.len() != HEADER_LEN + count * ENTRY_LEN + MAC_LEN {
+    if datagram[5] > BULK_DONE
+        || count > MAX_ENTRIES
+        || datagram.len() != HEADER_LEN + count * ENTRY_LEN + MAC_LEN
+    {
         return Err(Reject::Malformed);
     }
     let (body, tag) = datagram.split_at(datagram.len() - MAC_LEN);
@@ -223,6 +235,7 @@ pub fn decode(key: &[u8], datagram: &[u8]) -> Result<(Header, Vec<Entry>), Rejec
     m.update(body);
     m.verify_slice(tag).map_err(|_| Reject::Auth)?;
     let header = Header {
+        message: body[5],
         node: u64_at(body, 8),
         seq: u64_at(body, 16),
         timestamp_ms: u64_at(body, 24),
@@ -313,6 +326,7 @@ mod tests {
 
     fn header(seq: u64) -> Header {
         Header {
+            message: FLOWS,
             node: 7,
             seq,
             timestamp_ms: 1_000_000,
@@ -352,10 +366,22 @@ mod tests {
         let mut other_version = d.clone();
         other_version[4] = 2;
         assert_eq!(decode(KEY, &other_version), Err(Reject::Malformed));
+        let mut unknown_message = d.clone();
+        unknown_message[5] = 3;
+        assert_eq!(decode(KEY, &unknown_message), Err(Reject::Malformed));
+        let request = Header {
+            message: BULK_REQUEST,
+            ..header(2)
+        };
+        assert_eq!(
+            decode(KEY, &encode(KEY, request, &[])),
+            Ok((request, vec![]))
+        );
         // Garbage with a valid header shape: only the MAC tells.
         let mut garbage = vec![0x5a; HEADER_LEN + ENTRY_LEN + MAC_LEN];
         garbage[..4].copy_from_slice(MAGIC);
         garbage[4] = VERSION;
+        garbage[5] = FLOWS;
         garbage[6..8].copy_from_slice(&1u16.to_be_bytes());
         assert_eq!(decode(KEY, &garbage), Err(Reject::Auth));
     }
