@@ -320,3 +320,52 @@ fn parse_weight(s: &str) -> Result<Option<u32>, Failure> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` explains every command and every option (the generated `--help` and
+    /// `--version` flags aside).
+    #[test]
+    fn every_command_and_option_has_help_text() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut missing = Vec::new();
+        for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+            if sub.get_about().is_none() {
+                missing.push(sub.get_name().to_string());
+            }
+            for arg in sub.get_arguments().filter(|a| !a.is_hide_set()) {
+                let generated = matches!(arg.get_id().as_str(), "help" | "version");
+                if !generated && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
+
+    /// The environment variables and the default configuration path are in the help.
+    #[test]
+    fn the_help_names_the_environment_and_the_default_file() {
+        let help = Cli::command().render_long_help().to_string();
+        for name in ["BASCULE_API", "BASCULE_TOKEN", "BASCULE_LOG"] {
+            assert!(help.contains(name), "{name} missing from --help:\n{help}");
+        }
+        let mut cli = Cli::command();
+        for sub in ["run", "check"] {
+            let help = cli
+                .find_subcommand_mut(sub)
+                .expect("the subcommand")
+                .render_long_help()
+                .to_string();
+            assert!(
+                help.contains("/etc/bascule/bascule.yaml"),
+                "{sub} --help does not name the default file:\n{help}"
+            );
+        }
+    }
+}
