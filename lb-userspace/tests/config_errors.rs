@@ -1,7 +1,7 @@
 //! `Config::load` on files: the messages carry the path as given, `FILE:LINE:COLUMN: ...`.
 //! (Every error message, exactly, is a unit test: src/config/tests/messages.rs.)
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
 use bascule::config::{Config, Forwarding, Scheduler};
 
@@ -61,6 +61,10 @@ fn each_bad_config_fails_at_its_line_and_column() {
         ("family-mismatch.yaml", "10:18: services[0].backends[0].address: fd00::11 is IPv6 but the VIP 10.0.0.100 is IPv4; forwarding dr needs the same address family (only tun can carry IPv4 in IPv6)"),
         ("table-not-prime.yaml", "8:24: services[0].maglev_table_size: 1000 is not prime, expected a prime number up to 65537 (e.g. 251, 4093, 65521, 65537)"),
         ("yaml-syntax.yaml", "3:9: invalid YAML: illegal placement of ':' indicator"),
+        ("hex-inside-a-character.yaml", "14:16: services[0].health_check.payload: \"hex:0é0\" is not valid (\"é\" is not a hex digit), expected text or hex: followed by hex digits (e.g. hex:0d0a)"),
+        ("huge-duration.yaml", "5:16: conntrack.tcp_timeout: \"200000000000000d\" is not a valid duration (longer than the longest accepted, 365d), expected e.g. 100ms, 1s, 5m or 1h"),
+        ("huge-integer.yaml", "5:16: conntrack.max_entries: expected an integer in 1..=4294967295, found the number 340282366920938463463374607431768211456999"),
+        ("nul-in-name.yaml", "3:13: node.interfaces[0].name: \"eth\\0\" is not a valid interface name, expected 1 to 15 characters without '/', ':', spaces or control characters"),
     ];
     for (file, expected) in cases {
         let path = fixture(&format!("bad/{file}"));
@@ -121,4 +125,88 @@ fn deploy_examples_are_valid() {
             "vrrp-pair.yaml"
         ]
     );
+}
+
+/// Files an operator (or a script gone wrong) may hand `bascule check`: each is refused
+/// with a message, by `Config::load` and by the binary with exit code 1 (never a panic,
+/// exit 101, nor a crash).
+#[test]
+fn hostile_files_are_refused_with_exit_code_1() {
+    let dir = std::env::temp_dir().join(format!("bascule-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let head = "node:\n  interfaces:\n    - name: eth0\n";
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        (
+            "deep.yaml".into(),
+            format!(
+                "{head}services: {}{}\n",
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "deep-maps.yaml".into(),
+            format!(
+                "{head}services: {}1{}\n",
+                "{a: ".repeat(50_000),
+                "}".repeat(50_000)
+            )
+            .into_bytes(),
+        ),
+        (
+            "long-string.yaml".into(),
+            format!("{head}services:\n  - name: \"{}\"\n", "w".repeat(10 << 20)).into_bytes(),
+        ),
+        (
+            "invalid-utf8.yaml".into(),
+            [head.as_bytes(), b"services:\n  - name: \"\xff\xfe\"\n"].concat(),
+        ),
+        (
+            "raw-nul.yaml".into(),
+            [head.as_bytes(), b"services:\n  - name: a\x00b\n"].concat(),
+        ),
+    ];
+    for name in [
+        "hex-inside-a-character.yaml",
+        "huge-duration.yaml",
+        "huge-integer.yaml",
+        "nul-in-name.yaml",
+    ] {
+        files.push((
+            name.into(),
+            std::fs::read(fixture(&format!("bad/{name}"))).unwrap(),
+        ));
+    }
+    for (name, bytes) in &files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let loaded = std::panic::catch_unwind(|| Config::load(&path));
+        let e = loaded
+            .unwrap_or_else(|_| panic!("{name}: Config::load panicked"))
+            .expect_err(name);
+        assert!(
+            e.to_string().starts_with(&path.display().to_string()),
+            "{name}: {e}"
+        );
+        assert!(
+            e.to_string().len() < 4096,
+            "{name}: a message of {} bytes",
+            e.to_string().len()
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_bascule"))
+            .args(["check", "--no-host", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{name}: {:?} {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,12 +7,23 @@ use super::{print_json, print_simulation, Failure, Outcome};
 use crate::{
     config::Config,
     control::{self, FlowLookups},
-    plan,
+    plan, util,
 };
 
 /// `bascule check`: validates, and prints each service's Maglev digest (equal digests on
 /// two nodes mean they send every flow to the same backend).
+/// A file that makes the validation panic (a bug: every value has its check) is refused
+/// all the same, exit code 1 with a message, not a panic's 101.
 pub fn check(path: &Path, host: bool, json: bool) -> Outcome {
+    util::panic::contain(|| check_file(path, host, json)).unwrap_or_else(|panic| {
+        Err(Failure::failed(format!(
+            "{}: cannot check this file: bascule failed on it ({panic}); please report it",
+            path.display()
+        )))
+    })
+}
+
+fn check_file(path: &Path, host: bool, json: bool) -> Outcome {
     let config = control::load_config(path).map_err(|e| Failure::failed(format!("{e:#}")))?;
     if host {
         let facts = control::host_facts().map_err(|e| Failure::failed(format!("{e:#}")))?;

@@ -164,7 +164,7 @@ impl Cx<'_> {
             self.err(
                 pos_of(y),
                 path,
-                format!("{s:?} is not a valid interface name, expected 1 to 15 characters without '/', ':' or spaces"),
+                format!("{s:?} is not a valid interface name, expected 1 to 15 characters without '/', ':', spaces or control characters"),
             );
             return None;
         }

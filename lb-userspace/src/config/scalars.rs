@@ -256,13 +256,16 @@ pub(super) fn family(ip: IpAddr) -> &'static str {
     }
 }
 
-/// Linux interface names: 1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace.
+/// Linux interface names: 1..=15 bytes, not `.`/`..`, no `/`, `:`, whitespace or control
+/// characters (NUL would cut the name the kernel reads).
 pub(super) fn valid_ifname(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 15
         && s != "."
         && s != ".."
-        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+        && !s
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 /// Service and instance names appear in metric labels and API paths.

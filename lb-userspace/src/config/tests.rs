@@ -499,6 +499,29 @@ fn load_reports_unreadable_file() {
 }
 
 #[test]
+fn hex_payloads() {
+    use crate::config::units::parse_bytes;
+    assert_eq!(parse_bytes("hex:0d0A ff"), Ok(vec![0x0d, 0x0a, 0xff]));
+    assert_eq!(parse_bytes("plain é"), Ok("plain é".as_bytes().to_vec()));
+    assert_eq!(
+        parse_bytes("hex:0é0"),
+        Err("\"é\" is not a hex digit".into())
+    );
+    assert_eq!(
+        parse_bytes("hex:éé"),
+        Err("\"é\" is not a hex digit".into())
+    );
+    assert_eq!(
+        parse_bytes("hex:0g"),
+        Err("\"g\" is not a hex digit".into())
+    );
+    assert_eq!(
+        parse_bytes("hex:abc"),
+        Err("an odd number of hex digits".into())
+    );
+}
+
+#[test]
 fn durations() {
     let d = |s: &str| parse_duration(s);
     assert_eq!(d("100ms"), Ok(Duration::from_millis(100)));
@@ -518,6 +541,11 @@ fn durations() {
     assert!(d("s").is_err());
     assert!(d("1..5s").is_err());
     assert!(d("99999999999999999999999h").is_err());
+    assert_eq!(d("365d"), Ok(crate::config::units::MAX_DURATION));
+    let too_long = Err("longer than the longest accepted, 365d".to_string());
+    for s in ["366d", "365d1us", "200000000000000d", "8761h"] {
+        assert_eq!(d(s), too_long, "{s}");
+    }
     for s in ["0s", "100ms", "1s", "90s", "15m", "1h", "1500ms", "250us"] {
         assert_eq!(format_duration(parse_duration(s).unwrap()), s);
     }

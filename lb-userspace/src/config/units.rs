@@ -11,9 +11,15 @@ const DURATION_UNITS: &[(&str, u128)] = &[
     ("d", 86_400_000_000_000),
 ];
 
+/// The longest duration a configuration may give (any timer of the daemon, in 365 days):
+/// longer ones are typing mistakes, and would overflow the clocks' arithmetic.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
 /// Parses `100ms`, `1s`, `5m`, `1h`, `1m30s`, `1.5s` (units us, ms, s, m, h, d; `0` alone is
-/// also accepted). The error says what is wrong, e.g. `missing unit`.
+/// also accepted), at most [`MAX_DURATION`]. The error says what is wrong, e.g. `missing
+/// unit`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const TOO_LONG: &str = "longer than the longest accepted, 365d";
     let t = s.trim();
     if t.is_empty() {
         return Err("empty".into());
@@ -55,18 +61,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         let int: u128 = if int.is_empty() {
             0
         } else {
-            int.parse().map_err(|_| "too large".to_string())?
+            int.parse().map_err(|_| TOO_LONG.to_string())?
         };
-        let mut nanos = int.checked_mul(scale).ok_or("too large")?;
+        let mut nanos = int.checked_mul(scale).ok_or(TOO_LONG)?;
         let mut place = scale;
         for d in frac.bytes() {
             place /= 10;
             nanos += u128::from(d - b'0') * place;
         }
-        total = total.checked_add(nanos).ok_or("too large")?;
+        total = total.checked_add(nanos).ok_or(TOO_LONG)?;
     }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| "too large".to_string())?;
-    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
+    if total > MAX_DURATION.as_nanos() {
+        return Err(TOO_LONG.into());
+    }
+    Ok(Duration::from_nanos(total as u64))
 }
 
 /// Formats a duration the way the configuration writes it: `0s`, `100ms`, `1s`, `15m`,
@@ -110,17 +118,19 @@ pub fn parse_bytes(s: &str) -> Result<Vec<u8>, String> {
     let Some(hex) = s.strip_prefix("hex:") else {
         return Ok(s.as_bytes().to_vec());
     };
-    let hex: String = hex.chars().filter(|c| !c.is_whitespace()).collect();
-    if !hex.len().is_multiple_of(2) {
+    let digits: Vec<u8> = hex
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| {
+            c.to_digit(16)
+                .map(|d| d as u8)
+                .ok_or_else(|| format!("{:?} is not a hex digit", c.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    if !digits.len().is_multiple_of(2) {
         return Err("an odd number of hex digits".into());
     }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&hex[i..i + 2], 16)
-                .map_err(|_| format!("\"{}\" is not a hex byte", &hex[i..i + 2]))
-        })
-        .collect()
+    Ok(digits.chunks_exact(2).map(|p| p[0] << 4 | p[1]).collect())
 }
 
 pub(super) fn ser_bytes<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {

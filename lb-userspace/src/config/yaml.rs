@@ -92,12 +92,21 @@ impl<'de> serde::Deserialize<'de> for Raw {
     }
 }
 
+/// The deepest nesting of a configuration file.
+const MAX_DEPTH: usize = 24;
+
 pub(super) fn read_yaml(text: &str, file: &str) -> Result<Y, ConfigError> {
     let mut budget = serde_saphyr::Budget::default();
     // The file is the operator's own; allow large configurations (1,000 services x 100
     // backends is about 600,000 nodes), keep the depth and alias limits.
     budget.max_nodes = 50_000_000;
     budget.max_events = 100_000_000;
+    // A configuration nests 7 levels at most (services, a service, its health check, its
+    // expect_status list); parsing recurses once per level, and the parser's defaults (64
+    // levels, 255 for [ and {) overflow a 2 MiB thread's stack (the controller's, which
+    // reloads) in a debug build.
+    budget.max_depth = MAX_DEPTH;
+    budget.flow_nesting_limit = MAX_DEPTH;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
     // Every entry reaches the tree, so duplicates are reported with their path below.

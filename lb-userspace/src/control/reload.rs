@@ -5,6 +5,7 @@ use std::{
     collections::{HashMap, HashSet},
     fmt,
     net::IpAddr,
+    path::Path,
     sync::Arc,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -17,10 +18,61 @@ use super::{
     node::{prepare_interfaces, warm_routed_backends},
     requests::ControlError,
     runtime::{retain_overrides, BackendKey},
-    snapshot::LastReload,
+    snapshot::{LastReload, Reloads},
     Controller, RESOLVE_WAIT_CHANGE,
 };
-use crate::config::{Config, Service};
+use crate::{
+    config::{Config, ParseCache, Service},
+    util,
+};
+
+/// How a refused reload's message starts when the reload panicked.
+const PANICKED: &str = "the reload failed on a bug";
+
+fn is_panic(message: &str) -> bool {
+    message.contains(PANICKED)
+}
+
+/// Runs `attempt` (a reload of `path`), counts it in `reloads` and logs it; a panic is a
+/// refused reload with the panic's message.
+pub(super) fn counted_reload(
+    reloads: &mut Reloads,
+    path: &Path,
+    attempt: impl FnOnce() -> Result<ReloadReport, ControlError>,
+) -> Result<ReloadReport, ControlError> {
+    let started = Instant::now();
+    let result = util::panic::contain(attempt).unwrap_or_else(|panic| {
+        Err(ControlError::Failed(format!(
+            "{}: {PANICKED} ({panic}); please report it",
+            path.display()
+        )))
+    });
+    reloads.last = Some(LastReload {
+        at_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        ok: result.is_ok(),
+        took_ms: started.elapsed().as_millis() as u64,
+    });
+    match &result {
+        Ok(report) => {
+            reloads.ok += 1;
+            reloads.last_error = None;
+            tracing::info!(
+                file = %path.display(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "configuration reloaded: {}",
+                report.diff
+            );
+        }
+        Err(e) => {
+            reloads.error += 1;
+            reloads.last_error = Some(e.to_string());
+            tracing::error!(file = %path.display(), "reload refused, the running configuration stays: {e}");
+        }
+    }
+    result
+}
 
 /// The answer to a reload.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,33 +203,18 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
 }
 
 impl Controller {
+    /// A reload, counted and logged. A panic on the way (a bug: every value of the file
+    /// has its check) refuses it like an invalid file: the running configuration stays,
+    /// and the daemon with it.
     pub(super) fn reload(&mut self) -> Result<ReloadReport, ControlError> {
-        let started = Instant::now();
-        let result = self.try_reload();
-        self.reloads.last = Some(LastReload {
-            at_unix_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            ok: result.is_ok(),
-            took_ms: started.elapsed().as_millis() as u64,
-        });
-        match &result {
-            Ok(report) => {
-                self.reloads.ok += 1;
-                self.reloads.last_error = None;
-                tracing::info!(
-                    file = %self.path.display(),
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "configuration reloaded: {}",
-                    report.diff
-                );
-            }
-            Err(e) => {
-                self.reloads.error += 1;
-                self.reloads.last_error = Some(e.to_string());
-                tracing::error!(file = %self.path.display(), "reload refused, the running configuration stays: {e}");
-            }
+        let path = self.path.clone();
+        let mut reloads = std::mem::take(&mut self.reloads);
+        let result = counted_reload(&mut reloads, &path, || self.try_reload());
+        if result.is_err() && reloads.last_error.as_deref().is_some_and(is_panic) {
+            // The parse may have stopped halfway through the cache: start it over.
+            self.parse_cache = ParseCache::default();
         }
+        self.reloads = reloads;
         result
     }
 

@@ -594,3 +594,34 @@ fn announce_facts_follow_health_weights_and_sorry_servers() {
         vips(Reason::Announced, Reason::NoBackendUp)
     );
 }
+
+/// A reload that panics (here on purpose; in the field, a value the validation missed)
+/// is refused like an invalid file: counted, with the panic's message, and the next
+/// reload is counted as usual.
+#[test]
+fn a_panicking_reload_is_refused_not_fatal() {
+    let path = std::path::Path::new("/etc/bascule/bascule.yaml");
+    let mut reloads = snapshot::Reloads::default();
+    let refused = reload::counted_reload(&mut reloads, path, || {
+        panic!("byte index 6 is not a char boundary")
+    });
+    let Err(ControlError::Failed(message)) = refused else {
+        panic!("{refused:?}")
+    };
+    assert_eq!(
+        message,
+        "/etc/bascule/bascule.yaml: the reload failed on a bug (byte index 6 is not a char boundary); please report it"
+    );
+    assert_eq!((reloads.ok, reloads.error), (0, 1));
+    assert_eq!(reloads.last_error.as_deref(), Some(message.as_str()));
+    let report = ReloadReport {
+        diff: ConfigDiff::default(),
+        dropped_overrides: Vec::new(),
+    };
+    let ok = reload::counted_reload(&mut reloads, path, || Ok(report.clone()));
+    assert_eq!(ok, Ok(report));
+    assert_eq!(
+        (reloads.ok, reloads.error, reloads.last_error),
+        (1, 1, None)
+    );
+}

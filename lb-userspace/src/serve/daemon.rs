@@ -255,6 +255,8 @@ impl ControllerThread {
         let (done_tx, done) = oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
             .name("bascule-control".into())
+            // Reloads parse the file on this thread: room for the parser's recursion.
+            .stack_size(8 << 20)
             .spawn(move || {
                 let result = Controller::start(start).map(|c| {
                     let _ = started_tx.send(());
