@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{atomic::Ordering, mpsc, Arc},
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
 
@@ -13,13 +13,15 @@ use anyhow::Result;
 use super::{
     announcing::Announcer,
     commit::report_missing,
+    inbox::{self, Inbox, Serves},
     node::{prepare_interfaces, warm_routed_backends},
     rates::RateTracker,
     requests::Request,
     runtime::{retain_overrides, BackendKey, Override, Runtime},
     snapshot::Reloads,
-    Controller, Start, RATE_INTERVAL, RECONCILE_EVERY, REFRESH_EVERY, REFRESH_MISSING_EVERY,
-    RESOLVE_WAIT_START,
+    snapshot::Snapshot,
+    Controller, Start, Timers, RATE_INTERVAL, RECONCILE_EVERY, REFRESH_EVERY,
+    REFRESH_MISSING_EVERY, RESOLVE_WAIT_START, SNAPSHOT_SHARED_FOR,
 };
 use crate::{
     config::XdpMode,
@@ -107,6 +109,8 @@ impl Controller {
             heartbeat: s.heartbeat,
             announcer,
             sync: s.sync,
+            timers: Timers::starting(),
+            shared_snapshot: None,
         };
         if let Err(e) = c.bring_up(previous.is_none()) {
             // A datapath adopted from a previous daemon was forwarding before: leave it so.
@@ -173,56 +177,12 @@ impl Controller {
         Ok(())
     }
 
-    /// Serves requests until `Stop` (or until every sender is gone: a plain stop). The
-    /// heartbeat, if any, beats from this loop: at once, then every period, whatever the
-    /// requests (a request that never ends stops it).
-    pub fn run(mut self, requests: mpsc::Receiver<Request>) {
-        let mut next_refresh = Instant::now() + self.refresh_interval();
-        let mut next_sample = Instant::now();
-        let mut next_reconcile = Instant::now();
-        let mut next_beat = Instant::now();
-        loop {
-            let now = Instant::now();
-            if let Some(h) = &mut self.heartbeat {
-                if now >= next_beat {
-                    (h.beat)();
-                    next_beat = now + h.every;
-                }
-            }
-            let mut wake = next_refresh.min(next_sample).min(next_reconcile);
-            if self.heartbeat.is_some() {
-                wake = wake.min(next_beat);
-            }
-            match requests.recv_timeout(wake.saturating_duration_since(now)) {
-                Ok(Request::Stop {
-                    keep_datapath,
-                    reply,
-                }) => {
-                    self.stop(keep_datapath);
-                    let _ = reply.send(());
-                    return;
-                }
-                Ok(request) => self.handle(request),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.stop(false);
-                    return;
-                }
-            }
-            let now = Instant::now();
-            if now >= next_sample {
-                self.sample_rates();
-                next_sample = now + RATE_INTERVAL;
-            }
-            if now >= next_refresh {
-                self.refresh();
-                next_refresh = Instant::now() + self.refresh_interval();
-            }
-            if now >= next_reconcile {
-                self.reconcile_conntrack();
-                next_reconcile = Instant::now() + RECONCILE_EVERY;
-            }
-        }
+    /// Serves requests until `Stop` (or until every handle is gone: a plain stop). The
+    /// heartbeat, if any, beats from this loop (`timers`): at once, then every period,
+    /// whatever the requests (a request that never ends stops it).
+    pub fn run(mut self, requests: Inbox) {
+        self.timers.refresh = Instant::now() + self.refresh_interval();
+        inbox::serve(&mut self, &requests);
     }
 
     fn refresh_interval(&self) -> Duration {
@@ -233,10 +193,28 @@ impl Controller {
         }
     }
 
+    /// One snapshot answers every observer for [`SNAPSHOT_SHARED_FOR`] (a change made
+    /// here drops it): a flood of `/metrics` requests builds a few, not one each.
+    fn shared_snapshot(&mut self) -> Arc<Snapshot> {
+        if let Some((at, s)) = &self.shared_snapshot {
+            if at.elapsed() < SNAPSHOT_SHARED_FOR {
+                return s.clone();
+            }
+        }
+        let s = Arc::new(self.snapshot());
+        self.shared_snapshot = Some((Instant::now(), s.clone()));
+        s
+    }
+}
+
+impl Serves for Controller {
     fn handle(&mut self, request: Request) {
+        if !matches!(request, Request::Snapshot(_) | Request::Simulate { .. }) {
+            self.shared_snapshot = None;
+        }
         match request {
             Request::Snapshot(reply) => {
-                let _ = reply.send(self.snapshot());
+                let _ = reply.send(self.shared_snapshot());
             }
             Request::Reload(reply) => {
                 let _ = reply.send(self.reload());
@@ -265,10 +243,45 @@ impl Controller {
             Request::SyncTable(reply) => {
                 let _ = reply.send(self.synced_table());
             }
-            Request::Stop { .. } => unreachable!("handled by run"),
+            Request::Stop { .. } => unreachable!("handled by inbox::serve"),
         }
     }
 
+    fn timers(&mut self) -> Instant {
+        let now = Instant::now();
+        if now >= self.timers.sample {
+            self.timers.sample = now + RATE_INTERVAL;
+            self.sample_rates();
+        }
+        if now >= self.timers.refresh {
+            self.refresh();
+            self.timers.refresh = Instant::now() + self.refresh_interval();
+        }
+        if now >= self.timers.reconcile {
+            self.reconcile_conntrack();
+            self.timers.reconcile = Instant::now() + RECONCILE_EVERY;
+        }
+        let now = Instant::now();
+        let mut wake = {
+            let t = &self.timers;
+            t.refresh.min(t.sample).min(t.reconcile)
+        };
+        if let Some(h) = &mut self.heartbeat {
+            if now >= self.timers.beat {
+                (h.beat)();
+                self.timers.beat = now + h.every;
+            }
+            wake = wake.min(self.timers.beat);
+        }
+        wake
+    }
+
+    fn stop(&mut self, keep_datapath: bool) {
+        Controller::stop(self, keep_datapath);
+    }
+}
+
+impl Controller {
     fn reconcile_conntrack(&mut self) {
         let c = &self.config.conntrack;
         match self.datapath.reconcile(
@@ -289,7 +302,7 @@ impl Controller {
         }
     }
 
-    fn stop(&mut self, keep_datapath: bool) {
+    pub(super) fn stop(&mut self, keep_datapath: bool) {
         self.ready.store(false, Ordering::SeqCst);
         if keep_datapath && self.pins.is_some() {
             // The routes stay too: the datapath they attract traffic to stays, and the

@@ -1,8 +1,9 @@
 //! The controller: the daemon's state and the only owner of the datapath.
 //!
 //! It runs on its own thread as an actor: the HTTP API, the signal handler and the health
-//! supervisor (through the daemon) send it [`Request`]s on one channel and get answers on one-shot
-//! channels, so the datapath is never touched from two places at once. Every change
+//! supervisor (through the daemon) send it [`Request`]s through its [`inbox`] (changes
+//! ahead of observers) and get answers on one-shot channels, so the datapath is never
+//! touched from two places at once. Every change
 //! (reload, runtime weight, health) goes the same way:
 //!
 //! ```text
@@ -17,6 +18,7 @@
 //! |---|---|
 //! | this one | the [`Controller`]'s state and what it is started with |
 //! | `controller` | its life: start (load or adopt, plan, attach), the request loop, stop |
+//! | [`inbox`] | the requests' queues: changes first, observers bounded (503 beyond) |
 //! | `commit` | a config planned under the runtime state, written into the maps |
 //! | `requests` | the [`Request`]s it answers, their errors; weights and health |
 //! | `reload` | a reload, and what changed between two configurations |
@@ -33,7 +35,7 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     sync::{atomic::AtomicBool, Arc},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use lb_common::Counters;
@@ -52,6 +54,7 @@ use crate::{
 mod announcing;
 mod commit;
 mod controller;
+pub mod inbox;
 mod load;
 mod node;
 mod rates;
@@ -87,6 +90,9 @@ const RESOLVE_WAIT_CHANGE: Duration = Duration::from_secs(1);
 /// How often MACs are re-read (faster while some `dr` backend still has none).
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const REFRESH_MISSING_EVERY: Duration = Duration::from_secs(2);
+/// How long one snapshot answers every `/metrics` and API request (a flood of them costs
+/// the controller a few snapshots, not one each).
+const SNAPSHOT_SHARED_FOR: Duration = Duration::from_millis(200);
 /// Rates are computed over this interval.
 const RATE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the connection table is walked: idle flows expire, active-connection counts
@@ -134,6 +140,31 @@ pub struct Controller {
     announcer: Option<announcing::Announcer>,
     /// `sync:` state shared with its sender and receiver; `None` without sync.
     sync: Option<Arc<crate::sync::Shared>>,
+    timers: Timers,
+    /// The last snapshot built, shared by observers for [`SNAPSHOT_SHARED_FOR`].
+    shared_snapshot: Option<(Instant, Arc<snapshot::Snapshot>)>,
+}
+
+/// When the controller's periodic work is next due.
+struct Timers {
+    refresh: Instant,
+    sample: Instant,
+    reconcile: Instant,
+    /// The next heartbeat (the service manager's watchdog), when there is one.
+    beat: Instant,
+}
+
+impl Timers {
+    /// Rates and the connection table at once, MACs after [`REFRESH_EVERY`].
+    fn starting() -> Timers {
+        let now = Instant::now();
+        Timers {
+            refresh: now + REFRESH_EVERY,
+            sample: now,
+            reconcile: now,
+            beat: now,
+        }
+    }
 }
 
 /// What the controller is started with.

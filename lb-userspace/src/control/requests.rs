@@ -1,7 +1,7 @@
 //! What the controller is asked (one channel of [`Request`]s, answered on one-shot
 //! channels), what a request can fail with, and the runtime weight and health requests.
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -47,8 +47,11 @@ pub struct WeightChange {
     pub weight_override: Option<u32>,
 }
 
+/// What the controller is asked. `Snapshot` and `Simulate` are observers: they queue
+/// behind the others, in a bounded queue (see [`inbox`](super::inbox)).
 pub enum Request {
-    Snapshot(oneshot::Sender<Snapshot>),
+    /// One snapshot is shared by the requests of 200 ms.
+    Snapshot(oneshot::Sender<Arc<Snapshot>>),
     Reload(oneshot::Sender<Result<ReloadReport, ControlError>>),
     /// `weight: None` removes the override (back to the file's weight).
     SetWeight {
@@ -88,7 +91,7 @@ pub enum Request {
 }
 
 /// The sending side, cloned into the API and the signal handler (and health checkers).
-pub type Handle = std::sync::mpsc::Sender<Request>;
+pub use super::inbox::Handle;
 
 impl Controller {
     pub(super) fn set_weight(

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot};
 
 use super::{metrics, systemd::ServiceManager};
-use crate::control::{self, ControlError};
+use crate::control::{self, inbox::SendError, ControlError};
 
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -131,7 +131,7 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
         (&Method::GET, ["metrics"]) => metrics(api, &req).await,
         (&Method::GET, ["api", "v1", "services"]) => {
             match ask(api, control::Request::Snapshot).await {
-                Ok(s) => json(StatusCode::OK, &s),
+                Ok(s) => json(StatusCode::OK, &*s),
                 Err(r) => r,
             }
         }
@@ -142,7 +142,8 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
         (&Method::GET, ["api", "v1", "sync"]) => match ask(api, control::Request::Snapshot).await {
             Ok(s) => {
                 let enabled = s.sync.is_some();
-                let mut body = serde_json::to_value(s.sync.unwrap_or_default()).unwrap_or_default();
+                let mut body =
+                    serde_json::to_value(s.sync.clone().unwrap_or_default()).unwrap_or_default();
                 body["enabled"] = enabled.into();
                 json(StatusCode::OK, &body)
             }
@@ -288,14 +289,16 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> control::Request,
 ) -> Result<T, Response<Body>> {
     let (tx, rx) = oneshot::channel();
-    let gone = || {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the controller is stopping",
-        )
+    let unavailable = |e: SendError| {
+        let mut r = error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        if e == SendError::Busy {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, "1".parse().expect("static"));
+        }
+        r
     };
-    api.control.send(make(tx)).map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())
+    api.control.send(make(tx)).map_err(unavailable)?;
+    rx.await.map_err(|_| unavailable(SendError::Stopped))
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(

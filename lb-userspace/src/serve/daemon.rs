@@ -4,7 +4,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, mpsc, Arc, Mutex},
+    sync::{atomic::AtomicBool, Arc, Mutex},
     time::Duration,
 };
 
@@ -250,7 +250,7 @@ struct ControllerThread {
 
 impl ControllerThread {
     fn spawn(start: control::Start) -> Result<ControllerThread> {
-        let (requests, inbox) = mpsc::channel();
+        let (requests, inbox) = control::inbox::channel();
         let (started_tx, started) = oneshot::channel::<()>();
         let (done_tx, done) = oneshot::channel::<Result<()>>();
         std::thread::Builder::new()
