@@ -640,6 +640,12 @@ fn api_wants_its_token_when_listening_beyond_loopback() {
     let topo = Topology::standard("token").expect("build the lab");
     let token_file = topo.lab.dir().join("token");
     std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    // The daemon refuses a token file other users can read.
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let extra = format!(
         "http:\n  listen: 0.0.0.0:9469\n  token_file: {}\n",
         token_file.display()

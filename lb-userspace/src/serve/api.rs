@@ -17,7 +17,14 @@
 //! | `POST /api/v1/node/drain`, `POST /api/v1/node/undrain` | withdraw every VIP (the datapath keeps forwarding) / announce again; answers the announcements (`announce:`) |
 //!
 //! With a token (`http.token_file`), every route but `/healthz` and `/readyz` needs
-//! `Authorization: Bearer TOKEN`; otherwise 401.
+//! `Authorization: Bearer TOKEN` (the scheme in any case); otherwise 401. A `POST` needs
+//! `Content-Type: application/json`, otherwise 415: a browser's cross-site form cannot
+//! send that, so a page cannot reload or drain a daemon on the loopback.
+//!
+//! The server is bounded ([`Limits`]): a request head must arrive within 5 s, a response
+//! be ready within 30 s, a connection lasts 5 min at most, and at most 256 are open (see
+//! [`gate`](super::gate): a client trickling bytes cannot hold the daemon's file
+//! descriptors, which the health checks need).
 
 use std::{
     convert::Infallible,
@@ -34,18 +41,26 @@ use hyper::{
     body::Incoming, header, server::conn::http1, service::service_fn, Method, Request, Response,
     StatusCode,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::oneshot};
 
-use super::{metrics, systemd::ServiceManager};
+pub use super::gate::Limits;
+use super::{
+    gate::{Admitted, Gate},
+    metrics,
+    systemd::ServiceManager,
+};
 use crate::control::{self, inbox::SendError, ControlError};
 
 /// Largest request body read.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest request head read (hyper's read buffer).
+const MAX_HEAD: usize = 16 * 1024;
 
 pub struct Api {
     pub control: control::Handle,
+    pub limits: Limits,
     /// Bearer token required on the API and `/metrics` (`None`: open, loopback only).
     pub token: Option<String>,
     pub ready: Arc<AtomicBool>,
@@ -70,6 +85,8 @@ type Body = Full<Bytes>;
 
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: TcpListener, api: Arc<Api>) {
+    let gate = Gate::new(api.limits.connections);
+    let mut reported = 0;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -79,19 +96,67 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>) {
                 continue;
             }
         };
+        let admitted = gate.admit();
+        let turned_away = gate.turned_away();
+        // One line at the first, then at every thousandth, not one per connection.
+        if turned_away > reported && (reported == 0 || turned_away >= reported + 1000) {
+            tracing::warn!(
+                limit = api.limits.connections,
+                turned_away,
+                "too many API connections: the oldest waiting for a request are closed to make room, new ones when every connection is in a request"
+            );
+            reported = turned_away;
+        }
+        let Some(admitted) = admitted else {
+            drop(stream);
+            continue;
+        };
+        tokio::spawn(connection(api.clone(), stream, peer, admitted));
+    }
+}
+
+/// One connection, until it ends, outlives its lifetime or is closed to make room.
+async fn connection(
+    api: Arc<Api>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+) {
+    let Admitted { slot, evicted } = admitted;
+    let limits = api.limits;
+    let slot = Arc::new(slot);
+    let service = service_fn(move |req| {
         let api = api.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, Infallible>(handle(&api, req, peer).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+        let busy = slot.busy();
+        async move {
+            let _busy = busy;
+            let answer = tokio::time::timeout(limits.request_timeout, handle(&api, req, peer));
+            Ok::<_, Infallible>(answer.await.unwrap_or_else(|_| {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "no answer within {}s: the daemon is busy, try again",
+                        limits.request_timeout.as_secs()
+                    ),
+                )
+            }))
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::select! {
+        ended = conn => {
+            if let Err(e) = ended {
                 tracing::debug!(%peer, "HTTP connection ended: {e}");
             }
-        });
+        }
+        _ = evicted => tracing::debug!(%peer, "HTTP connection closed to make room"),
+        _ = tokio::time::sleep(limits.connection_lifetime) => {
+            tracing::debug!(%peer, "HTTP connection closed at the end of its lifetime");
+        }
     }
 }
 
@@ -119,6 +184,12 @@ async fn handle(api: &Api, req: Request<Incoming>, _peer: SocketAddr) -> Respons
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
             return r;
         }
+    }
+    if method == Method::POST && !is_json(req.headers().get(header::CONTENT_TYPE)) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a POST needs Content-Type: application/json",
+        );
     }
     let segments: Vec<String> = path
         .trim_start_matches('/')
@@ -322,14 +393,24 @@ async fn read_json<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `Authorization: Bearer TOKEN`, the scheme in any case (RFC 9110, section 11.1).
 fn authorized(header: Option<&header::HeaderValue>, token: &str) -> bool {
-    let Some(given) = header
+    let Some((scheme, given)) = header
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|h| h.split_once(' '))
     else {
         return false;
     };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+    scheme.eq_ignore_ascii_case("bearer")
+        && constant_time_eq(given.trim().as_bytes(), token.as_bytes())
+}
+
+/// `application/json`, with parameters (`; charset=utf-8`) or not, in any case.
+fn is_json(content_type: Option<&header::HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -441,6 +522,9 @@ mod tests {
         assert!(authorized(Some(&h("Bearer s3cret")), "s3cret"));
         assert!(!authorized(Some(&h("Bearer s3cre")), "s3cret"));
         assert!(!authorized(Some(&h("Basic s3cret")), "s3cret"));
+        assert!(authorized(Some(&h("bearer s3cret")), "s3cret"));
+        assert!(authorized(Some(&h("BEARER s3cret")), "s3cret"));
+        assert!(!authorized(Some(&h("Bearers3cret")), "s3cret"));
         assert!(!authorized(None, "s3cret"));
     }
 

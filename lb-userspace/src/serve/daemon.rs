@@ -154,6 +154,7 @@ async fn serve(
     } = ControllerThread::spawn(start)?;
     let api = Arc::new(Api {
         control: requests.clone(),
+        limits: super::api::Limits::default(),
         token,
         ready,
         systemd: service_manager.clone(),
@@ -496,6 +497,7 @@ fn read_token(http: &crate::config::Http) -> Result<Option<String>> {
     let Some(file) = &http.token_file else {
         return Ok(None);
     };
+    check_token_file(file)?;
     let token = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read http.token_file {}", file.display()))?
         .trim()
@@ -507,4 +509,66 @@ fn read_token(http: &crate::config::Http) -> Result<Option<String>> {
         );
     }
     Ok(Some(token))
+}
+
+/// The token file may be read only by its owner, root or the daemon's user: anyone who
+/// reads the token can reload, drain and reweight.
+fn check_token_file(file: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(file)
+        .with_context(|| format!("cannot read http.token_file {}", file.display()))?;
+    let mode = m.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "http.token_file {}: its mode {mode:04o} lets other users read or change the API token; run `chmod 600 {}`",
+            file.display(),
+            file.display()
+        );
+    }
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != 0 && m.uid() != me {
+        bail!(
+            "http.token_file {}: it is owned by uid {}, neither root nor the daemon's user (uid {me}); run `chown {me} {}`",
+            file.display(),
+            m.uid(),
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("bascule-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        let http = |f: &Path| crate::config::Http {
+            listen: ([127, 0, 0, 1], 9469).into(),
+            token_file: Some(f.to_path_buf()),
+        };
+        for mode in [0o644, 0o640, 0o604, 0o660] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_token(&http(&file)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "http.token_file {0}: its mode {mode:04o} lets other users read or change the API token; run `chmod 600 {0}`",
+                    file.display()
+                )
+            );
+        }
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token(&http(&file)).unwrap().as_deref(), Some("s3cret"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(read_token(&http(&file)).unwrap().as_deref(), Some("s3cret"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`daemon`] | `bascule run`: runtime, listener, health checks, the controller's thread, VRRP, signals |
 //! | [`api`] | the HTTP server: routes, bearer token, JSON errors; asks the controller |
+//! | [`gate`] | the API's open connections: at most 256, the oldest waiting one closed to make room |
 //! | [`status_page`] | the live status page at `/`, embedded |
 //! | [`metrics`] | a snapshot as Prometheus/OpenMetrics text |
 //! | [`systemd`] | what the service manager is told: ready, reloads, watchdog, status, stopping |
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod daemon;
 pub mod decap;
+pub mod gate;
 pub mod metrics;
 pub mod status_page;
 pub mod systemd;
