@@ -7,6 +7,7 @@ mod demo;
 mod demo_scale_out;
 #[cfg(test)]
 mod doclinks;
+mod fuzz;
 mod package;
 mod setup;
 
@@ -215,6 +216,10 @@ fn test() -> Result<()> {
         (
             "promtool: deploy/prometheus scrape config and alert rules, rule tests",
             promtool,
+        ),
+        (
+            "cargo +nightly fuzz run: each target's corpus, then 15 s of mutations",
+            fuzz::smoke,
         ),
         (
             "cargo build -p lb-userspace, then cargo test --workspace --exclude lb-ebpf",

@@ -49,12 +49,13 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// `cargo xtask setup`.
 pub fn run() -> Result<()> {
-    let steps: [fn() -> Result<bool>; 5] = [
+    let steps: [fn() -> Result<bool>; 6] = [
         ensure_nightly,
         ensure_rust_src,
         ensure_debian_packages,
         ensure_bpffs,
         ensure_bpf_linker,
+        ensure_cargo_fuzz,
     ];
     let mut installed = 0;
     for step in steps {
@@ -188,6 +189,26 @@ fn ensure_bpf_linker() -> Result<bool> {
             other.as_deref().unwrap_or("nothing")
         ),
     }
+}
+
+/// cargo-fuzz, which `cargo xtask test` runs the fuzz targets (`fuzz/`) with.
+fn ensure_cargo_fuzz() -> Result<bool> {
+    let works = Command::new("rustup")
+        .args(["run", NIGHTLY, "cargo", "fuzz", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return ok("cargo-fuzz already installed");
+    }
+    println!("...  installing cargo-fuzz with `cargo +{NIGHTLY} install` (2-4 minutes on 2 cores)");
+    run_checked(
+        Command::new("rustup")
+            .args(["run", NIGHTLY, "cargo", "install", "--locked", "cargo-fuzz"])
+            .current_dir(env::temp_dir()),
+    )?;
+    done("cargo-fuzz installed")
 }
 
 /// The version `bpf-linker --version` on PATH reports, None when there is none that runs.

@@ -133,7 +133,7 @@ fn udp_failure(e: &std::io::Error, target: SocketAddr) -> String {
 
 /// Compares an answer's rendering with `expect_answer`: addresses as addresses, names
 /// without case or final dot, text exactly.
-fn same_value(qtype: DnsType, got: &str, want: &str) -> bool {
+pub(super) fn same_value(qtype: DnsType, got: &str, want: &str) -> bool {
     match qtype {
         DnsType::A | DnsType::Aaaa => got.parse::<IpAddr>().ok() == want.parse::<IpAddr>().ok(),
         DnsType::Txt => got == want,
@@ -278,7 +278,7 @@ fn read_name(m: &[u8], mut at: usize) -> Result<String, String> {
     Err("a name with a compression loop".into())
 }
 
-fn rcode_name(code: u8) -> String {
+pub(super) fn rcode_name(code: u8) -> String {
     [
         DnsRcode::NoError,
         DnsRcode::FormErr,

@@ -115,8 +115,8 @@ impl HttpCheck {
 
     pub async fn attempt(&self, deadline: &Deadline) -> Result<(), String> {
         let tcp = connect(self.target, deadline).await?;
-        let response = match &self.tls {
-            None => self.exchange(tcp, deadline).await?,
+        match &self.tls {
+            None => self.over(tcp, deadline).await,
             Some((connector, name)) => {
                 let tls = deadline
                     .run(
@@ -124,9 +124,18 @@ impl HttpCheck {
                         connector.connect(name.clone(), tcp),
                     )
                     .await?;
-                self.exchange(tls, deadline).await?
+                self.over(tls, deadline).await
             }
-        };
+        }
+    }
+
+    /// The exchange on a connected `stream`, and the verdict on its answer.
+    pub(super) async fn over<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        &self,
+        stream: S,
+        deadline: &Deadline,
+    ) -> Result<(), String> {
+        let response = self.exchange(stream, deadline).await?;
         judge(&self.expect, &response, &self.shown)
     }
 

@@ -10,10 +10,13 @@
 //! - [`HealthSupervisor`] runs one tokio task per backend, bounds how many attempts are in
 //!   flight, logs one line per transition and publishes a [`HealthMap`].
 //! - [`effect`] turns a `HealthMap` into what the datapath is given (`plan_with_health`).
+//! - `fuzz` gives the fuzz targets (`fuzz/` at the workspace root) the checkers' decoders.
 
 mod check;
 mod dns;
 pub mod effect;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod misc;
 mod ping;

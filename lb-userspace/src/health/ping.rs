@@ -337,7 +337,7 @@ fn echo_request(v6: bool, ident: u16, seq: u16) -> Vec<u8> {
 
 /// An ICMP message about one of our echo requests.
 #[derive(Debug, PartialEq, Eq)]
-struct Heard {
+pub(super) struct Heard {
     ident: u16,
     seq: u16,
     /// For an error: the destination of the request it quotes.
@@ -347,7 +347,7 @@ struct Heard {
 
 /// What an ICMP message says: an echo reply, or an error quoting an echo request. `raw`
 /// IPv4 packets start with the IP header.
-fn parse_reply(packet: &[u8], v6: bool, raw: bool) -> Option<Heard> {
+pub(super) fn parse_reply(packet: &[u8], v6: bool, raw: bool) -> Option<Heard> {
     let icmp = if raw && !v6 {
         let ihl = usize::from(packet.first()? & 0x0f) * 4;
         packet.get(ihl..)?
