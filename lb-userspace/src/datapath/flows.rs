@@ -167,6 +167,24 @@ impl<E: SetEntry> SetMemory<E> {
             .find(|e| e.key() == *key)
     }
 
+    /// Takes a way for writing with the datapath's protocol (its sequence word made odd),
+    /// unless a writer holds it or the word moved meanwhile: the word and its value
+    /// before the claim, which the release builds on.
+    fn claim(&self, set: usize, way: usize) -> Option<(&AtomicU64, u64)> {
+        let word = self.word(set, way);
+        let before = word.load(Ordering::Acquire);
+        let taken = !held(before)
+            && word
+                .compare_exchange(
+                    before,
+                    before.wrapping_add(SEQ_STEP),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        taken.then_some((word, before))
+    }
+
     /// Every entry: (set, way, entry).
     pub fn entries(&self) -> impl Iterator<Item = (usize, usize, E)> + '_ {
         self.sets.clone().flat_map(move |set| {
@@ -177,20 +195,9 @@ impl<E: SetEntry> SetMemory<E> {
     /// Empties one entry if it still holds `key` (a packet may have replaced it since it
     /// was read). Whether it did.
     pub fn remove(&self, set: usize, way: usize, key: &E::Key) -> bool {
-        let word = self.word(set, way);
-        let before = word.load(Ordering::Acquire);
-        if held(before)
-            || word
-                .compare_exchange(
-                    before,
-                    before.wrapping_add(SEQ_STEP),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        let Some((word, before)) = self.claim(set, way) else {
             return false;
-        }
+        };
         let e = self.entry(set, way);
         // SAFETY: this writer owns the entry (odd sequence); plain data.
         let kept_key = unsafe { std::ptr::read_volatile(e) }.key() == *key;
@@ -239,20 +246,9 @@ impl<E: SetEntry> SetMemory<E> {
             }
         }
         let way = victim.expect("a set has ways");
-        let word = self.word(set, way);
-        let before = word.load(Ordering::Acquire);
-        if held(before)
-            || word
-                .compare_exchange(
-                    before,
-                    before.wrapping_add(SEQ_STEP),
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        let Some((word, before)) = self.claim(set, way) else {
             return false;
-        }
+        };
         self.tag(set, way)
             .store(lb_common::hash::flow_tag(hash), Ordering::Relaxed);
         // SAFETY: 64 bytes of plain data; this writer owns the way (odd sequence).
