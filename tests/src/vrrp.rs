@@ -9,7 +9,8 @@
 use std::{
     fmt::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
@@ -17,6 +18,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    bascule_bin,
     lab::{ip, Host, Lab, Spawned},
     topology::Topology,
 };
@@ -25,6 +27,46 @@ use crate::{
 pub const LINK_VIP4: Ipv4Addr = Ipv4Addr::new(10, 111, 0, 100);
 pub const LINK_VIP4_B: Ipv4Addr = Ipv4Addr::new(10, 111, 0, 101);
 pub const LINK_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x111, 0, 0, 0, 0, 0, 0x100);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Holds the VRRP labs of one test binary to one at a time: they assert failover times
+/// against the protocol's own bounds, which two labs competing for two cores would blur.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Writes a config file into the lab's directory.
+pub fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
+    topo.write_config(name, text).expect("write a config")
+}
+
+/// Starts the bascule under test on `lb` with `config`.
+pub fn start(topo: &Topology, lb: &Host, config: &Path) -> Spawned {
+    topo.start_bascule(&bascule_bin(), lb, config)
+        .expect("start bascule")
+}
+
+/// The daemons' logs, one section each, for a failure message.
+pub fn logs(daemons: &[&Spawned]) -> String {
+    daemons
+        .iter()
+        .map(|d| format!("\n---- {} ----\n{}", d.name, d.log_text()))
+        .collect()
+}
+
+/// Stops `daemon` with SIGTERM and asserts it exited cleanly in time.
+pub fn stop(topo: &Topology, daemon: &Spawned) {
+    let (status, in_time) = topo.lab.terminate(daemon).expect("stop");
+    assert!(
+        in_time && status.success(),
+        "{} did not stop cleanly on SIGTERM ({status}):\n{}",
+        daemon.name,
+        daemon.log_text()
+    );
+}
 
 /// One VRRP instance as a test wants it; [`Instance::yaml`] and [`Instance::keepalived`]
 /// write it for bascule and keepalived alike.

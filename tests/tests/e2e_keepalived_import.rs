@@ -14,22 +14,19 @@ use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     process::Command,
-    sync::Mutex,
     thread,
     time::{Duration, Instant},
 };
 
 use bascule_tests::{
-    bascule_bin,
+    bascule_bin, require_root,
     topology::VIP_PORT,
     vrrp::{
-        hold_on_backends, holds, neighbour_mac, start_keepalived, wait_for, wait_for_master,
-        LINK_VIP4,
+        hold_on_backends, holds, logs, neighbour_mac, serial, start_keepalived, wait_for,
+        wait_for_master, LINK_VIP4,
     },
     Host, Spawned, Topology, TopologySpec,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 const VRID: u8 = 61;
 const HIGH: u8 = 150;
@@ -69,22 +66,6 @@ fn keepalived_conf(router_id: &str, state: &str, priority: u8, backends: &[Host]
     }
     k.push_str("}\n");
     k
-}
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "VRRP tests create network namespaces: run them as root (`cargo xtask test`)"
-    );
-}
-
-fn logs(daemons: &[&Spawned]) -> String {
-    daemons
-        .iter()
-        .map(|d| format!("\n---- {} ----\n{}", d.name, d.log_text()))
-        .collect()
 }
 
 fn run(what: &str, cmd: &mut Command) -> String {
@@ -251,7 +232,7 @@ fn confs(topo: &Topology) -> (PathBuf, PathBuf) {
 #[test]
 fn imported_bascule_takes_over_from_keepalived() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let topo = lab("ka-import-b");
     let _servers = topo.start_backend_servers().expect("backend servers");
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
@@ -295,7 +276,7 @@ fn imported_bascule_takes_over_from_keepalived() {
 #[test]
 fn keepalived_takes_over_from_imported_bascule() {
     require_root();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let topo = lab("ka-import-k");
     let _servers = topo.start_backend_servers().expect("backend servers");
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);

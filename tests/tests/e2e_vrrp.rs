@@ -10,26 +10,23 @@ use std::{
     fs,
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
-    path::{Path, PathBuf},
-    sync::Mutex,
+    path::Path,
     thread,
     time::{Duration, Instant},
 };
 
 use bascule_tests::{
-    bascule_bin,
     lab::ip,
+    require_root,
     tcp::{echo_server, start_probes},
     topology::VIP_PORT,
     vrrp::{
-        bascule_config, gratuitous_arps, hold_on_backends, holds, keepalived_config, neighbour_mac,
-        start_capture, start_keepalived, unsolicited_nas, wait_for, wait_for_master, Instance,
-        LINK_VIP4, LINK_VIP4_B, LINK_VIP6,
+        bascule_config, gratuitous_arps, hold_on_backends, holds, keepalived_config, logs,
+        neighbour_mac, serial, start, start_capture, start_keepalived, stop, unsolicited_nas,
+        wait_for, wait_for_master, write, Instance, LINK_VIP4, LINK_VIP4_B, LINK_VIP6,
     },
     Host, Spawned, Topology, TopologySpec,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// What the RFC allows beyond Master_Down_Interval for the backup to take over after the
 /// master died (scheduling, adding the address): the bound.
@@ -39,39 +36,8 @@ const TAKEOVER_SLACK: Duration = Duration::from_millis(200);
 const SETTLE: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "VRRP tests create network namespaces: run them as root (`cargo xtask test`)"
-    );
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn lab(tag: &str, backends: usize) -> Topology {
     Topology::new(tag, TopologySpec { lbs: 2, backends }).expect("build the lab")
-}
-
-fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
-    topo.write_config(name, text).expect("write a config")
-}
-
-fn start(topo: &Topology, lb: &Host, config: &Path) -> Spawned {
-    topo.start_bascule(&bascule_bin(), lb, config)
-        .expect("start bascule")
-}
-
-fn logs(daemons: &[&Spawned]) -> String {
-    daemons
-        .iter()
-        .map(|d| format!("\n---- {} ----\n{}", d.name, d.log_text()))
-        .collect()
 }
 
 /// Waits for `master` alone to hold `vip`, failing with the daemons' logs.
@@ -83,16 +49,6 @@ fn expect_master(
     daemons: &[&Spawned],
 ) -> Duration {
     wait_for_master(nodes, master, vip, limit).unwrap_or_else(|e| panic!("{e:#}{}", logs(daemons)))
-}
-
-fn stop(topo: &Topology, daemon: &Spawned) {
-    let (status, in_time) = topo.lab.terminate(daemon).expect("stop");
-    assert!(
-        in_time && status.success(),
-        "{} did not stop cleanly on SIGTERM ({status}):\n{}",
-        daemon.name,
-        daemon.log_text()
-    );
 }
 
 fn http(topo: &Topology, vip: IpAddr) -> String {

@@ -5,67 +5,21 @@
 //! tracked interface goes down. The binary comes from `BASCULE_BIN` (set by `cargo xtask
 //! test`).
 
-use std::{
-    fs,
-    net::IpAddr,
-    path::{Path, PathBuf},
-    sync::Mutex,
-    time::Duration,
-};
+use std::{fs, net::IpAddr, path::PathBuf, time::Duration};
 
 use bascule_tests::{
-    bascule_bin,
     lab::ip,
-    vrrp::{bascule_config, holds, wait_for, wait_for_master, Instance, LINK_VIP4, LINK_VIP6},
+    require_root,
+    vrrp::{
+        bascule_config, holds, logs, serial, start, stop, wait_for, wait_for_master, write,
+        Instance, LINK_VIP4, LINK_VIP6,
+    },
     Host, Spawned, Topology, TopologySpec,
 };
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Bound for things with no protocol deadline of their own (startup, preemption after a
 /// Master_Down_Interval).
 const SETTLE: Duration = Duration::from_secs(10);
-
-fn require_root() {
-    // SAFETY: geteuid(2) cannot fail.
-    assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
-        "VRRP tests create network namespaces: run them as root (`cargo xtask test`)"
-    );
-}
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
-    topo.write_config(name, text).expect("write a config")
-}
-
-fn start(topo: &Topology, lb: &Host, config: &Path) -> Spawned {
-    topo.start_bascule(&bascule_bin(), lb, config)
-        .expect("start bascule")
-}
-
-fn logs(daemons: &[&Spawned]) -> String {
-    daemons
-        .iter()
-        .map(|d| format!("\n---- {} ----\n{}", d.name, d.log_text()))
-        .collect()
-}
-
-fn stop(topo: &Topology, daemon: &Spawned) {
-    let (status, in_time) = topo.lab.terminate(daemon).expect("stop");
-    assert!(
-        in_time && status.success(),
-        "{} did not stop cleanly on SIGTERM ({status}):\n{}",
-        daemon.name,
-        daemon.log_text()
-    );
-}
 
 /// The value of the metric `series` (name and labels, as printed) on `lb`.
 fn metric(topo: &Topology, lb: &Host, series: &str) -> Option<String> {
@@ -104,15 +58,21 @@ fn expect_master(nodes: &[&Host], master: &Host, vip: IpAddr, daemons: &[&Spawne
     wait_for_master(nodes, master, vip, SETTLE).unwrap_or_else(|e| panic!("{e:#}{}", logs(daemons)))
 }
 
-/// lb1 (150) tracks a script of weight -100 that fails while a file exists; lb2 (100)
-/// tracks nothing. The file appears: lb1's effective priority drops to 50, lb2 preempts
-/// it; the file goes: lb1 (150 again) preempts lb2.
-#[test]
-fn a_failing_track_script_hands_over_to_the_peer_and_back() {
-    require_root();
-    let _serial = serial();
+/// Two nodes for a track-script test, started: lb1 (150, master) tracks the script `chk`
+/// (`test ! -e FLAG` every 200 ms, plus the YAML `keys`), which fails while the file
+/// `flag` exists; lb2 (100, backup) tracks nothing.
+struct ScriptPair {
+    topo: Topology,
+    flag: PathBuf,
+    advert: Duration,
+    i2: Instance,
+    d1: Spawned,
+    d2: Spawned,
+}
+
+fn script_pair(tag: &str, vrid: u8, keys: &str) -> ScriptPair {
     let topo = Topology::new(
-        "vrrp-script",
+        tag,
         TopologySpec {
             lbs: 2,
             backends: 1,
@@ -120,15 +80,14 @@ fn a_failing_track_script_hands_over_to_the_peer_and_back() {
     )
     .expect("build the lab");
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
-    let nodes = [lb1, lb2];
     let vip = IpAddr::V4(LINK_VIP4);
     let flag = topo.lab.dir().join("lb1-fails");
     let advert = Duration::from_millis(300);
-    let mut i1 = Instance::new("VI_1", 71, 150, vip, advert);
+    let mut i1 = Instance::new("VI_1", vrid, 150, vip, advert);
     i1.track_scripts = vec!["chk".into()];
-    let i2 = Instance::new("VI_1", 71, 100, vip, advert);
+    let i2 = Instance::new("VI_1", vrid, 100, vip, advert);
     let scripts = format!(
-        "vrrp_scripts:\n  - {{ name: chk, script: \"test ! -e {}\", interval: 200ms, weight: -100, rise: 2, fall: 2 }}\n",
+        "vrrp_scripts:\n  - {{ name: chk, script: \"test ! -e {}\", interval: 200ms{keys} }}\n",
         flag.display()
     );
     let cfg1 = write(
@@ -142,43 +101,73 @@ fn a_failing_track_script_hands_over_to_the_peer_and_back() {
         &bascule_config(&topo.backends, &[], std::slice::from_ref(&i2)),
     );
     let d1 = start(&topo, lb1, &cfg1);
-    expect_master(&nodes, lb1, vip, &[&d1]);
+    expect_master(&[lb1, lb2], lb1, vip, &[&d1]);
     let d2 = start(&topo, lb2, &cfg2);
-    let daemons = [&d1, &d2];
-    wait_for_state(&topo, lb2, "VI_1", "backup", &daemons);
+    wait_for_state(&topo, lb2, "VI_1", "backup", &[&d1, &d2]);
+    ScriptPair {
+        flag,
+        advert,
+        i2,
+        d1,
+        d2,
+        topo,
+    }
+}
+
+/// lb1 (150) tracks a script of weight -100 that fails while a file exists; lb2 (100)
+/// tracks nothing. The file appears: lb1's effective priority drops to 50, lb2 preempts
+/// it; the file goes: lb1 (150 again) preempts lb2.
+#[test]
+fn a_failing_track_script_hands_over_to_the_peer_and_back() {
+    require_root();
+    let _serial = serial();
+    let pair = script_pair("vrrp-script", 71, ", weight: -100, rise: 2, fall: 2");
+    let ScriptPair {
+        topo,
+        flag,
+        advert,
+        i2,
+        d1,
+        d2,
+    } = &pair;
+    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
+    let nodes = [lb1, lb2];
+    let vip = IpAddr::V4(LINK_VIP4);
+    let advert = *advert;
+    let daemons = [d1, d2];
     let priority = "bascule_vrrp_priority{instance=\"VI_1\"}";
     let script_up = "bascule_vrrp_script_up{script=\"chk\"}";
-    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("150"));
-    assert_eq!(metric(&topo, lb1, script_up).as_deref(), Some("1"));
+    assert_eq!(metric(topo, lb1, priority).as_deref(), Some("150"));
+    assert_eq!(metric(topo, lb1, script_up).as_deref(), Some("1"));
 
-    fs::write(&flag, "").unwrap();
+    fs::write(flag, "").unwrap();
     let took = expect_master(&nodes, lb2, vip, &daemons);
     println!("script fails: lb2 master after {} ms", took.as_millis());
     // Two failed runs, then lb2's Master_Down_Interval after lb1's last advert it heard
     // at a higher priority (and a run's and an advert's worth of slack).
     let bound = 3 * Duration::from_millis(200) + i2.master_down_interval() + advert;
     assert!(took < bound, "{took:?} >= {bound:?}{}", logs(&daemons));
-    let seen = instance(&topo, lb1, "VI_1");
+    let seen = instance(topo, lb1, "VI_1");
     assert_eq!(seen["state"], "backup", "{seen}");
     assert_eq!(seen["priority"], 50, "{seen}");
     assert_eq!(seen["configured_priority"], 150, "{seen}");
     assert_eq!(seen["scripts"][0]["state"], "down", "{seen}");
-    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("50"));
-    assert_eq!(metric(&topo, lb1, script_up).as_deref(), Some("0"));
+    assert_eq!(metric(topo, lb1, priority).as_deref(), Some("50"));
+    assert_eq!(metric(topo, lb1, script_up).as_deref(), Some("0"));
     // It stays there: lb2 (100) now wins against lb1 (50).
     std::thread::sleep(4 * advert);
     assert!(holds(lb2, vip) && !holds(lb1, vip), "{}", logs(&daemons));
 
-    fs::remove_file(&flag).unwrap();
+    fs::remove_file(flag).unwrap();
     let took = expect_master(&nodes, lb1, vip, &daemons);
     println!(
         "script passes: lb1 master again after {} ms",
         took.as_millis()
     );
-    assert_eq!(metric(&topo, lb1, priority).as_deref(), Some("150"));
-    assert_eq!(instance(&topo, lb2, "VI_1")["state"], "backup");
-    stop(&topo, &d1);
-    stop(&topo, &d2);
+    assert_eq!(metric(topo, lb1, priority).as_deref(), Some("150"));
+    assert_eq!(instance(topo, lb2, "VI_1")["state"], "backup");
+    stop(topo, d1);
+    stop(topo, d2);
 }
 
 /// A sync group of an IPv4 and an IPv6 instance on each node, lb1 (150) preferred over
@@ -276,43 +265,21 @@ fn a_sync_group_fails_over_together() {
 fn a_failing_script_of_weight_zero_is_a_fault() {
     require_root();
     let _serial = serial();
-    let topo = Topology::new(
-        "vrrp-script0",
-        TopologySpec {
-            lbs: 2,
-            backends: 1,
-        },
-    )
-    .expect("build the lab");
+    let pair = script_pair("vrrp-script0", 72, "");
+    let ScriptPair {
+        topo,
+        flag,
+        i2,
+        d1,
+        d2,
+        ..
+    } = &pair;
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
     let nodes = [lb1, lb2];
     let vip = IpAddr::V4(LINK_VIP4);
-    let flag = topo.lab.dir().join("lb1-fails");
-    let advert = Duration::from_millis(300);
-    let mut i1 = Instance::new("VI_1", 72, 150, vip, advert);
-    i1.track_scripts = vec!["chk".into()];
-    let i2 = Instance::new("VI_1", 72, 100, vip, advert);
-    let scripts = format!(
-        "vrrp_scripts:\n  - {{ name: chk, script: \"test ! -e {}\", interval: 200ms }}\n",
-        flag.display()
-    );
-    let cfg1 = write(
-        &topo,
-        "lb1.yaml",
-        &(bascule_config(&topo.backends, &[], &[i1]) + &scripts),
-    );
-    let cfg2 = write(
-        &topo,
-        "lb2.yaml",
-        &bascule_config(&topo.backends, &[], std::slice::from_ref(&i2)),
-    );
-    let d1 = start(&topo, lb1, &cfg1);
-    expect_master(&nodes, lb1, vip, &[&d1]);
-    let d2 = start(&topo, lb2, &cfg2);
-    let daemons = [&d1, &d2];
-    wait_for_state(&topo, lb2, "VI_1", "backup", &daemons);
+    let daemons = [d1, d2];
 
-    fs::write(&flag, "").unwrap();
+    fs::write(flag, "").unwrap();
     let took = expect_master(&nodes, lb2, vip, &daemons);
     println!(
         "weight-0 script fails: lb2 master after {} ms",
@@ -323,12 +290,12 @@ fn a_failing_script_of_weight_zero_is_a_fault() {
         "a faulting master hands over with priority 0: {took:?}{}",
         logs(&daemons)
     );
-    let seen = instance(&topo, lb1, "VI_1");
+    let seen = instance(topo, lb1, "VI_1");
     assert_eq!(seen["state"], "fault", "{seen}");
     assert_eq!(seen["priority"], 150, "weight 0 moves no priority: {seen}");
 
-    fs::remove_file(&flag).unwrap();
+    fs::remove_file(flag).unwrap();
     expect_master(&nodes, lb1, vip, &daemons);
-    stop(&topo, &d1);
-    stop(&topo, &d2);
+    stop(topo, d1);
+    stop(topo, d2);
 }
