@@ -12,12 +12,13 @@ fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
-/// Checksum of a 20-byte IPv4 header (checksum field zero), as ten native-order words.
+/// Checksum of a 20-byte IPv4 header (checksum field zero), as five native-order 32-bit
+/// words: their sum folds to the sum of the ten 16-bit words.
 #[inline(always)]
-pub fn ipv4_header(words: &[u16; 10]) -> u16 {
+pub fn ipv4_header(words: &[u32; 5]) -> u16 {
     let mut sum = 0u64;
     let mut i = 0;
-    while i < 10 {
+    while i < 5 {
         sum += words[i] as u64;
         i += 1;
     }

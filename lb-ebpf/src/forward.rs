@@ -8,14 +8,15 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    BackendInfo, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP, IPPROTO_IPV6,
-    NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NO_BACKEND, TUNNEL_TTL,
+    hash::flow_hash, BackendInfo, NextHop, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4,
+    IPPROTO_IPIP, IPPROTO_IPV6, NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NO_BACKEND, TUNNEL_TTL,
 };
 
 use crate::{
     csum,
     maps::NEXT_HOPS,
-    parse::{ptr_at, Packet, Stop, IPV4_LEN, IPV6_LEN},
+    parse::{ptr_at, Fragment, Packet, Stop, IPV4_LEN, IPV6_LEN},
+    store,
 };
 
 const AF_INET: u8 = 2;
@@ -58,13 +59,28 @@ pub fn direct(ctx: &XdpContext, backend: &BackendInfo) -> Result<u32, Stop> {
     Ok(xdp_action::XDP_TX)
 }
 
-/// Where a frame goes next: the next hop's MAC, ours on that link, and the interface.
+/// Where a frame goes next: the next hop's MAC then ours on that link (the first 12 bytes
+/// of its Ethernet header, as two native-order words), and the interface.
 #[derive(Clone, Copy)]
 struct Hop {
-    dmac: [u8; 6],
-    smac: [u8; 6],
+    macs_lo: u64,
+    macs_hi: u32,
     ifindex: u32,
 }
+
+impl Hop {
+    /// Writes the two MACs over the first 12 bytes at `eth` (bounds-checked by the caller).
+    #[inline(always)]
+    unsafe fn write_macs(&self, eth: *mut u8) {
+        store::u64_at::<0>(eth, self.macs_lo);
+        store::u32_at::<8>(eth, self.macs_hi);
+    }
+}
+
+// `next_hop` reads a cached entry's MACs as words at these offsets.
+const _: () = assert!(
+    core::mem::offset_of!(NextHop, dmac) == 38 && core::mem::offset_of!(NextHop, smac) == 44
+);
 
 /// `next_hop`'s `backend` when the destination is not a backend (a `nat` reply's client):
 /// the FIB is asked every time.
@@ -87,24 +103,29 @@ fn next_hop(
     backend: u32,
 ) -> Result<Hop, Stop> {
     let ingress = ingress_ifindex(ctx);
+    // A null pointer rather than `None`: LLVM spilled the undefined payload of `None`
+    // on the uncached path, which the verifier refuses to read.
     let slot = if backend == UNCACHED {
-        None
+        core::ptr::null_mut()
     } else {
-        NEXT_HOPS.get_ptr_mut(backend % NEXT_HOP_SLOTS)
+        NEXT_HOPS
+            .get_ptr_mut(backend % NEXT_HOP_SLOTS)
+            .unwrap_or(core::ptr::null_mut())
     };
     let mut now = 0;
     let mut known = false;
-    if let Some(c) = slot {
+    if !slot.is_null() {
         now = crate::clock::now();
-        let c = unsafe { &*c };
+        let c = unsafe { &*slot };
         known = c.backend == backend + 1
             && c.ingress == ingress
             && c.dst == *dst
             && now.wrapping_sub(c.checked) < NEXT_HOP_TTL_NS;
         if known && tot_len <= c.max_len {
+            let raw = slot as *const u8;
             return Ok(Hop {
-                dmac: c.dmac,
-                smac: c.smac,
+                macs_lo: unsafe { store::load_u64::<38>(raw) },
+                macs_hi: unsafe { store::load_u32::<46>(raw) },
                 ifindex: c.egress,
             });
         }
@@ -132,15 +153,20 @@ fn next_hop(
     if rc != FIB_SUCCESS {
         return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
     }
+    let (macs_lo, macs_hi) = fib_macs(&fib);
     let hop = Hop {
-        dmac: fib.dmac,
-        smac: fib.smac,
+        macs_lo,
+        macs_hi,
         ifindex: fib.ifindex,
     };
-    if let Some(c) = slot {
-        let c = unsafe { &mut *c };
+    if !slot.is_null() {
+        let raw = slot as *mut u8;
+        let c = unsafe { &mut *slot };
         // A longer packet on the same route widens the entry; anything else starts it anew.
-        if known && c.dmac == hop.dmac && c.smac == hop.smac && c.egress == hop.ifindex {
+        let same = unsafe {
+            store::load_u64::<38>(raw) == macs_lo && store::load_u32::<46>(raw) == macs_hi
+        };
+        if known && same && c.egress == hop.ifindex {
             c.max_len = tot_len;
         } else {
             c.dst = *dst;
@@ -149,11 +175,35 @@ fn next_hop(
             c.ingress = ingress;
             c.egress = hop.ifindex;
             c.max_len = tot_len;
-            c.dmac = hop.dmac;
-            c.smac = hop.smac;
+            unsafe {
+                store::u64_at::<38>(raw, macs_lo);
+                store::u32_at::<46>(raw, macs_hi);
+            }
         }
     }
     Ok(hop)
+}
+
+/// The FIB's answer's MACs as a [`Hop`]'s words, read 16 bits at a time: its MAC fields
+/// start at even offsets of a 4-byte aligned struct. Byte by byte, with each byte kept
+/// for the cache, they made `tunnel`'s stack frame too large to call.
+#[inline(always)]
+fn fib_macs(fib: &FibParams) -> (u64, u32) {
+    const _: () = assert!(
+        core::mem::align_of::<FibParams>() >= 2
+            && core::mem::offset_of!(FibParams, dmac) % 2 == 0
+            && core::mem::offset_of!(FibParams, smac) % 2 == 0
+    );
+    let (d, s) = (
+        fib.dmac.as_ptr() as *const u16,
+        fib.smac.as_ptr() as *const u16,
+    );
+    // SAFETY: three aligned u16 reads inside each 6-byte field.
+    let word = |p: *const u16, i: usize| unsafe { u64::from(p.add(i).read()) };
+    (
+        word(d, 0) | word(d, 1) << 16 | word(d, 2) << 32 | word(s, 0) << 48,
+        (word(s, 1) | word(s, 2) << 16) as u32,
+    )
 }
 
 /// The interface the frame arrived on (`xdp_md.ingress_ifindex`, offset 12). Written as
@@ -206,23 +256,20 @@ fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], backend: u32) -> 
             Reason::TruncatedEthernet,
         ));
     };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&hop.dmac);
-    macs[6..].copy_from_slice(&hop.smac);
-    unsafe { eth.write_unaligned(macs) };
+    unsafe { hop.write_macs(eth as *mut u8) };
     Ok(transmit(ctx, &hop))
 }
 
 /// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
 /// from the node's tunnel source, with Ethernet addresses of the route's next hop.
-/// `id` is the backend's. A separate BPF function (own stack frame); the result comes back
-/// packed in one word.
+/// `label` is the outer IPv6 header's flow label ([`flow_label`]), `id` the backend's.
+/// A separate BPF function (own stack frame); the result comes back packed in one word.
 #[inline(never)]
 pub fn tunnel(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
-    hash: u32,
+    label: u32,
     id: u32,
 ) -> u32 {
     let Some(settings) = crate::maps::SETTINGS.get(0) else {
@@ -232,10 +279,24 @@ pub fn tunnel(
         &crate::parse::context(raw),
         pkt,
         backend,
-        hash,
+        label,
         id,
         settings,
     ))
+}
+
+/// The outer IPv6 header's flow label: the flow's hash (the datagram id for later
+/// fragments), so that backends spread tunnelled flows over their receive queues.
+#[inline(always)]
+pub fn flow_label(pkt: &Packet) -> u32 {
+    let hash = if pkt.fragment == Fragment::Later {
+        pkt.frag_id
+    } else if pkt.is_icmp() {
+        flow_hash(&pkt.dst, &pkt.src, 0, pkt.proto)
+    } else {
+        flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
+    };
+    hash & 0x000f_ffff
 }
 
 #[inline(always)]
@@ -243,7 +304,7 @@ fn tunnel_inner(
     ctx: &XdpContext,
     pkt: &Packet,
     backend: &BackendInfo,
-    hash: u32,
+    label: u32,
     id: u32,
     settings: &Settings,
 ) -> Result<u32, Stop> {
@@ -273,7 +334,7 @@ fn tunnel_inner(
 
     // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
     let vlan = if pkt.l3_off() > 14 {
-        ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { p.read_unaligned() })
+        ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { store::load_u32::<0>(p as *const u8) })
     } else {
         None
     };
@@ -284,66 +345,61 @@ fn tunnel_inner(
     let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
         return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
     };
-    let mut l2 = [0u8; 14];
-    l2[..6].copy_from_slice(&hop.dmac);
-    l2[6..12].copy_from_slice(&hop.smac);
+    let eth = eth as *mut u8;
+    unsafe { hop.write_macs(eth) };
+    let type_be = outer_type.to_be();
     match vlan {
         Some(tag) => {
-            l2[12..14].copy_from_slice(&tag[..2]);
-            unsafe { eth.write_unaligned(l2) };
-            let Some(rest) = ptr_at::<[u8; 4]>(ctx, 14) else {
+            let Some(rest) = ptr_at::<[u8; 6]>(ctx, 12) else {
                 return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
             };
-            let t = outer_type.to_be_bytes();
-            unsafe { rest.write_unaligned([tag[2], tag[3], t[0], t[1]]) };
+            let rest = rest as *mut u8;
+            unsafe {
+                store::u32_at::<0>(rest, tag);
+                store::u16_at::<4>(rest, type_be);
+            }
         }
-        None => {
-            l2[12..14].copy_from_slice(&outer_type.to_be_bytes());
-            unsafe { eth.write_unaligned(l2) };
-        }
+        None => unsafe { store::u16_at::<12>(eth, type_be) },
     }
 
     if outer_v4 {
-        let Some(ip) = ptr_at::<[u16; 10]>(ctx, pkt.l3_off()) else {
+        let Some(ip) = ptr_at::<[u8; 20]>(ctx, pkt.l3_off()) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
-        let s = src[0].to_ne_bytes();
-        let d = backend.addr[0].to_ne_bytes();
+        let len = (outer_len as u16).to_be_bytes();
+        // Five native-order words: version/IHL, TOS, length; id and fragment (zero);
+        // TTL, protocol and the checksum (upper half, filled below); source; destination.
         let mut h = [
-            u16::from_ne_bytes([0x45, pkt.tos]),
-            (outer_len as u16).to_be(),
+            u32::from_ne_bytes([0x45, pkt.tos, len[0], len[1]]),
             0,
-            0,
-            u16::from_ne_bytes([TUNNEL_TTL, inner_proto]),
-            0,
-            u16::from_ne_bytes([s[0], s[1]]),
-            u16::from_ne_bytes([s[2], s[3]]),
-            u16::from_ne_bytes([d[0], d[1]]),
-            u16::from_ne_bytes([d[2], d[3]]),
+            u32::from_ne_bytes([TUNNEL_TTL, inner_proto, 0, 0]),
+            src[0],
+            backend.addr[0],
         ];
-        h[5] = csum::ipv4_header(&h);
-        unsafe { ip.write_unaligned(h) };
+        h[2] |= u32::from(csum::ipv4_header(&h)) << 16;
+        let ip = ip as *mut u8;
+        unsafe {
+            store::u64_at::<0>(ip, u64::from(h[0]) | u64::from(h[1]) << 32);
+            store::u64_at::<8>(ip, u64::from(h[2]) | u64::from(h[3]) << 32);
+            store::u32_at::<16>(ip, h[4]);
+        }
     } else {
-        let Some(ip) = ptr_at::<[u32; 10]>(ctx, pkt.l3_off()) else {
+        let Some(ip) = ptr_at::<[u8; 40]>(ctx, pkt.l3_off()) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
-        // Version 6, the inner traffic class, and a flow label from the flow hash so
-        // that backends spread tunnelled flows over their receive queues.
-        let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | (hash & 0x000f_ffff);
+        // Version 6, the inner traffic class, and a flow label from the flow hash.
+        let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | label;
         let len = pkt.l3_len.to_be_bytes();
-        let h = [
-            first.to_be(),
-            u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]),
-            src[0],
-            src[1],
-            src[2],
-            src[3],
-            backend.addr[0],
-            backend.addr[1],
-            backend.addr[2],
-            backend.addr[3],
-        ];
-        unsafe { ip.write_unaligned(h) };
+        let second = u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]);
+        let pair = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
+        let (d, ip) = (&backend.addr, ip as *mut u8);
+        unsafe {
+            store::u64_at::<0>(ip, pair(first.to_be(), second));
+            store::u64_at::<8>(ip, pair(src[0], src[1]));
+            store::u64_at::<16>(ip, pair(src[2], src[3]));
+            store::u64_at::<24>(ip, pair(d[0], d[1]));
+            store::u64_at::<32>(ip, pair(d[2], d[3]));
+        }
     }
     Ok(transmit(ctx, &hop))
 }

@@ -18,12 +18,13 @@ mod nat;
 mod parse;
 mod sched;
 mod sets;
+mod store;
 mod sync;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    hash::flow_hash, FragKey, FragState, Reason, ServiceInfo, ServiceKey, ServiceKey4, FAMILY_V4,
-    FORWARD_DR, FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
+    FragKey, FragState, Reason, ServiceInfo, ServiceKey, ServiceKey4, FAMILY_V4, FORWARD_DR,
+    FORWARD_LOCAL, FORWARD_NAT, FORWARD_TUN, NO_BACKEND,
 };
 use maps::{
     ACTIONS, BACKEND_STATS, FRAGS, LOCAL_MACS, REASONS, SERVICES, SERVICES4, SERVICE_ENTRIES,
@@ -140,15 +141,13 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     match backend.forward {
         FORWARD_DR => forward::direct(ctx, backend),
         FORWARD_TUN => {
-            // The outer flow label: the flow's hash, or the datagram id for fragments.
-            let hash = if pkt.fragment == Fragment::Later {
-                pkt.frag_id
-            } else if pkt.is_icmp() {
-                flow_hash(&pkt.dst, &pkt.src, 0, pkt.proto)
+            // Only an outer IPv6 header has a flow label (a hash of the flow).
+            let label = if backend.family == FAMILY_V4 {
+                0
             } else {
-                flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
+                forward::flow_label(&pkt)
             };
-            Stop::unpack(forward::tunnel(raw, &pkt, backend, hash, id))
+            Stop::unpack(forward::tunnel(raw, &pkt, backend, label, id))
         }
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
