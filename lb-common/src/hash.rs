@@ -54,6 +54,14 @@ pub fn ports_word(sport_be: u16, dport_be: u16) -> u32 {
     u32::from_ne_bytes([s[0], s[1], d[0], d[1]])
 }
 
+/// The `probe`-th other slot hash of a flow whose table slot (mh, sh, dh) belongs to a
+/// backend at its connection threshold: the same for a flow on every node, so nodes that
+/// agree on which backends are at their threshold send the flow to the same stand-in.
+#[inline(always)]
+pub fn probe_hash(hash: u32, probe: u32) -> u32 {
+    finish(mix(hash, probe.wrapping_add(1)))
+}
+
 /// Hash of one address (sh: the source, dh: the destination).
 #[inline(always)]
 pub fn addr_hash(addr: &[u32; 4]) -> u32 {

@@ -78,6 +78,14 @@ pub const SCHED_NQ: u8 = 10;
 /// Most backends a load scheduler (lc, wlc, sed, nq, lblc, lblcr) compares: the datapath
 /// scans at most this many entries of the service's list (a bounded loop for the verifier).
 pub const MAX_SCAN_BACKENDS: u32 = 64;
+/// rr/wrr: entries of the list or cycle tried after one whose backend is at its
+/// connection threshold (`max_connections`); none of them free: no backend for the flow.
+pub const MAX_CYCLE_PROBES: u32 = 256;
+/// mh, sh, dh: other slots tried (`hash::probe_hash`) for a flow whose slot belongs to a
+/// backend at its connection threshold. Many: a heavy backend may own most of the table
+/// (with 90% of the slots at their threshold, 256 probes all miss once in 10^12 flows);
+/// a flow costs this many only while every backend it probes is full.
+pub const MAX_TABLE_PROBES: u32 = 256;
 /// Members of an lblcr destination's server set.
 pub const LBLCR_SET_SIZE: usize = 4;
 /// Table slots for sh and dh (a prime, like Maglev's): weighted buckets, as IPVS's
@@ -202,6 +210,33 @@ pub struct BackendInfo {
     pub port: u16,
     /// The scheduler weight (load schedulers compare connections per weight).
     pub weight: u32,
+    /// Connection thresholds (IPVS's u-threshold / l-threshold, `max_connections` /
+    /// `min_connections`): from `max_conns` active connections on, the backend takes no
+    /// new flows until it has fewer than `min_conns` (see `OVERLOADS` in the datapath).
+    /// 0 = no threshold.
+    pub max_conns: u32,
+    pub min_conns: u32,
+}
+
+impl BackendInfo {
+    /// Whether a backend with `active` connections is at its threshold, given whether it
+    /// was (`was`: the hysteresis state): at `max_conns` or more it is; it stays so until
+    /// it falls below `min_conns`.
+    #[inline(always)]
+    pub fn overloaded(&self, was: bool, active: u64) -> bool {
+        if self.max_conns == 0 {
+            return false;
+        }
+        let bound = if was { self.min_conns } else { self.max_conns };
+        active >= bound as u64
+    }
+}
+
+/// The lower threshold IPVS applies when only the upper one is set: a backend at its
+/// upper threshold takes new flows again below three quarters of it (rounded up, so
+/// that `active < min` is IPVS's `active * 4 < max * 3`).
+pub const fn default_min_conns(max_conns: u32) -> u32 {
+    ((max_conns as u64 * 3).div_ceil(4)) as u32
 }
 
 /// Connection-table key: the flow's 5-tuple as the client sent it. 8-byte aligned: the

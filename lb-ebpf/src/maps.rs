@@ -125,6 +125,13 @@ pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICES as usize }> = HashMap::new(
 #[btf_map]
 pub static ACTIVE: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
 
+/// Connection thresholds (`BackendInfo::max_conns`): per backend id, the hysteresis state
+/// the datapath keeps (userspace only reads it and zeroes it for a new id). Odd: the
+/// backend is at its threshold (takes no new flows). Every change of state adds one, with
+/// a compare-and-swap, so `(value + 1) / 2` is how many times it reached its threshold.
+#[btf_map]
+pub static OVERLOADS: Array<u64, { MAX_BACKENDS as usize }> = Array::new();
+
 /// rr/wrr cursor per service and CPU: each CPU steps through the cycle in order (no
 /// shared cache line to fight over; with RSS spreading flows evenly over CPUs the
 /// overall split is the same).

@@ -155,11 +155,15 @@ fn services_table(services: &[ServiceStatus]) -> String {
                 Some(_) => format!("{}*", b.weight),
                 None => b.weight.to_string(),
             };
-            let health = if !b.active && b.health.is_up() {
+            let mut health = if !b.active && b.health.is_up() {
                 "inactive".to_string()
             } else {
                 b.health.as_str().to_string()
             };
+            if b.overloaded {
+                // At its connection threshold: no new flows for now.
+                health.push_str(" overloaded");
+            }
             let mut row = vec![
                 "  ->".to_string(),
                 b.label.clone(),

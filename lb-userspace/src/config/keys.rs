@@ -31,7 +31,14 @@ pub(super) const SERVICE_KEYS: &[&str] = &[
     "backends",
     "health_check",
 ];
-pub(super) const BACKEND_KEYS: &[&str] = &["address", "port", "weight", "forwarding"];
+pub(super) const BACKEND_KEYS: &[&str] = &[
+    "address",
+    "port",
+    "weight",
+    "forwarding",
+    "max_connections",
+    "min_connections",
+];
 pub(super) const CHECK_KEYS: &[&str] = &[
     "type",
     "connect_port",

@@ -143,6 +143,12 @@ pub struct Backend {
     pub weight: u32,
     /// Overrides the service's forwarding method for this backend.
     pub forwarding: Option<Forwarding>,
+    /// Connection thresholds (IPVS's u-threshold / l-threshold, keepalived's `uthreshold` /
+    /// `lthreshold`): with `max_connections` active connections the backend takes no new
+    /// flows until it has fewer than `min_connections` (default: 3/4 of the maximum,
+    /// rounded up, as IPVS). `None`: no threshold.
+    pub max_connections: Option<u32>,
+    pub min_connections: Option<u32>,
     /// Not from YAML: the weight a backend that fails its health check would have (its
     /// `weight` is then 0), set by `health::effect`. `mh` keeps the backend's place in the
     /// table at this weight and hands its slots to stand-ins, so that no other backend's
@@ -155,6 +161,16 @@ impl Backend {
     /// The backend's own forwarding method, or the service's.
     pub fn effective_forwarding(&self, svc: &Service) -> Forwarding {
         self.forwarding.unwrap_or(svc.forwarding)
+    }
+
+    /// The lower connection threshold in force: `min_connections`, else IPVS's default
+    /// from `max_connections`; `None` without a threshold.
+    pub fn effective_min_connections(&self) -> Option<u32> {
+        let max = self.max_connections?;
+        Some(
+            self.min_connections
+                .unwrap_or_else(|| lb_common::default_min_conns(max)),
+        )
     }
 
     /// The destination port packets reach this backend on: the backend's port for NAT when

@@ -206,9 +206,16 @@ impl Cx<'_> {
         let port = self.opt_field(&o, path, "port", |cx, y, p| cx.u16(y, p, 1));
         let weight = self.field(&o, path, "weight", 1, |cx, y, p| cx.u32(y, p, 0, 65535));
         let forwarding = self.opt_field(&o, path, "forwarding", Self::keyword);
+        let max_conns = self.opt_field(&o, path, "max_connections", |cx, y, p| {
+            cx.u32(y, p, 1, u32::MAX)
+        });
+        let min_conns = self.opt_field(&o, path, "min_connections", |cx, y, p| {
+            cx.u32(y, p, 1, u32::MAX)
+        });
         let (address, port, weight, forwarding) = (address?, port?, weight?, forwarding?);
+        let (max_connections, min_connections) = (max_conns?, min_conns?);
         let eff = forwarding.unwrap_or(s.forwarding);
-        let mut ok = true;
+        let mut ok = self.connection_thresholds(&o, path, max_connections, min_connections);
         if port.is_some() {
             let why = match eff {
                 Forwarding::Nat if s.port == 0 => Some("backend port cannot be used when the service port is 0 (all ports): NAT then keeps the client's destination port"),
@@ -231,6 +238,8 @@ impl Cx<'_> {
                 port,
                 weight,
                 forwarding,
+                max_connections,
+                min_connections,
                 failed_weight: 0,
             },
             BackendPos {
@@ -238,6 +247,33 @@ impl Cx<'_> {
                 forwarding: o.pos("forwarding"),
             },
         ))
+    }
+
+    /// `min_connections` needs `max_connections` and cannot exceed it; false when broken
+    /// (reported).
+    fn connection_thresholds(
+        &mut self,
+        o: &Obj,
+        path: &P,
+        max: Option<u32>,
+        min: Option<u32>,
+    ) -> bool {
+        let why = match (max, min) {
+            (None, Some(_)) => {
+                "min_connections needs max_connections (the threshold it is the lower end of)"
+                    .to_string()
+            }
+            (Some(max), Some(min)) if min > max => {
+                format!("{min} is above max_connections ({max}), expected at most {max}")
+            }
+            _ => return true,
+        };
+        self.err(
+            o.pos("min_connections"),
+            &P::Key(path, "min_connections"),
+            why,
+        );
+        false
     }
 
     /// Cross-service checks: duplicate (vip, port, protocol) and duplicate names.

@@ -70,6 +70,8 @@ fn full_example_parses_with_expected_values() {
                 port: Some(80),
                 weight: 1,
                 forwarding: Some(Forwarding::Nat),
+                max_connections: None,
+                min_connections: None,
                 failed_weight: 0,
             },
             Backend {
@@ -77,6 +79,8 @@ fn full_example_parses_with_expected_values() {
                 port: None,
                 weight: 2,
                 forwarding: None,
+                max_connections: None,
+                min_connections: None,
                 failed_weight: 0,
             },
         ]
@@ -185,6 +189,8 @@ fn defaults() {
             port: None,
             weight: 1,
             forwarding: None,
+            max_connections: None,
+            min_connections: None,
             failed_weight: 0,
         }
     );

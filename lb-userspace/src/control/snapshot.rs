@@ -155,6 +155,19 @@ pub struct BackendStatus {
     pub active: bool,
     /// Connection-table entries pointing at it.
     pub active_connections: u64,
+    /// Connection thresholds: `max_connections` and the `min_connections` in force;
+    /// `None` without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_connections: Option<u32>,
+    /// At its upper connection threshold: it takes no new flows until it has fewer than
+    /// `min_connections`.
+    #[serde(default)]
+    pub overloaded: bool,
+    /// Times it reached its upper connection threshold (as new flows found it there).
+    #[serde(default)]
+    pub overloads: u64,
     /// New flows scheduled to it.
     pub connections: u64,
     pub packets: u64,
@@ -426,6 +439,16 @@ impl Controller {
             Some(h) if h.up => Health::Up,
             Some(_) => Health::Down,
         };
+        let active_connections = planned_b
+            .and_then(|p| self.datapath.active_connections(p.id).ok())
+            .unwrap_or(0);
+        let (overloaded, overloads) = planned_b
+            .filter(|p| p.info.max_conns != 0)
+            .and_then(|p| {
+                let (was, times) = self.datapath.overload_state(p.id).ok()?;
+                Some((p.info.overloaded(was, active_connections), times))
+            })
+            .unwrap_or_default();
         BackendStatus {
             address: b.address,
             port: key.port,
@@ -438,9 +461,11 @@ impl Controller {
             last_failure: checked.as_ref().and_then(|h| h.last_failure.clone()),
             check_durations: checked.map(|h| h.durations),
             active: planned_b.is_some_and(|p| p.info.flags & BACKEND_ACTIVE != 0),
-            active_connections: planned_b
-                .and_then(|p| self.datapath.active_connections(p.id).ok())
-                .unwrap_or(0),
+            active_connections,
+            max_connections: b.max_connections,
+            min_connections: b.effective_min_connections(),
+            overloaded,
+            overloads,
             connections: c.new_flows,
             packets: c.packets,
             bytes: c.bytes,

@@ -101,6 +101,11 @@ impl Datapath {
                 stats.set(id, zero()?, 0)?;
             }
         }
+        if !backend_ids.is_empty() {
+            // Nor its connection-threshold state and count.
+            let zeros = vec![0u64; backend_ids.len()];
+            self.write_array("OVERLOADS", backend_ids, &zeros)?;
+        }
         Ok(())
     }
 
@@ -108,6 +113,15 @@ impl Datapath {
     pub fn active_connections(&mut self, backend_id: u32) -> Result<u64> {
         let active: Array<_, u64> = Array::try_from(self.map("ACTIVE")?)?;
         Ok(active.get(&backend_id, 0)?)
+    }
+
+    /// A backend's connection-threshold state as the datapath left it: whether it was at
+    /// its threshold when a new flow last considered it, and how many times it reached it
+    /// (see `OVERLOADS` in `lb-ebpf/src/maps.rs`).
+    pub fn overload_state(&mut self, backend_id: u32) -> Result<(bool, u64)> {
+        let states: Array<_, u64> = Array::try_from(self.map("OVERLOADS")?)?;
+        let v = states.get(&backend_id, 0)?;
+        Ok((v & 1 != 0, v.div_ceil(2)))
     }
 
     /// Sets a backend's active-connection count (tests preset loads to check the formulas).

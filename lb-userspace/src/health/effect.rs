@@ -104,6 +104,8 @@ pub fn apply_health<'c>(
                 port: Some(port),
                 weight: 1,
                 forwarding: None,
+                max_connections: None,
+                min_connections: None,
                 failed_weight: 0,
             }),
         }

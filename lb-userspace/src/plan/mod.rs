@@ -314,5 +314,7 @@ fn backend_info(svc: &Service, b: &Backend, port: u16, mac: Option<[u8; 6]>) -> 
         _pad: 0,
         port: nat_port,
         weight: if usable { b.weight } else { 0 },
+        max_conns: b.max_connections.unwrap_or(0),
+        min_conns: b.effective_min_connections().unwrap_or(0),
     }
 }

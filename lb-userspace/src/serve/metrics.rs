@@ -162,6 +162,7 @@ fn register_services(r: &mut Registry, s: &Snapshot) {
     let be_active = Family::<BackendLabels, Gauge>::default();
     let be_up = Family::<BackendLabels, Gauge>::default();
     let be_weight = Family::<BackendLabels, Gauge>::default();
+    let (be_over, be_overloads) = (Family::<BackendLabels, Gauge>::default(), Family::default());
     for svc in &s.services {
         let l = ServiceLabels {
             service: svc.name.clone(),
@@ -182,6 +183,11 @@ fn register_services(r: &mut Registry, s: &Snapshot) {
                 .get_or_create(&l)
                 .set((b.health.is_up() && b.active) as i64);
             be_weight.get_or_create(&l).set(i64::from(b.weight));
+            if b.max_connections.is_some() {
+                be_over.get_or_create(&l).set(i64::from(b.overloaded));
+                let c: &Family<BackendLabels, Counter> = &be_overloads;
+                c.get_or_create(&l).inc_by(b.overloads);
+            }
         }
     }
     r.register(
@@ -229,6 +235,10 @@ fn register_services(r: &mut Registry, s: &Snapshot) {
         "Weight the scheduler uses for the backend (config, runtime override or health)",
         be_weight,
     );
+    let over = "1 while the backend is at its connection threshold (max_connections): no new flows until below min_connections";
+    r.register("bascule_backend_overloaded", over, be_over);
+    let times = "Times the backend reached its connection threshold (max_connections)";
+    r.register("bascule_backend_overloads", times, be_overloads);
 }
 
 /// `bascule_healthcheck_duration_seconds`: the health supervisor's histograms.
@@ -566,6 +576,10 @@ mod tests {
                     check_durations: None,
                     active: true,
                     active_connections: 1,
+                    max_connections: Some(2),
+                    min_connections: Some(1),
+                    overloaded: true,
+                    overloads: 3,
                     connections: 2,
                     packets: 10,
                     bytes: 1000,
@@ -607,6 +621,10 @@ mod tests {
             .as_deref(),
             Some("3")
         );
+        let be = "{service=\"web\",backend=\"10.0.0.11:80\"}";
+        let at = |name: &str| value(&text, &format!("{name}{be}"));
+        assert_eq!(at("bascule_backend_overloaded").as_deref(), Some("1"));
+        assert_eq!(at("bascule_backend_overloads_total").as_deref(), Some("3"));
         assert_eq!(
             value(&text, "bascule_config_reloads_total{result=\"error\"}").as_deref(),
             Some("0")

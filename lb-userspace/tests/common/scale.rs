@@ -254,6 +254,8 @@ fn scale_services(o: &ScaleOptions) -> Vec<Service> {
                             port: None,
                             weight: 1,
                             forwarding: None,
+                            max_connections: None,
+                            min_connections: None,
                             failed_weight: 0,
                         }
                     })

@@ -84,6 +84,10 @@ const CASES: &[(Doc, &str)] = &[
     // Integers out of range.
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n  - name: web2\n    vip: 10.0.0.2\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        weight: 70000\n"), "bascule.yaml:13:17: services[1].backends[0].weight: 70000 is out of range, expected 0..=65535"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        weight: -1\n"), "bascule.yaml:10:17: services[0].backends[0].weight: -1 is out of range, expected 0..=65535"),
+    // Connection thresholds.
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        min_connections: 3\n"), "bascule.yaml:10:26: services[0].backends[0].min_connections: min_connections needs max_connections (the threshold it is the lower end of)"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        max_connections: 5\n        min_connections: 8\n"), "bascule.yaml:11:26: services[0].backends[0].min_connections: 8 is above max_connections (5), expected at most 5"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        max_connections: 0\n"), "bascule.yaml:10:26: services[0].backends[0].max_connections: 0 is out of range, expected 1..=4294967295"),
 
     // The Maglev table size must be a prime.
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    maglev_table_size: 65536\n"), "bascule.yaml:8:24: services[0].maglev_table_size: 65536 is not prime, expected a prime number up to 65537 (e.g. 251, 4093, 65521, 65537)"),
