@@ -53,6 +53,13 @@ impl Datapath {
         let now = monotonic_ns();
         let mut result = Reconciled::default();
         let mut expired: Vec<(FlowKey, FlowState)> = Vec::new();
+        let ids: Vec<u32> = self
+            .applied
+            .as_ref()
+            .map(|p| p.backends.iter().map(|b| b.id).collect())
+            .unwrap_or_default();
+        let len = ids.iter().map(|&id| id + 1).max().unwrap_or(0);
+        let before = self.active_upto(len)?;
         let flows = self.flows(None)?;
         for (set, way, FlowEntry { key: k, state: v }) in flows.entries() {
             if idle_past_timeout(&k, &v, now, tcp_timeout_ns, udp_timeout_ns) {
@@ -91,17 +98,51 @@ impl Datapath {
             }
         }
         result.expired = expired.len();
-        let ids: Vec<u32> = self
-            .applied
-            .as_ref()
-            .map(|p| p.backends.iter().map(|b| b.id).collect())
-            .unwrap_or_default();
+        // Flows that started while the table was walked may be in sets walked before
+        // they were, and a plain rewrite would lose them (a backend at its connection
+        // threshold would take more). Two upper bounds of the true count: the walk's
+        // count plus the datapath's increments since it began, and the datapath's own
+        // count (exact but for flows that vanished without FIN: what this pass is for).
+        // The lower of the two is written: it errs upwards only by flows that started or
+        // ended during the walk, until the next pass.
+        let after = self.active_upto(len)?;
         let counts: Vec<u64> = ids
             .iter()
-            .map(|id| result.active.get(id).copied().unwrap_or(0))
+            .map(|&id| {
+                let i = id as usize;
+                let now = after.get(i).copied().unwrap_or(0);
+                let walked = result.active.get(&id).copied().unwrap_or(0);
+                now.min(walked + now.saturating_sub(before[i]))
+            })
             .collect();
+        for (id, count) in ids.iter().zip(&counts) {
+            result.active.insert(*id, *count);
+        }
         self.write_array("ACTIVE", &ids, &counts)?;
         Ok(result)
+    }
+
+    /// `ACTIVE` of ids `0..len`, read with one BPF_MAP_LOOKUP_BATCH (one lookup per id if
+    /// the kernel refuses batches).
+    fn active_upto(&mut self, len: u32) -> Result<Vec<u64>> {
+        use std::os::fd::{AsFd, AsRawFd};
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let fd = match self.map("ACTIVE")? {
+            aya::maps::Map::Array(data) => data.fd().as_fd().as_raw_fd(),
+            _ => return Err(anyhow!("map ACTIVE is not an array")),
+        };
+        let mut keys = vec![0u32; len as usize];
+        let mut values = vec![0u64; len as usize];
+        match super::syscall::lookup_batch(fd, &mut keys, &mut values) {
+            Ok(read) if read == len as usize => Ok(values),
+            Ok(read) => Err(anyhow!("map ACTIVE has {read} entries, not {len}")),
+            Err(e) if super::syscall::batch_refused(&e) => {
+                (0..len).map(|id| self.active_connections(id)).collect()
+            }
+            Err(e) => Err(e).context("cannot read map ACTIVE"),
+        }
     }
 
     /// The connection table's live entries, those `reconcile` would keep, counted without
