@@ -15,6 +15,10 @@ pub mod maglev;
 
 /// Outer size of the Maglev array-of-maps: the most services one node can hold.
 pub const MAX_SERVICES: u32 = 1024;
+/// Entries of the service maps (`SERVICES`, `SERVICES4`): one per (address, port,
+/// protocol) of every service. A service with several addresses (`vips`) or ports
+/// (`ports`) takes one per pair, all naming the same service id.
+pub const MAX_SERVICE_KEYS: u32 = 16_384;
 /// Size of the backend array: every backend of every service has one slot.
 pub const MAX_BACKENDS: u32 = 131_072;
 /// Entries of each service's lookup table (inner map): the Maglev table for mh. A prime, so that every

@@ -9,18 +9,21 @@ use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
     NatSet, NextHop, PersistKey, PersistState, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4,
     Settings, SyncReport, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
-    NEXT_HOP_SLOTS, REASON_COUNT, SYNC_RING_BYTES, TABLE_CELLS, TABLE_MAP_FLAGS,
+    MAX_SERVICE_KEYS, NEXT_HOP_SLOTS, REASON_COUNT, SYNC_RING_BYTES, TABLE_CELLS, TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.
+/// A service with several addresses or ports has an entry for each (same `ServiceInfo`).
 #[btf_map]
-pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
+pub static SERVICES: HashMap<ServiceKey, ServiceInfo, { MAX_SERVICE_KEYS as usize }> =
+    HashMap::new();
 
 /// The same for IPv4 VIPs, with the compact key: the kernel hashes the whole key on every
 /// lookup (new flows, and flows whose `SERVICE_ENTRIES` slot does not select them), and a
 /// 20-byte key cost ~6 ns more.
 #[btf_map]
-pub static SERVICES4: HashMap<ServiceKey4, ServiceInfo, { MAX_SERVICES as usize }> = HashMap::new();
+pub static SERVICES4: HashMap<ServiceKey4, ServiceInfo, { MAX_SERVICE_KEYS as usize }> =
+    HashMap::new();
 
 /// Service id -> its key and info (`lb_common::ServiceEntry`), for the packets of
 /// established flows: their connection-table entry names the service, and an array slot
@@ -117,7 +120,7 @@ pub static FRAGS: LruHashMap<FragKey, FragState, 65_536> = LruHashMap::new();
 /// VIP addresses (any port): ICMP echo to them is answered, ICMP errors about their flows
 /// are steered to the flow's backend.
 #[btf_map]
-pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICES as usize }> = HashMap::new();
+pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICE_KEYS as usize }> = HashMap::new();
 
 /// Active connections per backend id (shared by all CPUs, atomic updates), for the load
 /// schedulers. Userspace rewrites it from the connection table every few seconds so that

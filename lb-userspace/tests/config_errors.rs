@@ -48,7 +48,7 @@ fn missing_file() {
 #[test]
 fn each_bad_config_fails_at_its_line_and_column() {
     let cases: &[(&str, &str)] = &[
-        ("unknown-key.yaml", "8:5: services[0].schedular: unknown key (did you mean \"scheduler\"?), expected one of: name, vip, port, protocol, scheduler, forwarding, persistence, sorry_server, maglev_table_size, backends, health_check"),
+        ("unknown-key.yaml", "8:5: services[0].schedular: unknown key (did you mean \"scheduler\"?), expected one of: name, vip, vips, port, ports, protocol, scheduler, forwarding, persistence, sorry_server, maglev_table_size, backends, health_check"),
         ("wrong-type.yaml", "7:11: services[0].port: expected an integer in 0..=65535, found the string \"eighty\""),
         ("weight-out-of-range.yaml", "10:17: services[0].backends[0].weight: 70000 is out of range, expected 0..=65535"),
         ("duplicate-service.yaml", "8:5: services[1]: duplicate service 10.0.0.100:80/tcp, already defined by services[0] (\"web\") at line 5"),

@@ -84,7 +84,8 @@ impl Cx<'_> {
         let Some(announce) = &config.announce else {
             return;
         };
-        let service_vips: BTreeSet<IpAddr> = config.services.iter().map(|s| s.vip).collect();
+        let service_vips: BTreeSet<IpAddr> =
+            config.services.iter().flat_map(|s| s.addresses()).collect();
         let vips_path = P::Key(&P::Key(&P::Root, "announce"), "vips");
         for (i, vip) in announce.vips.iter().enumerate() {
             if service_vips.contains(vip) {

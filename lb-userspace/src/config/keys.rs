@@ -21,7 +21,9 @@ pub(super) const CONNTRACK_KEYS: &[&str] = &["max_entries", "tcp_timeout", "udp_
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name",
     "vip",
+    "vips",
     "port",
+    "ports",
     "protocol",
     "scheduler",
     "forwarding",

@@ -15,7 +15,8 @@
 //! Files: `schema.rs` the public types; `keys.rs` the keys each mapping accepts
 //! ([`SCHEMA`]); `keywords.rs` the names of enum values; `units.rs` durations and payloads;
 //! `yaml.rs` the tree, paths and the structural readers; `scalars.rs` the readers of single
-//! values; `convert.rs` the root and the small sections; `services.rs`, `health_check.rs`,
+//! values; `convert.rs` the root and the small sections; `services.rs` (with `endpoints.rs`, a
+//! service's addresses and ports), `health_check.rs`,
 //! `vrrp.rs`, `announce.rs`, `sync.rs` their sections; `tracking.rs` the VRRP scripts, the sync groups
 //! and what ties them to instances; `errors.rs` [`ConfigError`]; `unsupported.rs` and
 //! `host_checks.rs` the checks of a parsed configuration against this build and this node;
@@ -24,6 +25,7 @@
 mod announce;
 mod chunked;
 mod convert;
+mod endpoints;
 mod errors;
 mod health_check;
 mod host_checks;

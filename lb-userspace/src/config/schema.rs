@@ -130,6 +130,75 @@ pub struct Service {
     pub maglev_table_size: u32,
     pub backends: Vec<Backend>,
     pub health_check: Option<HealthCheck>,
+    /// More addresses (`vips:`), beside `vip`: every address takes every port, with one
+    /// table and one set of counters (keepalived's `virtual_server_group`). Without `vip`
+    /// in the file, `vip` is the first of them and this the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<IpAddr>,
+    /// More ports (`ports:`), beside `port`: single ports and ranges. Without `port` in
+    /// the file, `port` is the first of them and this the rest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortRange>,
+}
+
+impl Service {
+    /// Every address of the service: `vip`, then `vips`.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        std::iter::once(self.vip).chain(self.vips.iter().copied())
+    }
+
+    /// Every port of the service: `port` (0: all ports), then each port of `ports`.
+    pub fn all_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        std::iter::once(self.port).chain(self.ports.iter().flat_map(|r| r.lo..=r.hi))
+    }
+
+    /// How many (address, port) pairs select the service.
+    pub fn endpoint_count(&self) -> usize {
+        let ports = 1 + self.ports.iter().map(PortRange::len).sum::<usize>();
+        (1 + self.vips.len()) * ports
+    }
+}
+
+/// A port or an inclusive range of ports (`80`, `"8000-8099"`) of `services[].ports`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> usize {
+        usize::from(self.hi - self.lo) + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.lo <= other.hi && other.lo <= self.hi
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// A single port as a number, a range as its string.
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.collect_str(self)
+        }
+    }
 }
 
 /// One real server (`services[i].backends[j]`).

@@ -16,6 +16,7 @@ use super::schema::{
     DEFAULT_MAGLEV_TABLE_SIZE,
 };
 use super::yaml::{pos_of, Obj, Pos, P, Y};
+use lb_common::MAX_SERVICE_KEYS;
 
 /// A service as converted, with the positions its cross-checks need.
 pub(super) struct SvcDraft {
@@ -28,8 +29,12 @@ impl Cx<'_> {
     pub(super) fn service(&mut self, y: &Y, path: &P) -> Option<SvcDraft> {
         let o = self.obj(y, path, SERVICE_KEYS)?;
         let name = self.req_field(&o, path, "name", Self::service_name);
-        let vip = self.req_field(&o, path, "vip", Self::ip);
-        let port = self.req_field(&o, path, "port", |cx, y, p| cx.u16(y, p, 0));
+        let endpoints = self.endpoints(&o, path);
+        let (vip, port) = match &endpoints {
+            Some(e) => (Some(e.vip), Some(e.port)),
+            None => (None, None),
+        };
+        let several_ports = endpoints.as_ref().is_some_and(|e| !e.ports.is_empty());
         let protocol = self.field(&o, path, "protocol", Protocol::Tcp, Self::keyword);
         let scheduler = self.field(&o, path, "scheduler", Scheduler::Mh, Self::keyword);
         let forwarding = self.field(&o, path, "forwarding", Forwarding::Dr, Self::keyword);
@@ -51,6 +56,7 @@ impl Cx<'_> {
                 let ctx = BackendCtx {
                     vip,
                     port,
+                    several_ports,
                     forwarding: fwd,
                 };
                 self.list(o.opt("backends"), &backends_path, "backends", |cx, y, p| {
@@ -60,10 +66,9 @@ impl Cx<'_> {
             _ => None,
         };
 
-        let (name, vip, port, protocol, scheduler, forwarding, persistence) = (
+        let (name, endpoints, protocol, scheduler, forwarding, persistence) = (
             name?,
-            vip?,
-            port?,
+            endpoints?,
             protocol?,
             scheduler?,
             forwarding?,
@@ -75,8 +80,8 @@ impl Cx<'_> {
             backends?.into_iter().unzip();
         let svc = Service {
             name,
-            vip,
-            port,
+            vip: endpoints.vip,
+            port: endpoints.port,
             protocol,
             scheduler,
             forwarding,
@@ -85,6 +90,8 @@ impl Cx<'_> {
             maglev_table_size,
             backends,
             health_check,
+            vips: endpoints.vips,
+            ports: endpoints.ports,
         };
         if !self.service_rules(&o, path, &svc, &backend_pos) {
             return None;
@@ -218,6 +225,7 @@ impl Cx<'_> {
         let mut ok = self.connection_thresholds(&o, path, max_connections, min_connections);
         if port.is_some() {
             let why = match eff {
+                Forwarding::Nat if s.several_ports => Some("backend port cannot be used when the service has several ports: NAT then keeps the client's destination port"),
                 Forwarding::Nat if s.port == 0 => Some("backend port cannot be used when the service port is 0 (all ports): NAT then keeps the client's destination port"),
                 Forwarding::Nat => None,
                 Forwarding::Dr | Forwarding::Tun => Some("backend port is only used with forwarding: nat; dr and tun keep the VIP port"),
@@ -276,28 +284,46 @@ impl Cx<'_> {
         false
     }
 
-    /// Cross-service checks: duplicate (vip, port, protocol) and duplicate names.
+    /// Cross-service checks: an (address, port, protocol) of two services, too many of
+    /// them, and duplicate names.
     pub(super) fn check_services(&mut self, drafts: Vec<SvcDraft>) -> Vec<SvcDraft> {
         let mut by_key: HashMap<(IpAddr, u16, Protocol), usize> = HashMap::new();
         let mut by_name: HashMap<&str, usize> = HashMap::new();
         let mut errors = Vec::new();
+        let mut endpoints = 0;
         for (i, d) in drafts.iter().enumerate() {
             let s = &d.svc;
             let path_items = P::Key(&P::Root, "services");
-            if let Some(&first) = by_key.get(&(s.vip, s.port, s.protocol)) {
+            endpoints += s.endpoint_count();
+            if endpoints > MAX_SERVICE_KEYS as usize {
+                errors.push((
+                    d.loc.item,
+                    P::Idx(&path_items, i).to_string(),
+                    format!(
+                        "the services up to this one have {endpoints} (address, port) pairs; this build holds at most {MAX_SERVICE_KEYS}"
+                    ),
+                ));
+                break;
+            }
+            let taken = s
+                .addresses()
+                .flat_map(|a| s.all_ports().map(move |p| (a, p)))
+                .find_map(|(a, p)| match by_key.insert((a, p, s.protocol), i) {
+                    Some(first) if first != i => Some((a, p, first)),
+                    _ => None,
+                });
+            if let Some((addr, port, first)) = taken {
                 errors.push((
                     d.loc.item,
                     P::Idx(&path_items, i).to_string(),
                     format!(
                         "duplicate service {}/{}, already defined by services[{first}] (\"{}\") at line {}",
-                        SocketAddr::new(s.vip, s.port),
+                        SocketAddr::new(addr, port),
                         s.protocol,
                         drafts[first].svc.name,
                         drafts[first].loc.item.line
                     ),
                 ));
-            } else {
-                by_key.insert((s.vip, s.port, s.protocol), i);
             }
             if let Some(&first) = by_name.get(s.name.as_str()) {
                 errors.push((
@@ -328,6 +354,8 @@ impl Cx<'_> {
 struct BackendCtx {
     vip: IpAddr,
     port: u16,
+    /// `ports:` adds ports to `port`.
+    several_ports: bool,
     forwarding: Forwarding,
 }
 

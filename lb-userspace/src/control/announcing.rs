@@ -82,14 +82,12 @@ pub fn vip_facts(config: &Config, plan: &Plan) -> Vec<VipFacts> {
             b.info.flags & BACKEND_ACTIVE != 0 && b.info.weight > 0
         };
         let configured = svc.backends.len().min(backends.len());
-        pairs.push((
-            svc.vip,
-            ServiceFacts {
-                name: svc.name.clone(),
-                backends_up: backends[..configured].iter().filter(serving).count(),
-                sorry_server: backends[configured..].iter().any(|b| serving(&b)),
-            },
-        ));
+        let facts = ServiceFacts {
+            name: svc.name.clone(),
+            backends_up: backends[..configured].iter().filter(serving).count(),
+            sorry_server: backends[configured..].iter().any(|b| serving(&b)),
+        };
+        pairs.extend(svc.addresses().map(|vip| (vip, facts.clone())));
     }
     announce::vip_facts(pairs)
 }

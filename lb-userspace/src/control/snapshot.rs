@@ -80,6 +80,11 @@ pub struct ServiceStatus {
     pub vip: IpAddr,
     /// 0: every port.
     pub port: u16,
+    /// More addresses and ports (`vips`, `ports`: `80`, `8000-8099`) of the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
     pub protocol: String,
     pub scheduler: String,
     pub forwarding: String,
@@ -95,9 +100,18 @@ pub struct ServiceStatus {
 }
 
 impl ServiceStatus {
-    /// `VIP:PORT` (`[v6]:PORT`), or the bare VIP for an all-ports service.
+    /// `VIP:PORT` (`[v6]:PORT`), or the bare VIP for an all-ports service; then its other
+    /// ports (`,8000-8099`) and how many other addresses it has (` +2`).
     pub fn endpoint(&self) -> String {
-        endpoint(self.vip, self.port)
+        let mut e = endpoint(self.vip, self.port);
+        for p in &self.ports {
+            e.push(',');
+            e.push_str(p);
+        }
+        if !self.vips.is_empty() {
+            e.push_str(&format!(" +{}", self.vips.len()));
+        }
+        e
     }
 }
 
@@ -392,6 +406,8 @@ impl Controller {
             name: svc.name.clone(),
             vip: svc.vip,
             port: svc.port,
+            vips: svc.vips.clone(),
+            ports: svc.ports.iter().map(|p| p.to_string()).collect(),
             protocol: svc.protocol.to_string(),
             scheduler: svc.scheduler.to_string(),
             forwarding: svc.forwarding.to_string(),

@@ -251,6 +251,7 @@ impl SavedState {
                 .map(|s| PlannedService {
                     name: s.name.clone(),
                     key: Default::default(),
+                    more_keys: Vec::new(),
                     info: lb_common::ServiceInfo {
                         id: s.id,
                         ..Default::default()

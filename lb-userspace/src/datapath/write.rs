@@ -136,7 +136,8 @@ impl Datapath {
         let vips = |p: &Plan| -> BTreeSet<(u8, [u32; 4])> {
             p.services
                 .iter()
-                .map(|s| (s.key.family, s.key.addr))
+                .flat_map(|s| s.keys())
+                .map(|k| (k.family, k.addr))
                 .collect()
         };
         let (new, old) = (vips(plan), vips(previous));
@@ -171,19 +172,24 @@ impl Datapath {
                 .into_iter()
                 .unzip();
         self.write_array("SERVICE_ENTRIES", &ids, &entries)?;
-        let written: StdHashMap<ServiceKey, &ServiceInfo> =
-            previous.services.iter().map(|s| (s.key, &s.info)).collect();
+        let written: StdHashMap<ServiceKey, &ServiceInfo> = previous
+            .services
+            .iter()
+            .flat_map(|s| s.keys().map(move |k| (*k, &s.info)))
+            .collect();
         for svc in &plan.services {
-            if written.get(&svc.key) == Some(&&svc.info) {
-                continue;
+            for key in svc.keys() {
+                if written.get(key) == Some(&&svc.info) {
+                    continue;
+                }
+                self.insert_service(key, svc.info)
+                    .with_context(|| format!("service {}", svc.name))?;
             }
-            self.insert_service(&svc.key, svc.info)
-                .with_context(|| format!("service {}", svc.name))?;
         }
-        let keys: HashSet<ServiceKey> = plan.services.iter().map(|s| s.key).collect();
-        for old in &previous.services {
-            if !keys.contains(&old.key) {
-                let _ = self.remove_service(&old.key);
+        let keys = planned_keys(plan);
+        for old in previous.services.iter().flat_map(|s| s.keys()) {
+            if !keys.contains(old) {
+                let _ = self.remove_service(old);
             }
         }
         Ok(())
@@ -332,16 +338,17 @@ impl Datapath {
             settings.set(0, plan.settings, 0)?;
         }
         let mut stale = 0;
+        let keys = planned_keys(plan);
         for (k, placed) in self.service_keys()? {
             if !placed {
                 // An IPv4 service a build before `SERVICES4` wrote: never looked up there.
                 let mut m: HashMap<_, ServiceKey, ServiceInfo> =
                     HashMap::try_from(self.map("SERVICES")?)?;
                 let _ = m.remove(&k);
-                if !plan.services.iter().any(|s| s.key == k) {
+                if !keys.contains(&k) {
                     stale += 1;
                 }
-            } else if !plan.services.iter().any(|s| s.key == k) {
+            } else if !keys.contains(&k) {
                 let _ = self.remove_service(&k);
                 stale += 1;
             }
@@ -351,10 +358,9 @@ impl Datapath {
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| {
-                !plan
-                    .services
+                !keys
                     .iter()
-                    .any(|s| s.key.addr == k.addr && s.key.family == k.family)
+                    .any(|s| s.addr == k.addr && s.family == k.family)
             })
             .collect();
         for k in &stale_vips {
@@ -374,4 +380,13 @@ impl Datapath {
         }
         Ok((stale, cleared))
     }
+}
+
+/// Every key of the service maps a plan has.
+fn planned_keys(plan: &Plan) -> HashSet<ServiceKey> {
+    plan.services
+        .iter()
+        .flat_map(|s| s.keys())
+        .copied()
+        .collect()
 }

@@ -42,7 +42,11 @@ pub type MacTable = HashMap<IpAddr, [u8; 6]>;
 #[derive(Clone, Debug, PartialEq)]
 pub struct PlannedService {
     pub name: String,
+    /// The service's first (address, port, protocol): `vip` and `port`.
     pub key: ServiceKey,
+    /// Its other (address, port) pairs (`vips`, `ports`), each a key of the service maps
+    /// naming the same service.
+    pub more_keys: Vec<ServiceKey>,
     pub info: ServiceInfo,
     /// Lookup table (see `tables` and [`Table`]): slot -> backend id (`NO_BACKEND` when
     /// none).
@@ -78,6 +82,13 @@ impl ServiceSource {
                 .iter()
                 .zip(&self.macs)
                 .all(|(b, m)| macs.get(&b.address) == m.as_ref())
+    }
+}
+
+impl PlannedService {
+    /// Every key of the service maps that names this service: `key`, then `more_keys`.
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        std::iter::once(&self.key).chain(&self.more_keys)
     }
 }
 
@@ -261,9 +272,15 @@ fn plan_service(
             info,
         });
     }
+    let proto = svc.protocol.ip_proto();
     let service = PlannedService {
         name: svc.name.clone(),
-        key: ServiceKey::new(svc.vip, svc.port, svc.protocol.ip_proto()),
+        key: ServiceKey::new(svc.vip, svc.port, proto),
+        more_keys: svc
+            .addresses()
+            .flat_map(|a| svc.all_ports().map(move |p| ServiceKey::new(a, p, proto)))
+            .skip(1)
+            .collect(),
         info: ServiceInfo {
             id,
             table_size: 0,

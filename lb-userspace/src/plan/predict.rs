@@ -15,10 +15,8 @@ pub fn service_for<'p>(plan: &'p Plan, flow: &FlowKey) -> Option<&'p PlannedServ
         family: flow.family,
     };
     let any_port = ServiceKey { port: 0, ..exact };
-    plan.services
-        .iter()
-        .find(|s| s.key == exact)
-        .or_else(|| plan.services.iter().find(|s| s.key == any_port))
+    let named = |key: ServiceKey| plan.services.iter().find(|s| s.keys().any(|k| *k == key));
+    named(exact).or_else(|| named(any_port))
 }
 
 /// The backend a new flow gets: the same computation as the datapath's (flow hash, then

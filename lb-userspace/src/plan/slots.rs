@@ -13,8 +13,9 @@ use super::PlannedService;
 pub fn service_entries(services: &[PlannedService]) -> Vec<(u32, ServiceEntry)> {
     let with_ports: HashSet<(u8, [u32; 4], u8)> = services
         .iter()
-        .filter(|s| s.key.port != 0)
-        .map(|s| (s.key.family, s.key.addr, s.key.proto))
+        .flat_map(|s| s.keys())
+        .filter(|k| k.port != 0)
+        .map(|k| (k.family, k.addr, k.proto))
         .collect();
     services
         .iter()

@@ -128,6 +128,49 @@ mod ids_and_tables {
     }
 
     #[test]
+    fn several_addresses_and_ports_are_keys_of_one_service() {
+        let yaml = concat!(
+            web_yaml!(),
+            r#"  - name: group
+    vips: [10.0.0.101, 10.0.0.102]
+    ports: [80, "8000-8002"]
+    backends: [{ address: 10.0.0.13 }]
+  - name: any
+    vip: 10.0.0.102
+    port: 0
+    backends: [{ address: 10.0.0.13 }]
+"#
+        );
+        let config = Config::parse(yaml, "test.yaml").expect("valid config");
+        let p = plan(&config, &MacTable::new(), TunnelSources::default(), None).unwrap();
+        let group = p.services.iter().find(|s| s.name == "group").unwrap();
+        let key = |vip: &str, port: u16| ServiceKey::new(vip.parse().unwrap(), port, 6);
+        assert_eq!(group.key, key("10.0.0.101", 80));
+        let mut want = Vec::new();
+        for vip in ["10.0.0.101", "10.0.0.102"] {
+            for port in [80, 8000, 8001, 8002] {
+                want.push(key(vip, port));
+            }
+        }
+        assert_eq!(group.keys().copied().collect::<Vec<_>>(), want);
+        // A flow to any of them is the group's; another port of the second VIP is `any`'s,
+        // which the group's ports shadow.
+        let flow = |vip: &str, port: u16| {
+            lb_common::FlowKey::new(
+                "10.9.0.1:40000".parse().unwrap(),
+                std::net::SocketAddr::new(vip.parse().unwrap(), port),
+                6,
+            )
+        };
+        let name = |f| super::super::service_for(&p, &f).map(|s| s.name.as_str());
+        assert_eq!(name(flow("10.0.0.102", 8001)), Some("group"));
+        assert_eq!(name(flow("10.0.0.102", 9000)), Some("any"));
+        let entries = service_entries(&p.services);
+        let any = p.services.iter().position(|s| s.name == "any").unwrap();
+        assert_eq!(entries[any].1.shadowed, 1);
+    }
+
+    #[test]
     fn ids_tables_and_keys() {
         let mut macs = MacTable::new();
         macs.insert("10.0.0.11".parse().unwrap(), [2, 0, 0, 0, 0, 0x11]);

@@ -555,6 +555,8 @@ mod tests {
                 name: "web".into(),
                 vip: "10.0.0.100".parse().unwrap(),
                 port: 80,
+                vips: Vec::new(),
+                ports: Vec::new(),
                 protocol: "tcp".into(),
                 scheduler: "mh".into(),
                 forwarding: "dr".into(),

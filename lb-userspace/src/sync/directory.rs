@@ -81,6 +81,16 @@ impl Directory {
                     },
                 );
             }
+            // A peer names a flow by its address and the service's port: every address
+            // (and port) of a service with several.
+            for k in s.more_keys.iter() {
+                let also = ServiceName {
+                    vip: words_addr(k.addr, k.family),
+                    port: u16::from_be(k.port),
+                    proto: k.proto,
+                };
+                d.services.insert(also, local.clone());
+            }
             d.services.insert(name, local);
         }
         d

@@ -261,6 +261,8 @@ fn scale_services(o: &ScaleOptions) -> Vec<Service> {
                     })
                     .collect(),
                 health_check: Some(check.clone()),
+                vips: Vec::new(),
+                ports: Vec::new(),
             }
         })
         .collect()

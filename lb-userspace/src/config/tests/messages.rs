@@ -84,6 +84,15 @@ const CASES: &[(Doc, &str)] = &[
     // Integers out of range.
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n  - name: web2\n    vip: 10.0.0.2\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        weight: 70000\n"), "bascule.yaml:13:17: services[1].backends[0].weight: 70000 is out of range, expected 0..=65535"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        weight: -1\n"), "bascule.yaml:10:17: services[0].backends[0].weight: -1 is out of range, expected 0..=65535"),
+    // Several addresses and ports (`vips`, `ports`).
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    vips: [10.0.0.2, 10.0.0.1]\n    port: 80\n"), "bascule.yaml:7:22: services[0].vips[1]: 10.0.0.1 is listed twice (also vip)"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    vips: [\"fd00::2\"]\n    port: 80\n"), "bascule.yaml:7:12: services[0].vips[0]: fd00::2 is IPv6 but vip 10.0.0.1 is IPv4; the addresses of a service share one family"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    ports: [443, \"8000-8002\", 8001]\n"), "bascule.yaml:8:31: services[0].ports[2]: 8001 overlaps ports[1] (8000-8002)"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    ports: [\"8002-8000\"]\n"), "bascule.yaml:7:13: services[0].ports[0]: \"8002-8000\" is not valid, expected a port (1..=65535) or a range LOW-HIGH of them (e.g. 443 or \"8000-8099\")"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 0\n    ports: [80]\n"), "bascule.yaml:8:12: services[0].ports: ports cannot be combined with port 0 (all ports)"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n  - name: web2\n    vips: [10.0.0.2, 10.0.0.1]\n    ports: [\"79-81\"]\n"), "bascule.yaml:8:5: services[1]: duplicate service 10.0.0.1:80/tcp, already defined by services[0] (\"web\") at line 5"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    ports: [80, 81]\n    forwarding: nat\n    backends:\n      - address: 10.0.0.11\n        port: 8080\n"), "bascule.yaml:11:15: services[0].backends[0].port: backend port cannot be used when the service has several ports: NAT then keeps the client's destination port"),
+    (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    ports: [\"1-65535\"]\n"), "bascule.yaml:5:5: services[0]: the services up to this one have 65535 (address, port) pairs; this build holds at most 16384"),
     // Connection thresholds.
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        min_connections: 3\n"), "bascule.yaml:10:26: services[0].backends[0].min_connections: min_connections needs max_connections (the threshold it is the lower end of)"),
     (AfterNode("services:\n  - name: web\n    vip: 10.0.0.1\n    port: 80\n    backends:\n      - address: 10.0.0.11\n        max_connections: 5\n        min_connections: 8\n"), "bascule.yaml:11:26: services[0].backends[0].min_connections: 8 is above max_connections (5), expected at most 5"),

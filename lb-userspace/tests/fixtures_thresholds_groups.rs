@@ -1,7 +1,8 @@
 //! Connection thresholds (`max_connections` / `min_connections`, IPVS's `-x`/`-y`) through
 //! BPF_PROG_TEST_RUN (see `common::harness`): a backend at its upper threshold takes no
 //! new flow, whatever the scheduler, until its active count falls below the lower one;
-//! its established flows stay.
+//! its established flows stay. And a service with several addresses and ports
+//! (`vips`, `ports`): one table and one set of counters.
 
 mod common;
 
@@ -137,4 +138,43 @@ fn load_schedulers_leave_a_full_backend_out_and_none_when_all_are_full() {
     assert_eq!(v, XDP_PASS);
     close(&mut h, vip, 52001);
     assert_eq!(open(&mut h, vip, 52003), 12);
+}
+
+const GROUP: &str = r#"
+node:
+  interfaces: [{ name: eth0 }]
+services:
+  - { name: group, vips: [10.112.0.150, 10.112.0.151], ports: [80, "8000-8002"],
+      backends: [{ address: 10.111.0.11 }, { address: 10.111.0.12 }, { address: 10.111.0.13 }] }
+"#;
+
+#[test]
+fn a_service_with_several_addresses_and_ports_is_one_table_and_one_set_of_counters() {
+    let mut h = Harness::new(GROUP);
+    let id = h.plan.services[0].info.id;
+    let mut n = 0;
+    for vip in ["10.112.0.150", "10.112.0.151"] {
+        for port in [80, 8000, 8001, 8002] {
+            for sport in 53000..53010 {
+                let f = Frame::tcp(CLIENT, sport, vip, port);
+                // The one Maglev table decides, whichever address and port.
+                let want = match h.predicted(&f) {
+                    IpAddr::V4(a) => a.octets()[3],
+                    IpAddr::V6(_) => unreachable!(),
+                };
+                let (v, out) = h.run(&f.bytes());
+                assert_eq!(to(v, &out), want, "{vip}:{port} from {sport}");
+                // The flow's next packet, through the connection table.
+                let (v, out) = h.run(&f.clone().flags(0x10).bytes());
+                assert_eq!(to(v, &out), want, "{vip}:{port} from {sport}, established");
+                n += 1;
+            }
+        }
+    }
+    let c = h.datapath.service_counters(id).unwrap();
+    assert_eq!((c.new_flows, c.packets), (n, 2 * n));
+    // A port outside the set is not the service's.
+    let (v, out) = h.run(&Frame::tcp(CLIENT, 53000, "10.112.0.150", 8003).bytes());
+    assert_eq!(v, XDP_PASS);
+    assert_eq!(out, Frame::tcp(CLIENT, 53000, "10.112.0.150", 8003).bytes());
 }
