@@ -77,8 +77,8 @@ impl Features {
 pub const SUPPORTED: Features = Features {
     vrrp_scripts: true,
     sync_groups: true,
-    connection_thresholds: false,
-    service_groups: false,
+    connection_thresholds: true,
+    service_groups: true,
 };
 
 /// One import's result.

@@ -55,6 +55,7 @@ pub fn real_server(cx: &mut Cx, c: &Stmt, vs: &Inherited) -> Option<RealServer> 
     };
     let mut own = Inherited::default();
     let mut checker_stmts = Vec::new();
+    let mut thresholds: (Option<&Stmt>, Option<&Stmt>) = (None, None);
     for k in c.children() {
         match k.keyword() {
             "weight" => match k.arg(0).and_then(|w| values::uint(w, 0, i32::MAX as u64)) {
@@ -67,11 +68,17 @@ pub fn real_server(cx: &mut Cx, c: &Stmt, vs: &Inherited) -> Option<RealServer> 
             },
             "lvs_method" | "lb_kind" => rs.forwarding = forwarding(cx, k),
             "uthreshold" | "lthreshold" => {
-                let v = cx.uint_arg(k, 0, u32::MAX as u64).map(|v| v as u32);
+                // 0 is keepalived's "no threshold".
+                let v = cx
+                    .uint_arg(k, 0, u32::MAX as u64)
+                    .map(|v| v as u32)
+                    .filter(|v| *v != 0);
                 if k.keyword() == "uthreshold" {
                     rs.max_connections = v;
+                    thresholds.0 = Some(k);
                 } else {
                     rs.min_connections = v;
+                    thresholds.1 = Some(k);
                 }
                 if v.is_some() && !cx.features.connection_thresholds {
                     let key = if k.keyword() == "uthreshold" { "max_connections" } else { "min_connections" };
@@ -89,6 +96,7 @@ pub fn real_server(cx: &mut Cx, c: &Stmt, vs: &Inherited) -> Option<RealServer> 
             }
         }
     }
+    lower_threshold(cx, &mut rs, thresholds.1);
     let ctx = CheckCtx {
         inherited: own.under(vs),
         vs_delay_loop: vs.delay_loop.unwrap_or(60 * SECOND),
@@ -107,6 +115,28 @@ pub fn real_server(cx: &mut Cx, c: &Stmt, vs: &Inherited) -> Option<RealServer> 
     Some(rs)
 }
 
+/// An `lthreshold` bascule reads as IPVS does: only below an `uthreshold`, and none above
+/// it (IPVS would take new connections again at once).
+fn lower_threshold(cx: &mut Cx, rs: &mut RealServer, stmt: Option<&Stmt>) {
+    let (Some(min), Some(stmt)) = (rs.min_connections, stmt) else {
+        return;
+    };
+    match rs.max_connections {
+        None => {
+            cx.note(
+                stmt,
+                "an lthreshold without uthreshold has no effect (in IPVS either): left out",
+            );
+            rs.min_connections = None;
+        }
+        Some(max) if min > max => {
+            cx.note(stmt, format!("above uthreshold ({max}): min_connections is {max}, IPVS's effect (new connections again as soon as one closes)"));
+            rs.min_connections = Some(max);
+        }
+        Some(_) => {}
+    }
+}
+
 /// The backend a real server with an address becomes in one service, or `None` (reported).
 #[allow(clippy::too_many_arguments)]
 pub fn backend(
@@ -116,7 +146,7 @@ pub fn backend(
     vip: IpAddr,
     fwd: Forwarding,
     single: u16,
-    port_count: usize,
+    ports: &[(u16, u16)],
     backends: &[Backend],
 ) -> Option<Backend> {
     let eff = rs.forwarding.unwrap_or(fwd);
@@ -125,8 +155,12 @@ pub fn backend(
         return None;
     }
     let port = match (eff, rs.port) {
-        (Forwarding::Nat, Some(p)) if p != single && single == 0 && port_count == 1 => {
+        (Forwarding::Nat, Some(p)) if p != single && matches!(ports, [(0, 0)]) => {
             cx.note(&rs.stmt, "NAT keeps the client's destination port on a port-0 service: the real server's port is left out");
+            None
+        }
+        (Forwarding::Nat, Some(p)) if p != single && single == 0 => {
+            cx.note(&rs.stmt, "NAT keeps the client's destination port on a service of several ports (IPVS rewrote each to the real server's): the real server's port is left out");
             None
         }
         (Forwarding::Nat, Some(p)) if p != single => Some(p),

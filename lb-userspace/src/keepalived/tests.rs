@@ -412,3 +412,31 @@ fn names_are_made_valid_and_unique() {
     has(&yaml, "  - name: web\n    vip: 10.0.0.1\n");
     has(&yaml, "  - name: web-2\n    vip: 10.0.0.2\n");
 }
+
+#[test]
+fn thresholds_read_as_ipvs_does_and_nat_over_several_ports_keeps_the_port() {
+    let text = "virtual_server_group G {\n 10.0.0.1 80\n 10.0.0.1 81\n 10.0.0.2\n}\nvirtual_server group G {\n protocol TCP\n lb_kind NAT\n real_server 10.1.0.11 8080 {\n  uthreshold 0\n  lthreshold 5\n }\n real_server 10.1.0.12 8080 {\n  uthreshold 10\n  lthreshold 20\n }\n}\n";
+    let (yaml, report) = import_with(text, Features::ALL);
+    // Port 0 (every port) is a service of its own beside the group's ports.
+    has(
+        &yaml,
+        "  - name: G\n    vip: 10.0.0.1\n    ports: [80-81]\n",
+    );
+    has(&yaml, "  - name: G-2\n    vip: 10.0.0.2\n    port: 0\n");
+    // uthreshold 0 is no threshold; an lthreshold above the uthreshold is IPVS's effect.
+    has(
+        &yaml,
+        "      - address: 10.1.0.11\n        weight: 1\n      # real_server",
+    );
+    has(
+        &yaml,
+        "        max_connections: 10\n        min_connections: 10\n",
+    );
+    has(&report, "t.conf:11: lthreshold 5: an lthreshold without uthreshold has no effect (in IPVS either): left out\n");
+    has(
+        &report,
+        "t.conf:15: lthreshold 20: above uthreshold (10): min_connections is 10",
+    );
+    has(&report, "t.conf:9: real_server 10.1.0.11 8080: NAT keeps the client's destination port on a service of several ports (IPVS rewrote each to the real server's): the real server's port is left out\n");
+    lacks(&yaml, "port: 8080");
+}

@@ -152,16 +152,14 @@ fn assemble(
         let eff = rs.forwarding.unwrap_or(fwd);
         // A named server is no backend, but its checker still counts for the service's.
         let traffic_port = match rs.address {
-            Some(address) => {
-                match backend(cx, rs, address, vip, fwd, single, ports.len(), &backends) {
-                    Some(b) => {
-                        let port = b.port.unwrap_or(single);
-                        backends.push(b);
-                        port
-                    }
-                    None => continue,
+            Some(address) => match backend(cx, rs, address, vip, fwd, single, &ports, &backends) {
+                Some(b) => {
+                    let port = b.port.unwrap_or(single);
+                    backends.push(b);
+                    port
                 }
-            }
+                None => continue,
+            },
             None => rs.port.filter(|_| eff == Forwarding::Nat).unwrap_or(single),
         };
         service_check(cx, rs, traffic_port, &mut check);

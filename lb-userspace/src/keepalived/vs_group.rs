@@ -133,7 +133,11 @@ pub fn plan_services(
             if fam.is_empty() {
                 continue;
             }
-            match sets.iter_mut().find(|(v, _)| *v == fam) {
+            // Port 0 (every port) is a service of its own: bascule takes no other port
+            // beside it.
+            let joins =
+                |v: &Vec<IpAddr>, ports: &Vec<u16>| *v == fam && (port == 0) == ports.contains(&0);
+            match sets.iter_mut().find(|(v, ports)| joins(v, ports)) {
                 Some((_, ports)) => ports.push(port),
                 None => sets.push((fam, vec![port])),
             }
