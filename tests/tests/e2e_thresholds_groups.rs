@@ -1,6 +1,7 @@
 //! Connection thresholds (`max_connections` / `min_connections`) with real, long-lived TCP
 //! connections in a namespace lab: a backend at its threshold takes no new connection
-//! until enough of its own close. The binary comes from `BASCULE_BIN`.
+//! until enough of its own close; a service with several ports balances them with one
+//! table and counts them as one. The binary comes from `BASCULE_BIN`.
 
 use std::{
     collections::BTreeMap,
@@ -149,6 +150,54 @@ fn a_backend_at_max_connections_takes_none_until_below_min_connections() {
         "{text}"
     );
     drop((kept, rest, second));
+    let (status, in_time) = topo.lab.terminate(&daemon).unwrap();
+    assert!(in_time && status.success(), "{}", daemon.log_text());
+}
+
+#[test]
+fn a_service_with_several_ports_balances_them_all_with_one_table() {
+    require_root();
+    let topo = Topology::standard("groups").expect("build the lab");
+    let ports = [80, 8000, 8001, 8002];
+    let mut servers = Vec::new();
+    for b in &topo.backends {
+        for port in ports {
+            let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+            servers.push(tcp_name_server(&b.netns, any, &b.role).expect("server"));
+        }
+    }
+    let yaml = format!(
+        "node:\n  interfaces:\n    - name: eth0\nservices:\n  - name: group\n    vip: {VIP4}\n    ports: [80, \"8000-8002\"]\n    backends:\n      - {{ address: {} }}\n      - {{ address: {} }}\n",
+        topo.backends[0].ipv4().unwrap(),
+        topo.backends[1].ipv4().unwrap()
+    );
+    let daemon = start(&topo, "groups.yaml", &yaml);
+    let mut flows = Vec::new();
+    for port in ports {
+        let answers = connect(&topo, SocketAddr::new(IpAddr::V4(VIP4), port), 12);
+        let seen = count(&answers);
+        println!("port {port}: {seen:?}");
+        assert_eq!(seen.values().sum::<usize>(), 12, "port {port}: {seen:?}");
+        flows.extend(answers);
+    }
+    let all = count(&flows);
+    assert_eq!(all.len(), 2, "both backends serve the ports: {all:?}");
+    // One service: one set of counters for the four ports.
+    std::thread::sleep(Duration::from_millis(300));
+    let text = metrics(&topo);
+    assert_eq!(
+        metric(
+            &text,
+            "bascule_service_connections_total{service=\"group\"}"
+        ),
+        Some(48),
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("bascule_service_connections_total{").count(),
+        1
+    );
+    drop(flows);
     let (status, in_time) = topo.lab.terminate(&daemon).unwrap();
     assert!(in_time && status.success(), "{}", daemon.log_text());
 }
