@@ -8,6 +8,7 @@ mod common;
 
 use std::net::IpAddr;
 
+use bascule::control::{simulate, FlowLookups};
 use common::{harness::*, packet::Frame};
 
 const CONFIG: &str = r#"
@@ -109,6 +110,17 @@ fn mh_hands_a_full_backends_slots_over_and_back() {
             } else {
                 assert_ne!(got, 11, "flow {port}: a fourth connection on .11");
                 moved += 1;
+                // `bascule simulate` knows where the datapath hands the flow over.
+                let seen = FlowLookups {
+                    overloaded: [backend_id(&h, "mh", 11)].into(),
+                    ..FlowLookups::default()
+                };
+                let f = Frame::tcp(CLIENT, port, vip, 80).flow_key();
+                let answer = simulate(&h.plan, &h.config, &f, &seen, &|_| 0);
+                assert_eq!(
+                    answer.address,
+                    Some(format!("10.111.0.{got}").parse().unwrap())
+                );
             }
         } else {
             assert_eq!(got, want, "flow {port}: another backend's slot moved");

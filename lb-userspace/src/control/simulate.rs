@@ -3,12 +3,15 @@
 //! daemon passes what its maps say about the flow, the offline command nothing.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     time::Duration,
 };
 
-use lb_common::{FlowKey, FlowState, PersistState, BACKEND_ACTIVE, NO_BACKEND};
+use lb_common::{
+    hash::probe_hash, FlowKey, FlowState, PersistState, BACKEND_ACTIVE, MAX_TABLE_PROBES,
+    NO_BACKEND,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{requests::ControlError, snapshot::endpoint, Controller};
@@ -43,7 +46,7 @@ pub struct SimulateAnswer {
 }
 
 /// What the datapath's maps say about one flow, read by the caller (all empty offline).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FlowLookups {
     /// The flow's connection-table entry.
     pub conntrack: Option<FlowState>,
@@ -51,6 +54,8 @@ pub struct FlowLookups {
     pub persistence: Option<PersistState>,
     /// The datapath's clock now (`datapath::monotonic_ns`).
     pub now_ns: u64,
+    /// Backend ids at their connection threshold now (`max_connections`): no new flows.
+    pub overloaded: BTreeSet<u32>,
 }
 
 impl SimulateAnswer {
@@ -85,8 +90,9 @@ fn label(b: &PlannedBackend) -> String {
     endpoint(b.address, b.port)
 }
 
-/// A plan's backends as the datapath judges them for a flow.
-struct Backends<'p>(&'p Plan);
+/// A plan's backends as the datapath judges them for a flow (and those at their
+/// connection threshold).
+struct Backends<'p>(&'p Plan, &'p BTreeSet<u32>);
 
 impl<'p> Backends<'p> {
     /// Still serving its established flows: active.
@@ -98,9 +104,10 @@ impl<'p> Backends<'p> {
             .filter(|b| b.info.flags & BACKEND_ACTIVE != 0)
     }
 
-    /// Taking new flows: active, with a weight.
+    /// Taking new flows: active, with a weight, below its connection threshold.
     fn eligible(&self, id: u32) -> Option<&'p PlannedBackend> {
-        self.serving(id).filter(|b| b.info.weight > 0)
+        self.serving(id)
+            .filter(|b| b.info.weight > 0 && !self.1.contains(&b.id))
     }
 }
 
@@ -125,7 +132,7 @@ pub fn simulate(
     let scheduler = cfg.map_or(Scheduler::Mh, |s| s.scheduler);
     answer.service = Some(svc.name.clone());
     answer.scheduler = Some(scheduler.to_string());
-    let backends = Backends(plan);
+    let backends = Backends(plan, &seen.overloaded);
     let prefix = match conntrack(&backends, svc, seen) {
         Conntrack::Hit(b, why) => {
             answer.chose("conntrack", b, why);
@@ -238,9 +245,31 @@ fn by_slot(
     answer.hash = Some(hash);
     let slot = (table_size > 0).then(|| hash % table_size);
     answer.slot = slot;
-    let id = slot
+    let mut id = slot
         .and_then(|s| svc.table.get(s as usize))
         .unwrap_or(NO_BACKEND);
+    let mut handed = String::new();
+    if backends.1.contains(&id) {
+        // The datapath's hand-over: the first other slot whose backend is below its
+        // threshold, by the same probe hashes.
+        let other = (0..MAX_TABLE_PROBES)
+            .map(|i| probe_hash(hash, i) % table_size)
+            .find(|&s| {
+                svc.table
+                    .get(s as usize)
+                    .is_some_and(|b| !backends.1.contains(&b))
+            });
+        handed = format!(
+            " (at its connection threshold: {})",
+            match other {
+                Some(s) => format!("handed over to slot {s}"),
+                None => "no other slot's backend is below its threshold".into(),
+            }
+        );
+        id = other
+            .and_then(|s| svc.table.get(s as usize))
+            .unwrap_or(NO_BACKEND);
+    }
     let what = match scheduler {
         Scheduler::Sh => "source hash",
         Scheduler::Dh => "destination hash",
@@ -249,7 +278,7 @@ fn by_slot(
     match backends.eligible(id) {
         Some(b) => {
             let why = format!(
-                "{prefix}new flow of service {}: {scheduler} {what} {hash:#010x}, slot {} of {table_size}",
+                "{prefix}new flow of service {}: {scheduler} {what} {hash:#010x}, slot {} of {table_size}{handed}",
                 svc.name,
                 slot.unwrap_or(0)
             );
@@ -341,17 +370,30 @@ impl Controller {
                 .map_err(failed)?,
             _ => None,
         };
-        let seen = FlowLookups {
-            conntrack,
-            persistence,
-            now_ns: datapath::monotonic_ns(),
-        };
         let loads: HashMap<u32, u64> = self
             .plan
             .backends
             .iter()
             .map(|b| (b.id, self.datapath.active_connections(b.id).unwrap_or(0)))
             .collect();
+        let overloaded = self
+            .plan
+            .backends
+            .iter()
+            .filter(|b| b.info.max_conns != 0)
+            .filter(|b| {
+                let was = self.datapath.overload_state(b.id).is_ok_and(|(was, _)| was);
+                b.info
+                    .overloaded(was, loads.get(&b.id).copied().unwrap_or(0))
+            })
+            .map(|b| b.id)
+            .collect();
+        let seen = FlowLookups {
+            conntrack,
+            persistence,
+            now_ns: datapath::monotonic_ns(),
+            overloaded,
+        };
         let active = |id: u32| loads.get(&id).copied().unwrap_or(0);
         Ok(simulate(&self.plan, &self.config, &flow, &seen, &active))
     }

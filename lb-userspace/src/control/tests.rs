@@ -381,6 +381,7 @@ fn simulate_explains_conntrack_and_scheduler_choices() {
         conntrack: Some(st),
         persistence: None,
         now_ns: now,
+        overloaded: Default::default(),
     };
     let hit = simulate(
         &p,
@@ -484,6 +485,7 @@ fn simulate_persistence_and_other_schedulers() {
             last_seen: now - 60_000_000_000,
         }),
         now_ns: now,
+        overloaded: Default::default(),
     };
     let kept = simulate(&p, &c, &flow, &seen, &none);
     assert_eq!(kept.reason, "persistence");
