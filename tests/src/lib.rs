@@ -17,6 +17,7 @@ pub mod bgp;
 pub mod http;
 pub mod interrupt;
 pub mod lab;
+pub mod metrics;
 pub mod product;
 pub mod scale_out;
 pub mod tcp;

@@ -5,16 +5,16 @@
 
 use std::{
     fmt::Write as _,
-    io::Write as _,
     net::{IpAddr, SocketAddr, UdpSocket},
     path::Path,
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use bascule_tests::{
-    bascule_bin, http_get_from, http_request, in_netns, require_root,
+    bascule_bin, http_get_from, http_request, in_netns,
+    metrics::{self, promtool_accepts},
+    require_root,
     topology::{vip4, vip6, VIP4},
     traffic::{
         open_tcp_flows, open_udp_flows, tcp_name_server, udp_name_server, FlowRecord, Prober,
@@ -109,20 +109,6 @@ fn cli(topo: &Topology, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn metrics(topo: &Topology) -> String {
-    let (status, body) = topo
-        .api(&topo.lbs[0], "GET", "/metrics", None)
-        .expect("GET /metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body
-}
-
-/// The value of one series (`name{labels}` exactly as exposed).
-fn metric(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 fn assert_no_flow_lost(what: &str, records: &[FlowRecord]) {
     let lost: Vec<&FlowRecord> = records.iter().filter(|r| r.lost()).collect();
     assert!(
@@ -202,14 +188,14 @@ fn reload_applies_only_the_difference_and_refuses_a_broken_config() {
         answers(7002).is_ok(),
         "b still answers after a refused reload"
     );
-    let m = metrics(&topo);
+    let m = metrics::scrape(&topo);
     assert_eq!(
-        metric(&m, "bascule_config_reloads_total{result=\"error\"}"),
+        metrics::value(&m, "bascule_config_reloads_total{result=\"error\"}"),
         Some(1),
         "{m}"
     );
     assert_eq!(
-        metric(&m, "bascule_config_reloads_total{result=\"ok\"}"),
+        metrics::value(&m, "bascule_config_reloads_total{result=\"ok\"}"),
         Some(1),
         "{m}"
     );
@@ -240,8 +226,8 @@ fn reload_applies_only_the_difference_and_refuses_a_broken_config() {
     );
     assert!(answers(7002).is_ok(), "b still answers");
     assert_eq!(
-        metric(
-            &metrics(&topo),
+        metrics::value(
+            &metrics::scrape(&topo),
             "bascule_config_reloads_total{result=\"error\"}"
         ),
         Some(2)
@@ -264,8 +250,8 @@ fn reload_applies_only_the_difference_and_refuses_a_broken_config() {
         daemon.log_text()
     );
     assert_eq!(
-        metric(
-            &metrics(&topo),
+        metrics::value(
+            &metrics::scrape(&topo),
             "bascule_config_reloads_total{result=\"ok\"}"
         ),
         Some(2)
@@ -450,10 +436,10 @@ fn metrics_count_exactly_what_was_sent_and_pass_promtool() {
     };
     let label = |i: usize| format!("{}:7005", topo.backends[i].ipv4().unwrap());
 
-    let text = metrics(&topo);
-    let svc = |name: &str| metric(&text, &format!("{name}{{service=\"m\"}}"));
+    let text = metrics::scrape(&topo);
+    let svc = |name: &str| metrics::value(&text, &format!("{name}{{service=\"m\"}}"));
     let be = |name: &str, i: usize| {
-        metric(
+        metrics::value(
             &text,
             &format!("{name}{{service=\"m\",backend=\"{}\"}}", label(i)),
         )
@@ -493,27 +479,27 @@ fn metrics_count_exactly_what_was_sent_and_pass_promtool() {
     assert_eq!(be("bascule_backend_weight", hit), Some(1), "{text}");
     assert_eq!(be("bascule_backend_up", hit), Some(1), "{text}");
     assert_eq!(
-        metric(&text, "bascule_conntrack_misses_total"),
+        metrics::value(&text, "bascule_conntrack_misses_total"),
         Some(1),
         "{text}"
     );
     assert_eq!(
-        metric(&text, "bascule_conntrack_evictions_total"),
+        metrics::value(&text, "bascule_conntrack_evictions_total"),
         Some(0),
         "{text}"
     );
     // The flow's entry, counted at the scrape (not at the last 5-second reconciliation).
     assert_eq!(
-        metric(&text, "bascule_conntrack_entries"),
+        metrics::value(&text, "bascule_conntrack_entries"),
         Some(1),
         "{text}"
     );
     assert!(
-        metric(&text, "bascule_xdp_packets_total{action=\"tx\"}").unwrap_or(0) >= PACKETS,
+        metrics::value(&text, "bascule_xdp_packets_total{action=\"tx\"}").unwrap_or(0) >= PACKETS,
         "{text}"
     );
     assert_eq!(
-        metric(
+        metrics::value(
             &text,
             &format!(
                 "bascule_build_info{{version=\"{}\"}}",
@@ -528,26 +514,7 @@ fn metrics_count_exactly_what_was_sent_and_pass_promtool() {
         label(hit)
     );
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; `cargo xtask setup` installs it)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_accepts(&text);
 
     // The JSON of `bascule status` shows the same numbers.
     let (code, json, err) = cli(&topo, &["status", "--json"]);

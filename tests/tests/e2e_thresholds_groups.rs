@@ -10,7 +10,9 @@ use std::{
 };
 
 use bascule_tests::{
-    bascule_bin, require_root,
+    bascule_bin,
+    metrics::{self, promtool_accepts},
+    require_root,
     topology::VIP4,
     traffic::{open_tcp_flows, tcp_name_server, Flow},
     Spawned, Topology,
@@ -72,19 +74,6 @@ fn count(answers: &[(String, Flow)]) -> BTreeMap<String, usize> {
     })
 }
 
-fn metrics(topo: &Topology) -> String {
-    let (status, body) = topo
-        .api(&topo.lbs[0], "GET", "/metrics", None)
-        .expect("GET /metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    body
-}
-
-fn metric(text: &str, series: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[test]
 fn a_backend_at_max_connections_takes_none_until_below_min_connections() {
     require_root();
@@ -120,13 +109,13 @@ fn a_backend_at_max_connections_takes_none_until_below_min_connections() {
     // One snapshot answers the API for 200 ms: the one polled before the connections
     // must not answer this.
     std::thread::sleep(Duration::from_millis(300));
-    let text = metrics(&topo);
+    let text = metrics::scrape(&topo);
     assert_eq!(
-        metric(&text, &format!("bascule_backend_overloaded{series}")),
+        metrics::value(&text, &format!("bascule_backend_overloaded{series}")),
         Some(1)
     );
     assert_eq!(
-        metric(
+        metrics::value(
             &text,
             &format!("bascule_backend_active_connections{series}")
         ),
@@ -143,12 +132,13 @@ fn a_backend_at_max_connections_takes_none_until_below_min_connections() {
     let again = count(&second);
     println!("20 more after 4 closed: {again:?}");
     assert_eq!(again.get("b1"), Some(&4), "b1 back up to 5: {again:?}");
-    let text = metrics(&topo);
+    let text = metrics::scrape(&topo);
     assert_eq!(
-        metric(&text, &format!("bascule_backend_overloads_total{series}")),
+        metrics::value(&text, &format!("bascule_backend_overloads_total{series}")),
         Some(2),
         "{text}"
     );
+    promtool_accepts(&text);
     drop((kept, rest, second));
     let (status, in_time) = topo.lab.terminate(&daemon).unwrap();
     assert!(in_time && status.success(), "{}", daemon.log_text());
@@ -184,9 +174,9 @@ fn a_service_with_several_ports_balances_them_all_with_one_table() {
     assert_eq!(all.len(), 2, "both backends serve the ports: {all:?}");
     // One service: one set of counters for the four ports.
     std::thread::sleep(Duration::from_millis(300));
-    let text = metrics(&topo);
+    let text = metrics::scrape(&topo);
     assert_eq!(
-        metric(
+        metrics::value(
             &text,
             "bascule_service_connections_total{service=\"group\"}"
         ),
