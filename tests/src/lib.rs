@@ -20,6 +20,7 @@ pub mod lab;
 pub mod metrics;
 pub mod product;
 pub mod scale_out;
+pub mod sync;
 pub mod tcp;
 pub mod topology;
 pub mod traffic;

@@ -4,14 +4,14 @@
 //! pulled). With `sync` every connection survives on its server; without it (`rr`), the
 //! backup schedules them again and some land on another server, which resets them: both
 //! are asserted, so that the test fails if sync stops carrying flows (or if the lab stops
-//! showing the loss).
+//! showing the loss). The nodes name each other (`sync.peers`), except in the `wlc` case,
+//! where both send to and receive from a multicast group (`sync.group` on `eth0`).
 //!
 //! The tests run one at a time (VRRP at 200 ms adverts). The binary comes from
 //! `BASCULE_BIN` (set by `cargo xtask test`).
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::unix::fs::PermissionsExt,
     sync::Mutex,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -22,14 +22,17 @@ use sha2::Sha256;
 use bascule_tests::product::{
     wait_until, Failover, Mode, ProductLab, BACKUP_PRIORITY, MASTER_PRIORITY,
 };
+use bascule_tests::sync::{section, write_key, Transport, KEY};
 use bascule_tests::{bascule_bin, in_netns, require_root};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Long-lived connections through the failover.
 const CONNECTIONS: usize = 30;
-/// The key both nodes read from `sync.key_file`.
-const KEY: &[u8] = b"a secret shared by lb1 and lb2 only";
+/// Sync between the nodes naming each other.
+const UNICAST: Option<Transport> = Some(Transport::Unicast);
+/// The group of the multicast case.
+const GROUP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(239, 0, 0, 81));
 /// Forged datagrams of the flood.
 const FLOOD: usize = 2_000;
 
@@ -38,14 +41,14 @@ const FLOOD: usize = 2_000;
 /// reason, nothing of them is applied, and a flood of them evicts nothing.
 #[test]
 fn rr_connections_survive_the_death_of_the_master_with_sync() {
-    let (lab, f) = fail_over_with(Mode::Dr, "rr", true, forge);
+    let (lab, f) = fail_over_with(Mode::Dr, "rr", UNICAST, forge);
     assert_eq!(f.survived(), CONNECTIONS, "{}", lab.logs());
     teardown(lab);
 }
 
 #[test]
-fn wlc_connections_survive_with_sync() {
-    survive(Mode::Dr, "wlc");
+fn wlc_connections_survive_with_multicast_sync() {
+    survive_with(Mode::Dr, "wlc", Some(Transport::Multicast(GROUP)));
 }
 
 #[test]
@@ -60,7 +63,11 @@ fn nat_rr_connections_survive_with_sync() {
 
 /// With sync, every connection survives on its server.
 fn survive(mode: Mode, scheduler: &str) {
-    let (lab, f) = fail_over_with(mode, scheduler, true, |_| {});
+    survive_with(mode, scheduler, UNICAST);
+}
+
+fn survive_with(mode: Mode, scheduler: &str, sync: Option<Transport>) {
+    let (lab, f) = fail_over_with(mode, scheduler, sync, |_| {});
     let lost: Vec<String> = f
         .connections
         .iter()
@@ -73,7 +80,7 @@ fn survive(mode: Mode, scheduler: &str) {
         .collect();
     assert!(
         lost.is_empty(),
-        "{} {scheduler}: with sync, {} of {CONNECTIONS} connections were lost:\n{}{}",
+        "{} {scheduler}: with sync {sync:?}, {} of {CONNECTIONS} connections were lost:\n{}{}",
         mode.as_str(),
         lost.len(),
         lost.join("\n"),
@@ -92,7 +99,7 @@ fn survive(mode: Mode, scheduler: &str) {
 
 #[test]
 fn rr_connections_are_lost_without_sync() {
-    let (lab, f) = fail_over_with(Mode::Dr, "rr", false, |_| {});
+    let (lab, f) = fail_over_with(Mode::Dr, "rr", None, |_| {});
     let servers: std::collections::BTreeSet<_> = f
         .connections
         .iter()
@@ -117,26 +124,21 @@ fn teardown(lab: ProductLab) {
 }
 
 /// The two nodes' configs: `scheduler` instead of `mh`, and with `sync` each naming the
-/// other.
-fn configs(lab: &ProductLab, scheduler: &str, sync: bool) -> [String; 2] {
-    let key = lab.topo.lab.dir().join("sync.key");
-    std::fs::write(&key, [KEY, b"\n"].concat()).expect("write the key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+/// other (unicast) or both the same group.
+fn configs(lab: &ProductLab, scheduler: &str, sync: Option<Transport>) -> [String; 2] {
+    let key = write_key(lab.topo.lab.dir()).expect("write the key");
     [(0, 1, MASTER_PRIORITY), (1, 0, BACKUP_PRIORITY)].map(|(i, other, priority)| {
         let mut yaml = lab
             .config(i, priority)
             .replace("scheduler: mh", &format!("scheduler: {scheduler}"));
-        if sync {
+        if let Some(transport) = sync {
             let peer = lab
                 .lb(other)
                 .addrs
                 .iter()
                 .find(|a| a.is_ipv4())
                 .expect("an IPv4 address");
-            yaml.push_str(&format!(
-                "sync:\n  peers: [{peer}]\n  key_file: {}\n",
-                key.display()
-            ));
+            yaml.push_str(&section(transport, &[*peer], &key));
         }
         yaml
     })
@@ -147,12 +149,17 @@ fn configs(lab: &ProductLab, scheduler: &str, sync: bool) -> [String; 2] {
 fn fail_over_with(
     mode: Mode,
     scheduler: &str,
-    sync: bool,
+    sync: Option<Transport>,
     before_failover: impl FnOnce(&ProductLab),
 ) -> (ProductLab, Failover) {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let tag = format!("sync-{}-{}", mode.as_str(), if sync { "on" } else { "off" });
+    let how = match sync {
+        None => "off",
+        Some(Transport::Unicast) => "on",
+        Some(Transport::Multicast(_)) => "mc",
+    };
+    let tag = format!("sync-{}-{how}", mode.as_str());
     let mut lab = ProductLab::new(&tag, mode, &bascule_bin())
         .unwrap_or_else(|e| panic!("build the lab: {e:#}"));
     let [c1, c2] = configs(&lab, scheduler, sync);
@@ -169,7 +176,7 @@ fn fail_over_with(
     let probes = lab
         .open_connections(CONNECTIONS)
         .unwrap_or_else(|e| panic!("open connections: {e:#}{}", lab.logs()));
-    if sync {
+    if sync.is_some() {
         let lb2 = lab.lb(1).clone();
         let applied = wait_until("lb2 applying lb1's flows", Duration::from_secs(5), || {
             lab.topo
@@ -191,7 +198,7 @@ fn fail_over_with(
         .filter_map(|c| c.server.clone())
         .collect();
     println!(
-        "{} {scheduler:?} sync {sync}: lb2 took over in {} ms; {}/{CONNECTIONS} connections survived; servers {servers:?}",
+        "{} {scheduler:?} sync {how}: lb2 took over in {} ms; {}/{CONNECTIONS} connections survived; servers {servers:?}",
         mode.as_str(),
         f.takeover.as_millis(),
         f.survived()
@@ -336,7 +343,7 @@ fn forge(lab: &ProductLab) {
 /// table before VRRP starts; it preempts, and every connection survives the hand-back.
 #[test]
 fn a_node_restarted_from_scratch_takes_the_table_before_the_master_role() {
-    let (mut lab, f) = fail_over_with(Mode::Dr, "rr", true, |_| {});
+    let (mut lab, f) = fail_over_with(Mode::Dr, "rr", UNICAST, |_| {});
     assert_eq!(f.survived(), CONNECTIONS, "{}", lab.logs());
     let probes = lab
         .open_connections(CONNECTIONS)
@@ -348,7 +355,7 @@ fn a_node_restarted_from_scratch_takes_the_table_before_the_master_role() {
     );
     let state = format!("/run/bascule/{inode}");
     std::fs::remove_dir_all(&state).unwrap_or_else(|e| panic!("remove {state}: {e}"));
-    let [c1, _] = configs(&lab, "rr", true);
+    let [c1, _] = configs(&lab, "rr", UNICAST);
     lab.revive_node(0, &c1)
         .unwrap_or_else(|e| panic!("restart lb1: {e:#}{}", lab.logs()));
     let took = lab.wait_for_master(0, &[1]);

@@ -48,6 +48,7 @@ pub use chunked::ParseCache;
 pub use errors::ConfigError;
 pub use host_checks::HostFacts;
 pub use keys::SCHEMA;
+pub use schema::SyncMulticast;
 pub use schema::{
     Announce, Backend, CheckType, Config, Conntrack, DnsRcode, DnsType, Forwarding, Garp,
     HealthCheck, Http, HttpMethod, InitialState, Interface, IpPrefix, Node, Notify, Origin,

@@ -98,15 +98,26 @@ impl Default for Conntrack {
 }
 
 /// `sync:` connection state shared with the other LB nodes: each new flow and flow end
-/// is sent to `peers` over UDP, authenticated with the key in `key_file`.
+/// is sent to `peers` (or to the multicast `group`) over UDP, authenticated with the key
+/// in `key_file`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StateSync {
-    /// Unicast peers (the other LB nodes' addresses).
+    /// Unicast peers (the other LB nodes' addresses); empty with a `group`.
     pub peers: Vec<IpAddr>,
+    /// Multicast instead of `peers`: the group sent to and joined.
+    pub group: Option<SyncMulticast>,
     /// UDP port sent to and listened on.
     pub port: u16,
     /// The shared secret (at least 16 bytes; readable by its owner only).
     pub key_file: PathBuf,
+}
+
+/// `sync.group` and `sync.interface`: every node sends to the group and receives from it
+/// on that interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyncMulticast {
+    pub address: IpAddr,
+    pub interface: String,
 }
 
 /// `sync.port` when absent.

@@ -660,3 +660,21 @@ fn sync_takes_peers_a_key_file_and_a_default_port() {
     );
     assert_eq!(ok(&with_node("")).sync, None);
 }
+
+#[test]
+fn sync_takes_a_multicast_group_on_an_interface() {
+    for group in ["239.0.0.81", "ff02::81"] {
+        let c = ok(&with_node(&format!(
+            "sync:\n  group: \"{group}\"\n  interface: eth0\n  key_file: /k\n"
+        )));
+        let sync = c.sync.expect("sync configured");
+        assert!(sync.peers.is_empty());
+        assert_eq!(
+            sync.group,
+            Some(crate::config::SyncMulticast {
+                address: group.parse().unwrap(),
+                interface: "eth0".into()
+            })
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! `sync:` connection state shared with the other LB nodes (active-active: every node
 //! sends and receives). The datapath reports each new flow and each flow's end through a
 //! ring buffer; a sender thread names them by address and port (`directory`) and sends
-//! them, batched and authenticated (`wire`), to every peer over UDP; a receiver task
+//! them, batched and authenticated (`wire`), to every peer over UDP (or once to a
+//! multicast group every node joined, ignoring its own datagrams); a receiver task
 //! checks what peers send (MAC, replay) and hands the entries to the controller, which
 //! resolves them to this node's ids and inserts them into the connection table with the
 //! datapath's write protocol.
@@ -12,6 +13,7 @@
 //! | [`directory`] | reports named for peers, peers' entries in this node's ids (pure) |
 //! | [`key`] | `sync.key_file` read and checked |
 //! | `run` | the sender thread and the receiver task |
+//! | `socket` | the UDP socket: unicast, or a multicast group joined on an interface |
 
 use std::{
     collections::HashMap,
@@ -28,6 +30,7 @@ use aya::maps::{MapData, RingBuf};
 pub mod directory;
 pub mod key;
 mod run;
+mod socket;
 pub mod wire;
 
 pub use directory::{Apply, Directory};

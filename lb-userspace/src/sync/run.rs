@@ -2,7 +2,7 @@
 //! task (peers' datagrams checked, their entries handed on).
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, SocketAddr, SocketAddrV6, UdpSocket},
     os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -12,12 +12,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use lb_common::SyncReport;
 
 use super::{
     key::load_key,
+    socket::{self, Bound},
     wire::{self, Entry, Header, ReplayGuard, MAX_ENTRIES},
     Shared,
 };
@@ -107,31 +108,6 @@ impl Link {
 pub type TableSource =
     Box<dyn Fn() -> tokio::sync::oneshot::Receiver<Vec<Entry>> + Send + Sync + 'static>;
 
-/// Bytes of the receiving socket's buffer asked for: room for bursts (a peer's bulk of new
-/// flows, or a flood of forged datagrams) while the receiver checks MACs.
-const RECEIVE_BUFFER: i32 = 4 << 20;
-
-/// Asks for a receive buffer of `bytes` (the kernel caps it at `net.core.rmem_max`
-/// unless the process may exceed it, as root may).
-fn receive_buffer(socket: &UdpSocket, bytes: i32) {
-    let fd = socket.as_raw_fd();
-    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: an int option on a socket this process owns.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                option,
-                (&bytes as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            return;
-        }
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -160,14 +136,10 @@ pub fn start(
     table: TableSource,
 ) -> Result<Running> {
     let key = load_key(&config.key_file)?;
-    let any: IpAddr = if config.peers.iter().all(IpAddr::is_ipv4) {
-        Ipv4Addr::UNSPECIFIED.into()
-    } else {
-        Ipv6Addr::UNSPECIFIED.into()
-    };
-    let socket = UdpSocket::bind(SocketAddr::new(any, config.port))
-        .with_context(|| format!("sync: cannot listen on UDP port {}", config.port))?;
-    receive_buffer(&socket, RECEIVE_BUFFER);
+    let Bound {
+        socket,
+        destinations: peers,
+    } = socket::bind(config)?;
     let link = Arc::new(Link {
         key,
         node: random_u64(),
@@ -177,11 +149,6 @@ pub fn start(
     socket.set_nonblocking(true)?;
     let socket = tokio::net::UdpSocket::from_std(socket)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let peers: Vec<SocketAddr> = config
-        .peers
-        .iter()
-        .map(|a| SocketAddr::new(*a, config.port))
-        .collect();
     let ring = shared.ring.lock().unwrap_or_else(|e| e.into_inner()).take();
     let sender = match ring {
         Some(ring) => {
@@ -210,7 +177,15 @@ pub fn start(
         deliver,
         Arc::new(table),
     ));
-    tracing::info!(peers = ?config.peers, port = config.port, "sync started");
+    match &config.group {
+        Some(g) => tracing::info!(
+            group = %g.address,
+            interface = %g.interface,
+            port = config.port,
+            "sync started (multicast)"
+        ),
+        None => tracing::info!(peers = ?config.peers, port = config.port, "sync started"),
+    }
     Ok(Running {
         stop,
         sender,
@@ -302,11 +277,17 @@ async fn receive(
             }
         };
         let stats = &shared.stats;
+        if wire::sender(&buf[..n]) == Some(link.node) {
+            // Our own (a multicast group can loop it back): nothing to learn, nothing to
+            // count. A forger who takes our id only gets its datagram ignored.
+            continue;
+        }
         let checked = wire::decode(&link.key, &buf[..n]).and_then(|(header, entries)| {
             guard
                 .accept(&header, unix_ms())
                 .map(|()| (header.message, entries))
         });
+        let reply_to = reply_address(from, port);
         let from = from.ip().to_canonical();
         match checked {
             Ok((message, entries)) => {
@@ -314,11 +295,7 @@ async fn receive(
                 match message {
                     wire::BULK_REQUEST => {
                         let asked = table();
-                        tokio::spawn(answer_bulk(
-                            link.clone(),
-                            SocketAddr::new(from, port),
-                            asked,
-                        ));
+                        tokio::spawn(answer_bulk(link.clone(), reply_to, asked));
                     }
                     wire::BULK_DONE => shared.bulk_done.notify_waiters(),
                     _ => {
@@ -334,6 +311,18 @@ async fn receive(
                 stats.reject(why, 1);
             }
         }
+    }
+}
+
+/// Where to answer a datagram from `from`: its address on `port`, a link-local IPv6
+/// one with the scope (the interface) it came in on, which a node with several links
+/// needs to find it again.
+fn reply_address(from: SocketAddr, port: u16) -> SocketAddr {
+    match from {
+        SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none() => {
+            SocketAddr::V6(SocketAddrV6::new(*a.ip(), port, 0, a.scope_id()))
+        }
+        other => SocketAddr::new(other.ip().to_canonical(), port),
     }
 }
 
@@ -356,4 +345,25 @@ async fn answer_bulk(
     }
     link.send(wire::BULK_DONE, &[], to);
     tracing::info!(peer = %to.ip(), entries = entries.len(), "sync: bulk transfer sent");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_goes_to_the_port_and_keeps_a_link_local_scope() {
+        let link_local: SocketAddr = "[fe80::1%3]:40000".parse().unwrap();
+        assert_eq!(
+            reply_address(link_local, 9470),
+            "[fe80::1%3]:9470".parse().unwrap()
+        );
+        let mapped: SocketAddr = "[::ffff:10.0.0.3]:40000".parse().unwrap();
+        assert_eq!(
+            reply_address(mapped, 9470),
+            "10.0.0.3:9470".parse().unwrap()
+        );
+        let v4: SocketAddr = "10.0.0.3:40000".parse().unwrap();
+        assert_eq!(reply_address(v4, 9470), "10.0.0.3:9470".parse().unwrap());
+    }
 }

@@ -248,6 +248,16 @@ pub fn decode(key: &[u8], datagram: &[u8]) -> Result<(Header, Vec<Entry>), Rejec
     Ok((header, entries))
 }
 
+/// The sender's node id a datagram claims, before any check (a node drops its own
+/// datagrams looped back by a multicast group before spending a MAC check on them);
+/// `None` if it is not a sync datagram.
+pub fn sender(datagram: &[u8]) -> Option<u64> {
+    if datagram.len() < HEADER_LEN || &datagram[0..4] != MAGIC {
+        return None;
+    }
+    Some(u64_at(datagram, 8))
+}
+
 /// Per sender (node id): the highest sequence number accepted and which of the `WINDOW`
 /// before it were; and the timestamp bound. A captured datagram replayed later is refused
 /// by one or the other.
@@ -350,6 +360,15 @@ mod tests {
         assert_eq!(d.len(), HEADER_LEN + 20 * ENTRY_LEN + MAC_LEN);
         assert!(d.len() <= 1400);
         assert_eq!(decode(KEY, &d), Ok((header(3), entries)));
+    }
+
+    #[test]
+    fn the_sender_is_read_before_any_check() {
+        let d = encode(KEY, header(3), &[flow(1)]);
+        assert_eq!(sender(&d), Some(7));
+        assert_eq!(sender(&d[..HEADER_LEN]), Some(7));
+        assert_eq!(sender(&d[..HEADER_LEN - 1]), None);
+        assert_eq!(sender(b"garbage of some length, more than 32 bytes"), None);
     }
 
     #[test]

@@ -43,7 +43,12 @@ const CASES: &[(Doc, &str)] = &[
     // sync:
     (AfterNode("sync:\n  peers: [10.0.0.3]\n"), "bascule.yaml:5:3: sync: missing required key \"key_file\""),
     (AfterNode("sync:\n  peers: []\n  key_file: /k\n"), "bascule.yaml:5:10: sync.peers: expected at least one peer address (peers: [10.0.0.3])"),
-    (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  group: 239.0.0.81\n"), "bascule.yaml:7:10: sync.group: multicast sync is not supported yet (this build supports: peers)"),
+    (AfterNode("sync:\n  key_file: /k\n"), "bascule.yaml:5:3: sync: expected peers (unicast: peers: [10.0.0.3]) or group (multicast: group: 239.0.0.81 with interface: eth0)"),
+    (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  group: 239.0.0.81\n  interface: eth0\n"), "bascule.yaml:7:10: sync.group: both peers and group: sync goes to unicast peers or to a multicast group, not both; remove one"),
+    (AfterNode("sync:\n  group: 10.0.0.3\n  interface: eth0\n  key_file: /k\n"), "bascule.yaml:5:10: sync.group: 10.0.0.3 is not a multicast address, expected one in 224.0.0.0/4 or ff00::/8 (e.g. 239.0.0.81)"),
+    (AfterNode("sync:\n  group: 239.0.0.81\n  key_file: /k\n"), "bascule.yaml:5:3: sync: missing required key \"interface\" (the interface to join the multicast group on)"),
+    (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  interface: eth0\n"), "bascule.yaml:7:14: sync.interface: only used with group (the interface multicast sync joins the group on); add group or remove interface"),
+    (AfterNode("sync:\n  group: ff02::81\n  interface: eth/0\n  key_file: /k\n"), "bascule.yaml:6:14: sync.interface: \"eth/0\" is not a valid interface name, expected 1 to 15 characters without '/', ':', spaces or control characters"),
     (AfterNode("sync:\n  peers: [10.0.0.3]\n  key_file: /k\n  port: 0\n"), "bascule.yaml:7:9: sync.port: 0 is out of range, expected 1..=65535"),
     // Unknown keys, with "did you mean" when a key is close.
     (AfterNode("foo: 1\n"), "bascule.yaml:4:1: foo: unknown key, expected one of: node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, sync"),
