@@ -3,10 +3,13 @@
 //! run` on every LB node configured with `announce:`, so that bascule, not the test, puts
 //! the blackhole routes BIRD announces.
 //!
-//! Services (all `mh`, `dr`, every backend of the family, TCP health checks):
-//! `web` 10.112.0.100:80 and `web6` [fd00:112::100]:80 (HTTP servers answering with the
-//! backend's name), `echo` 10.112.0.100:7000 (line servers for long-lived flows, see
-//! [`crate::traffic`]).
+//! Services (`dr`, every backend of the family, TCP health checks): `web`
+//! 10.112.0.100:80 and `web6` [fd00:112::100]:80 (`mh`, HTTP servers answering with the
+//! backend's name), `echo` 10.112.0.100:7000 (`mh`) and `echo-rr` 10.112.0.100:7001 (`rr`:
+//! only `sync:` keeps its flows on their backend when ECMP moves them), both line servers
+//! for long-lived flows (see [`crate::traffic`]).
+//!
+//! [`AnnouncingLab::with_sync`] adds `sync:` between the LB nodes (unicast or multicast).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,12 +28,15 @@ use crate::{
     bgp::{ScaleOutLab, ANNOUNCE_PROTOCOL, ANNOUNCE_TABLE},
     http::{http_get, http_request, http_server, HttpServer},
     lab::{Host, Spawned},
+    sync::{self, Transport},
     topology::{API_PORT, VIP4, VIP6, VIP_PORT},
     traffic::{tcp_name_server, NameServer},
 };
 
 /// The port of service `echo` (long-lived line flows) on the IPv4 VIP.
 pub const ECHO_PORT: u16 = 7000;
+/// The port of service `echo-rr` (the same, scheduled by `rr`) on the IPv4 VIP.
+pub const ECHO_RR_PORT: u16 = 7001;
 /// `announce.withdraw_grace` in the lab: SIGTERM withdraws, forwards this long, stops.
 pub const WITHDRAW_GRACE: Duration = Duration::from_secs(2);
 /// The health checks' interval and timeout; rise and fall are 2.
@@ -50,6 +56,10 @@ pub fn echo4() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP4), ECHO_PORT)
 }
 
+pub fn echo_rr4() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(VIP4), ECHO_RR_PORT)
+}
+
 /// Both VIPs.
 pub fn vips() -> [IpAddr; 2] {
     [IpAddr::V4(VIP4), IpAddr::V6(VIP6)]
@@ -62,14 +72,15 @@ pub fn announcing_config(backends: &[Host]) -> String {
         "node:\n  interfaces:\n    - name: eth0\n      xdp_mode: generic\nservices:\n",
     );
     let ms = CHECK_INTERVAL.as_millis();
-    for (name, vip, port) in [
-        ("web", IpAddr::V4(VIP4), VIP_PORT),
-        ("web6", IpAddr::V6(VIP6), VIP_PORT),
-        ("echo", IpAddr::V4(VIP4), ECHO_PORT),
+    for (name, vip, port, scheduler) in [
+        ("web", IpAddr::V4(VIP4), VIP_PORT, "mh"),
+        ("web6", IpAddr::V6(VIP6), VIP_PORT, "mh"),
+        ("echo", IpAddr::V4(VIP4), ECHO_PORT, "mh"),
+        ("echo-rr", IpAddr::V4(VIP4), ECHO_RR_PORT, "rr"),
     ] {
         let _ = write!(
             yaml,
-            "  - name: {name}\n    vip: {vip}\n    port: {port}\n    scheduler: mh\n    \
+            "  - name: {name}\n    vip: {vip}\n    port: {port}\n    scheduler: {scheduler}\n    \
              forwarding: dr\n    health_check: {{type: tcp, interval: {ms}ms, timeout: {ms}ms, \
              rise: 2, fall: 2}}\n    backends:\n"
         );
@@ -98,7 +109,8 @@ pub struct AnnouncingLab {
     /// `bascule run` per LB node (same order as `net.lbs`).
     pub daemons: Vec<Spawned>,
     pub bin: PathBuf,
-    pub config: PathBuf,
+    /// Each LB node's config file (same order as `net.lbs`).
+    pub configs: Vec<PathBuf>,
     /// LB nodes killed by [`AnnouncingLab::kill_node`] (their API is gone).
     dead: Mutex<BTreeSet<usize>>,
     pub net: ScaleOutLab,
@@ -108,24 +120,58 @@ impl AnnouncingLab {
     /// Builds the BGP lab, starts the backends' servers and bascule on every LB node, and
     /// waits until each is ready and the router routes both VIPs over the three nodes.
     pub fn new(tag: &str, bin: &Path) -> Result<AnnouncingLab> {
+        AnnouncingLab::with_sync(tag, bin, None)
+    }
+
+    /// [`AnnouncingLab::new`], with `sync:` between the LB nodes over `transport` (the
+    /// key in the lab's directory).
+    pub fn with_sync(tag: &str, bin: &Path, transport: Option<Transport>) -> Result<AnnouncingLab> {
         let net = ScaleOutLab::new(tag)?;
-        let any = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), VIP_PORT);
-        let any_echo = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), ECHO_PORT);
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         let mut http = Vec::new();
         let mut echo = Vec::new();
         for b in &net.backends {
-            http.push(http_server(&b.netns, any, &b.role)?);
-            echo.push(tcp_name_server(&b.netns, any_echo, &b.role)?);
+            http.push(http_server(
+                &b.netns,
+                SocketAddr::new(any, VIP_PORT),
+                &b.role,
+            )?);
+            for port in [ECHO_PORT, ECHO_RR_PORT] {
+                echo.push(tcp_name_server(
+                    &b.netns,
+                    SocketAddr::new(any, port),
+                    &b.role,
+                )?);
+            }
         }
-        let config = net.lab.dir().join("bascule.yaml");
-        fs::write(&config, announcing_config(&net.backends))
-            .with_context(|| format!("cannot write {}", config.display()))?;
+        let base = announcing_config(&net.backends);
+        let key = match transport {
+            Some(_) => Some(sync::write_key(net.lab.dir())?),
+            None => None,
+        };
+        let mut configs = Vec::new();
+        for lb in &net.lbs {
+            let mut yaml = base.clone();
+            if let (Some(t), Some(key)) = (transport, &key) {
+                let peers: Vec<IpAddr> = net
+                    .lbs
+                    .iter()
+                    .filter(|other| other.role != lb.role)
+                    .filter_map(Host::ipv4)
+                    .collect();
+                yaml.push_str(&sync::section(t, &peers, key));
+            }
+            let config = net.lab.dir().join(format!("bascule-{}.yaml", lb.role));
+            fs::write(&config, yaml)
+                .with_context(|| format!("cannot write {}", config.display()))?;
+            configs.push(config);
+        }
         let mut lab = AnnouncingLab {
             http,
             echo,
             daemons: Vec::new(),
             bin: bin.to_path_buf(),
-            config,
+            configs,
             dead: Mutex::new(BTreeSet::new()),
             net,
         };
@@ -140,7 +186,7 @@ impl AnnouncingLab {
     /// Starts `bascule run` on LB node `i` (entering only its network namespace).
     fn start_daemon(&self, i: usize) -> Result<Spawned> {
         let lb = &self.net.lbs[i];
-        let (bin, config) = (path_str(&self.bin)?, path_str(&self.config)?);
+        let (bin, config) = (path_str(&self.bin)?, path_str(&self.configs[i])?);
         self.net.lab.spawn_net_only(
             &lb.netns,
             &format!("bascule-run-{}", lb.role),
@@ -255,6 +301,41 @@ impl AnnouncingLab {
         Ok(value.with_context(|| format!("{} has no {series}", lb.role))? as u64)
     }
 
+    /// Entries `lb` has applied from its peers (`GET /api/v1/sync`).
+    pub fn applied(&self, lb: &Host) -> Result<u64> {
+        let (status, body) = self.api(lb, "GET", "/api/v1/sync")?;
+        if status != 200 {
+            bail!("GET /api/v1/sync on {}: {status} {body}", lb.role);
+        }
+        sync::applied(&body).with_context(|| format!("{}: no `applied` in {body}", lb.role))
+    }
+
+    /// Waits (at most `timeout`) until every LB node has applied as many entries as the
+    /// others scheduled connections of `service`: each holds every node's flows.
+    pub fn wait_synced(&self, service: &str, timeout: Duration) -> Result<()> {
+        let scheduled = self.connections_everywhere(service)?;
+        let total: u64 = scheduled.iter().sum();
+        let deadline = Instant::now() + timeout;
+        for (lb, own) in self.net.lbs.iter().zip(&scheduled) {
+            loop {
+                let applied = self.applied(lb)?;
+                if applied >= total - own {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} applied {applied} of the {} flows the others scheduled{}",
+                        lb.role,
+                        total - own,
+                        self.diagnostics()
+                    );
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
     /// Opens `n` new connections from the client to `vip` (one HTTP request each) and
     /// returns how many each LB node scheduled (from their metrics, same order as
     /// `net.lbs`) and how many each backend answered.
@@ -358,7 +439,7 @@ mod tests {
         );
         assert_eq!(
             yaml.matches("- address: 10.111.0.12\n").count(),
-            2,
+            3,
             "{yaml}"
         );
         assert_eq!(
@@ -367,6 +448,7 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("port: 7000\n"), "{yaml}");
+        assert!(yaml.contains("port: 7001\n    scheduler: rr\n"), "{yaml}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! configurations, and the router's routes show what a user would see: which LB nodes
 //! get a VIP's traffic. Then bascule itself, with `announce:`, on every LB node: the
 //! spread of new connections, a node's death, `drain-node`, backends unreachable from one
-//! node, SIGTERM.
+//! node, SIGTERM; and with `sync:` between the nodes, `rr` flows that live through a node's
+//! death (which, without sync, loses some of them: both are asserted).
 
 use std::{
     collections::BTreeSet,
@@ -18,7 +19,8 @@ use bascule_tests::{
     lab::list_netns,
     lab::Host,
     require_root,
-    scale_out::{echo4, web4, web6, AnnouncingLab, Spread, WITHDRAW_GRACE},
+    scale_out::{echo4, echo_rr4, web4, web6, AnnouncingLab, Spread, WITHDRAW_GRACE},
+    sync::Transport,
     topology::{VIP4, VIP6, VIP_PORT},
     traffic::{open_tcp_flows, FlowRecord, Prober},
 };
@@ -229,7 +231,12 @@ fn assert_spread_everywhere(what: &str, spread: &Spread, n: usize, lab: &Announc
 
 /// Opens `n` long-lived `mh` flows to the echo service and starts probing them.
 fn long_lived_flows(lab: &AnnouncingLab, n: usize) -> Prober {
-    let flows = open_tcp_flows(lab.net.client_netns(), echo4(), n, Duration::from_secs(3))
+    long_lived_flows_to(lab, echo4(), n)
+}
+
+/// Opens `n` long-lived flows to `to` and starts probing them.
+fn long_lived_flows_to(lab: &AnnouncingLab, to: SocketAddr, n: usize) -> Prober {
+    let flows = open_tcp_flows(lab.net.client_netns(), to, n, Duration::from_secs(3))
         .expect("open long-lived flows");
     let prober = Prober::start(flows, BEAT, EXCHANGE_TIMEOUT).expect("start the prober");
     prober
@@ -415,15 +422,11 @@ fn bascule_spreads_drains_and_follows_backend_health() {
     );
 }
 
-#[test]
-fn a_dead_bascule_node_leaves_within_bfd_time_and_its_flows_survive() {
-    let bin = require_bascule();
-    let lab = AnnouncingLab::new("scale-out-kill", &bin).expect("build the lab with bascule");
-    let [lb1, lb2, lb3] = [&lab.net.lbs[0], &lab.net.lbs[1], &lab.net.lbs[2]];
-    let prober = long_lived_flows(&lab, 30);
-    let on_lb2 = lab.connections(lb2, "echo").unwrap();
-    assert!(on_lb2 > 0, "no long-lived flow went through lb2");
-
+/// Kills LB node lb2 (cable, bascule and BIRD) and waits until the router routes both
+/// VIPs over lb1 and lb3 only, within BFD's detection time, then two more probe rounds of
+/// each of `probers` (every flow has had traffic again). Returns when the cable was pulled.
+fn kill_lb2(lab: &AnnouncingLab, probers: &[&Prober]) -> Instant {
+    let [lb1, lb3] = [&lab.net.lbs[0], &lab.net.lbs[2]];
     let pulled = lab.kill_node(1).expect("kill lb2");
     for vip in vips() {
         let bound = (BFD_DETECTION + BFD_MARGIN).saturating_sub(pulled.elapsed());
@@ -435,13 +438,35 @@ fn a_dead_bascule_node_leaves_within_bfd_time_and_its_flows_survive() {
             pulled.elapsed()
         );
     }
-    // Two whole rounds after the death: every flow has had traffic again.
-    prober
-        .wait_rounds(2, Duration::from_secs(20))
-        .expect("probe rounds");
+    for prober in probers {
+        prober
+            .wait_rounds(2, Duration::from_secs(20))
+            .expect("probe rounds");
+    }
+    pulled
+}
+
+/// Long-lived flows per service in the node-death tests.
+const FLOWS: usize = 30;
+
+/// Without `sync:`: the `mh` flows survive (every node has the same table), and `rr`
+/// flows that ECMP moves off the dead node are scheduled again by another and some land
+/// on another backend, which resets them: what sync is for.
+#[test]
+fn a_dead_bascule_node_leaves_within_bfd_time_and_its_flows_survive() {
+    let bin = require_bascule();
+    let lab = AnnouncingLab::new("scale-out-kill", &bin).expect("build the lab with bascule");
+    let lb2 = &lab.net.lbs[1];
+    let prober = long_lived_flows(&lab, FLOWS);
+    let rr = long_lived_flows_to(&lab, echo_rr4(), FLOWS);
+    let on_lb2 = lab.connections(lb2, "echo").unwrap();
+    assert!(on_lb2 > 0, "no long-lived flow went through lb2");
+    let rr_on_lb2 = lab.connections(lb2, "echo-rr").unwrap();
+
+    let pulled = kill_lb2(&lab, &[&prober, &rr]);
     println!(
         "every long-lived connection had traffic again {:.2?} after lb2's death \
-         ({on_lb2} of 30 were on lb2)",
+         ({on_lb2} of {FLOWS} were on lb2)",
         pulled.elapsed()
     );
     for i in 0..20 {
@@ -450,6 +475,39 @@ fn a_dead_bascule_node_leaves_within_bfd_time_and_its_flows_survive() {
         assert!(body.starts_with('b'), "{body}");
     }
     assert_all_survived("lb2 killed", &prober.stop());
+
+    let records = rr.stop();
+    let lost = records.iter().filter(|r| r.lost()).count();
+    println!("rr without sync: {lost} of {FLOWS} lost ({rr_on_lb2} were on lb2)");
+    assert!(
+        lost > 0,
+        "without sync every rr flow survived lb2's death ({rr_on_lb2} were on lb2): the lab \
+         no longer shows what sync fixes"
+    );
+}
+
+/// With `sync:` (unicast, each node naming the other two): every node holds every
+/// node's `rr` flows, so when lb2 dies and ECMP moves its flows to lb1 and lb3, each
+/// keeps its backend: all of them survive.
+#[test]
+fn with_sync_rr_flows_survive_a_dead_node() {
+    let bin = require_bascule();
+    let lab = AnnouncingLab::with_sync("scale-out-sync", &bin, Some(Transport::Unicast))
+        .expect("build the lab with bascule and sync");
+    let lb2 = &lab.net.lbs[1];
+    let rr = long_lived_flows_to(&lab, echo_rr4(), FLOWS);
+    let on_lb2 = lab.connections(lb2, "echo-rr").unwrap();
+    assert!(on_lb2 > 0, "no rr flow went through lb2");
+    lab.wait_synced("echo-rr", Duration::from_secs(5))
+        .expect("every node applies the others' flows");
+
+    let pulled = kill_lb2(&lab, &[&rr]);
+    println!(
+        "every rr connection had traffic again {:.2?} after lb2's death ({on_lb2} of \
+         {FLOWS} were on lb2)",
+        pulled.elapsed()
+    );
+    assert_all_survived("lb2 killed, rr with sync", &rr.stop());
 }
 
 #[test]

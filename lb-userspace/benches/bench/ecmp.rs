@@ -19,8 +19,8 @@ use std::{
 };
 
 use bascule_tests::{
-    scale_out::{echo4, AnnouncingLab},
-    topology::VIP4,
+    scale_out::{echo4, AnnouncingLab, ECHO_PORT, ECHO_RR_PORT},
+    topology::{VIP4, VIP_PORT},
     traffic::{open_tcp_flows, Prober},
 };
 
@@ -62,12 +62,16 @@ fn last_backend_out(lab: &AnnouncingLab) -> f64 {
         .net
         .next_hops_of(&lab.net.lbs.iter().collect::<Vec<_>>(), vip);
     let set = |weight: &str| {
-        for service in ["web", "echo"] {
+        let services = [
+            ("web", VIP_PORT),
+            ("echo", ECHO_PORT),
+            ("echo-rr", ECHO_RR_PORT),
+        ];
+        for (service, port) in services {
             for b in &lab.net.backends {
                 let path = format!(
-                    "/api/v1/backends/{service}/{}:{}",
+                    "/api/v1/backends/{service}/{}:{port}",
                     b.ipv4().expect("IPv4 backend"),
-                    if service == "web" { 80 } else { 7000 }
                 );
                 let (status, body) = lab
                     .api_with_body(lb3, "POST", &path, &format!("{{\"weight\": {weight}}}"))
