@@ -14,7 +14,8 @@
 //! Every case starts from empty tables (connection table and `nat` replies), and the
 //! whole XDP part runs pinned to one CPU.
 //!
-//! `--only GROUP[,GROUP]` (xdp, control, failover, ecmp, ...): just those figures.
+//! `--only GROUP[,GROUP]` (xdp, control, sync, sync_ring, failover, ecmp, ...): just those
+//! figures.
 //!
 //! A group that needs something this machine may refuse or lack (live frames for `veth`,
 //! HAProxy, wrk and BPF statistics for `http`) checks for it before measuring; without
@@ -154,6 +155,11 @@ const GROUPS: &[Group] = &[
             sync::figures(s, f);
             Ok(())
         },
+    },
+    Group {
+        name: "sync_ring",
+        quick: true,
+        run: sync::ring_figures,
     },
     Group {
         name: "failover",

@@ -63,7 +63,7 @@ use crate::{
     FLOOR_OBJECT,
 };
 
-const CONFIG: &str = r#"
+pub const CONFIG: &str = r#"
 node:
   interfaces: [{ name: eth0 }]
 services:
@@ -77,6 +77,8 @@ services:
 const FRAMES_FULL: u32 = 5_000_000;
 const FRAMES_QUICK: u32 = 100_000;
 const BATCH: u32 = 64;
+/// `floor_gen_paced`'s gap between frames: 1 Mpps.
+pub const GEN_GAP_NS: u64 = 1_000;
 
 /// The group's figures, or why this machine cannot give them: the kernel may refuse
 /// BPF_PROG_TEST_RUN's live-frames mode (EPERM was seen where plain test runs worked).
@@ -109,15 +111,16 @@ struct Run {
     new_flows: u64,
 }
 
-struct Rig {
-    h: Harness,
+/// The rig of the module doc (also the sync group's: new flows at a paced rate).
+pub struct Rig {
+    pub h: Harness,
     gen: Netns,
     progs: Ebpf,
     peer_ifindex: u32,
 }
 
 impl Rig {
-    fn new() -> Rig {
+    pub fn new() -> Rig {
         let h = Harness::new(CONFIG); // creates the LB namespace, and enters it
         let gen = Netns::new("vgen");
         h.ns.ip(&["link", "set", "peer0", "netns", &gen.name]);
@@ -129,11 +132,13 @@ impl Rig {
         macs[6..].copy_from_slice(&CLIENT_MAC);
         let mut progs = EbpfLoader::new()
             .override_global("GEN_MACS", &macs, true)
+            .override_global("GEN_GAP_NS", &GEN_GAP_NS, true)
             .load(FLOOR_OBJECT)
             .expect("load the floor object");
         for name in [
             "floor_gen",
             "floor_gen_fresh",
+            "floor_gen_paced",
             "floor_count",
             "floor_swapmac",
         ] {
@@ -170,7 +175,7 @@ impl Rig {
     /// Whether the kernel sends live frames from `peer0`: one batch of `frame`, before
     /// anything is measured (nothing is attached to `eth0` yet: the LB's stack drops
     /// them). The kernel's refusal, in one line, is the group's reason.
-    fn live_frames(&mut self, frame: &[u8]) -> GroupResult {
+    pub fn live_frames(&mut self, frame: &[u8]) -> GroupResult {
         refused_on_purpose("live_frames")?;
         self.gen.enter();
         let ctx = xdp_md(frame.len() as u32, self.peer_ifindex);
@@ -188,6 +193,34 @@ impl Rig {
                 one_line(&e)
             )
         })
+    }
+
+    /// bascule attached to `eth0`, `frames` live frames from `floor_gen_paced` (a new
+    /// flow each, one every `GEN_GAP_NS`), then detached. Returns the wall-clock seconds
+    /// the generator's run took.
+    pub fn send_new_flows_paced(&mut self, frame: &[u8], frames: u32) -> f64 {
+        self.h.ns.enter();
+        self.h
+            .datapath
+            .attach("eth0", AttachMode::Native)
+            .expect("attach bascule to eth0 in native mode");
+        self.gen.enter();
+        let ctx = xdp_md(frame.len() as u32, self.peer_ifindex);
+        let started = Instant::now();
+        xdp(&mut self.progs, "floor_gen_paced")
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..TestRunOptions::new()
+            })
+            .expect("BPF_PROG_TEST_RUN in live-frames mode from peer0");
+        let seconds = started.elapsed().as_secs_f64();
+        thread::sleep(Duration::from_millis(50)); // frames still in the veth rings land
+        self.h.ns.enter();
+        self.h.datapath.detach_all();
+        seconds
     }
 
     /// Attaches `under` to `eth0`, sends `frames` frames, detaches it.
