@@ -79,7 +79,10 @@ impl Cx<'_> {
             None => (None, Vec::new()),
         };
         let (scripts, groups) = (scripts?, groups?);
-        let sync = sync?;
+        let (sync, sync_interface) = match sync? {
+            Some((s, at)) => (Some(s), at),
+            None => (None, Pos::default()),
+        };
         let origin = Origin {
             file: self.file.to_owned(),
             services: services.iter().map(|d| d.loc.clone()).collect(),
@@ -87,6 +90,7 @@ impl Cx<'_> {
             interfaces: std::mem::take(&mut self.interfaces),
             vrrp_auth: vrrp.iter().map(|d| d.auth_pos).collect(),
             announce_vips,
+            sync_interface,
         };
         Some(Config {
             node,

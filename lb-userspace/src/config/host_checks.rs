@@ -1,6 +1,7 @@
 //! [`Config::check_host`]: what a valid configuration asks of the node it runs on (its
-//! interfaces, an address of each VIP's family, a source address for each VRRP instance),
-//! checked against what the node has.
+//! interfaces, an address of each VIP's family, a source address for each VRRP instance,
+//! the interface of a sync group with an address of its family), checked against what the
+//! node has.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -107,6 +108,30 @@ impl Config {
                         inst.name, inst.interface, inst.interface
                     ),
                 ));
+            }
+        }
+        if let Some(g) = self.sync.as_ref().and_then(|s| s.group.as_ref()) {
+            let pos = o.sync_interface;
+            match host.interfaces.get(&g.interface) {
+                None => out.push(err(
+                    pos,
+                    format!(
+                        "sync.interface: no interface \"{}\" on this node (it has: {known})",
+                        g.interface
+                    ),
+                )),
+                Some(addrs) if !addrs.iter().any(|a| a.is_ipv4() == g.address.is_ipv4()) => {
+                    out.push(err(
+                        pos,
+                        format!(
+                            "sync.interface: {} has no {} address to send to group {} from; add one, or name the interface of the LB nodes' segment",
+                            g.interface,
+                            family(g.address),
+                            g.address
+                        ),
+                    ))
+                }
+                Some(_) => {}
             }
         }
         out.sort_by_key(|e| (e.line, e.column));

@@ -738,6 +738,8 @@ pub struct Origin {
     pub(super) vrrp_auth: Vec<Pos>,
     /// `announce.vips[i]`.
     pub(super) announce_vips: Vec<Pos>,
+    /// `sync.interface`.
+    pub(super) sync_interface: Pos,
 }
 
 impl fmt::Debug for Origin {

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use super::keys::SYNC_KEYS;
 use super::schema::{StateSync, SyncMulticast, DEFAULT_SYNC_PORT};
-use super::yaml::{Obj, P, Y};
+use super::yaml::{Obj, Pos, P, Y};
 use super::Cx;
 
 impl Cx<'_> {
-    pub(super) fn sync(&mut self, y: &Y, path: &P) -> Option<StateSync> {
+    /// `sync:`, and where its `interface` is (for the checks against the node).
+    pub(super) fn sync(&mut self, y: &Y, path: &P) -> Option<(StateSync, Pos)> {
         let o = self.obj(y, path, SYNC_KEYS)?;
         let peers_path = P::Key(path, "peers");
         let peers = self.list(o.opt("peers"), &peers_path, "addresses", Self::ip);
@@ -43,12 +44,13 @@ impl Cx<'_> {
             );
             return None;
         }
-        Some(StateSync {
+        let sync = StateSync {
             peers,
             group,
             port,
             key_file: PathBuf::from(key_file),
-        })
+        };
+        Some((sync, o.pos("interface")))
     }
 
     /// `group` and `interface` checked together and against `peers`: `Some(None)` for

@@ -494,6 +494,40 @@ fn host_checks_vrrp_instances() {
 }
 
 #[test]
+fn host_checks_the_sync_interface() {
+    let c = ok(&with_node(
+        "sync:\n  group: 239.0.0.81\n  interface: eth1\n  key_file: /k\n",
+    ));
+    let host = |iface: &str, addrs: &[&str]| HostFacts {
+        interfaces: [
+            ("eth0".to_string(), vec![ip("10.0.0.2")]),
+            (iface.to_string(), addrs.iter().map(|a| ip(a)).collect()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let got: Vec<String> = c
+        .check_host(&host("lo", &["127.0.0.1"]))
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        ["t.yaml:6:14: sync.interface: no interface \"eth1\" on this node (it has: eth0, lo)"]
+    );
+    let got: Vec<String> = c
+        .check_host(&host("eth1", &["fe80::2"]))
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        ["t.yaml:6:14: sync.interface: eth1 has no IPv4 address to send to group 239.0.0.81 from; add one, or name the interface of the LB nodes' segment"]
+    );
+    assert!(c.check_host(&host("eth1", &["10.0.1.2"])).is_empty());
+}
+
+#[test]
 fn load_reports_unreadable_file() {
     let e = Config::load(std::path::Path::new("/nonexistent/bascule.yaml")).unwrap_err();
     assert_eq!((e.line, e.column), (0, 0));
