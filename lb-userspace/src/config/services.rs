@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::convert::Cx;
 use super::errors::ConfigError;
 use super::keys::{BACKEND_KEYS, SERVICE_KEYS};
-use super::scalars::{family, valid_name};
+use super::scalars::family;
 use super::schema::{
     Backend, BackendLoc, Forwarding, Protocol, Scheduler, Service, ServiceLoc,
     DEFAULT_MAGLEV_TABLE_SIZE,
@@ -104,18 +104,7 @@ impl Cx<'_> {
     }
 
     fn service_name(&mut self, y: &Y, path: &P) -> Option<String> {
-        let s = self.string(y, path)?;
-        if !valid_name(&s) {
-            self.err(
-                pos_of(y),
-                path,
-                format!(
-                    "{s:?} is not a valid service name, expected letters, digits, '.', '_' or '-'"
-                ),
-            );
-            return None;
-        }
-        Some(s)
+        self.name(y, path, "service")
     }
 
     fn table_size(&mut self, y: &Y, path: &P) -> Option<u32> {

@@ -172,12 +172,7 @@ impl Cx<'_> {
                     continue;
                 }
                 let Some(&s) = script_at.get(name.as_str()) else {
-                    let known: Vec<&str> = scripts.iter().map(|s| s.script.name.as_str()).collect();
-                    let known = if known.is_empty() {
-                        "there is none".to_string()
-                    } else {
-                        format!("defined: {}", known.join(", "))
-                    };
+                    let known = defined(scripts.iter().map(|s| s.script.name.as_str()));
                     errors.push((
                         at,
                         format!("{path}: no vrrp_scripts entry is named \"{name}\" ({known})"),
@@ -230,12 +225,7 @@ impl Cx<'_> {
                 let at = g.member_pos.get(j).copied().unwrap_or(g.name_pos);
                 let path = format!("sync_groups[{k}].instances[{j}]");
                 if !vrrp.iter().any(|d| d.inst.name == *name) {
-                    let known: Vec<&str> = vrrp.iter().map(|d| d.inst.name.as_str()).collect();
-                    let known = if known.is_empty() {
-                        "there is none".to_string()
-                    } else {
-                        format!("defined: {}", known.join(", "))
-                    };
+                    let known = defined(vrrp.iter().map(|d| d.inst.name.as_str()));
                     errors.push((
                         at,
                         format!("{path}: no vrrp instance is named \"{name}\" ({known})"),
@@ -269,4 +259,15 @@ fn names<'a>(items: impl Iterator<Item = (&'a String, Pos)>) -> HashMap<&'a str,
         at.entry(name.as_str()).or_insert(k);
     }
     at
+}
+
+/// The names a reference could have used, for its error: "defined: a, b" or "there is
+/// none".
+fn defined<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        "there is none".to_string()
+    } else {
+        format!("defined: {}", names.join(", "))
+    }
 }

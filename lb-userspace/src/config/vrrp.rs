@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::convert::Cx;
 use super::errors::ConfigError;
 use super::keys::{AUTH_KEYS, GARP_KEYS, NOTIFY_KEYS, VRRP_KEYS};
-use super::scalars::{family, valid_name};
+use super::scalars::family;
 use super::schema::{Garp, Notify, VrrpAuth, VrrpInstance};
 use super::units::format_duration;
 use super::yaml::{pos_of, Obj, Pos, Raw, P, Y};
@@ -184,18 +184,7 @@ impl Cx<'_> {
     }
 
     fn instance_name(&mut self, y: &Y, path: &P) -> Option<String> {
-        let s = self.string(y, path)?;
-        if !valid_name(&s) {
-            self.err(
-                pos_of(y),
-                path,
-                format!(
-                    "{s:?} is not a valid instance name, expected letters, digits, '.', '_' or '-'"
-                ),
-            );
-            return None;
-        }
-        Some(s)
+        self.name(y, path, "instance")
     }
 
     fn vrrp_version(&mut self, y: &Y, path: &P) -> Option<u8> {
