@@ -46,6 +46,22 @@ pub fn flow_hash(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8) -> u32 {
     finish(h ^ 40)
 }
 
+/// The outer IPv6 header's flow label of a tunnelled flow (20 bits), what a backend's
+/// receive-side scaling spreads tunnelled flows on: the same for every packet of a flow
+/// and well spread, nothing more. Three independent multiplications whose high bits
+/// depend on every input bit, where `flow_hash` chains ten dependent rounds (about 15 ns
+/// of a tunnelled IPv6 packet). Arguments as `flow_hash`'s.
+#[inline(always)]
+pub fn flow_label(src: &[u32; 4], dst: &[u32; 4], ports: u32, proto: u8) -> u32 {
+    let s = u64::from(src[0] ^ src[2]) | u64::from(src[1] ^ src[3]) << 32;
+    let d = u64::from(dst[0] ^ dst[2]) | u64::from(dst[1] ^ dst[3]) << 32;
+    let p = u64::from(ports) << 8 | u64::from(proto);
+    let h = s.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ d.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ p.wrapping_mul(0x1656_67b1_9e37_79f9);
+    (h >> 44) as u32
+}
+
 /// The ports word `flow_hash` expects, from ports in network order as stored in `FlowKey`.
 #[inline(always)]
 pub fn ports_word(sport_be: u16, dport_be: u16) -> u32 {
@@ -94,4 +110,36 @@ pub fn flow_set(w: &[u64; 5], seed: u64) -> u64 {
 #[inline(always)]
 pub fn flow_tag(hash: u64) -> u32 {
     (hash >> 32) as u32 | 1
+}
+
+#[cfg(all(test, feature = "std"))]
+mod tests {
+    use super::*;
+
+    /// 10,000 flows differing in one field get nearly 10,000 labels (about 48 collisions
+    /// are expected of 10,000 random 20-bit values), whichever field it is.
+    #[test]
+    fn flow_labels_spread_over_20_bits() {
+        let client = [0x2001_0db8u32.to_be(), 0, 0, 7u32.to_be()];
+        let vip = [0xfd00_0112u32.to_be(), 0, 0, 0x100u32.to_be()];
+        let port = |p: u32| ports_word((p as u16).to_be(), 80u16.to_be());
+        let by_port: Vec<u32> = (0..10_000)
+            .map(|p| flow_label(&client, &vip, port(1024 + p), 6))
+            .collect();
+        let by_addr: Vec<u32> = (0..10_000u32)
+            .map(|a| flow_label(&[client[0], 0, a, client[3]], &vip, port(40000), 6))
+            .collect();
+        for (what, labels) in [("source port", by_port), ("source address", by_addr)] {
+            assert!(
+                labels.iter().all(|&l| l < 1 << 20),
+                "{what}: wider than 20 bits"
+            );
+            let distinct: std::collections::HashSet<u32> = labels.into_iter().collect();
+            assert!(
+                distinct.len() > 9_850,
+                "{what}: {} distinct",
+                distinct.len()
+            );
+        }
+    }
 }

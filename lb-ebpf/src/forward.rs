@@ -8,8 +8,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    hash::flow_hash, BackendInfo, NextHop, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4,
-    IPPROTO_IPIP, IPPROTO_IPV6, NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NO_BACKEND, TUNNEL_TTL,
+    hash, BackendInfo, NextHop, Reason, Settings, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, IPPROTO_IPIP,
+    IPPROTO_IPV6, NEXT_HOP_SLOTS, NEXT_HOP_TTL_NS, NO_BACKEND, TUNNEL_TTL,
 };
 
 use crate::{
@@ -285,18 +285,17 @@ pub fn tunnel(
     ))
 }
 
-/// The outer IPv6 header's flow label: the flow's hash (the datagram id for later
-/// fragments), so that backends spread tunnelled flows over their receive queues.
+/// The outer IPv6 header's flow label (`lb_common::hash::flow_label`; the datagram id for
+/// later fragments), so that backends spread tunnelled flows over their receive queues.
 #[inline(always)]
 pub fn flow_label(pkt: &Packet) -> u32 {
-    let hash = if pkt.fragment == Fragment::Later {
-        pkt.frag_id
+    if pkt.fragment == Fragment::Later {
+        pkt.frag_id & 0x000f_ffff
     } else if pkt.is_icmp() {
-        flow_hash(&pkt.dst, &pkt.src, 0, pkt.proto)
+        hash::flow_label(&pkt.dst, &pkt.src, 0, pkt.proto)
     } else {
-        flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
-    };
-    hash & 0x000f_ffff
+        hash::flow_label(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
+    }
 }
 
 #[inline(always)]

@@ -186,7 +186,7 @@ impl Frame {
 
     /// As `tun` sends it to `backend` (at `mac`): inside an outer header from the LB's
     /// address of the backend's family, TTL `TUNNEL_TTL`, the inner TOS or traffic class
-    /// copied; an IPv6 outer header's flow label is the inner flow's hash. The VLAN tag
+    /// copied; an IPv6 outer header's flow label is the inner flow's `hash::flow_label`. The VLAN tag
     /// stays.
     pub fn tunnelled_to(self, backend: IpAddr, mac: [u8; 6]) -> Frame {
         Frame {
@@ -302,7 +302,7 @@ impl Frame {
                 let ports = hash::ports_word(k.sport, k.dport);
                 (
                     IpAddr::V6(LB_V6),
-                    hash::flow_hash(&k.src, &k.dst, ports, k.proto),
+                    hash::flow_label(&k.src, &k.dst, ports, k.proto),
                 )
             }
         };
