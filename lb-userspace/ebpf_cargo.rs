@@ -23,6 +23,8 @@ fn ebpf_cargo(
         "-Clink-arg=--export=bascule_schedule".into(),
         // The same for `lb-ebpf/src/sync.rs`, `report`.
         "-Clink-arg=--export=bascule_sync_report".into(),
+        // The same for `lb-ebpf/src/flow.rs`, `record`.
+        "-Clink-arg=--export=bascule_record".into(),
     ]
     .join("\x1f");
     let mut cmd = std::process::Command::new("rustup");

@@ -472,6 +472,22 @@ pub const FLOW_ACTIVE: u32 = 1;
 /// `FlowState::flags`: the entry was inserted from a peer's report (`sync:`), not by a
 /// packet of this node.
 pub const FLOW_SYNCED: u32 = 2;
+/// `FlowState::flags`: the flow sent a packet after the one that created its entry (a
+/// bare SYN aside), or a packet reached a peer's entry here. Set once, by that packet. With
+/// `conntrack.flood_protection`, a new flow never evicts such an entry (see `BYPASS_*`).
+pub const FLOW_ESTABLISHED: u32 = 4;
+
+/// Why a new flow was forwarded without a connection-table entry (`conntrack.flood_protection`):
+/// one slot each of the `FLOW_BYPASSES` per-CPU array and one label value of
+/// `bascule_conntrack_bypassed_total{reason}`. Its set held only established flows (and,
+/// for a SYN, synced ones: none free, expired or of a single packet).
+pub const BYPASS_SET_FULL: u32 = 0;
+/// A TCP packet other than a SYN, for a flow the table does not know, whose set had no
+/// free or expired entry (it evicts nothing).
+pub const BYPASS_NOT_SYN: u32 = 1;
+pub const BYPASS_COUNT: u32 = 2;
+/// Label values of the bypass counters, by slot.
+pub const BYPASS_NAMES: [&str; BYPASS_COUNT as usize] = ["set_full", "not_syn"];
 /// How stale `last_seen` may get before a packet refreshes it.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -761,7 +777,16 @@ pub struct Settings {
     /// Non-zero when `sync:` is configured: new flows and their ends are reported to the
     /// daemon (`SyncReport`, ring buffer `SYNC_RING`). Nodes without sync pay this load.
     pub sync_enabled: u32,
-    pub _pad: u32,
+    /// Non-zero with `conntrack.flood_protection`: a new flow takes only a free, expired or
+    /// single-packet entry of its set (a TCP packet other than a SYN only a free or
+    /// expired one), else it is forwarded without one and counted (`BYPASS_*`).
+    pub flood_protection: u32,
+    /// ICMP echo requests to a VIP are answered at most once per this many nanoseconds
+    /// on average (`node.icmp_echo_rate`); 0 = no limit.
+    pub icmp_echo_interval_ns: u64,
+    /// How far ahead of the time a VIP's answers may run (a burst): one answer less than
+    /// the burst, in `icmp_echo_interval_ns` units.
+    pub icmp_echo_burst_ns: u64,
 }
 
 /// What the datapath did with a packet, for `bascule_xdp_packets_total{action}`.
@@ -799,9 +824,11 @@ pub enum Reason {
     StackedVlan = 10,
     /// An ICMP error about a VIP flow the connection table does not know: passed.
     IcmpUnmatched = 11,
+    /// An ICMP echo request to a VIP beyond its rate (`node.icmp_echo_rate`): dropped.
+    IcmpRateLimited = 12,
 }
 
-pub const REASON_COUNT: u32 = 12;
+pub const REASON_COUNT: u32 = 13;
 
 impl Reason {
     /// The reason in slot `code`, if there is one.
@@ -820,6 +847,7 @@ impl Reason {
             9 => Reason::NoTunnelSource,
             10 => Reason::StackedVlan,
             11 => Reason::IcmpUnmatched,
+            12 => Reason::IcmpRateLimited,
             _ => return None,
         })
     }
@@ -839,6 +867,7 @@ pub const REASON_NAMES: [(&str, bool); REASON_COUNT as usize] = [
     ("no_tunnel_source", true),
     ("stacked_vlan", false),
     ("icmp_unmatched", false),
+    ("icmp_rate", true),
 ];
 
 #[cfg(feature = "user")]

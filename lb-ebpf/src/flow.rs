@@ -7,14 +7,16 @@ use core::ptr::read_volatile;
 
 use lb_common::{
     BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo,
-    BACKEND_ACTIVE, FLOW_ACTIVE, IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, SYNC_REFRESH,
-    SYNC_REFRESH_SHIFT, TOUCH_INTERVAL_NS,
+    BACKEND_ACTIVE, BYPASS_NOT_SYN, BYPASS_SET_FULL, FLOW_ACTIVE, FLOW_ESTABLISHED, FLOW_SYNCED,
+    IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, SYNC_REFRESH, SYNC_REFRESH_SHIFT,
+    TOUCH_INTERVAL_NS,
 };
 
 use crate::{
-    maps::{ACTIVE, BACKENDS, PERSIST},
+    maps::{ACTIVE, BACKENDS, FLOW_BYPASSES, PERSIST, SETTINGS},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    sched, sets,
+    sched,
+    sets::{self, opaque},
 };
 
 #[inline(always)]
@@ -59,6 +61,12 @@ fn closing(pkt: &Packet) -> bool {
     pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0
 }
 
+/// A TCP SYN without ACK: a connection's first packet (or its retransmission).
+#[inline(always)]
+fn bare_syn(pkt: &Packet) -> bool {
+    pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 /// A flow's entry and a consistent copy of its state, if the table has it (an entry a
 /// writer holds or changed while it was read counts as absent).
 #[inline(always)]
@@ -77,13 +85,19 @@ pub fn keep(pkt: &Packet, service: &ServiceInfo, entry: *mut FlowEntry, st: Flow
     let timeout = service.idle_timeout_ns;
     let fresh = timeout == 0 || now.saturating_sub(st.last_seen) <= timeout;
     // A bare SYN on a finished 5-tuple starts a new connection.
-    let reopened = pkt.proto == IPPROTO_TCP
-        && pkt.tcp_flags & TCP_SYN != 0
-        && pkt.tcp_flags & TCP_ACK == 0
-        && st.flags & FLOW_ACTIVE == 0;
+    let reopened = bare_syn(pkt) && st.flags & FLOW_ACTIVE == 0;
     let live = unsafe { &mut (*entry).state };
     if st.service == service.id && fresh && !reopened && serving(st.backend).is_some() {
-        if now.saturating_sub(st.last_seen) > TOUCH_INTERVAL_NS {
+        // Once per flow: its second packet (a peer's entry: its first here) marks it
+        // established, which a flood's new flows never evict, and refreshes it as a
+        // packet a second later would: a flow that took its entry from another (a
+        // flood's, see `start`) writes its persistence template now, having shown it is
+        // no spoofed SYN.
+        let unmarked = st.flags & FLOW_ESTABLISHED == 0 && !bare_syn(pkt);
+        if unmarked || now.saturating_sub(st.last_seen) > TOUCH_INTERVAL_NS {
+            if unmarked {
+                live.flags |= FLOW_ESTABLISHED;
+            }
             live.last_seen = now;
             if service.persistence_secs != 0 {
                 remember_client(pkt, service, st.backend, now);
@@ -131,25 +145,124 @@ fn refreshed(pkt: &Packet, st: &FlowState) {
     }
 }
 
+/// `record`'s answers: the flow took a free, expired or its own entry; it took another
+/// flow's (evicting it); its entry was held by another writer (its next packet retries);
+/// it was refused one (counted in `FLOW_BYPASSES`).
+const TOOK_FREE: u32 = 0;
+const TOOK_LIVE: u32 = 1;
+const BUSY: u32 = 2;
+const REFUSED: u32 = 3;
+
+/// Bits of a key's word 4 that hold its family (0 in an empty entry).
+const FAMILY_BITS: u64 = 0xff << 40;
+
+/// 1 if `v` is not 0, else 0, computed without a branch (see `opaque`).
+#[inline(always)]
+fn nonzero(v: u64) -> u64 {
+    opaque(v | v.wrapping_neg()) >> 63
+}
+
+/// `record`'s scores of an entry's class, above its age (see `record`).
+const CLASS_SHIFT: u32 = 62;
+const SYNCED_CLASS: u64 = 1 << CLASS_SHIFT;
+const EXPIRED_CLASS: u64 = 3 << CLASS_SHIFT;
+
 /// Writes a flow's entry: over its own stale entry if its set has one, else over the set's
 /// empty or least recently seen entry (evicting that flow: its next packet is scheduled
-/// again). Skipped if another writer holds the entry (this flow's next packet retries).
-#[inline(always)]
-fn record(key: &FlowKey, state: &FlowState) {
-    let words = key.words();
+/// again).
+///
+/// With `conntrack.flood_protection` the entries rank, as victims: empty or idle past
+/// their timeout first, then those of a single packet, then peers' (synced) ones, each
+/// class least recently seen first; a flow never evicts an established entry. A packet
+/// that may open a flow (a SYN, any UDP datagram) takes anything down to peers' entries;
+/// another TCP packet (a flow this node does not know, as after a failover without
+/// `sync:`) only a free or expired entry. Refused, the packet is still forwarded, by the
+/// scheduler's choice.
+///
+/// A separate BPF function, so that its frame (the key, the scan's state) is not on the
+/// stack under `sync::report`, which `start` calls next; and a global one (exported as
+/// `bascule_record`, like `schedule`), checked by the verifier once on its own instead of
+/// again for every state the program reaches its call with: the scan of seven ways, each
+/// way's choice a branch, cost about 50,000 steps as a static function.
+#[export_name = "bascule_record"]
+#[inline(never)]
+#[allow(improper_ctypes_definitions)] // a pointer to our own `Packet`
+pub extern "C" fn record(
+    pkt: *const Packet,
+    backend: u32,
+    service: u32,
+    flags: u32,
+    now: u64,
+) -> u32 {
+    if pkt.is_null() {
+        return BUSY;
+    }
+    // SAFETY: non-null, and `start`'s caller's `Packet`.
+    let pkt = unsafe { &*pkt };
+    let words = key(pkt).words();
     let Some(set) = sets::set_of::<FlowEntry>(&words) else {
-        return;
+        return BUSY;
     };
-    // Least recently seen first; empty entries (seen at 0) before any.
-    let age = |e: *const sets::Entry| !unsafe { read_volatile((e as *const u64).add(6)) };
-    let Some((entry, before)) = sets::claim(set, &words, age) else {
-        return;
+    let Some(settings) = SETTINGS.get(0) else {
+        return BUSY;
     };
-    let payload = [
-        u64::from(state.backend) | u64::from(state.service) << 32,
-        state.last_seen,
-    ];
-    sets::release(entry, before, &words, payload, state.flags);
+    let protect = settings.flood_protection != 0;
+    let (tcp_timeout, udp_timeout) = (settings.tcp_timeout_ns, settings.udp_timeout_ns);
+    let keep_classes = 0u64.wrapping_sub(protect as u64);
+    // Without a branch: the verifier walks the seven ways' loop once per combination of
+    // the branches taken in it (a branch per class made that over a million steps).
+    let age = |e: *const sets::Entry| {
+        let w = e as *const u64;
+        let seen = unsafe { read_volatile(w.add(6)) };
+        let word4 = unsafe { read_volatile(w.add(4)) };
+        let flags = unsafe { read_volatile(w.add(7)) } & 0xffff_ffff;
+        // Least recently seen first; empty entries (seen at 0) before any.
+        let recency = !seen;
+        let empty = 1 - nonzero(word4 & FAMILY_BITS);
+        let tcp = 1 - nonzero(((word4 >> 32) & 0xff) ^ IPPROTO_TCP as u64);
+        let timeout = udp_timeout ^ ((tcp_timeout ^ udp_timeout) & 0u64.wrapping_sub(tcp));
+        // Idle past a timeout (none is 2^63 ns or more).
+        let idle = now.wrapping_sub(seen);
+        let expired = nonzero(timeout) & (opaque(timeout.wrapping_sub(idle)) >> 63);
+        let established = opaque(flags / FLOW_ESTABLISHED as u64) & 1;
+        let synced = opaque(flags / FLOW_SYNCED as u64) & 1;
+        // Established 0, synced 1, single-packet 2; expired 3.
+        let class = ((2 - synced) * (1 - established)) | (expired * 3);
+        let classed = (class << CLASS_SHIFT) | (recency >> 2) | 0u64.wrapping_sub(empty);
+        recency ^ ((classed ^ recency) & keep_classes)
+    };
+    let opens = pkt.proto != IPPROTO_TCP || bare_syn(pkt);
+    let floor = match (protect, opens) {
+        (false, _) => 0,
+        (true, true) => SYNCED_CLASS,
+        (true, false) => EXPIRED_CLASS,
+    };
+    let (entry, before, score) = match sets::claim(set, &words, age, floor) {
+        sets::Claim::Taken {
+            entry,
+            before,
+            score,
+        } => (entry, before, score),
+        sets::Claim::Busy => return BUSY,
+        sets::Claim::Full => {
+            let reason = if opens {
+                BYPASS_SET_FULL
+            } else {
+                BYPASS_NOT_SYN
+            };
+            if let Some(c) = FLOW_BYPASSES.get_ptr_mut(reason) {
+                unsafe { *c += 1 };
+            }
+            return REFUSED;
+        }
+    };
+    let payload = [u64::from(backend) | u64::from(service) << 32, now];
+    sets::release(entry, before, &words, payload, flags);
+    if score >= EXPIRED_CLASS {
+        TOOK_FREE
+    } else {
+        TOOK_LIVE
+    }
 }
 
 /// The backend for a new flow: the client's persistence template if the service has one
@@ -180,31 +293,30 @@ pub extern "C" fn schedule(pkt: *const Packet, service: *const ServiceInfo) -> u
     sched::choose(pkt, service, hash, now).unwrap_or(NO_BACKEND)
 }
 
-/// Records a new flow: connection-table entry, active count, persistence template.
-/// A separate BPF function (own stack frame).
+/// Records a new flow: connection-table entry, active count, persistence template, the
+/// report to peers. False when the flow was refused an entry (`record`): it is forwarded
+/// all the same but leaves no trace (no template, no first fragment, no report), so that
+/// a flood fills none of those tables either. A separate BPF function (own stack frame).
 #[inline(never)]
-pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) {
+pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) -> bool {
     let now = crate::clock::now();
     let flags = if closing(pkt) { 0 } else { FLOW_ACTIVE };
+    let taken = record(pkt, id, service.id, flags, now);
+    if taken == REFUSED {
+        return false;
+    }
     if flags != 0 {
         add_active(id);
     }
-    record(
-        &key(pkt),
-        &FlowState {
-            backend: id,
-            service: service.id,
-            last_seen: now,
-            flags,
-            seq: 0,
-        },
-    );
-    if service.persistence_secs != 0 {
+    // A flow that evicted another (its set was full: maybe a flood) writes its template
+    // only with its second packet (`keep`): spoofed SYNs never evict clients' templates.
+    if service.persistence_secs != 0 && taken != TOOK_LIVE {
         remember_client(pkt, service, id, now);
     }
     if crate::sync::enabled() {
         let _ = crate::sync::report(pkt, service.id, id, SYNC_NEW as u32, flags);
     }
+    true
 }
 
 /// Persistence: the client's template, while it is fresh and its backend eligible.

@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     csum::Delta,
-    maps::{BACKENDS, VIPS},
+    maps::{BACKENDS, ICMP_ECHO_PACE, SETTINGS, VIPS},
     parse::{ptr_at, read, Packet, Stop, IPV4_LEN, IPV6_LEN, MAX_L4_OFFSET},
 };
 
@@ -41,12 +41,47 @@ pub fn handle(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u64 {
     }
     let v4 = pkt.family == FAMILY_V4;
     match (v4, pkt.icmp_type, pkt.icmp_code) {
-        (true, ECHO_REQUEST_V4, 0) | (false, ECHO_REQUEST_V6, 0) => answered(echo_reply(raw, pkt)),
+        (true, ECHO_REQUEST_V4, 0) | (false, ECHO_REQUEST_V6, 0) => {
+            if !echo_in_rate(&vip) {
+                return answered(Err(Stop::counted(
+                    xdp_action::XDP_DROP,
+                    Reason::IcmpRateLimited,
+                )));
+            }
+            answered(echo_reply(raw, pkt))
+        }
         (true, UNREACHABLE_V4, FRAG_NEEDED_CODE) | (false, PACKET_TOO_BIG_V6, 0) => {
             too_big(raw, pkt)
         }
         _ => answered(Ok(xdp_action::XDP_PASS)),
     }
+}
+
+/// Whether an echo to `vip` may be answered now (`node.icmp_echo_rate`), counting it
+/// if so: the VIP's next answer is due one interval after the previous one's due time,
+/// and may come early by at most the burst. Racing CPUs may both answer where one
+/// should (their writes of the due time overlap): a flood answered on N CPUs gets at
+/// most N answers too many per interval.
+#[inline(always)]
+fn echo_in_rate(vip: &VipKey) -> bool {
+    let Some(s) = SETTINGS.get(0) else {
+        return true;
+    };
+    let interval = s.icmp_echo_interval_ns;
+    if interval == 0 {
+        return true;
+    }
+    let now = crate::clock::now();
+    let Some(due) = ICMP_ECHO_PACE.get_ptr_mut(vip) else {
+        let _ = ICMP_ECHO_PACE.insert(vip, now + interval, 0);
+        return true;
+    };
+    let next = unsafe { *due }.max(now);
+    if next - now > s.icmp_echo_burst_ns {
+        return false;
+    }
+    unsafe { *due = next + interval };
+    true
 }
 
 /// Turns the request around in place: addresses and MACs swapped, type changed, TTL

@@ -114,8 +114,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
         if id == NO_BACKEND {
             return Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend));
         }
-        flow::start(&pkt, &service, id);
-        if pkt.fragment == Fragment::First {
+        if flow::start(&pkt, &service, id) && pkt.fragment == Fragment::First {
             remember_first_fragment(&pkt, id, service.id);
         }
         target = NEW_FLOW | ((service.id as u64) << 32) | id as u64;

@@ -8,8 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     flow_sets, BackendInfo, Counters, DestKey, DestSet, FlowSet, FlowTable, FragKey, FragState,
     NatSet, NextHop, PersistKey, PersistState, ServiceEntry, ServiceInfo, ServiceKey, ServiceKey4,
-    Settings, SyncReport, VipKey, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS, MAX_SERVICES,
-    MAX_SERVICE_KEYS, NEXT_HOP_SLOTS, REASON_COUNT, SYNC_RING_BYTES, TABLE_CELLS, TABLE_MAP_FLAGS,
+    Settings, SyncReport, VipKey, BYPASS_COUNT, CONNTRACK_DEFAULT_ENTRIES, MAX_BACKENDS,
+    MAX_SERVICES, MAX_SERVICE_KEYS, NEXT_HOP_SLOTS, REASON_COUNT, SYNC_RING_BYTES, TABLE_CELLS,
+    TABLE_MAP_FLAGS,
 };
 
 /// (VIP, port, protocol) -> service, IPv6 VIPs. Port 0 entries match every port of the VIP.
@@ -68,6 +69,11 @@ pub static CONNTRACK: Array<
 #[btf_map]
 pub static FLOW_EVICTIONS: PerCpuArray<u64, 1> = PerCpuArray::new();
 
+/// New flows forwarded without a connection-table entry (`conntrack.flood_protection`),
+/// one slot per `lb_common::BYPASS_*` reason.
+#[btf_map]
+pub static FLOW_BYPASSES: PerCpuArray<u64, { BYPASS_COUNT as usize }> = PerCpuArray::new();
+
 /// The set mask and hash seed (`lb_common::FlowTable`) of the connection table (slot 0)
 /// and of the `nat` reply table (slot 1).
 #[btf_map]
@@ -121,6 +127,14 @@ pub static FRAGS: LruHashMap<FragKey, FragState, 65_536> = LruHashMap::new();
 /// are steered to the flow's backend.
 #[btf_map]
 pub static VIPS: HashMap<VipKey, u32, { MAX_SERVICE_KEYS as usize }> = HashMap::new();
+
+/// ICMP echo pacing per VIP (`node.icmp_echo_rate`): the time before which the VIP's
+/// next answer would be early (a generic cell rate algorithm: one word per VIP, no
+/// refill step). Written by the datapath as echoes come; LRU, sized for every VIP with
+/// room to spare (a VIP whose word was evicted starts with a full burst again).
+#[btf_map]
+pub static ICMP_ECHO_PACE: LruHashMap<VipKey, u64, { 2 * MAX_SERVICE_KEYS as usize }> =
+    LruHashMap::new();
 
 /// Active connections per backend id (shared by all CPUs, atomic updates), for the load
 /// schedulers. Userspace rewrites it from the connection table every few seconds so that

@@ -188,7 +188,7 @@ fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
             u64::from(now.wrapping_sub(unsafe { (*e).seen }))
         }
     };
-    let Some((entry, before)) = sets::claim(set, &words, age) else {
+    let sets::Claim::Taken { entry, before, .. } = sets::claim(set, &words, age, 0) else {
         return;
     };
     let vip = |i: usize| u64::from(pkt.dst[i]) | u64::from(pkt.dst[i + 1]) << 32;

@@ -114,39 +114,77 @@ pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     None
 }
 
+/// `v`, which the compiler may not see through: it would turn branch-free arithmetic back
+/// into comparisons and branches. One move instruction (an empty `asm!` leaves two lines
+/// of BTF at one instruction, which the kernel refuses).
+#[inline(always)]
+pub fn opaque(mut v: u64) -> u64 {
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
+    }
+    v
+}
+
+/// What `claim` got.
+pub enum Claim {
+    /// The entry (and its control word before the claim): the caller writes it and calls
+    /// `release`. `score` is the `age` it had (`u64::MAX` for the key's own entry).
+    Taken {
+        entry: *mut Entry,
+        before: u64,
+        score: u64,
+    },
+    /// Another writer holds the entry (the caller's next packet retries).
+    Busy,
+    /// No entry of the set scores `floor` or more, and none holds the key.
+    Full,
+}
+
 /// Claims the entry `words` goes to: its own if the set has it, else the one with the
-/// greatest `age` (empty ones must be the oldest), and tags it with the key's tag.
-/// Returns the entry and its control word before the claim (the caller writes the entry
-/// and calls `release`). None if another writer holds it (the caller's next packet
-/// retries). Counts an eviction when a live entry is taken.
+/// greatest `age` (empty ones must be the oldest) if that is at least `floor`, and tags it
+/// with the key's tag. Counts an eviction when a live entry is taken.
 #[inline(always)]
 pub fn claim(
     place: Place,
     words: &[u64; 5],
     age: impl Fn(*const Entry) -> u64,
-) -> Option<(*mut Entry, u64)> {
+    floor: u64,
+) -> Claim {
     let set = place.set;
-    let mut victim = 0;
-    let mut oldest = 0;
-    let mut own = false;
-    for way in 0..FLOW_WAYS {
+    // Every way's age first, then the choice: the ages cost no branch, and the verifier
+    // walks the choice's branches (once per combination: 2^7) over a few instructions
+    // each rather than over the ages' arithmetic too.
+    let mut ages = [0u64; FLOW_WAYS];
+    for (way, slot) in ages.iter_mut().enumerate() {
         let entry = way_ptr(set, way) as *const Entry;
         if holds(entry, words) {
-            victim = way;
-            own = true;
-            break;
+            return take(place, way, u64::MAX, true);
         }
-        let a = age(entry);
-        if a > oldest || way == 0 {
+        *slot = age(entry);
+    }
+    let mut victim = 0;
+    let mut oldest = ages[0];
+    for (way, &a) in ages.iter().enumerate().skip(1) {
+        if a > oldest {
             oldest = a;
             victim = way;
         }
     }
+    if oldest < floor {
+        return Claim::Full;
+    }
+    take(place, victim, oldest, false)
+}
+
+/// Claims way `victim` of `place`'s set (see `claim`).
+#[inline(always)]
+fn take(place: Place, victim: usize, oldest: u64, own: bool) -> Claim {
+    let set = place.set;
     let entry = way_ptr(set, victim);
     let control = unsafe { (entry as *mut u64).add(7) };
     let before = unsafe { read_volatile(control) };
     if held(before) || !crate::atomic::claim(control, before, before.wrapping_add(SEQ_STEP)) {
-        return None;
+        return Claim::Busy;
     }
     // Tagged while held: a reader that sees the new tag before the entry is whole finds
     // it held, as before.
@@ -157,7 +195,11 @@ pub fn claim(
             unsafe { *c += 1 };
         }
     }
-    Some((entry, before))
+    Claim::Taken {
+        entry,
+        before,
+        score: oldest,
+    }
 }
 
 /// Writes a claimed entry: the key, words 5-6, and word 7's low half with the sequence

@@ -136,6 +136,7 @@ fn snapshot() -> Snapshot {
             conntrack_entries: 65_123,
             conntrack_capacity: 1_048_576,
             conntrack_evictions: 17,
+            conntrack_bypassed: Default::default(),
         },
         vrrp: vec![
             VrrpStatus {

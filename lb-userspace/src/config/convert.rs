@@ -10,6 +10,7 @@ use super::keys::{CONNTRACK_KEYS, HTTP_KEYS, IFACE_KEYS, NODE_KEYS, ROOT_KEYS};
 use super::scalars::{is_loopback, valid_ifname};
 use super::schema::{
     Config, Conntrack, Http, Interface, Node, Origin, XdpMode, DEFAULT_HTTP_LISTEN,
+    DEFAULT_ICMP_ECHO_RATE,
 };
 use super::yaml::{o_pos_of_key, pos_of, Pos, Raw, P, Y};
 
@@ -146,9 +147,17 @@ impl Cx<'_> {
             None => None,
         };
         let tunnel_source = self.opt_field(&o, path, "tunnel_source", Self::ip);
+        let icmp_echo_rate = self.field(
+            &o,
+            path,
+            "icmp_echo_rate",
+            DEFAULT_ICMP_ECHO_RATE,
+            |cx, y, p| cx.u32(y, p, 0, 1_000_000_000),
+        );
         Some(Node {
             interfaces: interfaces?,
             tunnel_source: tunnel_source?,
+            icmp_echo_rate: icmp_echo_rate?,
         })
     }
 
@@ -211,10 +220,18 @@ impl Cx<'_> {
             d.udp_timeout,
             Self::positive_duration,
         );
+        let flood_protection = self.field(
+            &o,
+            path,
+            "flood_protection",
+            d.flood_protection,
+            Self::boolean,
+        );
         Some(Conntrack {
             max_entries: max_entries?,
             tcp_timeout: tcp?,
             udp_timeout: udp?,
+            flood_protection: flood_protection?,
         })
     }
 }

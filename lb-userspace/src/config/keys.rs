@@ -14,10 +14,15 @@ pub(super) const ROOT_KEYS: &[&str] = &[
     "announce",
     "sync",
 ];
-pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source"];
+pub(super) const NODE_KEYS: &[&str] = &["interfaces", "tunnel_source", "icmp_echo_rate"];
 pub(super) const IFACE_KEYS: &[&str] = &["name", "xdp_mode"];
 pub(super) const HTTP_KEYS: &[&str] = &["listen", "token_file"];
-pub(super) const CONNTRACK_KEYS: &[&str] = &["max_entries", "tcp_timeout", "udp_timeout"];
+pub(super) const CONNTRACK_KEYS: &[&str] = &[
+    "max_entries",
+    "tcp_timeout",
+    "udp_timeout",
+    "flood_protection",
+];
 pub(super) const SERVICE_KEYS: &[&str] = &[
     "name",
     "vip",

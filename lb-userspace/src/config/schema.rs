@@ -41,7 +41,13 @@ pub struct Node {
     pub interfaces: Vec<Interface>,
     /// Outer source address for IP-in-IP; `None`: the egress interface's address.
     pub tunnel_source: Option<IpAddr>,
+    /// ICMP echo requests answered per second per VIP (the datapath drops the rest, in
+    /// bursts of at most a tenth of that); 0 = no limit.
+    pub icmp_echo_rate: u32,
 }
+
+/// `node.icmp_echo_rate`'s default: a VIP answers 1,000 pings a second, no flood.
+pub const DEFAULT_ICMP_ECHO_RATE: u32 = 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Interface {
@@ -85,6 +91,8 @@ pub struct Conntrack {
     pub tcp_timeout: Duration,
     #[serde(serialize_with = "ser_duration")]
     pub udp_timeout: Duration,
+    /// A new flow never evicts an established one (see `lb_common::Settings`).
+    pub flood_protection: bool,
 }
 
 impl Default for Conntrack {
@@ -93,6 +101,7 @@ impl Default for Conntrack {
             max_entries: lb_common::CONNTRACK_DEFAULT_ENTRIES,
             tcp_timeout: Duration::from_secs(15 * 60),
             udp_timeout: Duration::from_secs(30),
+            flood_protection: true,
         }
     }
 }

@@ -39,6 +39,7 @@ fn full_example_parses_with_expected_values() {
                 xdp_mode: XdpMode::Auto
             }],
             tunnel_source: Some(ip("10.0.0.2")),
+            icmp_echo_rate: 1000,
         }
     );
     assert_eq!(c.http, Http::default());
@@ -49,6 +50,7 @@ fn full_example_parses_with_expected_values() {
             max_entries: 1_000_000,
             tcp_timeout: Duration::from_secs(900),
             udp_timeout: Duration::from_secs(30),
+            flood_protection: true,
         }
     );
     assert_eq!(c.services.len(), 1);

@@ -216,6 +216,9 @@ pub struct DatapathStats {
     /// table or the `nat` reply table.
     #[serde(default)]
     pub conntrack_evictions: u64,
+    /// New flows forwarded without an entry (`conntrack.flood_protection`), per reason.
+    #[serde(default)]
+    pub conntrack_bypassed: BTreeMap<String, u64>,
 }
 
 /// A VRRP instance as `bascule status`, `/api/v1/vrrp` and `bascule_vrrp_*` show it.
@@ -510,6 +513,11 @@ impl Controller {
             conntrack_evictions: self.datapath.conntrack_evictions().unwrap_or(0),
             ..Default::default()
         };
+        if let Ok(bypasses) = self.datapath.conntrack_bypasses() {
+            for (name, v) in bypasses {
+                datapath.conntrack_bypassed.insert(name.to_string(), v);
+            }
+        }
         if let Ok(actions) = self.datapath.actions() {
             for (name, v) in lb_common::XDP_ACTION_NAMES.iter().zip(actions) {
                 datapath.actions.insert(name.to_string(), v);

@@ -83,6 +83,17 @@ impl Datapath {
         Ok(m.get(&0, 0)?.iter().sum())
     }
 
+    /// New flows forwarded without a connection-table entry (`conntrack.flood_protection`),
+    /// by reason (`lb_common::BYPASS_NAMES`), summed over CPUs.
+    pub fn conntrack_bypasses(&mut self) -> Result<StdHashMap<&'static str, u64>> {
+        let m: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map("FLOW_BYPASSES")?)?;
+        let mut out = StdHashMap::new();
+        for (i, name) in lb_common::BYPASS_NAMES.iter().enumerate() {
+            out.insert(*name, m.get(&(i as u32), 0)?.iter().sum());
+        }
+        Ok(out)
+    }
+
     /// Zeroes the counters of service and backend ids that are new in the next plan: a
     /// freed id reused by another service or backend must not inherit its counts.
     pub fn reset_counters(&mut self, service_ids: &[u32], backend_ids: &[u32]) -> Result<()> {

@@ -223,9 +223,10 @@ impl<E: SetEntry> SetMemory<E> {
 
     /// Writes `entry` with the datapath's protocol (`lb-ebpf/src/sets.rs`, `claim` and
     /// `release`): into the way holding its key, else an empty one, else the one whose
-    /// `recency` is lowest (the least recently seen: its flow is evicted); claimed by a
-    /// compare-and-swap of the write sequence, tagged while held, written, released.
-    /// False if a writer held the way (the caller may retry).
+    /// `recency` is lowest (the least recently seen: its flow is evicted) unless that is
+    /// `u64::MAX` (never evicted); claimed by a compare-and-swap of the write sequence,
+    /// tagged while held, written, released. False if a writer held the way (the caller
+    /// may retry) or no way could be taken.
     pub fn insert(&self, entry: E, recency: impl Fn(&E) -> u64) -> bool {
         let key = entry.key();
         let hash = flow_set(&E::key_words(&key), self.table.seed);
@@ -246,6 +247,9 @@ impl<E: SetEntry> SetMemory<E> {
             }
         }
         let way = victim.expect("a set has ways");
+        if lowest == u64::MAX && !self.read(set, way).is_some_and(|e| e.key() == key) {
+            return false;
+        }
         let Some((word, before)) = self.claim(set, way) else {
             return false;
         };
@@ -326,7 +330,10 @@ pub fn random_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{FlowKey, FlowSet, FlowState, NatKey, FAMILY_V4, FLOW_ACTIVE, IPPROTO_TCP};
+    use lb_common::{
+        FlowKey, FlowSet, FlowState, NatKey, FAMILY_V4, FLOW_ACTIVE, FLOW_ESTABLISHED, FLOW_SYNCED,
+        IPPROTO_TCP,
+    };
 
     fn flow(n: u32) -> FlowKey {
         FlowKey {
@@ -466,6 +473,48 @@ mod tests {
         // A way a writer holds is not taken.
         t.word(set, way).fetch_add(SEQ_STEP, Ordering::SeqCst);
         assert!(!t.insert(entry(50, 6, 700), recency));
+        t.word(set, way).fetch_sub(SEQ_STEP, Ordering::SeqCst);
+        // Nothing evictable: refused; its own way is still rewritten.
+        let never = |_: &FlowEntry| u64::MAX;
+        assert!(!t.insert(entry(60, 6, 800), never));
+        assert_eq!(t.lookup(&flow(60)), None);
+        assert!(t.insert(entry(50, 7, 800), never));
+        assert_eq!(t.lookup(&flow(50)).map(|e| e.state.backend), Some(7));
+    }
+
+    #[test]
+    fn a_peers_flow_evicts_single_packet_flows_then_peers_never_established_ones() {
+        let t = FlowMemory::owned(1, 9);
+        let recency = super::super::synced::synced_recency;
+        let with = |n: u32, flags: u32, seen: u64| {
+            let mut e = entry(n, n, seen);
+            e.state.flags = flags;
+            e
+        };
+        // Established flows, older than the rest, one single-packet and one synced flow.
+        for n in 0..5 {
+            assert!(t.insert(with(n, FLOW_ESTABLISHED, 10 + u64::from(n)), recency));
+        }
+        assert!(t.insert(with(5, FLOW_SYNCED, 200), recency));
+        assert!(t.insert(with(6, FLOW_ACTIVE, 300), recency));
+        assert!(t.insert(with(7, FLOW_SYNCED, 400), recency));
+        assert_eq!(
+            t.lookup(&flow(6)),
+            None,
+            "the single-packet flow went first"
+        );
+        assert!(t.insert(with(8, FLOW_SYNCED, 500), recency));
+        assert_eq!(t.lookup(&flow(5)), None, "then the oldest peer's flow");
+        let established = (0..5).filter(|&n| t.lookup(&flow(n)).is_some()).count();
+        assert_eq!(established, 5);
+        // A set of established flows only: a peer's flow is refused.
+        let full = FlowMemory::owned(1, 9);
+        for n in 0..FLOW_WAYS as u32 {
+            assert!(full.insert(with(n, FLOW_ESTABLISHED, 10), recency));
+        }
+        assert!(!full.insert(with(20, FLOW_SYNCED, 900), recency));
+        assert_eq!(full.lookup(&flow(20)), None);
+        assert_eq!(full.entries().count(), FLOW_WAYS);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use lb_common::{FlowEntry, FlowKey, FlowTable, PersistKey, PersistState};
+use lb_common::{
+    FlowEntry, FlowKey, FlowTable, PersistKey, PersistState, FLOW_ESTABLISHED, FLOW_SYNCED,
+};
 
 use super::{flows::FlowMemory, Datapath};
 
@@ -44,11 +46,10 @@ impl Datapath {
     }
 
     /// Writes a peer's flow (and its client's persistence template, when the service has
-    /// persistence). False when a packet's writer held the way at that instant.
+    /// persistence). False when a packet's writer held the way at that instant, or when
+    /// its set holds only established flows (`synced_recency`).
     pub fn insert_synced(&mut self, entry: FlowEntry, persist: Option<PersistKey>) -> Result<bool> {
-        let written = self
-            .synced_table()?
-            .insert(entry, |e: &FlowEntry| e.state.last_seen);
+        let written = self.synced_table()?.insert(entry, synced_recency);
         if let Some(key) = persist {
             let mut templates: HashMap<_, PersistKey, PersistState> =
                 HashMap::try_from(self.map("PERSIST")?)?;
@@ -71,4 +72,20 @@ impl Datapath {
     pub fn remove_synced(&mut self, key: &FlowKey) -> Result<bool> {
         Ok(self.synced_table()?.remove_key(key))
     }
+}
+
+/// How soon a peer's flow evicts an entry of its set, lowest first: as the datapath ranks
+/// them for a new flow (`conntrack.flood_protection`), a flow of a single packet, then
+/// another peer's, least recently seen first; never an established flow of this node, so
+/// that a flood at a peer, reported here, evicts none.
+pub(crate) fn synced_recency(e: &FlowEntry) -> u64 {
+    if e.state.flags & FLOW_ESTABLISHED != 0 {
+        return u64::MAX;
+    }
+    let class = if e.state.flags & FLOW_SYNCED != 0 {
+        1 << 62
+    } else {
+        0
+    };
+    class | (e.state.last_seen >> 2)
 }

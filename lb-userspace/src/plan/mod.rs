@@ -214,6 +214,13 @@ fn settings(config: &Config, tunnel: TunnelSources) -> Settings {
     settings.tcp_timeout_ns = config.conntrack.tcp_timeout.as_nanos() as u64;
     settings.udp_timeout_ns = config.conntrack.udp_timeout.as_nanos() as u64;
     settings.sync_enabled = config.sync.is_some() as u32;
+    settings.flood_protection = config.conntrack.flood_protection as u32;
+    let rate = u64::from(config.node.icmp_echo_rate);
+    if let Some(interval) = 1_000_000_000u64.checked_div(rate) {
+        let burst = (rate / 10).max(1);
+        settings.icmp_echo_interval_ns = interval;
+        settings.icmp_echo_burst_ns = (burst - 1) * interval;
+    }
     settings
 }
 

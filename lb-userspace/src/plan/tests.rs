@@ -206,6 +206,27 @@ mod ids_and_tables {
     }
 
     #[test]
+    fn settings_carry_the_flood_policy_and_the_echo_rate() {
+        let p = |config: &Config| plan(config, &MacTable::new(), TunnelSources::default(), None);
+        let mut c = config();
+        let s = p(&c).unwrap().settings;
+        // 1,000 a second by default, in bursts of 100: 99 answers ahead of time at most.
+        assert_eq!(s.flood_protection, 1);
+        assert_eq!(s.icmp_echo_interval_ns, 1_000_000);
+        assert_eq!(s.icmp_echo_burst_ns, 99 * 1_000_000);
+        c.conntrack.flood_protection = false;
+        c.node.icmp_echo_rate = 5;
+        let s = p(&c).unwrap().settings;
+        assert_eq!(s.flood_protection, 0);
+        assert_eq!(
+            (s.icmp_echo_interval_ns, s.icmp_echo_burst_ns),
+            (200_000_000, 0)
+        );
+        c.node.icmp_echo_rate = 0;
+        assert_eq!(p(&c).unwrap().settings.icmp_echo_interval_ns, 0, "no limit");
+    }
+
+    #[test]
     fn dr_backend_without_mac_takes_no_flows() {
         let mut macs = MacTable::new();
         macs.insert("10.0.0.12".parse().unwrap(), [2, 0, 0, 0, 0, 0x12]);

@@ -315,6 +315,26 @@ fn register_datapath(r: &mut Registry, s: &Snapshot) {
          connection table or the nat reply table (too small for the load, or a flood)",
         counter(s.datapath.conntrack_evictions),
     );
+    let bypassed = Family::<ReasonLabels, Counter>::default();
+    for name in lb_common::BYPASS_NAMES {
+        bypassed
+            .get_or_create(&ReasonLabels {
+                reason: name.to_string(),
+            })
+            .inc_by(
+                s.datapath
+                    .conntrack_bypassed
+                    .get(name)
+                    .copied()
+                    .unwrap_or(0),
+            );
+    }
+    r.register(
+        "bascule_conntrack_bypassed",
+        "New flows forwarded by the scheduler without a connection-table entry, so as \
+         to evict no established flow (conntrack.flood_protection), per reason",
+        bypassed,
+    );
     r.register(
         "bascule_conntrack_entries",
         "Entries in the connection table",

@@ -59,7 +59,7 @@ const CASES: &[(Doc, &str)] = &[
     (AfterNode("conntrack:\n  max_entries: lots\n"), "bascule.yaml:5:16: conntrack.max_entries: expected an integer in 1..=4294967295, found the string \"lots\""),
     (File("node:\n  interfaces: eth0\n"), "bascule.yaml:2:15: node.interfaces: expected a list of interfaces, found the string \"eth0\""),
     (File("node:\n  interfaces:\n    - eth0\n"), "bascule.yaml:3:7: node.interfaces[0]: expected a mapping with the keys name, xdp_mode, found the string \"eth0\""),
-    (File("node:\n  - eth0\n"), "bascule.yaml:2:3: node: expected a mapping with the keys interfaces, tunnel_source, found a list"),
+    (File("node:\n  - eth0\n"), "bascule.yaml:2:3: node: expected a mapping with the keys interfaces, tunnel_source, icmp_echo_rate, found a list"),
     (AfterNode("vrrp:\n  - name: VI_1\n    interface: eth0\n    virtual_router_id: 1\n    virtual_addresses: [10.0.0.1/24]\n    preempt: sometimes\n"), "bascule.yaml:9:14: vrrp[0].preempt: expected true or false, found the string \"sometimes\""),
     (File("- node\n"), "bascule.yaml:1:1: the configuration must be a mapping with the keys node, http, conntrack, services, vrrp, vrrp_scripts, sync_groups, announce, sync, found a list"),
 
