@@ -14,6 +14,7 @@
 //! Requires root and iproute2 (`ip`).
 
 pub mod bgp;
+pub mod flood;
 pub mod http;
 pub mod interrupt;
 pub mod lab;
