@@ -485,9 +485,12 @@ pub const BYPASS_SET_FULL: u32 = 0;
 /// A TCP packet other than a SYN, for a flow the table does not know, whose set had no
 /// free or expired entry (it evicts nothing).
 pub const BYPASS_NOT_SYN: u32 = 1;
-pub const BYPASS_COUNT: u32 = 2;
+/// A `nat` flow's reply entry, whose set in the `nat` reply table held only established
+/// flows' entries: the flow's replies go to the kernel untouched.
+pub const BYPASS_NAT_FULL: u32 = 2;
+pub const BYPASS_COUNT: u32 = 3;
 /// Label values of the bypass counters, by slot.
-pub const BYPASS_NAMES: [&str; BYPASS_COUNT as usize] = ["set_full", "not_syn"];
+pub const BYPASS_NAMES: [&str; BYPASS_COUNT as usize] = ["set_full", "not_syn", "nat_full"];
 /// How stale `last_seen` may get before a packet refreshes it.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -545,8 +548,9 @@ pub struct NatKey {
 /// One entry of the `nat` reply table: a reply's key and the VIP and port to put back as
 /// its source, one cache line, in sets like the connection table's (same write protocol,
 /// see `FlowEntry`; `seq` sits in the same place). `seen` is the time of the last
-/// forward packet in `SEEN_SHIFT` units (about a second), wrapping: only compared to pick
-/// the least recently seen entry of a full set.
+/// forward packet in `SEEN_SHIFT` units (about a second), wrapping at 2^15 (`SEEN_MASK`):
+/// only compared to pick the least recently seen entry of a full set; its top bit is
+/// `NAT_ESTABLISHED`.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NatEntry {
@@ -560,6 +564,11 @@ pub struct NatEntry {
 /// `NatEntry::seen`: the datapath's time (`FlowTable::clock_ns`) `>> SEEN_SHIFT` (units
 /// of ~1.07 s).
 pub const SEEN_SHIFT: u32 = 30;
+/// The time bits of `NatEntry::seen` (about 9 hours before they wrap).
+pub const SEEN_MASK: u16 = 0x7fff;
+/// `NatEntry::seen`: the flow sent a second packet towards its backend. With
+/// `conntrack.flood_protection`, a new flow never takes such an entry's place.
+pub const NAT_ESTABLISHED: u16 = 0x8000;
 
 /// One set of the `nat` reply table.
 #[repr(C)]

@@ -16,7 +16,7 @@ use crate::{
     maps::{ACTIVE, BACKENDS, FLOW_BYPASSES, PERSIST, SETTINGS},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sched,
-    sets::{self, opaque},
+    sets::{self, nonzero, opaque, FAMILY_BITS},
 };
 
 #[inline(always)]
@@ -153,15 +153,6 @@ const TOOK_LIVE: u32 = 1;
 const BUSY: u32 = 2;
 const REFUSED: u32 = 3;
 
-/// Bits of a key's word 4 that hold its family (0 in an empty entry).
-const FAMILY_BITS: u64 = 0xff << 40;
-
-/// 1 if `v` is not 0, else 0, computed without a branch (see `opaque`).
-#[inline(always)]
-fn nonzero(v: u64) -> u64 {
-    opaque(v | v.wrapping_neg()) >> 63
-}
-
 /// `record`'s scores of an entry's class, above its age (see `record`).
 const CLASS_SHIFT: u32 = 62;
 const SYNCED_CLASS: u64 = 1 << CLASS_SHIFT;
@@ -250,9 +241,7 @@ pub extern "C" fn record(
             } else {
                 BYPASS_NOT_SYN
             };
-            if let Some(c) = FLOW_BYPASSES.get_ptr_mut(reason) {
-                unsafe { *c += 1 };
-            }
+            bypassed(reason);
             return REFUSED;
         }
     };
@@ -291,6 +280,14 @@ pub extern "C" fn schedule(pkt: *const Packet, service: *const ServiceInfo) -> u
     }
     let hash = lb_common::hash::flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto);
     sched::choose(pkt, service, hash, now).unwrap_or(NO_BACKEND)
+}
+
+/// Counts a new flow forwarded without an entry (`lb_common::BYPASS_*`).
+#[inline(always)]
+pub fn bypassed(reason: u32) {
+    if let Some(c) = FLOW_BYPASSES.get_ptr_mut(reason) {
+        unsafe { *c += 1 };
+    }
 }
 
 /// Records a new flow: connection-table entry, active count, persistence template, the

@@ -2,9 +2,12 @@
 //! in; on the way back (the backend routes its replies through this node) the source
 //! becomes the VIP and service port again, found through the reply-direction table.
 
+use core::ptr::read_volatile;
+
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    BackendInfo, NatEntry, NatKey, Reason, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP, SEEN_SHIFT,
+    BackendInfo, NatEntry, NatKey, Reason, BYPASS_NAT_FULL, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_ESTABLISHED, SEEN_MASK, SEEN_SHIFT,
 };
 
 use crate::{
@@ -162,15 +165,19 @@ fn find_reply(key: &NatKey) -> Option<(*mut NatEntry, NatEntry)> {
     sets::lookup::<NatEntry>(&key.words())
 }
 
-/// Keeps the reply direction of a forward packet: marks its entry seen (at most a store
-/// per packet), or writes it if missing or stale (another VIP, after a reload).
+/// Keeps the reply direction of a forward packet: marks its entry seen, and established
+/// from its second packet on (at most a store per packet, one a second), or writes it if
+/// missing or stale (another VIP, after a reload). With `conntrack.flood_protection` a
+/// new flow's entry never takes an established flow's place (it is refused, counted:
+/// `BYPASS_NAT_FULL`), as in the connection table.
 #[inline(always)]
 fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
+    let now = now & SEEN_MASK;
     if let Some((entry, r)) = find_reply(key) {
         if r.vip == pkt.dst && r.vip_port == pkt.dport {
-            if r.seen != now {
+            if r.seen != now | NAT_ESTABLISHED {
                 // Only `seen`'s two bytes: a writer's sequence beside them is untouched.
-                unsafe { (*entry).seen = now };
+                unsafe { (*entry).seen = now | NAT_ESTABLISHED };
             }
             return;
         }
@@ -179,17 +186,29 @@ fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
     let Some(set) = sets::set_of::<NatEntry>(&words) else {
         return;
     };
-    // Least recently seen first (`seen` wraps: ages modulo 2^16); empty entries first.
+    let protect = crate::maps::SETTINGS
+        .get(0)
+        .is_some_and(|s| s.flood_protection != 0);
+    let evictable = if protect { 1 << 16 } else { 0 };
+    // Least recently seen first (`seen` wraps: ages modulo 2^15), established entries
+    // after every other; empty entries first. Without a branch (see `flow::record`).
     let age = |e: *const sets::Entry| {
-        let e = e as *const NatEntry;
-        if unsafe { (*e).key.family } == 0 {
-            u64::MAX
-        } else {
-            u64::from(now.wrapping_sub(unsafe { (*e).seen }))
-        }
+        let w = e as *const u64;
+        let word4 = unsafe { read_volatile(w.add(4)) };
+        // Word 7: `vip_port`, `seen`, then the write sequence.
+        let seen = (unsafe { read_volatile(w.add(7)) } >> 16) & 0xffff;
+        let empty = 1 - sets::nonzero(word4 & sets::FAMILY_BITS);
+        let established = sets::opaque(seen >> 15) & 1;
+        let idle = u64::from(now).wrapping_sub(seen) & u64::from(SEEN_MASK);
+        ((1 - established) * evictable) | idle | 0u64.wrapping_sub(empty)
     };
-    let sets::Claim::Taken { entry, before, .. } = sets::claim(set, &words, age, 0) else {
-        return;
+    let (entry, before) = match sets::claim(set, &words, age, evictable) {
+        sets::Claim::Taken { entry, before, .. } => (entry, before),
+        sets::Claim::Busy => return,
+        sets::Claim::Full => {
+            crate::flow::bypassed(BYPASS_NAT_FULL);
+            return;
+        }
     };
     let vip = |i: usize| u64::from(pkt.dst[i]) | u64::from(pkt.dst[i + 1]) << 32;
     let low = u32::from(pkt.dport) | u32::from(now) << 16;

@@ -114,6 +114,15 @@ pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     None
 }
 
+/// Bits of a key's word 4 that hold its family (0 in an empty entry).
+pub const FAMILY_BITS: u64 = 0xff << 40;
+
+/// 1 if `v` is not 0, else 0, computed without a branch (see `opaque`).
+#[inline(always)]
+pub fn nonzero(v: u64) -> u64 {
+    opaque(v | v.wrapping_neg()) >> 63
+}
+
 /// `v`, which the compiler may not see through: it would turn branch-free arithmetic back
 /// into comparisons and branches. One move instruction (an empty `asm!` leaves two lines
 /// of BTF at one instruction, which the kernel refuses).

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{harness::*, packet::Frame};
-use lb_common::icmp::ECHO_REQUEST_V4;
+use lb_common::{icmp::ECHO_REQUEST_V4, NatKey};
 
 /// `rr` over three backends: a flow scheduled again most likely changes backend, so a
 /// flow that lost its entry shows.
@@ -178,6 +178,85 @@ fn an_unknown_flows_ack_takes_only_a_free_entry() {
         .unwrap()
         .is_some());
     assert_eq!(h.datapath.conntrack_evictions().unwrap(), 1);
+}
+
+/// `nat` to one backend: every flow's reply entry differs by the client's port alone.
+fn nat_config(flood_protection: bool) -> String {
+    format!(
+        r#"
+node:
+  interfaces: [{{ name: eth0 }}]
+conntrack: {{ flood_protection: {flood_protection} }}
+services:
+  - {{ name: nat4, vip: 10.112.0.110, port: 80, forwarding: nat,
+      backends: [{{ address: 10.111.0.11, port: 8080 }}] }}
+"#
+    )
+}
+
+/// `n` client ports of 10.111.0.10 whose `nat` replies share one set of the reply table.
+fn nat_ports_of_one_set(h: &mut Harness, n: usize) -> Vec<u16> {
+    let addr = |a: &str| lb_common::addr_words(a.parse().unwrap()).0;
+    let reply = |port: u16| NatKey {
+        backend: addr("10.111.0.11"),
+        client: addr("10.111.0.10"),
+        backend_port: 8080u16.to_be(),
+        client_port: port.to_be(),
+        proto: 6,
+        family: lb_common::FAMILY_V4,
+        _pad: [0; 2],
+    };
+    let set = h.datapath.nat_set_of(&reply(10_000)).unwrap();
+    let ports: Vec<u16> = (10_000..60_000)
+        .filter(|&p| h.datapath.nat_set_of(&reply(p)).unwrap() == set)
+        .take(n)
+        .collect();
+    assert_eq!(ports.len(), n, "ports of one set");
+    ports
+}
+
+/// Each established `nat` flow's reply, after a flood of new flows whose reply entries
+/// go to the same set: whether it still came back from the VIP.
+fn nat_replies_after_a_flood(h: &mut Harness, flood: usize) -> Vec<bool> {
+    let ports = nat_ports_of_one_set(h, W + flood);
+    let (established, spoofed) = ports.split_at(W);
+    let syn = |p: u16| Frame::tcp("10.111.0.10", p, "10.112.0.110", 80);
+    let reply = |p: u16| {
+        Frame::tcp("10.111.0.11", 8080, "10.111.0.10", p)
+            .flags(ACK)
+            .bytes()
+    };
+    let from_the_vip = |h: &mut Harness, p: u16| {
+        let (verdict, out) = h.run(&reply(p));
+        verdict == XDP_TX && out[26..30] == [10, 112, 0, 110]
+    };
+    for &p in established {
+        sent_to(h, &syn(p));
+        sent_to(h, &syn(p).flags(ACK));
+        assert!(from_the_vip(h, p), "port {p}: the reply is rewritten");
+    }
+    for &p in spoofed {
+        sent_to(h, &syn(p));
+    }
+    established.iter().map(|&p| from_the_vip(h, p)).collect()
+}
+
+#[test]
+fn a_flood_of_nat_flows_evicts_no_established_reply_entry() {
+    let mut h = Harness::with_conntrack(&nat_config(true), 1024);
+    let replied = nat_replies_after_a_flood(&mut h, 100);
+    assert_eq!(
+        replied,
+        vec![true; W],
+        "every established flow's replies rewritten"
+    );
+    assert_eq!(bypassed(&mut h, "nat_full"), 100);
+    // Without the policy, the flood takes their places (within one second, the same
+    // place over and over): replies go to the kernel as they came, from the backend.
+    let mut h = Harness::with_conntrack(&nat_config(false), 1024);
+    let replied = nat_replies_after_a_flood(&mut h, 100);
+    assert!(replied.contains(&false), "{replied:?}");
+    assert_eq!(bypassed(&mut h, "nat_full"), 0);
 }
 
 /// Echo requests to a VIP are answered at `node.icmp_echo_rate` per second, in bursts of

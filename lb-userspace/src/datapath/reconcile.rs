@@ -203,6 +203,11 @@ impl Datapath {
         Ok(self.flows(Some(flow))?.set_of(flow))
     }
 
+    /// The `nat` reply table's set a reply lives in (tests fill one set on purpose).
+    pub fn nat_set_of(&mut self, reply: &NatKey) -> Result<usize> {
+        Ok(self.sets::<NatEntry>(Some(reply))?.set_of(reply))
+    }
+
     /// Forgets every `nat` reply-direction entry (the benchmark starts each new-flow
     /// figure from empty tables).
     pub fn clear_nat_replies(&mut self) -> Result<()> {
