@@ -17,7 +17,8 @@
 //! `--only GROUP[,GROUP]` (xdp, control, sync, sync_ring, failover, ecmp, ...): just those
 //! figures.
 //!
-//! A group that needs something this machine may refuse or lack (live frames for `veth`,
+//! A group that needs something this machine may refuse or lack (live frames for `veth`
+//! and `flood`,
 //! HAProxy, wrk and BPF statistics for `http`) checks for it before measuring; without
 //! it, the group is reported unavailable with the reason (printed, and under
 //! `"unavailable"` in the results file), and the other groups still run: the suite exits
@@ -38,6 +39,8 @@ mod control;
 mod ecmp;
 #[path = "bench/figure.rs"]
 mod figure;
+#[path = "bench/flood.rs"]
+mod flood;
 #[path = "bench/health.rs"]
 mod health;
 
@@ -126,6 +129,11 @@ const GROUPS: &[Group] = &[
         name: "veth",
         quick: true,
         run: veth::figures,
+    },
+    Group {
+        name: "flood",
+        quick: true,
+        run: flood::figures,
     },
     Group {
         name: "http",

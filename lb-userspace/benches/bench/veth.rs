@@ -76,7 +76,7 @@ services:
 /// the figures 1.7% apart from one tick to the next).
 const FRAMES_FULL: u32 = 5_000_000;
 const FRAMES_QUICK: u32 = 100_000;
-const BATCH: u32 = 64;
+pub(crate) const BATCH: u32 = 64;
 /// `floor_gen_paced`'s gap between frames: 1 Mpps.
 pub const GEN_GAP_NS: u64 = 1_000;
 
@@ -111,17 +111,25 @@ struct Run {
     new_flows: u64,
 }
 
-/// The rig of the module doc (also the sync group's: new flows at a paced rate).
-pub struct Rig {
-    pub h: Harness,
-    gen: Netns,
-    progs: Ebpf,
-    peer_ifindex: u32,
+/// The two namespaces, the datapath (maps programmed from a config) and the floor
+/// programs; the sync group (new flows at a paced rate) and the flood figures
+/// (`flood.rs`) use it too.
+pub(crate) struct Rig {
+    pub(crate) h: Harness,
+    pub(crate) gen: Netns,
+    pub(crate) progs: Ebpf,
+    pub(crate) peer_ifindex: u32,
 }
 
 impl Rig {
-    pub fn new() -> Rig {
-        let h = Harness::new(CONFIG); // creates the LB namespace, and enters it
+    pub(crate) fn new() -> Rig {
+        Rig::with_config(CONFIG)
+    }
+
+    /// The rig with the datapath's maps programmed from `config` (its services on
+    /// `eth0`'s lab addresses).
+    pub(crate) fn with_config(config: &str) -> Rig {
+        let h = Harness::new(config); // creates the LB namespace, and enters it
         let gen = Netns::new("vgen");
         h.ns.ip(&["link", "set", "peer0", "netns", &gen.name]);
         let client = mac_text(CLIENT_MAC);
@@ -157,7 +165,7 @@ impl Rig {
         }
     }
 
-    fn counted(&mut self) -> u64 {
+    pub(crate) fn counted(&mut self) -> u64 {
         let m: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.progs.map("GEN_COUNTS").unwrap()).unwrap();
         m.get(&0, 0).expect("read GEN_COUNTS").iter().sum()
@@ -175,7 +183,7 @@ impl Rig {
     /// Whether the kernel sends live frames from `peer0`: one batch of `frame`, before
     /// anything is measured (nothing is attached to `eth0` yet: the LB's stack drops
     /// them). The kernel's refusal, in one line, is the group's reason.
-    pub fn live_frames(&mut self, frame: &[u8]) -> GroupResult {
+    pub(crate) fn live_frames(&mut self, frame: &[u8]) -> GroupResult {
         refused_on_purpose("live_frames")?;
         self.gen.enter();
         let ctx = xdp_md(frame.len() as u32, self.peer_ifindex);
@@ -360,7 +368,7 @@ fn check(under: Under, run: &Run) {
     );
 }
 
-fn xdp<'a>(progs: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+pub(crate) fn xdp<'a>(progs: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
     progs
         .program_mut(name)
         .expect("program in the floor object")
