@@ -480,10 +480,10 @@ pub const FLOW_ESTABLISHED: u32 = 4;
 /// Why a new flow was forwarded without a connection-table entry (`conntrack.flood_protection`):
 /// one slot each of the `FLOW_BYPASSES` per-CPU array and one label value of
 /// `bascule_conntrack_bypassed_total{reason}`. Its set held only established flows (and,
-/// for a SYN, synced ones: none free, expired or of a single packet).
+/// for a SYN, synced ones: none empty or of a single packet).
 pub const BYPASS_SET_FULL: u32 = 0;
 /// A TCP packet other than a SYN, for a flow the table does not know, whose set had no
-/// free or expired entry (it evicts nothing).
+/// empty entry (it evicts nothing).
 pub const BYPASS_NOT_SYN: u32 = 1;
 /// A `nat` flow's reply entry, whose set in the `nat` reply table held only established
 /// flows' entries: the flow's replies go to the kernel untouched.
@@ -786,9 +786,9 @@ pub struct Settings {
     /// Non-zero when `sync:` is configured: new flows and their ends are reported to the
     /// daemon (`SyncReport`, ring buffer `SYNC_RING`). Nodes without sync pay this load.
     pub sync_enabled: u32,
-    /// Non-zero with `conntrack.flood_protection`: a new flow takes only a free, expired or
-    /// single-packet entry of its set (a TCP packet other than a SYN only a free or
-    /// expired one), else it is forwarded without one and counted (`BYPASS_*`).
+    /// Non-zero with `conntrack.flood_protection`: a new flow takes only an empty or a
+    /// single-packet entry of its set, or a peer's (a TCP packet other than a SYN only an
+    /// empty one), else it is forwarded without one and counted (`BYPASS_*`).
     pub flood_protection: u32,
     /// ICMP echo requests to a VIP are answered at most once per this many nanoseconds
     /// on average (`node.icmp_echo_rate`); 0 = no limit.

@@ -145,7 +145,7 @@ fn refreshed(pkt: &Packet, st: &FlowState) {
     }
 }
 
-/// `record`'s answers: the flow took a free, expired or its own entry; it took another
+/// `record`'s answers: the flow took an empty or its own entry; it took another
 /// flow's (evicting it); its entry was held by another writer (its next packet retries);
 /// it was refused one (counted in `FLOW_BYPASSES`).
 const TOOK_FREE: u32 = 0;
@@ -156,19 +156,21 @@ const REFUSED: u32 = 3;
 /// `record`'s scores of an entry's class, above its age (see `record`).
 const CLASS_SHIFT: u32 = 62;
 const SYNCED_CLASS: u64 = 1 << CLASS_SHIFT;
-const EXPIRED_CLASS: u64 = 3 << CLASS_SHIFT;
+/// At least this: an empty entry's score (`u64::MAX`), or the flow's own.
+const FREE_CLASS: u64 = 3 << CLASS_SHIFT;
 
 /// Writes a flow's entry: over its own stale entry if its set has one, else over the set's
 /// empty or least recently seen entry (evicting that flow: its next packet is scheduled
 /// again).
 ///
-/// With `conntrack.flood_protection` the entries rank, as victims: empty or idle past
-/// their timeout first, then those of a single packet, then peers' (synced) ones, each
-/// class least recently seen first; a flow never evicts an established entry. A packet
-/// that may open a flow (a SYN, any UDP datagram) takes anything down to peers' entries;
-/// another TCP packet (a flow this node does not know, as after a failover without
-/// `sync:`) only a free or expired entry. Refused, the packet is still forwarded, by the
-/// scheduler's choice.
+/// With `conntrack.flood_protection` the entries rank, as victims: empty first, then
+/// those of a single packet, then peers' (synced) ones, each class least recently seen
+/// first; a flow never evicts an established entry. A packet that may open a flow (a SYN,
+/// any UDP datagram) takes anything down to peers' entries; another TCP packet (a flow
+/// this node does not know, as after a failover without `sync:`) only an empty entry.
+/// Refused, the packet is still forwarded, by the scheduler's choice. An entry idle past
+/// its timeout is not told apart here: the daemon empties it within 5 s (`reconcile`),
+/// and telling it apart made every new flow dearer (10 ns or more here).
 ///
 /// A separate BPF function, so that its frame (the key, the scan's state) is not on the
 /// stack under `sync::report`, which `start` calls next; and a global one (exported as
@@ -198,7 +200,6 @@ pub extern "C" fn record(
         return BUSY;
     };
     let protect = settings.flood_protection != 0;
-    let (tcp_timeout, udp_timeout) = (settings.tcp_timeout_ns, settings.udp_timeout_ns);
     let keep_classes = 0u64.wrapping_sub(protect as u64);
     // Without a branch: the verifier walks the seven ways' loop once per combination of
     // the branches taken in it (a branch per class made that over a million steps).
@@ -210,15 +211,10 @@ pub extern "C" fn record(
         // Least recently seen first; empty entries (seen at 0) before any.
         let recency = !seen;
         let empty = 1 - nonzero(word4 & FAMILY_BITS);
-        let tcp = 1 - nonzero(((word4 >> 32) & 0xff) ^ IPPROTO_TCP as u64);
-        let timeout = udp_timeout ^ ((tcp_timeout ^ udp_timeout) & 0u64.wrapping_sub(tcp));
-        // Idle past a timeout (none is 2^63 ns or more).
-        let idle = now.wrapping_sub(seen);
-        let expired = nonzero(timeout) & (opaque(timeout.wrapping_sub(idle)) >> 63);
         let established = opaque(flags / FLOW_ESTABLISHED as u64) & 1;
         let synced = opaque(flags / FLOW_SYNCED as u64) & 1;
-        // Established 0, synced 1, single-packet 2; expired 3.
-        let class = ((2 - synced) * (1 - established)) | (expired * 3);
+        // Established 0, synced 1, single-packet 2.
+        let class = (2 - synced) * (1 - established);
         let classed = (class << CLASS_SHIFT) | (recency >> 2) | 0u64.wrapping_sub(empty);
         recency ^ ((classed ^ recency) & keep_classes)
     };
@@ -226,7 +222,7 @@ pub extern "C" fn record(
     let floor = match (protect, opens) {
         (false, _) => 0,
         (true, true) => SYNCED_CLASS,
-        (true, false) => EXPIRED_CLASS,
+        (true, false) => FREE_CLASS,
     };
     let (entry, before, score) = match sets::claim(set, &words, age, floor) {
         sets::Claim::Taken {
@@ -247,7 +243,7 @@ pub extern "C" fn record(
     };
     let payload = [u64::from(backend) | u64::from(service) << 32, now];
     sets::release(entry, before, &words, payload, flags);
-    if score >= EXPIRED_CLASS {
+    if score >= FREE_CLASS {
         TOOK_FREE
     } else {
         TOOK_LIVE
