@@ -26,17 +26,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
 use bascule::datapath::AttachMode;
 use lb_common::FLOW_ESTABLISHED;
 
 use crate::{
     common::{
-        harness::{run_on, xdp_md, XDP_TX},
+        harness::{run_on, XDP_TX},
         packet::Frame,
     },
     figure::{Figure, GroupResult, Settings},
-    veth::{xdp, Rig, BATCH},
+    veth::{live_run, Rig},
 };
 
 const CONFIG: &str = r#"
@@ -183,21 +182,10 @@ fn flood_round(s: &Settings, rig: &mut Rig, round: u32) -> Round {
         });
         // The flood, run after run, until the flows sent their last packets.
         let frame = Frame::tcp("10.111.0.10", 999, "10.112.0.100", 80).bytes();
-        let ctx = xdp_md(frame.len() as u32, *peer_ifindex);
         gen.enter();
         counted_before = gen_counted(progs);
         while !done.load(Ordering::SeqCst) {
-            let started = Instant::now();
-            xdp(progs, "floor_gen_fresh")
-                .test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: run_frames,
-                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                    ..TestRunOptions::new()
-                })
-                .expect("BPF_PROG_TEST_RUN in live-frames mode from peer0");
-            seconds += started.elapsed().as_secs_f64();
+            seconds += live_run(progs, "floor_gen_fresh", &frame, *peer_ifindex, run_frames);
         }
         thread::sleep(Duration::from_millis(50)); // frames still in the veth rings land
         counted = gen_counted(progs) - counted_before;

@@ -76,7 +76,7 @@ services:
 /// the figures 1.7% apart from one tick to the next).
 const FRAMES_FULL: u32 = 5_000_000;
 const FRAMES_QUICK: u32 = 100_000;
-pub(crate) const BATCH: u32 = 64;
+const BATCH: u32 = 64;
 /// `floor_gen_paced`'s gap between frames: 1 Mpps.
 pub const GEN_GAP_NS: u64 = 1_000;
 
@@ -212,22 +212,19 @@ impl Rig {
             .datapath
             .attach("eth0", AttachMode::Native)
             .expect("attach bascule to eth0 in native mode");
-        self.gen.enter();
-        let ctx = xdp_md(frame.len() as u32, self.peer_ifindex);
-        let started = Instant::now();
-        xdp(&mut self.progs, "floor_gen_paced")
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN in live-frames mode from peer0");
-        let seconds = started.elapsed().as_secs_f64();
-        thread::sleep(Duration::from_millis(50)); // frames still in the veth rings land
+        let seconds = self.generate("floor_gen_paced", frame, frames);
         self.h.ns.enter();
         self.h.datapath.detach_all();
+        seconds
+    }
+
+    /// From the generator's namespace, `frames` live frames of `frame` sent by the
+    /// generator program `gen` out of `peer0`; returns the wall-clock seconds its run
+    /// took, then waits for the frames still in the veth rings to land.
+    fn generate(&mut self, gen: &str, frame: &[u8], frames: u32) -> f64 {
+        self.gen.enter();
+        let seconds = live_run(&mut self.progs, gen, frame, self.peer_ifindex, frames);
+        thread::sleep(Duration::from_millis(50));
         seconds
     }
 
@@ -250,25 +247,12 @@ impl Rig {
         };
         let bascule_before = self.bascule_counts();
         let before = self.counted();
-        self.gen.enter();
         let gen = if under == Under::BasculeNew {
             "floor_gen_fresh"
         } else {
             "floor_gen"
         };
-        let ctx = xdp_md(frame.len() as u32, self.peer_ifindex);
-        let started = Instant::now();
-        xdp(&mut self.progs, gen)
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&ctx),
-                repeat: frames,
-                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                ..TestRunOptions::new()
-            })
-            .expect("BPF_PROG_TEST_RUN in live-frames mode from peer0");
-        let seconds = started.elapsed().as_secs_f64();
-        thread::sleep(Duration::from_millis(50)); // frames still in the veth rings land
+        let seconds = self.generate(gen, frame, frames);
         let counted = self.counted() - before;
         self.h.ns.enter();
         match link {
@@ -285,6 +269,30 @@ impl Rig {
             new_flows: bascule_after.1 - bascule_before.1,
         }
     }
+}
+
+/// One run of the generator program `gen` (the caller is in the generator's namespace):
+/// `frames` live frames of `frame` out of the interface `ifindex`. Returns the run's
+/// wall-clock seconds.
+pub(crate) fn live_run(
+    progs: &mut Ebpf,
+    gen: &str,
+    frame: &[u8],
+    ifindex: u32,
+    frames: u32,
+) -> f64 {
+    let ctx = xdp_md(frame.len() as u32, ifindex);
+    let started = Instant::now();
+    xdp(progs, gen)
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+            ..TestRunOptions::new()
+        })
+        .expect("BPF_PROG_TEST_RUN in live-frames mode from peer0");
+    started.elapsed().as_secs_f64()
 }
 
 fn measure(s: &Settings) -> Result<Vec<Figure>, String> {
