@@ -38,6 +38,11 @@ pub fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A lab of two LB nodes (a VRRP pair) and `backends` backends.
+pub fn pair_lab(tag: &str, backends: usize) -> Topology {
+    Topology::new(tag, crate::TopologySpec { lbs: 2, backends }).expect("build the lab")
+}
+
 /// Writes a config file into the lab's directory.
 pub fn write(topo: &Topology, name: &str, text: &str) -> PathBuf {
     topo.write_config(name, text).expect("write a config")

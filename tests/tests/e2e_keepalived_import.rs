@@ -22,10 +22,10 @@ use bascule_tests::{
     bascule_bin, require_root,
     topology::VIP_PORT,
     vrrp::{
-        hold_on_backends, holds, logs, neighbour_mac, serial, start_keepalived, wait_for,
+        hold_on_backends, holds, logs, neighbour_mac, pair_lab, serial, start_keepalived, wait_for,
         wait_for_master, LINK_VIP4,
     },
-    Host, Spawned, Topology, TopologySpec,
+    Host, Spawned, Topology,
 };
 
 const VRID: u8 = 61;
@@ -196,14 +196,7 @@ fn kill_master(
 
 /// The lab: two LB nodes, two backends holding the VIP on `lo`.
 fn lab(tag: &str) -> Topology {
-    let topo = Topology::new(
-        tag,
-        TopologySpec {
-            lbs: 2,
-            backends: 2,
-        },
-    )
-    .expect("build the lab");
+    let topo = pair_lab(tag, 2);
     hold_on_backends(&topo, &[IpAddr::V4(LINK_VIP4)]).expect("VIP on the backends");
     topo
 }

@@ -22,8 +22,9 @@ use bascule_tests::{
     topology::VIP_PORT,
     vrrp::{
         bascule_config, gratuitous_arps, hold_on_backends, holds, keepalived_config, logs,
-        neighbour_mac, serial, start, start_capture, start_keepalived, stop, unsolicited_nas,
-        wait_for, wait_for_master, write, Instance, LINK_VIP4, LINK_VIP4_B, LINK_VIP6,
+        neighbour_mac, pair_lab, serial, start, start_capture, start_keepalived, stop,
+        unsolicited_nas, wait_for, wait_for_master, write, Instance, LINK_VIP4, LINK_VIP4_B,
+        LINK_VIP6,
     },
     Host, Spawned, Topology, TopologySpec,
 };
@@ -35,10 +36,6 @@ const TAKEOVER_SLACK: Duration = Duration::from_millis(200);
 /// master after its own Master_Down_Interval).
 const SETTLE: Duration = Duration::from_secs(10);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn lab(tag: &str, backends: usize) -> Topology {
-    Topology::new(tag, TopologySpec { lbs: 2, backends }).expect("build the lab")
-}
 
 /// Waits for `master` alone to hold `vip`, failing with the daemons' logs.
 fn expect_master(
@@ -91,7 +88,7 @@ fn expect_neighbour(topo: &Topology, vip: IpAddr, owner: &Host) {
 fn bascule_pair_elects_fails_over_and_preempts() {
     require_root();
     let _serial = serial();
-    let topo = lab("vrrp-pair", 2);
+    let topo = pair_lab("vrrp-pair", 2);
     let (vip4, vip6, vip_b) = (
         IpAddr::V4(LINK_VIP4),
         IpAddr::V6(LINK_VIP6),
@@ -247,7 +244,7 @@ fn bascule_pair_elects_fails_over_and_preempts() {
 fn tracked_interface_faults_and_notify_scripts_run() {
     require_root();
     let _serial = serial();
-    let topo = lab("vrrp-track", 1);
+    let topo = pair_lab("vrrp-track", 1);
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
     let nodes = [lb1, lb2];
     let vip = IpAddr::V4(LINK_VIP4);
@@ -356,7 +353,7 @@ fn tracked_interface_faults_and_notify_scripts_run() {
 fn interop_with_keepalived(tag: &str, version: u8, password: Option<&str>) {
     require_root();
     let _serial = serial();
-    let topo = lab(tag, 1);
+    let topo = pair_lab(tag, 1);
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
     let nodes = [lb1, lb2];
     let vip = IpAddr::V4(LINK_VIP4);
@@ -447,7 +444,7 @@ fn established_connections_survive_the_death_of_the_master() {
     let _serial = serial();
     const CONNECTIONS: usize = 20;
     const PORT: u16 = 7000;
-    let topo = lab("vrrp-tcp", 2);
+    let topo = pair_lab("vrrp-tcp", 2);
     let vip = IpAddr::V4(LINK_VIP4);
     hold_on_backends(&topo, &[vip]).expect("VIP on backends");
     let any = SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), PORT);

@@ -11,10 +11,10 @@ use bascule_tests::{
     lab::ip,
     require_root,
     vrrp::{
-        bascule_config, holds, logs, serial, start, stop, wait_for, wait_for_master, write,
-        Instance, LINK_VIP4, LINK_VIP6,
+        bascule_config, holds, logs, pair_lab, serial, start, stop, wait_for, wait_for_master,
+        write, Instance, LINK_VIP4, LINK_VIP6,
     },
-    Host, Spawned, Topology, TopologySpec,
+    Host, Spawned, Topology,
 };
 
 /// Bound for things with no protocol deadline of their own (startup, preemption after a
@@ -70,15 +70,18 @@ struct ScriptPair {
     d2: Spawned,
 }
 
+impl ScriptPair {
+    fn nodes(&self) -> [&Host; 2] {
+        [&self.topo.lbs[0], &self.topo.lbs[1]]
+    }
+
+    fn daemons(&self) -> [&Spawned; 2] {
+        [&self.d1, &self.d2]
+    }
+}
+
 fn script_pair(tag: &str, vrid: u8, keys: &str) -> ScriptPair {
-    let topo = Topology::new(
-        tag,
-        TopologySpec {
-            lbs: 2,
-            backends: 1,
-        },
-    )
-    .expect("build the lab");
+    let topo = pair_lab(tag, 1);
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
     let vip = IpAddr::V4(LINK_VIP4);
     let flag = topo.lab.dir().join("lb1-fails");
@@ -122,19 +125,10 @@ fn a_failing_track_script_hands_over_to_the_peer_and_back() {
     require_root();
     let _serial = serial();
     let pair = script_pair("vrrp-script", 71, ", weight: -100, rise: 2, fall: 2");
-    let ScriptPair {
-        topo,
-        flag,
-        advert,
-        i2,
-        d1,
-        d2,
-    } = &pair;
-    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
-    let nodes = [lb1, lb2];
+    let (topo, flag, i2, advert) = (&pair.topo, &pair.flag, &pair.i2, pair.advert);
+    let (nodes, daemons) = (pair.nodes(), pair.daemons());
+    let ([lb1, lb2], [d1, d2]) = (nodes, daemons);
     let vip = IpAddr::V4(LINK_VIP4);
-    let advert = *advert;
-    let daemons = [d1, d2];
     let priority = "bascule_vrrp_priority{instance=\"VI_1\"}";
     let script_up = "bascule_vrrp_script_up{script=\"chk\"}";
     assert_eq!(metric(topo, lb1, priority).as_deref(), Some("150"));
@@ -179,14 +173,7 @@ fn a_failing_track_script_hands_over_to_the_peer_and_back() {
 fn a_sync_group_fails_over_together() {
     require_root();
     let _serial = serial();
-    let topo = Topology::new(
-        "vrrp-sync",
-        TopologySpec {
-            lbs: 2,
-            backends: 1,
-        },
-    )
-    .expect("build the lab");
+    let topo = pair_lab("vrrp-sync", 1);
     let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
     let nodes = [lb1, lb2];
     let (vip4, vip6) = (IpAddr::V4(LINK_VIP4), IpAddr::V6(LINK_VIP6));
@@ -266,18 +253,10 @@ fn a_failing_script_of_weight_zero_is_a_fault() {
     require_root();
     let _serial = serial();
     let pair = script_pair("vrrp-script0", 72, "");
-    let ScriptPair {
-        topo,
-        flag,
-        i2,
-        d1,
-        d2,
-        ..
-    } = &pair;
-    let (lb1, lb2) = (&topo.lbs[0], &topo.lbs[1]);
-    let nodes = [lb1, lb2];
+    let (topo, flag, i2) = (&pair.topo, &pair.flag, &pair.i2);
+    let (nodes, daemons) = (pair.nodes(), pair.daemons());
+    let ([lb1, lb2], [d1, d2]) = (nodes, daemons);
     let vip = IpAddr::V4(LINK_VIP4);
-    let daemons = [d1, d2];
 
     fs::write(flag, "").unwrap();
     let took = expect_master(&nodes, lb2, vip, &daemons);
