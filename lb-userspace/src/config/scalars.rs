@@ -14,12 +14,22 @@ use super::yaml::{pos_of, Raw, P, Y};
 impl Cx<'_> {
     /// A string; numbers and booleans count as their source text (`name: 80` is "80").
     pub(super) fn string(&mut self, y: &Y, path: &P) -> Option<String> {
+        self.text(y, path, "a string")
+    }
+
+    /// A scalar's text as `string` reads it; anything else is "expected {expected}, found
+    /// ...".
+    fn text(&mut self, y: &Y, path: &P, expected: &str) -> Option<String> {
         match &y.value {
             Raw::Str(s) => Some(s.clone()),
             Raw::Bool(_) | Raw::Int(_) | Raw::Float(_) => self.source_text(y),
             _ => {
                 let found = self.describe(y);
-                self.err(pos_of(y), path, format!("expected a string, found {found}"));
+                self.err(
+                    pos_of(y),
+                    path,
+                    format!("expected {expected}, found {found}"),
+                );
                 None
             }
         }
@@ -33,19 +43,7 @@ impl Cx<'_> {
         expected: &str,
         parse: impl FnOnce(&str) -> Option<T>,
     ) -> Option<T> {
-        let s = match &y.value {
-            Raw::Str(s) => s.clone(),
-            Raw::Bool(_) | Raw::Int(_) | Raw::Float(_) => self.source_text(y)?,
-            _ => {
-                let found = self.describe(y);
-                self.err(
-                    pos_of(y),
-                    path,
-                    format!("expected {expected}, found {found}"),
-                );
-                return None;
-            }
-        };
+        let s = self.text(y, path, expected)?;
         let v = parse(s.trim());
         if v.is_none() {
             self.err(
@@ -190,23 +188,8 @@ impl Cx<'_> {
 
     pub(super) fn keyword<T: Keyword>(&mut self, y: &Y, path: &P) -> Option<T> {
         let names: Vec<&str> = T::ALL.iter().map(|(n, _)| *n).collect();
-        let s = match &y.value {
-            Raw::Str(s) => s.clone(),
-            Raw::Bool(_) | Raw::Int(_) | Raw::Float(_) => self.source_text(y)?,
-            _ => {
-                let found = self.describe(y);
-                self.err(
-                    pos_of(y),
-                    path,
-                    format!(
-                        "expected a {}, one of: {}, found {found}",
-                        T::WHAT,
-                        names.join(", ")
-                    ),
-                );
-                return None;
-            }
-        };
+        let expected = format!("a {}, one of: {}", T::WHAT, names.join(", "));
+        let s = self.text(y, path, &expected)?;
         match T::ALL.iter().find(|(n, _)| *n == s) {
             Some((_, v)) => Some(*v),
             None => {

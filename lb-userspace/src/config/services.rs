@@ -8,7 +8,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::convert::Cx;
-use super::errors::ConfigError;
 use super::keys::{BACKEND_KEYS, SERVICE_KEYS};
 use super::scalars::family;
 use super::schema::{
@@ -328,12 +327,7 @@ impl Cx<'_> {
             }
         }
         for (pos, path, msg) in errors {
-            self.errors.push(ConfigError {
-                file: self.file.to_owned(),
-                line: pos.line as usize,
-                column: pos.column as usize,
-                message: format!("{path}: {msg}"),
-            });
+            self.err_at(pos, format!("{path}: {msg}"));
         }
         drafts
     }

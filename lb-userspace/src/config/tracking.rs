@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::convert::Cx;
-use super::errors::ConfigError;
 use super::keys::{SCRIPT_KEYS, SYNC_GROUP_KEYS};
 use super::scalars::valid_name;
 use super::schema::{SyncGroup, VrrpScript};
@@ -202,12 +201,7 @@ impl Cx<'_> {
             }
         }
         for (pos, message) in errors {
-            self.errors.push(ConfigError {
-                file: self.file.to_owned(),
-                line: pos.line as usize,
-                column: pos.column as usize,
-                message,
-            });
+            self.err_at(pos, message);
         }
     }
 

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::convert::Cx;
-use super::errors::ConfigError;
 use super::keys::{AUTH_KEYS, GARP_KEYS, NOTIFY_KEYS, VRRP_KEYS};
 use super::scalars::family;
 use super::schema::{Garp, Notify, VrrpAuth, VrrpInstance};
@@ -300,12 +299,7 @@ impl Cx<'_> {
             }
         }
         for (pos, path, msg) in errors {
-            self.errors.push(ConfigError {
-                file: self.file.to_owned(),
-                line: pos.line as usize,
-                column: pos.column as usize,
-                message: format!("{path}: {msg}"),
-            });
+            self.err_at(pos, format!("{path}: {msg}"));
         }
         drafts
     }

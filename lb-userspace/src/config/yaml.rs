@@ -215,6 +215,12 @@ impl Cx<'_> {
         } else {
             format!("{path}: {msg}")
         };
+        self.err_at(pos, message);
+    }
+
+    /// An error whose message already names its path (checks across items collect them
+    /// first, then report them in order).
+    pub(super) fn err_at(&mut self, pos: Pos, message: String) {
         self.errors.push(ConfigError {
             file: self.file.to_owned(),
             line: pos.line as usize,
