@@ -4,8 +4,10 @@
 
 mod common;
 
+use common::servers::{down, key, read_head, tcp_server, Server, LOCALHOST};
+
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -15,16 +17,14 @@ use std::{
 
 use bascule::{
     config::{CheckType, Config, DnsRcode, DnsType, HealthCheck, StatusRange},
-    health::{probe, BackendKey, HealthSupervisor, Outcome},
+    health::{probe, HealthSupervisor, Outcome},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream, UdpSocket},
-    task::JoinHandle,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(500);
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 fn check(kind: CheckType) -> HealthCheck {
     HealthCheck {
@@ -33,63 +33,10 @@ fn check(kind: CheckType) -> HealthCheck {
     }
 }
 
-fn key(addr: SocketAddr) -> BackendKey {
-    BackendKey::new("t", addr.ip(), addr.port())
-}
-
-fn down(outcome: Outcome) -> String {
-    match outcome {
-        Outcome::Down(why) => why,
-        other => panic!("expected a failure, got {other:?}"),
-    }
-}
-
 /// A loopback port nothing listens on (bound, then closed).
 async fn closed_port() -> SocketAddr {
     let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
     l.local_addr().unwrap()
-}
-
-/// Aborts the server task when the test ends.
-struct Server {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// A TCP server running `serve` on each connection.
-async fn tcp_server<F, Fut>(serve: F) -> Server
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let l = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let serve = Arc::new(serve);
-    let task = tokio::spawn(async move {
-        while let Ok((conn, _)) = l.accept().await {
-            tokio::spawn(serve(conn));
-        }
-    });
-    Server { addr, task }
-}
-
-/// Reads a request head (up to the blank line).
-async fn read_head(conn: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
 }
 
 /// An HTTP server answering `response(n, head)` to the n-th request (from 0), and
@@ -523,7 +470,7 @@ async fn dns_server(rcode: u8, addresses: &'static [[u8; 4]]) -> Server {
             let _ = socket.send_to(&m, from).await;
         }
     });
-    Server { addr, task }
+    Server::new(addr, task)
 }
 
 #[tokio::test]
@@ -589,10 +536,7 @@ async fn udp_expects_a_reply_or_no_port_unreachable() {
             let _ = echo.send_to(&buf[..n], from).await;
         }
     });
-    let _echo = Server {
-        addr: echo_addr,
-        task,
-    };
+    let _echo = Server::new(echo_addr, task);
     let mut c = check(CheckType::Udp);
     c.payload = b"PING 1".to_vec();
     c.expect = Some(b"PING".to_vec());

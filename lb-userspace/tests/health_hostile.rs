@@ -3,80 +3,40 @@
 //! with a reason, never with a panic, and the next check still runs. Unprivileged: every
 //! server is a listener on 127.0.0.1 started by the test.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    time::Duration,
-};
+mod common;
+
+use common::servers::{down, key, read_head, tcp_server, Server};
+use std::{sync::Arc, time::Duration};
 
 use bascule::{
     config::{CheckType, Config, HealthCheck},
-    health::{probe, BackendKey, HealthSupervisor, Outcome},
+    health::{probe, HealthSupervisor, Outcome},
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
-};
-
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+use tokio::io::AsyncWriteExt;
 
 /// A server writing `answer` to every connection once the request head has arrived, then
 /// closing (`close: true`) or holding the connection open until the test ends.
-struct Server {
-    addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 async fn server(answer: Vec<u8>, close: bool) -> Server {
-    let listener = TcpListener::bind((LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut conn, _)) = listener.accept().await {
+    let answer = Arc::new(answer);
+    tcp_server(move |mut conn| {
+        let answer = answer.clone();
+        async move {
             read_head(&mut conn).await;
             let _ = conn.write_all(&answer).await;
             if close {
                 let _ = conn.shutdown().await;
             } else {
-                held.push(conn);
+                std::future::pending::<()>().await;
             }
         }
-    });
-    Server { addr, task }
-}
-
-async fn read_head(conn: &mut TcpStream) {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
+    })
+    .await
 }
 
 fn http_check() -> HealthCheck {
     HealthCheck {
         timeout: Duration::from_millis(500),
         ..HealthCheck::new(CheckType::HttpGet)
-    }
-}
-
-fn key(addr: SocketAddr) -> BackendKey {
-    BackendKey::new("t", addr.ip(), addr.port())
-}
-
-fn down(outcome: Outcome) -> String {
-    match outcome {
-        Outcome::Down(why) => why,
-        other => panic!("expected a failure, got {other:?}"),
     }
 }
 

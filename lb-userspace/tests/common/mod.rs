@@ -6,6 +6,7 @@
 pub mod harness;
 pub mod packet;
 pub mod scale;
+pub mod servers;
 
 use anyhow::{bail, Context, Result};
 use std::{
