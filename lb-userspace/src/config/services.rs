@@ -213,8 +213,8 @@ impl Cx<'_> {
         let mut ok = self.connection_thresholds(&o, path, max_connections, min_connections);
         if port.is_some() {
             let why = match eff {
-                Forwarding::Nat if s.several_ports => Some("backend port cannot be used when the service has several ports: NAT then keeps the client's destination port"),
-                Forwarding::Nat if s.port == 0 => Some("backend port cannot be used when the service port is 0 (all ports): NAT then keeps the client's destination port"),
+                Forwarding::Nat if s.several_ports => Some("backend port cannot be used when the service has several ports: NAT then keeps the client's destination port; remove it"),
+                Forwarding::Nat if s.port == 0 => Some("backend port cannot be used when the service port is 0 (all ports): NAT then keeps the client's destination port; remove it"),
                 Forwarding::Nat => None,
                 Forwarding::Dr | Forwarding::Tun => Some("backend port is only used with forwarding: nat; dr and tun keep the VIP port"),
                 Forwarding::Local => Some("backend port is only used with forwarding: nat; local keeps the VIP port"),
@@ -288,7 +288,7 @@ impl Cx<'_> {
                     d.loc.item,
                     P::Idx(&path_items, i).to_string(),
                     format!(
-                        "the services up to this one have {endpoints} (address, port) pairs; this build holds at most {MAX_SERVICE_KEYS}"
+                        "the services up to this one have {endpoints} (address, port) pairs; this build holds at most {MAX_SERVICE_KEYS}: list fewer ports, or use port 0 for every port of a VIP"
                     ),
                 ));
                 break;
