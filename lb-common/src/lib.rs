@@ -727,23 +727,29 @@ pub const NEXT_HOP_SLOTS: u32 = 4096;
 pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 
 /// The kernel FIB's answer for a `tun`/`nat` backend, cached per CPU (`NEXT_HOPS`): used
-/// while it is younger than `NEXT_HOP_TTL_NS`, for the same backend, destination and
-/// ingress interface, and for packets no longer than one the FIB accepted (its MTU check).
+/// for `NEXT_HOP_TTL_NS`, for the same backend and destination, for frames that arrived
+/// with the same destination MAC (the node's address on the ingress link: the FIB was
+/// asked from that interface), and for packets no longer than one the FIB accepted (its
+/// MTU check).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
     /// The address looked up (the backend's, or its tunnel endpoint's).
     pub dst: [u32; 4],
-    /// When the FIB gave this answer (the datapath's time, `FlowTable::clock_ns`).
-    pub checked: u64,
+    /// The kernel's tick count (`jiffies`) from which this answer is stale.
+    pub expires: u64,
+    /// The destination MAC of the frame the FIB was asked for, as the datapath loads it
+    /// (its first 4 bytes, then the other 2 shifted by 32, native order).
+    pub arrival: u64,
     /// Backend id + 1 (0: empty slot).
     pub backend: u32,
-    /// Interface the lookup was made from (the packet's ingress).
-    pub ingress: u32,
     /// Interface to send on.
     pub egress: u32,
-    /// Longest L3 packet the FIB accepted on this route since `checked`.
+    /// Longest L3 packet the FIB accepted on this route since it was asked.
     pub max_len: u16,
+    /// 1 when `egress` is the interface the frame came in on (sent with XDP_TX).
+    pub same_link: u8,
+    pub _pad0: u8,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
     pub _pad: [u8; 6],

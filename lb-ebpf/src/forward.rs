@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     csum,
-    maps::NEXT_HOPS,
+    maps::{FLOW_TABLE, NEXT_HOPS},
     parse::{ptr_at, Fragment, Packet, Stop, IPV4_LEN, IPV6_LEN},
     store,
 };
@@ -60,15 +60,24 @@ pub fn direct(ctx: &XdpContext, backend: &BackendInfo) -> Result<u32, Stop> {
 }
 
 /// Where a frame goes next: the next hop's MAC then ours on that link (the first 12 bytes
-/// of its Ethernet header, as two native-order words), and the interface.
+/// of its Ethernet header, as two native-order words), the interface (0: not known), and
+/// whether that is the one the frame came in on.
 #[derive(Clone, Copy)]
 struct Hop {
     macs_lo: u64,
     macs_hi: u32,
     ifindex: u32,
+    same_link: bool,
 }
 
 impl Hop {
+    const UNKNOWN: Hop = Hop {
+        macs_lo: 0,
+        macs_hi: 0,
+        ifindex: 0,
+        same_link: false,
+    };
+
     /// Writes the two MACs over the first 12 bytes at `eth` (bounds-checked by the caller).
     #[inline(always)]
     unsafe fn write_macs(&self, eth: *mut u8) {
@@ -77,22 +86,63 @@ impl Hop {
     }
 }
 
-// `next_hop` reads a cached entry's MACs as words at these offsets.
+// `cached_hop` reads a cached entry's MACs as words at these offsets.
 const _: () = assert!(
-    core::mem::offset_of!(NextHop, dmac) == 38 && core::mem::offset_of!(NextHop, smac) == 44
+    core::mem::offset_of!(NextHop, dmac) == 44 && core::mem::offset_of!(NextHop, smac) == 50
 );
 
 /// `next_hop`'s `backend` when the destination is not a backend (a `nat` reply's client):
 /// the FIB is asked every time.
 pub const UNCACHED: u32 = NO_BACKEND;
 
+/// The frame's destination MAC (the node's on the link it came in on) as one word: its
+/// first 4 bytes, then the other 2 shifted by 32. What a cached next hop is keyed by in
+/// place of the ingress interface, whose index the verifier turns into three dependent
+/// loads (`rxq->dev->ifindex`). 0 for a frame too short to have one.
+#[inline(always)]
+fn arrival_mac(ctx: &XdpContext) -> u64 {
+    match ptr_at::<[u8; 6]>(ctx, 0) {
+        Some(p) => unsafe {
+            let p = p as *const u8;
+            u64::from(store::load_u32::<0>(p)) | u64::from(store::load_u16::<4>(p)) << 32
+        },
+        None => 0,
+    }
+}
+
+/// This CPU's cached next hop for backend `backend` (its address `dst`) for a packet of
+/// `tot_len` bytes in a frame that arrived as `arrival` (see `arrival_mac`), or
+/// `Hop::UNKNOWN`. Read without the clock's calibration: the entry's expiry is in ticks.
+#[inline(always)]
+fn cached_hop(backend: u32, dst: &[u32; 4], tot_len: u16, arrival: u64) -> Hop {
+    let Some(slot) = NEXT_HOPS.get_ptr(backend % NEXT_HOP_SLOTS) else {
+        return Hop::UNKNOWN;
+    };
+    let c = unsafe { &*slot };
+    let fresh = unsafe { aya_ebpf::helpers::bpf_jiffies64() } < c.expires;
+    if c.backend == backend.wrapping_add(1)
+        && c.arrival == arrival
+        && c.dst == *dst
+        && fresh
+        && tot_len <= c.max_len
+    {
+        let raw = slot as *const u8;
+        return Hop {
+            macs_lo: unsafe { store::load_u64::<44>(raw) },
+            macs_hi: unsafe { store::load_u32::<52>(raw) },
+            ifindex: c.egress,
+            same_link: c.same_link != 0,
+        };
+    }
+    Hop::UNKNOWN
+}
+
 /// The kernel's next hop towards `dst` (of family `v4`), as seen from the ingress
 /// interface. Fails (passing the packet to the kernel, counted) without a route or a
 /// resolved neighbour, or with forwarding disabled on the interface. Towards a backend
-/// (`backend` its id) the FIB's answer is reused from this CPU's `NEXT_HOPS` slot while
-/// it is younger than `NEXT_HOP_TTL_NS`, for the same destination and ingress interface,
-/// and for packets no longer than one the FIB accepted (its MTU check): the lookup is the
-/// dearest step of `tun` and `nat` forwarding (IPv6 most). Failures are not cached.
+/// (`backend` its id) the answer is kept in this CPU's `NEXT_HOPS` slot for
+/// `NEXT_HOP_TTL_NS` (`cached_hop` reads it): the lookup is the dearest step of `tun` and
+/// `nat` forwarding (IPv6 most). Failures are not cached.
 #[inline(always)]
 fn next_hop(
     ctx: &XdpContext,
@@ -103,33 +153,6 @@ fn next_hop(
     backend: u32,
 ) -> Result<Hop, Stop> {
     let ingress = ingress_ifindex(ctx);
-    // A null pointer rather than `None`: LLVM spilled the undefined payload of `None`
-    // on the uncached path, which the verifier refuses to read.
-    let slot = if backend == UNCACHED {
-        core::ptr::null_mut()
-    } else {
-        NEXT_HOPS
-            .get_ptr_mut(backend % NEXT_HOP_SLOTS)
-            .unwrap_or(core::ptr::null_mut())
-    };
-    let mut now = 0;
-    let mut known = false;
-    if !slot.is_null() {
-        now = crate::clock::now();
-        let c = unsafe { &*slot };
-        known = c.backend == backend + 1
-            && c.ingress == ingress
-            && c.dst == *dst
-            && now.wrapping_sub(c.checked) < NEXT_HOP_TTL_NS;
-        if known && tot_len <= c.max_len {
-            let raw = slot as *const u8;
-            return Ok(Hop {
-                macs_lo: unsafe { store::load_u64::<38>(raw) },
-                macs_hi: unsafe { store::load_u32::<46>(raw) },
-                ifindex: c.egress,
-            });
-        }
-    }
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.ifindex = ingress;
     fib.__bindgen_anon_1.tot_len = tot_len;
@@ -158,30 +181,54 @@ fn next_hop(
         macs_lo,
         macs_hi,
         ifindex: fib.ifindex,
+        same_link: fib.ifindex == ingress,
     };
-    if !slot.is_null() {
-        let raw = slot as *mut u8;
-        let c = unsafe { &mut *slot };
-        // A longer packet on the same route widens the entry; anything else starts it anew.
-        let same = unsafe {
-            store::load_u64::<38>(raw) == macs_lo && store::load_u32::<46>(raw) == macs_hi
-        };
-        if known && same && c.egress == hop.ifindex {
-            c.max_len = tot_len;
-        } else {
-            c.dst = *dst;
-            c.checked = now;
-            c.backend = backend + 1;
-            c.ingress = ingress;
-            c.egress = hop.ifindex;
-            c.max_len = tot_len;
-            unsafe {
-                store::u64_at::<38>(raw, macs_lo);
-                store::u32_at::<46>(raw, macs_hi);
-            }
-        }
+    if backend != UNCACHED {
+        remember_hop(ctx, backend, dst, tot_len, &hop);
     }
     Ok(hop)
+}
+
+/// Keeps the FIB's answer `hop` for backend `backend` in this CPU's slot. The same answer
+/// for a longer packet widens the entry; anything else starts it anew.
+#[inline(always)]
+fn remember_hop(ctx: &XdpContext, backend: u32, dst: &[u32; 4], tot_len: u16, hop: &Hop) {
+    let Some(slot) = NEXT_HOPS.get_ptr_mut(backend % NEXT_HOP_SLOTS) else {
+        return;
+    };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
+    let arrival = arrival_mac(ctx);
+    let raw = slot as *mut u8;
+    let c = unsafe { &mut *slot };
+    let same = c.backend == backend.wrapping_add(1)
+        && c.arrival == arrival
+        && c.dst == *dst
+        && now < c.expires
+        && c.egress == hop.ifindex
+        && unsafe {
+            store::load_u64::<44>(raw) == hop.macs_lo && store::load_u32::<52>(raw) == hop.macs_hi
+        };
+    if same {
+        if tot_len > c.max_len {
+            c.max_len = tot_len;
+        }
+        return;
+    }
+    // The TTL in ticks: at least two, so that the answer serves the packet that asked
+    // even if the tick count moves on before `tunnel` reads it.
+    let tick = FLOW_TABLE.get(0).map_or(0, |t| t.tick_ns);
+    let ttl = NEXT_HOP_TTL_NS.checked_div(tick).unwrap_or(0).max(2);
+    c.dst = *dst;
+    c.expires = now + ttl;
+    c.arrival = arrival;
+    c.backend = backend.wrapping_add(1);
+    c.egress = hop.ifindex;
+    c.max_len = tot_len;
+    c.same_link = hop.same_link as u8;
+    unsafe {
+        store::u64_at::<44>(raw, hop.macs_lo);
+        store::u32_at::<52>(raw, hop.macs_hi);
+    }
 }
 
 /// The FIB's answer's MACs as a [`Hop`]'s words, read 16 bits at a time: its MAC fields
@@ -221,8 +268,8 @@ fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 /// Sends the frame out of the next hop's interface: back out of the one it came in on
 /// (XDP_TX) or another (redirect).
 #[inline(always)]
-fn transmit(ctx: &XdpContext, hop: &Hop) -> u32 {
-    if hop.ifindex == ingress_ifindex(ctx) {
+fn transmit(hop: &Hop) -> u32 {
+    if hop.same_link {
         xdp_action::XDP_TX
     } else {
         unsafe { bpf_redirect(hop.ifindex, 0) as u32 }
@@ -249,7 +296,13 @@ fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], backend: u32) -> 
     } else {
         pkt.src
     };
-    let hop = next_hop(ctx, pkt.family == FAMILY_V4, &src, dst, pkt.l3_len, backend)?;
+    let mut hop = Hop::UNKNOWN;
+    if backend != UNCACHED {
+        hop = cached_hop(backend, dst, pkt.l3_len, arrival_mac(ctx));
+    }
+    if hop.ifindex == 0 {
+        hop = next_hop(ctx, pkt.family == FAMILY_V4, &src, dst, pkt.l3_len, backend)?;
+    }
     let Some(eth) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return Err(Stop::counted(
             xdp_action::XDP_DROP,
@@ -257,32 +310,7 @@ fn route_inner(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], backend: u32) -> 
         ));
     };
     unsafe { hop.write_macs(eth as *mut u8) };
-    Ok(transmit(ctx, &hop))
-}
-
-/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
-/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
-/// `label` is the outer IPv6 header's flow label ([`flow_label`]), `id` the backend's.
-/// A separate BPF function (own stack frame); the result comes back packed in one word.
-#[inline(never)]
-pub fn tunnel(
-    raw: *mut aya_ebpf::bindings::xdp_md,
-    pkt: &Packet,
-    backend: &BackendInfo,
-    label: u32,
-    id: u32,
-) -> u32 {
-    let Some(settings) = crate::maps::SETTINGS.get(0) else {
-        return xdp_action::XDP_PASS;
-    };
-    Stop::pack(tunnel_inner(
-        &crate::parse::context(raw),
-        pkt,
-        backend,
-        label,
-        id,
-        settings,
-    ))
+    Ok(transmit(&hop))
 }
 
 /// The outer IPv6 header's flow label (`lb_common::hash::flow_label`; the datagram id for
@@ -298,6 +326,32 @@ pub fn flow_label(pkt: &Packet) -> u32 {
     }
 }
 
+/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
+/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
+/// `label` is the outer IPv6 header's flow label ([`flow_label`]), `id` the backend's.
+/// Only with this CPU's cached next hop: an established flow's packet then costs a MAC
+/// rewrite's path plus `bpf_xdp_adjust_head` and the header's stores. `NO_HOP` (the
+/// frame untouched) without one: the caller has `resolve_hop` ask the FIB, and calls
+/// again. A separate BPF function (own stack frame, small: the FIB's parameters are on
+/// `resolve_hop`'s, called beside it, not under it); the result comes back packed in one
+/// word.
+#[inline(never)]
+pub fn tunnel(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    label: u32,
+    id: u32,
+) -> u32 {
+    Stop::pack(tunnel_inner(
+        &crate::parse::context(raw),
+        pkt,
+        backend,
+        label,
+        id,
+    ))
+}
+
 #[inline(always)]
 fn tunnel_inner(
     ctx: &XdpContext,
@@ -305,7 +359,86 @@ fn tunnel_inner(
     backend: &BackendInfo,
     label: u32,
     id: u32,
+) -> Result<u32, Stop> {
+    let Some(settings) = crate::maps::SETTINGS.get(0) else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let outer_v4 = backend.family == FAMILY_V4;
+    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
+    let outer_len = pkt.l3_len as u32 + grow as u32;
+    if outer_len > 0xffff {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
+    }
+    let sourced = if outer_v4 {
+        settings.tunnel_src_v4 != 0
+    } else {
+        settings.tunnel_src_v6 != [0; 4]
+    };
+    if !sourced {
+        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
+    }
+    let hop = cached_hop(id, &backend.addr, outer_len as u16, arrival_mac(ctx));
+    if hop.ifindex == 0 {
+        return Ok(NO_HOP);
+    }
+    encapsulate(ctx, pkt, backend, label, &hop, settings, outer_len)
+}
+
+/// `tunnel`'s verdict when this CPU has no next hop cached for the backend (not an XDP
+/// action).
+pub const NO_HOP: u32 = 0xff;
+/// `resolve_hop`'s answer when the next hop is now in this CPU's cache.
+pub const RESOLVED: u32 = u32::MAX;
+
+/// Asks the FIB for the next hop towards `tun` backend `id` (`pkt` tunnelled to it) from
+/// the node's tunnel source and caches its answer (`RESOLVED`), or says why not (a packed
+/// `Stop`). A separate BPF function: the FIB's parameters are on its frame alone.
+#[inline(never)]
+pub fn resolve_hop(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    id: u32,
+) -> u32 {
+    let Some(settings) = crate::maps::SETTINGS.get(0) else {
+        return Stop::pack(Ok(xdp_action::XDP_PASS));
+    };
+    let outer_v4 = backend.family == FAMILY_V4;
+    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
+    let outer_len = (pkt.l3_len as u32 + grow as u32).min(0xffff) as u16;
+    let Some(src) = tunnel_source(settings, outer_v4) else {
+        return Stop::pack(Err(Stop::counted(
+            xdp_action::XDP_DROP,
+            Reason::NoTunnelSource,
+        )));
+    };
+    let ctx = crate::parse::context(raw);
+    match next_hop(&ctx, outer_v4, &src, &backend.addr, outer_len, id) {
+        Ok(_) => RESOLVED,
+        Err(stop) => Stop::pack(Err(stop)),
+    }
+}
+
+/// The node's tunnel source of the outer family, if configured.
+#[inline(always)]
+fn tunnel_source(settings: &Settings, outer_v4: bool) -> Option<[u32; 4]> {
+    if outer_v4 {
+        (settings.tunnel_src_v4 != 0).then_some([settings.tunnel_src_v4, 0, 0, 0])
+    } else {
+        (settings.tunnel_src_v6 != [0; 4]).then_some(settings.tunnel_src_v6)
+    }
+}
+
+/// Grows the frame by the outer header and writes it, with the Ethernet header of `hop`.
+#[inline(always)]
+fn encapsulate(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    label: u32,
+    hop: &Hop,
     settings: &Settings,
+    outer_len: u32,
 ) -> Result<u32, Stop> {
     let outer_v4 = backend.family == FAMILY_V4;
     let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
@@ -314,23 +447,6 @@ fn tunnel_inner(
     } else {
         IPPROTO_IPV6
     };
-    let outer_len = pkt.l3_len as u32 + grow as u32;
-    if outer_len > 0xffff {
-        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
-    }
-    let src = if outer_v4 {
-        if settings.tunnel_src_v4 == 0 {
-            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-        }
-        [settings.tunnel_src_v4, 0, 0, 0]
-    } else {
-        if settings.tunnel_src_v6 == [0; 4] {
-            return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-        }
-        settings.tunnel_src_v6
-    };
-    let hop = next_hop(ctx, outer_v4, &src, &backend.addr, outer_len as u16, id)?;
-
     // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
     let vlan = if pkt.l3_off() > 14 {
         ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { store::load_u32::<0>(p as *const u8) })
@@ -372,7 +488,7 @@ fn tunnel_inner(
             u32::from_ne_bytes([0x45, pkt.tos, len[0], len[1]]),
             0,
             u32::from_ne_bytes([TUNNEL_TTL, inner_proto, 0, 0]),
-            src[0],
+            settings.tunnel_src_v4,
             backend.addr[0],
         ];
         h[2] |= u32::from(csum::ipv4_header(&h)) << 16;
@@ -391,14 +507,14 @@ fn tunnel_inner(
         let len = pkt.l3_len.to_be_bytes();
         let second = u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]);
         let pair = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
-        let (d, ip) = (&backend.addr, ip as *mut u8);
+        let (s, d, ip) = (&settings.tunnel_src_v6, &backend.addr, ip as *mut u8);
         unsafe {
             store::u64_at::<0>(ip, pair(first.to_be(), second));
-            store::u64_at::<8>(ip, pair(src[0], src[1]));
-            store::u64_at::<16>(ip, pair(src[2], src[3]));
+            store::u64_at::<8>(ip, pair(s[0], s[1]));
+            store::u64_at::<16>(ip, pair(s[2], s[3]));
             store::u64_at::<24>(ip, pair(d[0], d[1]));
             store::u64_at::<32>(ip, pair(d[2], d[3]));
         }
     }
-    Ok(transmit(ctx, &hop))
+    Ok(transmit(hop))
 }

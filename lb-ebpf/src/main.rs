@@ -146,7 +146,18 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
             } else {
                 forward::flow_label(&pkt)
             };
-            Stop::unpack(forward::tunnel(raw, &pkt, backend, label, id))
+            let mut sent = forward::tunnel(raw, &pkt, backend, label, id);
+            if sent == forward::NO_HOP {
+                let resolved = forward::resolve_hop(raw, &pkt, backend, id);
+                if resolved != forward::RESOLVED {
+                    return Stop::unpack(resolved);
+                }
+                sent = forward::tunnel(raw, &pkt, backend, label, id);
+                if sent == forward::NO_HOP {
+                    return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
+                }
+            }
+            Stop::unpack(sent)
         }
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.

@@ -85,3 +85,20 @@ pub unsafe fn load_u32<const OFF: i16>(p: *const u8) -> u32 {
     );
     v as u32
 }
+
+/// Loads the 16-bit word at `p + OFF`.
+///
+/// # Safety
+/// As [`load_u64`], for `OFF + 2` bytes.
+#[inline(always)]
+pub unsafe fn load_u16<const OFF: i16>(p: *const u8) -> u16 {
+    let v: u64;
+    core::arch::asm!(
+        "{v} = *(u16 *)({p} + {off})",
+        p = in(reg) p,
+        off = const OFF,
+        v = out(reg) v,
+        options(readonly, nostack, preserves_flags),
+    );
+    v as u16
+}

@@ -494,22 +494,24 @@ fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
 
 /// The verifier walks every path of the program it cannot prune, up to 1,000,000
 /// instructions, at ~2-4 us each here (the daemon waits for it at start, and so does
-/// every test that loads the program). It walks 105,486 since `flow::schedule` is a
-/// global function it checks once (353,671 before). The bound catches either step going
-/// back: `schedule` checked again at every state of its call (~350,000), or an inline
-/// reader whose stack differs in kind from the general parser's, so that the paths after
-/// them are walked once per reader (~136,000). Raise it knowingly; the bench reports the
-/// count as `control.xdp_verified.insns`.
+/// every test that loads the program). It walks about 137,000: 105,486 when
+/// `flow::schedule` became a global function it checks once (353,671 before), and more
+/// since with the flood policy, connection thresholds and `tun`'s next hop out of the
+/// FIB's way (`tunnel` is called again after `resolve_hop` on a cache miss: 9,000 more).
+/// The bound catches a step going back: `schedule` checked again at every state of its
+/// call (+250,000), or an inline reader whose stack differs in kind from the general
+/// parser's, so that the paths after them are walked once per reader (+30,000). Raise it
+/// knowingly; the bench reports the count as `control.xdp_verified.insns`.
 #[test]
-fn the_verifier_walks_at_most_130_000_instructions() {
+fn the_verifier_walks_at_most_145_000_instructions() {
     let mut h = Harness::new(CONFIG);
     let info = h.datapath.program().info().unwrap();
     let walked = info
         .verified_instruction_count()
         .expect("the kernel reports verified instructions");
     assert!(
-        walked < 130_000,
-        "the verifier walked {walked} instructions of bascule_xdp (bound 130,000, limit 1,000,000)"
+        walked < 145_000,
+        "the verifier walked {walked} instructions of bascule_xdp (bound 145,000, limit 1,000,000)"
     );
 }
 
