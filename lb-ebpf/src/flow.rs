@@ -68,10 +68,14 @@ fn bare_syn(pkt: &Packet) -> bool {
 }
 
 /// A flow's entry and a consistent copy of its state, if the table has it (an entry a
-/// writer holds or changed while it was read counts as absent).
+/// writer holds or changed while it was read counts as absent); and where its entry
+/// lives or goes (`sets::spot_of`), for `start`.
 #[inline(always)]
-pub fn lookup(key: &FlowKey) -> Option<(*mut FlowEntry, FlowState)> {
-    sets::lookup::<FlowEntry>(&key.words()).map(|(entry, copy)| (entry, copy.state))
+pub fn lookup(key: &FlowKey) -> (u64, Option<(*mut FlowEntry, FlowState)>) {
+    let words = key.words();
+    let spot = sets::spot_of::<FlowEntry>(&words);
+    let found = sets::lookup_at::<FlowEntry>(spot, &words);
+    (spot, found.map(|(entry, copy)| (entry, copy.state)))
 }
 
 /// The backend of an established flow (its entry and state from `lookup`) for `service`,
@@ -177,23 +181,21 @@ const FREE_CLASS: u64 = 3 << CLASS_SHIFT;
 /// `bascule_record`, like `schedule`), checked by the verifier once on its own instead of
 /// again for every state the program reaches its call with: the scan of seven ways, each
 /// way's choice a branch, cost about 50,000 steps as a static function.
+///
+/// Handed what the lookup that missed found (`spot`: the set and the key's tag, see
+/// `sets::spot_of`) rather than hashing the key again, and the entry's word 5 (`target`:
+/// backend, service above): a BPF function takes at most five arguments.
 #[export_name = "bascule_record"]
 #[inline(never)]
 #[allow(improper_ctypes_definitions)] // a pointer to our own `Packet`
-pub extern "C" fn record(
-    pkt: *const Packet,
-    backend: u32,
-    service: u32,
-    flags: u32,
-    now: u64,
-) -> u32 {
+pub extern "C" fn record(pkt: *const Packet, target: u64, flags: u32, now: u64, spot: u64) -> u32 {
     if pkt.is_null() {
         return BUSY;
     }
     // SAFETY: non-null, and `start`'s caller's `Packet`.
     let pkt = unsafe { &*pkt };
     let words = key(pkt).words();
-    let Some(set) = sets::set_of::<FlowEntry>(&words) else {
+    let Some(set) = sets::place::<FlowEntry>(spot) else {
         return BUSY;
     };
     let Some(settings) = SETTINGS.get(0) else {
@@ -241,7 +243,7 @@ pub extern "C" fn record(
             return REFUSED;
         }
     };
-    let payload = [u64::from(backend) | u64::from(service) << 32, now];
+    let payload = [target, now];
     sets::release(entry, before, &words, payload, flags);
     if score >= FREE_CLASS {
         TOOK_FREE
@@ -264,13 +266,12 @@ pub extern "C" fn record(
 #[export_name = "bascule_schedule"]
 #[inline(never)]
 #[allow(improper_ctypes_definitions)] // pointers only: their pointees' layout is ours
-pub extern "C" fn schedule(pkt: *const Packet, service: *const ServiceInfo) -> u32 {
+pub extern "C" fn schedule(pkt: *const Packet, service: *const ServiceInfo, now: u64) -> u32 {
     if pkt.is_null() || service.is_null() {
         return NO_BACKEND;
     }
     // SAFETY: non-null, and the caller's (`balance`) `Packet` and `ServiceInfo` on its stack.
     let (pkt, service) = unsafe { (&*pkt, &*service) };
-    let now = crate::clock::now();
     if let Some(id) = persistent_choice(pkt, service, now) {
         return id;
     }
@@ -290,11 +291,12 @@ pub fn bypassed(reason: u32) {
 /// report to peers. False when the flow was refused an entry (`record`): it is forwarded
 /// all the same but leaves no trace (no template, no first fragment, no report), so that
 /// a flood fills none of those tables either. A separate BPF function (own stack frame).
+/// `now` is `schedule`'s, `spot` the flow's `lookup`'s.
 #[inline(never)]
-pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32) -> bool {
-    let now = crate::clock::now();
+pub fn start(pkt: &Packet, service: &ServiceInfo, id: u32, now: u64, spot: u64) -> bool {
     let flags = if closing(pkt) { 0 } else { FLOW_ACTIVE };
-    let taken = record(pkt, id, service.id, flags, now);
+    let target = u64::from(id) | u64::from(service.id) << 32;
+    let taken = record(pkt, target, flags, now, spot);
     if taken == REFUSED {
         return false;
     }

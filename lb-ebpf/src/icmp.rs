@@ -224,7 +224,7 @@ fn too_big(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet) -> u64 {
     let Some((key, quoted_l3, quoted_l4)) = quoted_flow(ctx, pkt) else {
         return unmatched;
     };
-    let Some((_, state)) = crate::flow::lookup(&key) else {
+    let (_, Some((_, state))) = crate::flow::lookup(&key) else {
         return unmatched;
     };
     let (service, id) = (state.service, state.backend);

@@ -102,19 +102,22 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     // Never forwarded, rewritten or answered unless whole, as the kernel would not either.
     pkt.whole()?;
     let mut service = ServiceInfo::default();
+    let mut spot = 0;
     let mut target = if pkt.is_icmp() {
         icmp::handle(raw, &pkt)
     } else if pkt.fragment == Fragment::Later {
         first_fragment_owner(&pkt)
     } else {
-        flow_target(&pkt, &mut service)
+        flow_target(&pkt, &mut service, &mut spot)
     };
     if target == SCHEDULE {
-        let id = flow::schedule(&pkt, &service);
+        // One reading of the clock for the choice and the entry.
+        let now = clock::now();
+        let id = flow::schedule(&pkt, &service, now);
         if id == NO_BACKEND {
             return Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend));
         }
-        if flow::start(&pkt, &service, id) && pkt.fragment == Fragment::First {
+        if flow::start(&pkt, &service, id, now, spot) && pkt.fragment == Fragment::First {
             remember_first_fragment(&pkt, id, service.id);
         }
         target = NEW_FLOW | ((service.id as u64) << 32) | id as u64;
@@ -178,10 +181,13 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
 /// while the packet still selects that service (`ServiceEntry::selects`) the service's
 /// slot by id stands in for the hash lookup (4 ns of the ~36 this program adds to a
 /// packet). Inlined: a separate BPF function here cost the hot path a call and the
-/// `ServiceInfo` round trip through the stack (about 3 ns per packet).
+/// `ServiceInfo` round trip through the stack (about 3 ns per packet). Where the flow's
+/// entry lives or goes is written to `spot` (`flow::lookup`), for `flow::start`.
 #[inline(always)]
-fn flow_target(pkt: &Packet, service: &mut ServiceInfo) -> u64 {
-    let Some((entry, st)) = flow::lookup(&flow::key(pkt)) else {
+fn flow_target(pkt: &Packet, service: &mut ServiceInfo, spot: &mut u64) -> u64 {
+    let (place, found) = flow::lookup(&flow::key(pkt));
+    *spot = place;
+    let Some((entry, st)) = found else {
         let Some(found) = find_service(pkt) else {
             return DONE | NOT_A_VIP;
         };

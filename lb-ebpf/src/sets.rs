@@ -53,21 +53,48 @@ impl Table for NatEntry {
     }
 }
 
+/// Where a key lives in `E`'s table, as one word: its set's index in the high half, its
+/// tag in the low half (never 0, so 0 stands for none). One scalar, so that a global BPF
+/// function (`flow::record`) can be handed what a lookup already computed.
+#[inline(always)]
+pub fn spot_of<E: Table>(words: &[u64; 5]) -> u64 {
+    match FLOW_TABLE.get(E::TABLE) {
+        Some(t) => {
+            let hash = flow_set(words, t.seed);
+            t.set_index(hash) << 32 | u64::from(flow_tag(hash))
+        }
+        None => 0,
+    }
+}
+
+/// The set and tag of a `spot_of` word.
+#[inline(always)]
+pub fn place<E: Table>(spot: u64) -> Option<Place> {
+    if spot == 0 {
+        return None;
+    }
+    Some(Place {
+        set: E::set((spot >> 32) as u32)?,
+        tag: spot as u32,
+    })
+}
+
 /// The set of `E`'s table that a key lives in, and the key's tag.
 #[inline(always)]
 pub fn set_of<E: Table>(words: &[u64; 5]) -> Option<Place> {
-    let t = FLOW_TABLE.get(E::TABLE)?;
-    let hash = flow_set(words, t.seed);
-    Some(Place {
-        set: E::set(t.set_index(hash) as u32)?,
-        tag: flow_tag(hash),
-    })
+    place::<E>(spot_of::<E>(words))
 }
 
 /// The entry of `E`'s table holding `words` and a consistent copy of it (see `find`).
 #[inline(always)]
 pub fn lookup<E: Table>(words: &[u64; 5]) -> Option<(*mut E, E)> {
-    let (entry, copy) = find(set_of::<E>(words)?, words)?;
+    lookup_at::<E>(spot_of::<E>(words), words)
+}
+
+/// `lookup` in the key's `spot_of`, which the caller computed.
+#[inline(always)]
+pub fn lookup_at<E: Table>(spot: u64, words: &[u64; 5]) -> Option<(*mut E, E)> {
+    let (entry, copy) = find(place::<E>(spot)?, words)?;
     // SAFETY: an entry of `E`'s table is an `E` (eight words, `SetEntry`'s layout).
     Some((entry as *mut E, unsafe {
         (copy.as_ptr() as *const E).read_unaligned()
@@ -163,10 +190,12 @@ pub fn claim(
     // Every way's age first, then the choice: the ages cost no branch, and the verifier
     // walks the choice's branches (once per combination: 2^7) over a few instructions
     // each rather than over the ages' arithmetic too.
+    // Only a way whose tag is the key's may hold it (a way is tagged while its writer
+    // holds it, before the key is written): its key alone is compared.
     let mut ages = [0u64; FLOW_WAYS];
     for (way, slot) in ages.iter_mut().enumerate() {
         let entry = way_ptr(set, way) as *const Entry;
-        if holds(entry, words) {
+        if unsafe { read_volatile(tag_ptr(set, way)) } == place.tag && holds(entry, words) {
             return take(place, way, u64::MAX, true);
         }
         *slot = age(entry);

@@ -509,6 +509,7 @@ fn the_verifier_walks_at_most_145_000_instructions() {
     let walked = info
         .verified_instruction_count()
         .expect("the kernel reports verified instructions");
+    println!("the verifier walked {walked} instructions of bascule_xdp");
     assert!(
         walked < 145_000,
         "the verifier walked {walked} instructions of bascule_xdp (bound 145,000, limit 1,000,000)"
