@@ -310,9 +310,11 @@ pub struct FlowEntry {
 pub const FLOW_WAYS: usize = 7;
 
 /// The first cache line of a set: `tags[w]` is `hash::flow_tag` of the key in way `w`
-/// (0 when empty), written by the entry's writer while it holds the entry. Only a filter:
-/// the key itself is compared before an entry counts as found, so a stale tag costs a
-/// compare, never a wrong answer.
+/// (never 0), written by the entry's writer while it holds the entry, and 0 when the way
+/// is empty: whoever empties a way clears its tag. A filter for lookups (the key itself
+/// is compared before an entry counts as found, so a stale tag costs a compare, never a
+/// wrong answer); for a new flow, a way tagged 0 is an empty one to take without reading
+/// the entry.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SetTags {

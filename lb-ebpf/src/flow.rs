@@ -16,7 +16,7 @@ use crate::{
     maps::{ACTIVE, BACKENDS, FLOW_BYPASSES, PERSIST, SETTINGS},
     parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sched,
-    sets::{self, nonzero, opaque, FAMILY_BITS},
+    sets::{self, opaque},
 };
 
 #[inline(always)]
@@ -205,19 +205,18 @@ pub extern "C" fn record(pkt: *const Packet, target: u64, flags: u32, now: u64, 
     let keep_classes = 0u64.wrapping_sub(protect as u64);
     // Without a branch: the verifier walks the seven ways' loop once per combination of
     // the branches taken in it (a branch per class made that over a million steps).
+    // Asked of a full set's entries only (`sets::claim` takes an empty way first).
     let age = |e: *const sets::Entry| {
         let w = e as *const u64;
         let seen = unsafe { read_volatile(w.add(6)) };
-        let word4 = unsafe { read_volatile(w.add(4)) };
         let flags = unsafe { read_volatile(w.add(7)) } & 0xffff_ffff;
-        // Least recently seen first; empty entries (seen at 0) before any.
+        // Least recently seen first.
         let recency = !seen;
-        let empty = 1 - nonzero(word4 & FAMILY_BITS);
         let established = opaque(flags / FLOW_ESTABLISHED as u64) & 1;
         let synced = opaque(flags / FLOW_SYNCED as u64) & 1;
         // Established 0, synced 1, single-packet 2.
         let class = (2 - synced) * (1 - established);
-        let classed = (class << CLASS_SHIFT) | (recency >> 2) | 0u64.wrapping_sub(empty);
+        let classed = (class << CLASS_SHIFT) | (recency >> 2);
         recency ^ ((classed ^ recency) & keep_classes)
     };
     let opens = pkt.proto != IPPROTO_TCP || bare_syn(pkt);

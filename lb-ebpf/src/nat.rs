@@ -191,16 +191,15 @@ fn remember_reply(key: &NatKey, pkt: &Packet, now: u16) {
         .is_some_and(|s| s.flood_protection != 0);
     let evictable = if protect { 1 << 16 } else { 0 };
     // Least recently seen first (`seen` wraps: ages modulo 2^15), established entries
-    // after every other; empty entries first. Without a branch (see `flow::record`).
+    // after every other (empty ways are taken first, by `sets::claim`). Without a branch
+    // (see `flow::record`).
     let age = |e: *const sets::Entry| {
         let w = e as *const u64;
-        let word4 = unsafe { read_volatile(w.add(4)) };
         // Word 7: `vip_port`, `seen`, then the write sequence.
         let seen = (unsafe { read_volatile(w.add(7)) } >> 16) & 0xffff;
-        let empty = 1 - sets::nonzero(word4 & sets::FAMILY_BITS);
         let established = sets::opaque(seen >> 15) & 1;
         let idle = u64::from(now).wrapping_sub(seen) & u64::from(SEEN_MASK);
-        ((1 - established) * evictable) | idle | 0u64.wrapping_sub(empty)
+        ((1 - established) * evictable) | idle
     };
     let (entry, before) = match sets::claim(set, &words, age, evictable) {
         sets::Claim::Taken { entry, before, .. } => (entry, before),

@@ -141,9 +141,6 @@ pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     None
 }
 
-/// Bits of a key's word 4 that hold its family (0 in an empty entry).
-pub const FAMILY_BITS: u64 = 0xff << 40;
-
 /// 1 if `v` is not 0, else 0, computed without a branch (see `opaque`).
 #[inline(always)]
 pub fn nonzero(v: u64) -> u64 {
@@ -176,9 +173,10 @@ pub enum Claim {
     Full,
 }
 
-/// Claims the entry `words` goes to: its own if the set has it, else the one with the
-/// greatest `age` (empty ones must be the oldest) if that is at least `floor`, and tags it
-/// with the key's tag. Counts an eviction when a live entry is taken.
+/// Claims the entry `words` goes to: its own if the set has it, else an empty one, else
+/// the one with the greatest `age` if that is at least `floor`, and tags it with the
+/// key's tag. Counts an eviction when a live entry is taken. `age` is only asked when
+/// the set has no empty way (by the tags), so it need not tell empty entries apart.
 #[inline(always)]
 pub fn claim(
     place: Place,
@@ -187,18 +185,29 @@ pub fn claim(
     floor: u64,
 ) -> Claim {
     let set = place.set;
+    // The tags first (one line, which `find` read): only a way whose tag is the key's may
+    // hold it (a way is tagged while its writer holds it, before the key is written), and
+    // a way tagged 0 is empty (emptied with its tag, see `flows::SetMemory::remove`).
+    // The first empty way is taken without reading any entry's ages.
+    let mut free = FLOW_WAYS as u64;
+    for way in (0..FLOW_WAYS).rev() {
+        let tag = unsafe { read_volatile(tag_ptr(set, way)) };
+        if tag == place.tag && holds(way_ptr(set, way), words) {
+            return take(place, way, u64::MAX, true);
+        }
+        // `free = way` if the tag is 0, without a branch (see `record`).
+        let empty = 0u64.wrapping_sub(1 - nonzero(u64::from(tag)));
+        free ^= (free ^ way as u64) & empty;
+    }
+    if free < FLOW_WAYS as u64 {
+        return take(place, free as usize, u64::MAX, false);
+    }
     // Every way's age first, then the choice: the ages cost no branch, and the verifier
     // walks the choice's branches (once per combination: 2^7) over a few instructions
     // each rather than over the ages' arithmetic too.
-    // Only a way whose tag is the key's may hold it (a way is tagged while its writer
-    // holds it, before the key is written): its key alone is compared.
     let mut ages = [0u64; FLOW_WAYS];
     for (way, slot) in ages.iter_mut().enumerate() {
-        let entry = way_ptr(set, way) as *const Entry;
-        if unsafe { read_volatile(tag_ptr(set, way)) } == place.tag && holds(entry, words) {
-            return take(place, way, u64::MAX, true);
-        }
-        *slot = age(entry);
+        *slot = age(way_ptr(set, way));
     }
     let mut victim = 0;
     let mut oldest = ages[0];
