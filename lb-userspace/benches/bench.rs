@@ -12,7 +12,12 @@
 //! addresses, then ports), so each run schedules and inserts, into a table with room;
 //! "new_full": the same into a full table (filled first), so each insert also evicts.
 //! Every case starts from empty tables (connection table and `nat` replies), and the
-//! whole XDP part runs pinned to one CPU.
+//! whole XDP part runs pinned to one CPU. Those tables hold `conntrack_entries`; "new_1m"
+//! (`dr` and `tun`) is "new_full" in a second datapath whose connection table has the
+//! default capacity (`conntrack.max_entries`, a million entries: 73 MB of sets, far more
+//! than the caches), filled once from userspace with single-packet entries as a SYN
+//! flood leaves them (`fill_like_a_flood`) and kept full by the measured SYNs themselves.
+//! `--quick` gives it 65,536 entries.
 //!
 //! `--only GROUP[,GROUP]` (xdp, control, sync, sync_ring, failover, ecmp, ...): just those
 //! figures.
@@ -329,6 +334,50 @@ fn conntrack_entries(quick: bool) -> u32 {
     }
 }
 
+/// The connection-table capacity of the "new_1m" figures: the default one (a million
+/// entries) but in `--quick` mode, which only checks that the figures come out.
+fn big_conntrack_entries(quick: bool) -> u32 {
+    if quick {
+        65_536
+    } else {
+        lb_common::CONNTRACK_DEFAULT_ENTRIES
+    }
+}
+
+/// Fills `datapath`'s connection table as a SYN flood would leave it: single-packet
+/// entries (active, neither established nor a peer's) seen now, of distinct 5-tuples to
+/// a `service` VIP. Written from userspace with the datapath's write protocol, three
+/// times the capacity (flows fill sets unevenly; this leaves well under 1% of the sets
+/// with room): about a second for a million entries, where running the SYNs through the
+/// program would take a minute.
+fn fill_like_a_flood(datapath: &mut bascule::datapath::Datapath, service: u32, backend: u32) {
+    let capacity = datapath.conntrack_capacity().expect("the table's capacity");
+    let now = bascule::datapath::monotonic_ns();
+    for n in 0..capacity * 3 {
+        let n = n as u32;
+        let key = lb_common::FlowKey {
+            // 10.200.0.0/16 and on (network order), ports 1024 and on.
+            src: [(0x0ac8_0000u32 + (n >> 8)).to_be(), 0, 0, 0],
+            dst: [0x0a70_0064u32.to_be(), 0, 0, 0],
+            sport: (1024 + (n & 0xff) as u16).to_be(),
+            dport: 80u16.to_be(),
+            proto: lb_common::IPPROTO_TCP,
+            family: lb_common::FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let state = lb_common::FlowState {
+            backend,
+            service,
+            last_seen: now,
+            flags: lb_common::FLOW_ACTIVE,
+            seq: 0,
+        };
+        datapath
+            .insert_synced(lb_common::FlowEntry { key, state }, None)
+            .expect("write an entry");
+    }
+}
+
 /// Keeps the calling thread on the CPU it runs on until dropped (the previous CPU set is
 /// restored then). Every XDP figure is then taken on the same CPU, with the same per-CPU
 /// state (counters) and caches.
@@ -423,6 +472,32 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
     let mut ring = h.datapath.take_sync_ring().expect("the sync ring");
     let mut fig_synced = Figure::new("xdp.dr.v4.new_synced", "ns");
     fig_synced.baseline = Some("xdp.dr.v4.new".into());
+    // `new_1m`: a second datapath with the default table, filled once.
+    let mut big = bascule::datapath::Datapath::load(big_conntrack_entries(s.quick))
+        .expect("load the XDP program with the default connection table");
+    big.apply(&h.plan).expect("program the maps");
+    let dr4 = h
+        .plan
+        .services
+        .iter()
+        .find(|p| p.name == "dr4")
+        .expect("service dr4");
+    let filled = Instant::now();
+    fill_like_a_flood(&mut big, dr4.info.id, dr4.backends[0]);
+    println!(
+        "new_1m: {} of {} entries in use, filled in {:.1} s",
+        big.conntrack_len().expect("the table's entries"),
+        big.conntrack_capacity().expect("the table's capacity"),
+        filled.elapsed().as_secs_f64()
+    );
+    let mut per_big: Vec<Figure> = cases[..4]
+        .iter()
+        .map(|(m, f, _, _)| {
+            let mut fig = Figure::new(&format!("xdp.{m}.{f}.new_1m"), "ns");
+            fig.baseline = Some("xdp.floor.swapmac".into());
+            fig
+        })
+        .collect();
     let _pinned = Pinned::here();
     for round in 0..s.rounds {
         {
@@ -491,6 +566,16 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
                 *verdict,
             ));
         }
+        for ((_, fam, vip, verdict), fig) in cases.iter().zip(per_big.iter_mut()) {
+            let first = round as u32 * s.runs;
+            fig.samples.push(measure(
+                big.program(),
+                ifindex,
+                &mut |i| client_syn(fam, 4, first + i, vip),
+                s.runs,
+                *verdict,
+            ));
+        }
         h.apply(&synced_config);
         h.datapath
             .clear_conntrack()
@@ -517,6 +602,7 @@ fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
     figures.push(fig_drop);
     figures.push(fig_swap);
     figures.extend(per_case.into_iter().flatten());
+    figures.extend(per_big);
     figures.push(fig_synced);
 }
 
