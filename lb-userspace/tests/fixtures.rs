@@ -494,16 +494,17 @@ fn a_flow_is_one_flow_whichever_reader_reads_its_frames() {
 
 /// The verifier walks every path of the program it cannot prune, up to 1,000,000
 /// instructions, at ~2-4 us each here (the daemon waits for it at start, and so does
-/// every test that loads the program). It walks about 137,000: 105,486 when
-/// `flow::schedule` became a global function it checks once (353,671 before), and more
-/// since with the flood policy, connection thresholds and `tun`'s next hop out of the
-/// FIB's way (`tunnel` is called again after `resolve_hop` on a cache miss: 9,000 more).
-/// The bound catches a step going back: `schedule` checked again at every state of its
-/// call (+250,000), or an inline reader whose stack differs in kind from the general
-/// parser's, so that the paths after them are walked once per reader (+30,000). Raise it
+/// every test that loads the program). It walks about 141,000: 105,486 when
+/// `flow::schedule` became a global function it checks once (353,671 before), more with
+/// the flood policy and connection thresholds (128,311), fewer once `record` compared
+/// only the keys whose tag matches (122,370), and more again with `tun`'s next hop out of
+/// the FIB's way (`tunnel` is called again after `resolve_hop` on a cache miss). The
+/// bound catches a step going back: `schedule` checked again at every state of its call
+/// (+250,000), or an inline reader whose stack differs in kind from the general parser's,
+/// so that the paths after them are walked once per reader (+30,000). Raise it
 /// knowingly; the bench reports the count as `control.xdp_verified.insns`.
 #[test]
-fn the_verifier_walks_at_most_145_000_instructions() {
+fn the_verifier_walks_at_most_150_000_instructions() {
     let mut h = Harness::new(CONFIG);
     let info = h.datapath.program().info().unwrap();
     let walked = info
@@ -511,8 +512,8 @@ fn the_verifier_walks_at_most_145_000_instructions() {
         .expect("the kernel reports verified instructions");
     println!("the verifier walked {walked} instructions of bascule_xdp");
     assert!(
-        walked < 145_000,
-        "the verifier walked {walked} instructions of bascule_xdp (bound 145,000, limit 1,000,000)"
+        walked < 150_000,
+        "the verifier walked {walked} instructions of bascule_xdp (bound 150,000, limit 1,000,000)"
     );
 }
 
