@@ -35,7 +35,7 @@ use crate::{
         packet::Frame,
     },
     figure::{Figure, GroupResult, Settings},
-    veth::{live_run, Rig},
+    veth::{self, live_run, Rig},
 };
 
 const CONFIG: &str = r#"
@@ -62,13 +62,7 @@ const RUN_FRAMES: u32 = 500_000;
 const RUN_FRAMES_QUICK: u32 = 50_000;
 
 pub fn figures(s: &Settings, figures: &mut Vec<Figure>) -> GroupResult {
-    // Its own thread: the rig moves its thread between the two namespaces.
-    let out = thread::scope(|scope| scope.spawn(|| measure(s)).join());
-    match out {
-        Ok(f) => figures.extend(f?),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-    Ok(())
+    veth::on_own_thread(|| measure(s), figures)
 }
 
 /// Flow `i`'s frame (`flags`: SYN, ACK), from a client range the generator never uses

@@ -113,13 +113,7 @@ pub fn figures(s: &Settings, figures: &mut Vec<Figure>) {
 
 /// The `sync_ring` group, or why this machine cannot give it (live frames refused).
 pub fn ring_figures(s: &Settings, figures: &mut Vec<Figure>) -> GroupResult {
-    // Its own thread: the rig moves its thread between the two namespaces.
-    let out = thread::scope(|scope| scope.spawn(|| measure_ring(s)).join());
-    match out {
-        Ok(f) => figures.extend(f?),
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
-    Ok(())
+    veth::on_own_thread(|| measure_ring(s), figures)
 }
 
 fn measure_ring(s: &Settings) -> Result<Vec<Figure>, String> {

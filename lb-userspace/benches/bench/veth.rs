@@ -83,9 +83,16 @@ pub const GEN_GAP_NS: u64 = 1_000;
 /// The group's figures, or why this machine cannot give them: the kernel may refuse
 /// BPF_PROG_TEST_RUN's live-frames mode (EPERM was seen where plain test runs worked).
 pub fn figures(s: &Settings, figures: &mut Vec<Figure>) -> GroupResult {
-    // Its own thread: the rig moves its thread between the two namespaces.
-    let out = thread::scope(|scope| scope.spawn(|| measure(s)).join());
-    match out {
+    on_own_thread(|| measure(s), figures)
+}
+
+/// Runs a rig's `measure` on a thread of its own (the rig moves its thread between the
+/// two namespaces) and adds its figures, or gives why it could not run.
+pub fn on_own_thread(
+    measure: impl FnOnce() -> Result<Vec<Figure>, String> + Send,
+    figures: &mut Vec<Figure>,
+) -> GroupResult {
+    match thread::scope(|scope| scope.spawn(measure).join()) {
         Ok(f) => figures.extend(f?),
         Err(panic) => std::panic::resume_unwind(panic),
     }
