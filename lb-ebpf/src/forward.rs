@@ -336,7 +336,7 @@ pub fn flow_label(pkt: &Packet) -> u32 {
 /// `resolve_hop`'s, called beside it, not under it); the result comes back packed in one
 /// word.
 #[inline(never)]
-pub fn tunnel(
+fn tunnel(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
@@ -364,17 +364,11 @@ fn tunnel_inner(
         return Ok(xdp_action::XDP_PASS);
     };
     let outer_v4 = backend.family == FAMILY_V4;
-    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
-    let outer_len = pkt.l3_len as u32 + grow as u32;
+    let outer_len = tunnelled_len(pkt, outer_v4);
     if outer_len > 0xffff {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
     }
-    let sourced = if outer_v4 {
-        settings.tunnel_src_v4 != 0
-    } else {
-        settings.tunnel_src_v6 != [0; 4]
-    };
-    if !sourced {
+    if tunnel_source(settings, outer_v4).is_none() {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
     }
     let hop = cached_hop(id, &backend.addr, outer_len as u16, arrival_mac(ctx));
@@ -384,17 +378,41 @@ fn tunnel_inner(
     encapsulate(ctx, pkt, backend, label, &hop, settings, outer_len)
 }
 
+/// `tun`'s whole step for `balance`: `tunnel`, and on a cache miss `resolve_hop` and
+/// `tunnel` again.
+#[inline(always)]
+pub fn tunnel_resolving(
+    raw: *mut aya_ebpf::bindings::xdp_md,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    label: u32,
+    id: u32,
+) -> Result<u32, Stop> {
+    let mut sent = tunnel(raw, pkt, backend, label, id);
+    if sent == NO_HOP {
+        let resolved = resolve_hop(raw, pkt, backend, id);
+        if resolved != RESOLVED {
+            return Stop::unpack(resolved);
+        }
+        sent = tunnel(raw, pkt, backend, label, id);
+        if sent == NO_HOP {
+            return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
+        }
+    }
+    Stop::unpack(sent)
+}
+
 /// `tunnel`'s verdict when this CPU has no next hop cached for the backend (not an XDP
 /// action).
-pub const NO_HOP: u32 = 0xff;
+const NO_HOP: u32 = 0xff;
 /// `resolve_hop`'s answer when the next hop is now in this CPU's cache.
-pub const RESOLVED: u32 = u32::MAX;
+const RESOLVED: u32 = u32::MAX;
 
 /// Asks the FIB for the next hop towards `tun` backend `id` (`pkt` tunnelled to it) from
 /// the node's tunnel source and caches its answer (`RESOLVED`), or says why not (a packed
 /// `Stop`). A separate BPF function: the FIB's parameters are on its frame alone.
 #[inline(never)]
-pub fn resolve_hop(
+fn resolve_hop(
     raw: *mut aya_ebpf::bindings::xdp_md,
     pkt: &Packet,
     backend: &BackendInfo,
@@ -404,8 +422,7 @@ pub fn resolve_hop(
         return Stop::pack(Ok(xdp_action::XDP_PASS));
     };
     let outer_v4 = backend.family == FAMILY_V4;
-    let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
-    let outer_len = (pkt.l3_len as u32 + grow as u32).min(0xffff) as u16;
+    let outer_len = tunnelled_len(pkt, outer_v4).min(0xffff) as u16;
     let Some(src) = tunnel_source(settings, outer_v4) else {
         return Stop::pack(Err(Stop::counted(
             xdp_action::XDP_DROP,
@@ -417,6 +434,12 @@ pub fn resolve_hop(
         Ok(_) => RESOLVED,
         Err(stop) => Stop::pack(Err(stop)),
     }
+}
+
+/// `pkt`'s length once wrapped in an outer IPv4 (`outer_v4`) or IPv6 header.
+#[inline(always)]
+fn tunnelled_len(pkt: &Packet, outer_v4: bool) -> u32 {
+    pkt.l3_len as u32 + if outer_v4 { IPV4_LEN } else { IPV6_LEN } as u32
 }
 
 /// The node's tunnel source of the outer family, if configured.

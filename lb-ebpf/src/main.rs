@@ -149,18 +149,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
             } else {
                 forward::flow_label(&pkt)
             };
-            let mut sent = forward::tunnel(raw, &pkt, backend, label, id);
-            if sent == forward::NO_HOP {
-                let resolved = forward::resolve_hop(raw, &pkt, backend, id);
-                if resolved != forward::RESOLVED {
-                    return Stop::unpack(resolved);
-                }
-                sent = forward::tunnel(raw, &pkt, backend, label, id);
-                if sent == forward::NO_HOP {
-                    return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
-                }
-            }
-            Stop::unpack(sent)
+            forward::tunnel_resolving(raw, &pkt, backend, label, id)
         }
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
