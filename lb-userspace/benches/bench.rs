@@ -11,16 +11,18 @@
 //! (its connection-table entry exists); "new": N TCP SYNs with distinct 5-tuples (source
 //! addresses, then ports), so each run schedules and inserts, into a table with room;
 //! "new_full": the same into a full table (filled first), so each insert also evicts.
-//! Every case starts from empty tables (connection table and `nat` replies), and the
-//! whole XDP part runs pinned to one CPU. Those tables hold `conntrack_entries`; "new_1m"
-//! (`dr` and `tun`) is "new_full" in a second datapath whose connection table has the
-//! default capacity (`conntrack.max_entries`, a million entries: 73 MB of sets, far more
-//! than the caches), filled once from userspace with single-packet entries as a SYN
-//! flood leaves them (`fill_like_a_flood`) and kept full by the measured SYNs themselves.
-//! `--quick` gives it 65,536 entries.
+//! Every case starts from empty tables (connection table and `nat` replies), every round
+//! loads the datapath afresh, and the whole XDP part runs pinned to one CPU. Those tables
+//! hold `conntrack_entries`; "new_1m" (`dr` and `tun`) is "new_full" in a second datapath
+//! whose connection table has the default capacity (`conntrack.max_entries`, a million
+//! entries: 73 MB of sets, far more than the caches), filled from userspace with
+//! single-packet entries as a SYN flood leaves them (`fill_like_a_flood`) and kept full by
+//! the measured SYNs themselves. `--quick` gives it 65,536 entries. The code is in
+//! `bench/xdp.rs`.
 //!
 //! `--only GROUP[,GROUP]` (xdp, control, sync, sync_ring, failover, ecmp, ...): just those
-//! figures.
+//! figures. `--baseline OBJECT`: another build of the XDP object measured beside this
+//! one (`bench/xdp.rs`).
 //!
 //! A group that needs something this machine may refuse or lack (live frames for `veth`
 //! and `flood`,
@@ -55,17 +57,13 @@ mod http;
 mod sync;
 #[path = "bench/veth.rs"]
 mod veth;
+#[path = "bench/xdp.rs"]
+mod xdp;
 
 use std::time::Instant;
 
-use aya::{
-    programs::{TestRun, TestRunOptions, Xdp},
-    Ebpf,
-};
-use common::{
-    harness::{xdp_md, Harness},
-    packet::Frame,
-};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use common::harness::xdp_md;
 use figure::{Figure, GroupResult, Settings, Unavailable};
 use serde_json::{json, Value};
 
@@ -126,7 +124,7 @@ const GROUPS: &[Group] = &[
         name: "xdp",
         quick: true,
         run: |s, f| {
-            xdp_figures(s, f);
+            xdp::figures(s, f);
             Ok(())
         },
     },
@@ -199,17 +197,20 @@ fn flag_value(args: &[String], flag: &str) -> Option<String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
+    let baseline = flag_value(&args, "--baseline").map(std::path::PathBuf::from);
     let s = if quick {
         Settings {
             rounds: 2,
             runs: 200,
             quick,
+            baseline,
         }
     } else {
         Settings {
             rounds: 7,
             runs: 20_000,
             quick,
+            baseline,
         }
     };
     // `--only xdp,control`: just those groups (results in results-xdp,control.json).
@@ -321,289 +322,6 @@ fn check_unavailable(
         }
         None => Ok(()),
     }
-}
-
-/// The benchmark datapath's connection-table capacity (the `nat` reply table's too): its
-/// entries (4 MB of sets, as much again for `nat` replies) do not fit in a core's caches, and
-/// it fills in about a second for the full-table figures. Small in `--quick` mode.
-fn conntrack_entries(quick: bool) -> u32 {
-    if quick {
-        4096
-    } else {
-        65_536
-    }
-}
-
-/// The connection-table capacity of the "new_1m" figures: the default one (a million
-/// entries) but in `--quick` mode, which only checks that the figures come out.
-fn big_conntrack_entries(quick: bool) -> u32 {
-    if quick {
-        65_536
-    } else {
-        lb_common::CONNTRACK_DEFAULT_ENTRIES
-    }
-}
-
-/// Fills `datapath`'s connection table as a SYN flood would leave it: single-packet
-/// entries (active, neither established nor a peer's) seen now, of distinct 5-tuples to
-/// a `service` VIP. Written from userspace with the datapath's write protocol, three
-/// times the capacity (flows fill sets unevenly; this leaves well under 1% of the sets
-/// with room): about a second for a million entries, where running the SYNs through the
-/// program would take a minute.
-fn fill_like_a_flood(datapath: &mut bascule::datapath::Datapath, service: u32, backend: u32) {
-    let capacity = datapath.conntrack_capacity().expect("the table's capacity");
-    let now = bascule::datapath::monotonic_ns();
-    for n in 0..capacity * 3 {
-        let n = n as u32;
-        let key = lb_common::FlowKey {
-            // 10.200.0.0/16 and on (network order), ports 1024 and on.
-            src: [(0x0ac8_0000u32 + (n >> 8)).to_be(), 0, 0, 0],
-            dst: [0x0a70_0064u32.to_be(), 0, 0, 0],
-            sport: (1024 + (n & 0xff) as u16).to_be(),
-            dport: 80u16.to_be(),
-            proto: lb_common::IPPROTO_TCP,
-            family: lb_common::FAMILY_V4,
-            _pad: [0; 2],
-        };
-        let state = lb_common::FlowState {
-            backend,
-            service,
-            last_seen: now,
-            flags: lb_common::FLOW_ACTIVE,
-            seq: 0,
-        };
-        datapath
-            .insert_synced(lb_common::FlowEntry { key, state }, None)
-            .expect("write an entry");
-    }
-}
-
-/// Keeps the calling thread on the CPU it runs on until dropped (the previous CPU set is
-/// restored then). Every XDP figure is then taken on the same CPU, with the same per-CPU
-/// state (counters) and caches.
-struct Pinned(Option<libc::cpu_set_t>);
-
-impl Pinned {
-    fn here() -> Pinned {
-        // SAFETY: plain libc calls on this thread, with a zeroed cpu_set_t of the right size.
-        unsafe {
-            let mut before: libc::cpu_set_t = std::mem::zeroed();
-            let size = std::mem::size_of::<libc::cpu_set_t>();
-            let cpu = libc::sched_getcpu();
-            if cpu < 0 || libc::sched_getaffinity(0, size, &mut before) != 0 {
-                return Pinned(None);
-            }
-            let mut one: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu as usize, &mut one);
-            if libc::sched_setaffinity(0, size, &one) != 0 {
-                return Pinned(None);
-            }
-            Pinned(Some(before))
-        }
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(before) = &self.0 {
-            // SAFETY: restores the set read in `here`.
-            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), before) };
-        }
-    }
-}
-
-/// A TCP SYN from the `n`-th client of a range (`range` 0, 1, ... keep ranges apart) to
-/// `vip`:80: a distinct 5-tuple for every `n` below 2^24.
-fn client_syn(fam: &str, range: u32, n: u32, vip: &str) -> Vec<u8> {
-    let src = if fam == "v4" {
-        format!(
-            "10.{}.{}.{}",
-            120 + range * 32 + (n >> 16) % 32,
-            (n >> 8) & 0xff,
-            n & 0xff
-        )
-    } else {
-        format!("fd00:{:x}::{:x}:{:x}", 0x120 + range, n >> 16, n & 0xffff)
-    };
-    Frame::tcp(&src, 1024 + (n >> 21) as u16, vip, 80).bytes()
-}
-
-fn xdp_figures(s: &Settings, figures: &mut Vec<Figure>) {
-    let entries = conntrack_entries(s.quick);
-    let mut h = Harness::with_conntrack(CONFIG, entries);
-    let ifindex = h.ifindex;
-    let mut floor = Ebpf::load(FLOOR_OBJECT).expect("load the floor programs");
-    for name in ["floor_drop", "floor_swapmac"] {
-        let p: &mut Xdp = floor.program_mut(name).unwrap().try_into().unwrap();
-        p.load().expect("load floor program");
-    }
-    let cases: Vec<(&str, &str, &str, u32)> = vec![
-        ("dr", "v4", "10.112.0.100", 3),
-        ("dr", "v6", "fd00:112::100", 3),
-        ("tun", "v4", "10.112.0.101", 3),
-        ("tun", "v6", "fd00:112::101", 3),
-        ("nat", "v4", "10.112.0.102", 3),
-        ("nat", "v6", "fd00:112::102", 3),
-    ];
-    let mut fig_drop = Figure::new("xdp.floor.drop", "ns");
-    let mut fig_swap = Figure::new("xdp.floor.swapmac", "ns");
-    let mut per_case: Vec<[Figure; 3]> = cases
-        .iter()
-        .map(|(m, f, _, _)| {
-            ["established", "new", "new_full"].map(|path| {
-                let mut fig = Figure::new(&format!("xdp.{m}.{f}.{path}"), "ns");
-                fig.baseline = Some("xdp.floor.swapmac".into());
-                fig
-            })
-        })
-        .collect();
-    // Enough SYNs to fill the tables, from a client range of their own: three times their
-    // capacity, because flows fill the sets of seven unevenly (this leaves under 1% of the
-    // sets with room).
-    let fill = entries * 3;
-    let fillers: Vec<Vec<Vec<u8>>> = cases
-        .iter()
-        .map(|(_, fam, vip, _)| (0..fill).map(|n| client_syn(fam, 2, n, vip)).collect())
-        .collect();
-    let base = Frame::tcp("10.111.0.10", 1000, "10.112.0.100", 80).bytes();
-    // `xdp.dr.v4.new_synced`: the same new flows with `sync:` configured (each reported to
-    // the ring, which a reader drains as the daemon's sender does).
-    let synced_config = format!("{CONFIG}sync:\n  peers: [10.0.0.3]\n  key_file: /etc/k\n");
-    let mut ring = h.datapath.take_sync_ring().expect("the sync ring");
-    let mut fig_synced = Figure::new("xdp.dr.v4.new_synced", "ns");
-    fig_synced.baseline = Some("xdp.dr.v4.new".into());
-    // `new_1m`: a second datapath with the default table, filled once.
-    let mut big = bascule::datapath::Datapath::load(big_conntrack_entries(s.quick))
-        .expect("load the XDP program with the default connection table");
-    big.apply(&h.plan).expect("program the maps");
-    let dr4 = h
-        .plan
-        .services
-        .iter()
-        .find(|p| p.name == "dr4")
-        .expect("service dr4");
-    let filled = Instant::now();
-    fill_like_a_flood(&mut big, dr4.info.id, dr4.backends[0]);
-    println!(
-        "new_1m: {} of {} entries in use, filled in {:.1} s",
-        big.conntrack_len().expect("the table's entries"),
-        big.conntrack_capacity().expect("the table's capacity"),
-        filled.elapsed().as_secs_f64()
-    );
-    let mut per_big: Vec<Figure> = cases[..4]
-        .iter()
-        .map(|(m, f, _, _)| {
-            let mut fig = Figure::new(&format!("xdp.{m}.{f}.new_1m"), "ns");
-            fig.baseline = Some("xdp.floor.swapmac".into());
-            fig
-        })
-        .collect();
-    let _pinned = Pinned::here();
-    for round in 0..s.rounds {
-        {
-            let p: &mut Xdp = floor.program_mut("floor_drop").unwrap().try_into().unwrap();
-            fig_drop
-                .samples
-                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 1));
-        }
-        {
-            let p: &mut Xdp = floor
-                .program_mut("floor_swapmac")
-                .unwrap()
-                .try_into()
-                .unwrap();
-            fig_swap
-                .samples
-                .push(measure(p, ifindex, &mut |_| base.clone(), s.runs, 3));
-        }
-        for (((_, fam, vip, verdict), [est, new, full]), filler) in
-            cases.iter().zip(per_case.iter_mut()).zip(&fillers)
-        {
-            // Every case starts from empty tables, whatever the cases before it left.
-            h.datapath
-                .clear_conntrack()
-                .expect("clear the connection table");
-            h.datapath.clear_nat_replies().expect("clear the nat table");
-            let client = if *fam == "v4" {
-                "10.111.0.10"
-            } else {
-                "fd00:111::10"
-            };
-            let established = Frame::tcp(client, 999, vip, 80).bytes();
-            h.run(&established); // creates the connection-table entry
-            let prog = h.datapath.program();
-            est.samples.push(measure(
-                prog,
-                ifindex,
-                &mut |_| established.clone(),
-                s.runs,
-                *verdict,
-            ));
-            // New flows while the table has room: distinct 5-tuples, unique per round.
-            let first = round as u32 * s.runs;
-            new.samples.push(measure(
-                prog,
-                ifindex,
-                &mut |i| client_syn(fam, 0, first + i, vip),
-                s.runs,
-                *verdict,
-            ));
-            // New flows into a full table (a busy node's steady state): each insert
-            // evicts the least recently seen entry of its set.
-            let n = filler.len() as u32;
-            measure(
-                prog,
-                ifindex,
-                &mut |i| filler[i as usize].clone(),
-                n,
-                *verdict,
-            );
-            full.samples.push(measure(
-                prog,
-                ifindex,
-                &mut |i| client_syn(fam, 1, first + i, vip),
-                s.runs,
-                *verdict,
-            ));
-        }
-        for ((_, fam, vip, verdict), fig) in cases.iter().zip(per_big.iter_mut()) {
-            let first = round as u32 * s.runs;
-            fig.samples.push(measure(
-                big.program(),
-                ifindex,
-                &mut |i| client_syn(fam, 4, first + i, vip),
-                s.runs,
-                *verdict,
-            ));
-        }
-        h.apply(&synced_config);
-        h.datapath
-            .clear_conntrack()
-            .expect("clear the connection table");
-        let first = round as u32 * s.runs;
-        let prog = h.datapath.program();
-        fig_synced.samples.push(measure(
-            prog,
-            ifindex,
-            &mut |i| {
-                if i % 1024 == 0 {
-                    while ring.next().is_some() {}
-                }
-                client_syn("v4", 3, first + i, "10.112.0.100")
-            },
-            s.runs,
-            3,
-        ));
-        while ring.next().is_some() {}
-        h.apply(CONFIG);
-    }
-    let dropped = h.datapath.sync_drops().expect("the sync drop counter");
-    assert_eq!(dropped, 0, "reports dropped while the ring was drained");
-    figures.push(fig_drop);
-    figures.push(fig_swap);
-    figures.extend(per_case.into_iter().flatten());
-    figures.extend(per_big);
-    figures.push(fig_synced);
 }
 
 /// `failover.{100ms,1s}.seconds`: a two-node lab (VRRP, dr, health checks) per advert

@@ -2,6 +2,7 @@
 //! to remember. Cargo commands run from the workspace root; the daemon (`run`) runs from the
 //! caller's directory so that relative config paths work.
 
+mod baseline;
 mod commits;
 mod demo;
 mod demo_scale_out;
@@ -37,7 +38,8 @@ commands:
   package --install-test      build it (debug), install it here, check it, purge it (root)
   bench [--quick] [--only G]  benchmark suite: table + target/bench/results.json (root);
                               G: xdp, veth, http, control, health, failover, ecmp
-                              (comma-separated)";
+                              (comma-separated); --baseline REV: revision REV's XDP
+                              object measured beside this build's (xdp group)";
 
 /// Crates that are not built for the host: the eBPF crate is built by lb-userspace's build
 /// script for the BPF target, with nightly.
@@ -91,6 +93,7 @@ fn dispatch(args: &[String]) -> Result<()> {
         "bench" => {
             let mut quick = false;
             let mut only = None;
+            let mut baseline = None;
             let mut args = rest.iter();
             while let Some(a) = args.next() {
                 match (a.as_str(), args.clone().next()) {
@@ -99,13 +102,17 @@ fn dispatch(args: &[String]) -> Result<()> {
                         only = Some(groups.clone());
                         args.next();
                     }
+                    ("--baseline", Some(rev)) => {
+                        baseline = Some(rev.clone());
+                        args.next();
+                    }
                     _ => bail!(
-                        "`cargo xtask bench` takes `--quick` and `--only GROUP[,GROUP]`, got `{}`",
+                        "`cargo xtask bench` takes `--quick`, `--only GROUP[,GROUP]` and `--baseline REV`, got `{}`",
                         rest.join(" ")
                     ),
                 }
             }
-            bench(quick, only.as_deref())
+            bench(quick, only.as_deref(), baseline.as_deref())
         }
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -298,8 +305,11 @@ fn build_and_test() -> Result<()> {
         "--quick",
     ]))?;
     // A kernel may refuse live frames (EPERM): the suite must then report the veth group
-    // unavailable, with the reason, and still write every other group's figures.
+    // unavailable, with the reason, and still write every other group's figures. The xdp
+    // group measures a baseline object beside this build's here (`--baseline`): this
+    // build's own, as the build script left it.
     println!("==> benchmark smoke run with live frames refused on purpose (BASCULE_BENCH_REFUSE)");
+    let object = baseline::newest_object(&target_dir()?.join("debug/build"))?;
     run_checked(
         cargo()
             .args(["test", "-p", "lb-userspace", "--bench", "bench", "--"])
@@ -309,18 +319,21 @@ fn build_and_test() -> Result<()> {
                 "xdp,veth",
                 "--expect-unavailable",
                 "veth",
+                "--baseline",
             ])
+            .arg(&object)
             .env("BASCULE_BENCH_REFUSE", "live_frames"),
     )
 }
 
 /// `cargo xtask bench [--quick]`: the benchmark suite, optimised build, as root.
-fn bench(quick: bool, only: Option<&str>) -> Result<()> {
+fn bench(quick: bool, only: Option<&str>, baseline: Option<&str>) -> Result<()> {
     if !setup::is_root() {
         bail!("`cargo xtask bench` loads XDP programs and builds namespace labs: run it as root");
     }
     setup::check_build_prerequisites()?;
     setup::ensure_bpffs()?;
+    let baseline = baseline.map(baseline::object).transpose()?;
     let mut cmd = cargo();
     cmd.args(["bench", "-p", "lb-userspace", "--bench", "bench", "--"]);
     if quick {
@@ -328,6 +341,9 @@ fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     }
     if let Some(groups) = only {
         cmd.args(["--only", groups]);
+    }
+    if let Some(object) = baseline {
+        cmd.arg("--baseline").arg(object);
     }
     run_checked(&mut cmd)
 }

@@ -5,6 +5,9 @@ pub struct Settings {
     pub rounds: usize,
     pub runs: u32,
     pub quick: bool,
+    /// `--baseline OBJECT`: another build of the XDP object, measured beside this one
+    /// (the `xdp` group).
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]

@@ -1,7 +1,7 @@
 //! Loading the embedded XDP object: plain (maps owned by this process) or pinned (maps
 //! reused from, or pinned to, the pin tree), and whether pinned maps fit this build.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, MapInfo},
     programs::Xdp,
@@ -18,7 +18,12 @@ use super::{
 /// The maps of the XDP object that userspace shares with the kernel (the object's
 /// `.rodata`/`.bss` sections are per program and not pinned).
 fn object_maps() -> Result<Vec<(String, aya_obj::Map)>> {
-    let obj = aya_obj::Object::parse(XDP_OBJECT).context("cannot parse the embedded XDP object")?;
+    maps_of(XDP_OBJECT).context("cannot parse the embedded XDP object")
+}
+
+/// `object_maps` of any build of the XDP object, sorted by name.
+fn maps_of(object: &[u8]) -> Result<Vec<(String, aya_obj::Map)>> {
+    let obj = aya_obj::Object::parse(object)?;
     let mut maps: Vec<(String, aya_obj::Map)> = obj
         .maps
         .into_iter()
@@ -64,7 +69,42 @@ pub fn object_digest() -> u64 {
 impl Datapath {
     /// Loads the program and creates its maps (not attached yet).
     pub fn load(conntrack_entries: u32) -> Result<Self> {
-        let mut ebpf = loader(conntrack_entries).load(XDP_OBJECT).context(
+        Datapath::load_object(XDP_OBJECT, conntrack_entries)
+    }
+
+    /// `load` with another build of the XDP object (`cargo xtask bench --baseline`
+    /// measures one beside this build's), whose maps must be this build's.
+    pub fn load_object(object: &[u8], conntrack_entries: u32) -> Result<Self> {
+        if object != XDP_OBJECT {
+            let shape = |maps: Vec<(String, aya_obj::Map)>| -> Vec<_> {
+                maps.iter()
+                    .map(|(n, m)| (n.clone(), m.map_type(), m.key_size(), m.value_size()))
+                    .collect()
+            };
+            let theirs = shape(maps_of(object).context("cannot parse the XDP object")?);
+            let ours = shape(object_maps()?);
+            if theirs != ours {
+                let names = |v: &[(String, u32, u32, u32)]| {
+                    v.iter()
+                        .map(|m| format!("{} {}/{}", m.0, m.2, m.3))
+                        .collect::<Vec<_>>()
+                };
+                let (t, o) = (names(&theirs), names(&ours));
+                let only = |a: &[String], b: &[String]| {
+                    a.iter()
+                        .filter(|m| !b.contains(m))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                bail!(
+                    "the XDP object's maps (name key/value sizes) are not this build's: [{}] in it, [{}] in this build",
+                    only(&t, &o),
+                    only(&o, &t)
+                );
+            }
+        }
+        let mut ebpf = loader(conntrack_entries).load(object).context(
             "cannot load the XDP object (is this root, with CAP_BPF and CAP_NET_ADMIN?)",
         )?;
         load_program(&mut ebpf)?;
@@ -261,4 +301,21 @@ fn load_program(ebpf: &mut Ebpf) -> Result<()> {
         .try_into()?;
     prog.load().context("the kernel refused the XDP program")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Datapath, DECAP_OBJECT};
+
+    /// `--baseline`'s object is checked before anything is loaded: an object with other
+    /// maps (the decapsulation program's) is refused, the maps named.
+    #[test]
+    fn an_object_with_other_maps_is_refused_before_loading() {
+        let err = Datapath::load_object(DECAP_OBJECT, 1024)
+            .err()
+            .expect("refused");
+        let text = format!("{err:#}");
+        assert!(text.contains("are not this build's"), "{text}");
+        assert!(text.contains("CONNTRACK"), "{text}");
+    }
 }

@@ -1,0 +1,72 @@
+//! `cargo xtask bench --baseline REV`: the XDP object of another revision, for the bench
+//! to measure beside this build's in the same run (its figures are `baseline.xdp.*`).
+//! The revision's tree is exported under `target/baseline/<commit>/` and built there by
+//! its own build script, with its own eBPF flags; the dependencies' builds are kept in
+//! `target/baseline/target/` for the next revision (the first build takes minutes).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+use crate::{output, run_checked, target_dir, workspace_root};
+
+/// Builds revision `rev`'s XDP object; its path.
+pub fn object(rev: &str) -> Result<PathBuf> {
+    let root = workspace_root();
+    let commit = output(
+        std::process::Command::new("git")
+            .args(["rev-parse", "--verify", &format!("{rev}^{{commit}}")])
+            .current_dir(root),
+    )
+    .with_context(|| format!("--baseline {rev}: not a revision of this repository"))?
+    .trim()
+    .to_string();
+    let base = target_dir()?.join("baseline");
+    let tree = base.join(&commit);
+    if !tree.join("Cargo.toml").exists() {
+        std::fs::create_dir_all(&tree)
+            .with_context(|| format!("cannot create {}", tree.display()))?;
+        println!("==> exporting {rev} ({commit}) to {}", tree.display());
+        let archive = format!(
+            "git -C '{}' archive --format=tar {commit} | tar -x -C '{}'",
+            root.display(),
+            tree.display()
+        );
+        run_checked(std::process::Command::new("sh").args(["-c", &archive]))?;
+    }
+    println!("==> building {rev}'s XDP object");
+    let targets = base.join("target");
+    run_checked(
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .args(["build", "--release", "-p", "lb-userspace", "--lib"])
+            .current_dir(&tree)
+            .env("CARGO_TARGET_DIR", &targets),
+    )?;
+    newest_object(&targets.join("release/build"))
+}
+
+/// The newest `lb-userspace-*/out/lb-ebpf` under `build` (a build script's output).
+pub fn newest_object(build: &std::path::Path) -> Result<PathBuf> {
+    let mut found: Option<(std::time::SystemTime, PathBuf)> = None;
+    let entries =
+        std::fs::read_dir(build).with_context(|| format!("cannot read {}", build.display()))?;
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("lb-userspace-")
+        {
+            continue;
+        }
+        let object = entry.path().join("out/lb-ebpf");
+        if let Ok(modified) = object.metadata().and_then(|m| m.modified()) {
+            if found.as_ref().is_none_or(|(t, _)| modified > *t) {
+                found = Some((modified, object));
+            }
+        }
+    }
+    match found {
+        Some((_, path)) => Ok(path),
+        None => bail!("no XDP object built under {}", build.display()),
+    }
+}
