@@ -157,8 +157,9 @@ const TOOK_LIVE: u32 = 1;
 const BUSY: u32 = 2;
 const REFUSED: u32 = 3;
 
-/// `record`'s scores of an entry's class, above its age (see `record`).
-const CLASS_SHIFT: u32 = 62;
+/// `record`'s scores of an entry's class, above its age (see `record`); a score of a
+/// full set's entry stays below 2^63 (`sets::claim` compares by a difference's sign).
+const CLASS_SHIFT: u32 = 61;
 const SYNCED_CLASS: u64 = 1 << CLASS_SHIFT;
 /// At least this: an empty entry's score (`u64::MAX`), or the flow's own.
 const FREE_CLASS: u64 = 3 << CLASS_SHIFT;
@@ -210,13 +211,14 @@ pub extern "C" fn record(pkt: *const Packet, target: u64, flags: u32, now: u64, 
         let w = e as *const u64;
         let seen = unsafe { read_volatile(w.add(6)) };
         let flags = unsafe { read_volatile(w.add(7)) } & 0xffff_ffff;
-        // Least recently seen first.
-        let recency = !seen;
+        // Least recently seen first (63 bits, see `CLASS_SHIFT`).
+        let recency = !seen >> 1;
         let established = opaque(flags / FLOW_ESTABLISHED as u64) & 1;
         let synced = opaque(flags / FLOW_SYNCED as u64) & 1;
         // Established 0, synced 1, single-packet 2.
         let class = (2 - synced) * (1 - established);
         let classed = (class << CLASS_SHIFT) | (recency >> 2);
+        // Both below 2^63: classes 0-2 above 61 bits of recency, or recency alone.
         recency ^ ((classed ^ recency) & keep_classes)
     };
     let opens = pkt.proto != IPPROTO_TCP || bare_syn(pkt);

@@ -174,9 +174,10 @@ pub enum Claim {
 }
 
 /// Claims the entry `words` goes to: its own if the set has it, else an empty one, else
-/// the one with the greatest `age` if that is at least `floor`, and tags it with the
-/// key's tag. Counts an eviction when a live entry is taken. `age` is only asked when
-/// the set has no empty way (by the tags), so it need not tell empty entries apart.
+/// the one with the greatest `age` (below 2^63) if that is at least `floor`, and tags
+/// it with the key's tag. Counts an eviction when a live entry is taken. `age` is only
+/// asked when the set has no empty way (by the tags), so it need not tell empty entries
+/// apart.
 #[inline(always)]
 pub fn claim(
     place: Place,
@@ -202,25 +203,27 @@ pub fn claim(
     if free < FLOW_WAYS as u64 {
         return take(place, free as usize, u64::MAX, false);
     }
-    // Every way's age first, then the choice: the ages cost no branch, and the verifier
-    // walks the choice's branches (once per combination: 2^7) over a few instructions
-    // each rather than over the ages' arithmetic too.
-    let mut ages = [0u64; FLOW_WAYS];
-    for (way, slot) in ages.iter_mut().enumerate() {
-        *slot = age(way_ptr(set, way));
+    // The greatest age without a branch: the ages of a full set are random, so a branch
+    // per way was mispredicted about twice a claim. Ages are below 2^63, so the sign of
+    // a difference compares them; the earliest of equal ages wins, as it would by
+    // branches.
+    let mut victim = 0u64;
+    let mut oldest = age(way_ptr(set, 0));
+    for way in 1..FLOW_WAYS {
+        let a = age(way_ptr(set, way));
+        // All ones when `a` is the greater.
+        let greater = (opaque(oldest.wrapping_sub(a)) as i64 >> 63) as u64;
+        oldest ^= (oldest ^ a) & greater;
+        victim ^= (victim ^ way as u64) & greater;
     }
-    let mut victim = 0;
-    let mut oldest = ages[0];
-    for (way, &a) in ages.iter().enumerate().skip(1) {
-        if a > oldest {
-            oldest = a;
-            victim = way;
-        }
+    // Always true; it bounds `victim` for the verifier.
+    if victim >= FLOW_WAYS as u64 {
+        return Claim::Busy;
     }
     if oldest < floor {
         return Claim::Full;
     }
-    take(place, victim, oldest, false)
+    take(place, victim as usize, oldest, false)
 }
 
 /// Claims way `victim` of `place`'s set (see `claim`).
