@@ -8,7 +8,7 @@ use core::ptr::read_volatile;
 use lb_common::{
     BackendInfo, FlowEntry, FlowKey, FlowState, PersistKey, PersistState, ServiceInfo,
     BACKEND_ACTIVE, BYPASS_NOT_SYN, BYPASS_SET_FULL, FLOW_ACTIVE, FLOW_ESTABLISHED, FLOW_SYNCED,
-    IPPROTO_TCP, NO_BACKEND, SYNC_END, SYNC_NEW, SYNC_REFRESH, SYNC_REFRESH_SHIFT,
+    IPPROTO_TCP, NO_BACKEND, SCHED_MH, SYNC_END, SYNC_NEW, SYNC_REFRESH, SYNC_REFRESH_SHIFT,
     TOUCH_INTERVAL_NS,
 };
 
@@ -276,7 +276,13 @@ pub extern "C" fn schedule(pkt: *const Packet, service: *const ServiceInfo, now:
     if let Some(id) = persistent_choice(pkt, service, now) {
         return id;
     }
-    let hash = lb_common::hash::flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto);
+    // Only `mh` hashes the 5-tuple (`sh` and `dh` hash an address in `sched::pick`): the
+    // other schedulers are spared its ten dependent rounds.
+    let hash = if service.scheduler == SCHED_MH {
+        lb_common::hash::flow_hash(&pkt.src, &pkt.dst, pkt.ports, pkt.proto)
+    } else {
+        0
+    };
     sched::choose(pkt, service, hash, now).unwrap_or(NO_BACKEND)
 }
 
