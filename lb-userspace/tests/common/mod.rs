@@ -45,6 +45,11 @@ impl Netns {
             tag,
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        // A namespace of this name was left by a dead process whose id this one reuses
+        // (killed before its namespaces were dropped): it is nobody's now.
+        if std::path::Path::new("/run/netns").join(&name).exists() {
+            ip(&["netns", "del", &name]);
+        }
         ip(&["netns", "add", &name]);
         Netns { name }
     }
