@@ -174,8 +174,8 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
 /// entry lives or goes is written to `spot` (`flow::lookup`), for `flow::start`.
 #[inline(always)]
 fn flow_target(pkt: &Packet, service: &mut ServiceInfo, spot: &mut u64) -> u64 {
-    let (place, found) = flow::lookup(&flow::key(pkt));
-    *spot = place;
+    let found;
+    (*spot, found) = flow::lookup(&flow::key(pkt));
     let Some((entry, st)) = found else {
         let Some(found) = find_service(pkt) else {
             return DONE | NOT_A_VIP;

@@ -216,7 +216,7 @@ pub fn claim(
         oldest ^= (oldest ^ a) & greater;
         victim ^= (victim ^ way as u64) & greater;
     }
-    // Always true; it bounds `victim` for the verifier.
+    // Never true; it bounds `victim` for the verifier.
     if victim >= FLOW_WAYS as u64 {
         return Claim::Busy;
     }
