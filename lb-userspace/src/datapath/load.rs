@@ -76,31 +76,32 @@ impl Datapath {
     /// measures one beside this build's), whose maps must be this build's.
     pub fn load_object(object: &[u8], conntrack_entries: u32) -> Result<Self> {
         if object != XDP_OBJECT {
-            let shape = |maps: Vec<(String, aya_obj::Map)>| -> Vec<_> {
+            // Each map as "NAME type T, key/value sizes K/V", sorted by name.
+            let shape = |maps: Vec<(String, aya_obj::Map)>| -> Vec<String> {
                 maps.iter()
-                    .map(|(n, m)| (n.clone(), m.map_type(), m.key_size(), m.value_size()))
+                    .map(|(n, m)| {
+                        let (t, k, v) = (m.map_type(), m.key_size(), m.value_size());
+                        format!("{n} type {t}, key/value sizes {k}/{v}")
+                    })
                     .collect()
             };
             let theirs = shape(maps_of(object).context("cannot parse the XDP object")?);
             let ours = shape(object_maps()?);
             if theirs != ours {
-                let names = |v: &[(String, u32, u32, u32)]| {
-                    v.iter()
-                        .map(|m| format!("{} {}/{}", m.0, m.2, m.3))
-                        .collect::<Vec<_>>()
-                };
-                let (t, o) = (names(&theirs), names(&ours));
                 let only = |a: &[String], b: &[String]| {
-                    a.iter()
+                    let rest: Vec<&str> = a
+                        .iter()
                         .filter(|m| !b.contains(m))
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                        .map(String::as_str)
+                        .collect();
+                    rest.join("; ")
                 };
                 bail!(
-                    "the XDP object's maps (name key/value sizes) are not this build's: [{}] in it, [{}] in this build",
-                    only(&t, &o),
-                    only(&o, &t)
+                    "the XDP object's maps are not this build's, so this build cannot program them \
+                     (only in it: [{}]; only in this build: [{}]): measure against a revision \
+                     with the same maps, such as the commit before a change to the datapath's code",
+                    only(&theirs, &ours),
+                    only(&ours, &theirs)
                 );
             }
         }
