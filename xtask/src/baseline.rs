@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
-use crate::{output, run_checked, target_dir, workspace_root};
+use crate::{cargo, output, run_checked, target_dir, workspace_root};
 
 /// Builds revision `rev`'s XDP object; its path.
 pub fn object(rev: &str) -> Result<PathBuf> {
@@ -23,21 +23,38 @@ pub fn object(rev: &str) -> Result<PathBuf> {
     .to_string();
     let base = target_dir()?.join("baseline");
     let tree = base.join(&commit);
-    if !tree.join("Cargo.toml").exists() {
-        std::fs::create_dir_all(&tree)
-            .with_context(|| format!("cannot create {}", tree.display()))?;
+    if !tree.exists() {
+        // Exported beside, then renamed: an interrupted export leaves no tree that a
+        // later run would take for whole.
+        let partial = base.join(format!("{commit}.partial"));
+        let tar = base.join(format!("{commit}.tar"));
+        let _ = std::fs::remove_dir_all(&partial);
+        std::fs::create_dir_all(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
         println!("==> exporting {rev} ({commit}) to {}", tree.display());
-        let archive = format!(
-            "git -C '{}' archive --format=tar {commit} | tar -x -C '{}'",
-            root.display(),
-            tree.display()
-        );
-        run_checked(std::process::Command::new("sh").args(["-c", &archive]))?;
+        run_checked(
+            std::process::Command::new("git")
+                .args(["archive", "--format=tar", "-o"])
+                .arg(&tar)
+                .arg(&commit)
+                .current_dir(root),
+        )?;
+        run_checked(
+            std::process::Command::new("tar")
+                .arg("-xf")
+                .arg(&tar)
+                .arg("-C")
+                .arg(&partial),
+        )?;
+        let _ = std::fs::remove_file(&tar);
+        std::fs::rename(&partial, &tree).with_context(|| {
+            format!("cannot rename {} to {}", partial.display(), tree.display())
+        })?;
     }
     println!("==> building {rev}'s XDP object");
     let targets = base.join("target");
     run_checked(
-        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        cargo()
             .args(["build", "--release", "-p", "lb-userspace", "--lib"])
             .current_dir(&tree)
             .env("CARGO_TARGET_DIR", &targets),
