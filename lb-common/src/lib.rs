@@ -732,30 +732,36 @@ pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
 /// for `NEXT_HOP_TTL_NS`, for the same backend and destination, for frames that arrived
 /// with the same destination MAC (the node's address on the ingress link: the FIB was
 /// asked from that interface), and for packets no longer than one the FIB accepted (its
-/// MTU check).
+/// MTU check). For `tun` it also keeps the tunnel source it was asked from, which the
+/// outer header then carries: a changed `tunnel_source` reaches packets within the same
+/// time as a changed route. 64 bytes per slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
-    /// The address looked up (the backend's, or its tunnel endpoint's).
-    pub dst: [u32; 4],
-    /// The kernel's tick count (`jiffies`) from which this answer is stale.
-    pub expires: u64,
-    /// The destination MAC of the frame the FIB was asked for, as the datapath loads it
-    /// (its first 4 bytes, then the other 2 shifted by 32, native order).
-    pub arrival: u64,
-    /// Backend id + 1 (0: empty slot).
-    pub backend: u32,
+    /// What the slot holds an answer for, as the datapath compares it in one word: the
+    /// destination MAC of the frame the FIB was asked for (its first 4 bytes, then the
+    /// other 2 shifted by 32, native order), and above bit 48 which of the backends
+    /// sharing the slot (`id / NEXT_HOP_SLOTS`) plus one. 0: empty.
+    pub key: u64,
+    /// The low 32 bits of the kernel's tick count (`jiffies`) from which this answer is
+    /// stale (compared by the sign of the difference).
+    pub expires: u32,
     /// Interface to send on.
     pub egress: u32,
     /// Longest L3 packet the FIB accepted on this route since it was asked.
     pub max_len: u16,
     /// 1 when `egress` is the interface the frame came in on (sent with XDP_TX).
     pub same_link: u8,
-    pub _pad0: u8,
+    pub _pad: u8,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
-    pub _pad: [u8; 6],
+    /// The address looked up (the backend's, or its tunnel endpoint's).
+    pub dst: [u32; 4],
+    /// The source it was looked up from: the node's tunnel source for `tun`.
+    pub src: [u32; 4],
 }
+
+const _: () = assert!(core::mem::size_of::<NextHop>() == 64);
 
 /// Key of the backend-side decapsulation map: a VIP this host serves.
 #[repr(C)]

@@ -14,8 +14,8 @@ use lb_common::{
 
 use crate::{
     csum,
-    maps::{FLOW_TABLE, NEXT_HOPS},
-    parse::{ptr_at, Fragment, Packet, Stop, IPV4_LEN, IPV6_LEN},
+    maps::{BACKENDS, FLOW_TABLE, NEXT_HOPS},
+    parse::{ptr_at, Fragment, Packet, Stop, ETH_LEN, IPV4_LEN, IPV6_LEN},
     store,
 };
 
@@ -86,9 +86,16 @@ impl Hop {
     }
 }
 
-// `cached_hop` reads a cached entry's MACs as words at these offsets.
+// A cached entry's MACs are read and written as words at these offsets (`MACS`), its
+// addresses as two words each (`DST`, `SRC`).
+const MACS: i16 = 20;
+const DST: i16 = 32;
+const SRC: i16 = 48;
 const _: () = assert!(
-    core::mem::offset_of!(NextHop, dmac) == 44 && core::mem::offset_of!(NextHop, smac) == 50
+    core::mem::offset_of!(NextHop, dmac) == MACS as usize
+        && core::mem::offset_of!(NextHop, smac) == MACS as usize + 6
+        && core::mem::offset_of!(NextHop, dst) == DST as usize
+        && core::mem::offset_of!(NextHop, src) == SRC as usize
 );
 
 /// `next_hop`'s `backend` when the destination is not a backend (a `nat` reply's client):
@@ -101,40 +108,82 @@ pub const UNCACHED: u32 = NO_BACKEND;
 /// loads (`rxq->dev->ifindex`). 0 for a frame too short to have one.
 #[inline(always)]
 fn arrival_mac(ctx: &XdpContext) -> u64 {
-    match ptr_at::<[u8; 6]>(ctx, 0) {
-        Some(p) => unsafe {
-            let p = p as *const u8;
-            u64::from(store::load_u32::<0>(p)) | u64::from(store::load_u16::<4>(p)) << 32
-        },
-        None => 0,
+    let Some(p) = ptr_at::<[u8; 6]>(ctx, 0) else {
+        return 0;
+    };
+    // One asm block: the compiler's own zero extensions of the two loads cost four
+    // instructions more.
+    let word: u64;
+    unsafe {
+        core::arch::asm!(
+            "{w} = *(u32 *)({p} + 0)",
+            "{hi} = *(u16 *)({p} + 4)",
+            "{hi} <<= 32",
+            "{w} |= {hi}",
+            p = in(reg) p as *const u8,
+            w = out(reg) word,
+            hi = out(reg) _,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    word
+}
+
+/// Whether two addresses (map values' `[u32; 4]`, at least 4-byte aligned) are equal,
+/// compared as two 64-bit words.
+#[inline(always)]
+fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    let (a, b) = (a.as_ptr() as *const u8, b.as_ptr() as *const u8);
+    unsafe {
+        (store::load_u64::<0>(a) ^ store::load_u64::<0>(b))
+            | (store::load_u64::<8>(a) ^ store::load_u64::<8>(b))
+            == 0
     }
 }
 
-/// This CPU's cached next hop for backend `backend` (its address `dst`) for a packet of
-/// `tot_len` bytes in a frame that arrived as `arrival` (see `arrival_mac`), or
-/// `Hop::UNKNOWN`. Read without the clock's calibration: the entry's expiry is in ticks.
+/// A cached next hop's `key` for backend `backend` and a frame that arrived as `arrival`.
 #[inline(always)]
-fn cached_hop(backend: u32, dst: &[u32; 4], tot_len: u16, arrival: u64) -> Hop {
-    let Some(slot) = NEXT_HOPS.get_ptr(backend % NEXT_HOP_SLOTS) else {
-        return Hop::UNKNOWN;
-    };
-    let c = unsafe { &*slot };
-    let fresh = unsafe { aya_ebpf::helpers::bpf_jiffies64() } < c.expires;
-    if c.backend == backend.wrapping_add(1)
-        && c.arrival == arrival
-        && c.dst == *dst
-        && fresh
-        && tot_len <= c.max_len
-    {
-        let raw = slot as *const u8;
-        return Hop {
-            macs_lo: unsafe { store::load_u64::<44>(raw) },
-            macs_hi: unsafe { store::load_u32::<52>(raw) },
+fn hop_key(backend: u32, arrival: u64) -> u64 {
+    arrival | (u64::from(backend / NEXT_HOP_SLOTS) + 1) << 48
+}
+
+/// This CPU's cached next hop for backend `backend` (its address `dst`) for a packet of
+/// `tot_len` bytes in a frame that arrived as `arrival` (see `arrival_mac`), if it has a
+/// fresh one. Read without the clock's calibration: the entry's expiry is in ticks.
+#[inline(always)]
+fn fresh_slot(
+    backend: u32,
+    dst: &[u32; 4],
+    tot_len: u32,
+    arrival: u64,
+) -> Option<&'static NextHop> {
+    let c = unsafe { &*NEXT_HOPS.get_ptr(backend % NEXT_HOP_SLOTS)? };
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    (c.key == hop_key(backend, arrival)
+        && (now.wrapping_sub(c.expires) as i32) < 0
+        && same_addr(&c.dst, dst)
+        && tot_len <= u32::from(c.max_len))
+    .then_some(c)
+}
+
+impl Hop {
+    /// A cached next hop's answer.
+    #[inline(always)]
+    fn of(c: &NextHop) -> Hop {
+        let raw = c as *const NextHop as *const u8;
+        Hop {
+            macs_lo: unsafe { store::load_u64::<MACS>(raw) },
+            macs_hi: unsafe { store::load_u32::<{ MACS + 8 }>(raw) },
             ifindex: c.egress,
             same_link: c.same_link != 0,
-        };
+        }
     }
-    Hop::UNKNOWN
+}
+
+/// [`fresh_slot`]'s answer as a [`Hop`], or `Hop::UNKNOWN`.
+#[inline(always)]
+fn cached_hop(backend: u32, dst: &[u32; 4], tot_len: u16, arrival: u64) -> Hop {
+    fresh_slot(backend, dst, u32::from(tot_len), arrival).map_or(Hop::UNKNOWN, Hop::of)
 }
 
 /// The kernel's next hop towards `dst` (of family `v4`), as seen from the ingress
@@ -184,29 +233,38 @@ fn next_hop(
         same_link: fib.ifindex == ingress,
     };
     if backend != UNCACHED {
-        remember_hop(ctx, backend, dst, tot_len, &hop);
+        remember_hop(ctx, backend, src, dst, tot_len, &hop);
     }
     Ok(hop)
 }
 
-/// Keeps the FIB's answer `hop` for backend `backend` in this CPU's slot. The same answer
-/// for a longer packet widens the entry; anything else starts it anew.
+/// Keeps the FIB's answer `hop` for backend `backend` (asked from `src` to `dst`) in this
+/// CPU's slot. The same answer for a longer packet widens the entry; anything else
+/// starts it anew.
 #[inline(always)]
-fn remember_hop(ctx: &XdpContext, backend: u32, dst: &[u32; 4], tot_len: u16, hop: &Hop) {
+fn remember_hop(
+    ctx: &XdpContext,
+    backend: u32,
+    src: &[u32; 4],
+    dst: &[u32; 4],
+    tot_len: u16,
+    hop: &Hop,
+) {
     let Some(slot) = NEXT_HOPS.get_ptr_mut(backend % NEXT_HOP_SLOTS) else {
         return;
     };
-    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
-    let arrival = arrival_mac(ctx);
+    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    let key = hop_key(backend, arrival_mac(ctx));
     let raw = slot as *mut u8;
     let c = unsafe { &mut *slot };
-    let same = c.backend == backend.wrapping_add(1)
-        && c.arrival == arrival
+    let same = c.key == key
+        && (now.wrapping_sub(c.expires) as i32) < 0
         && c.dst == *dst
-        && now < c.expires
+        && c.src == *src
         && c.egress == hop.ifindex
         && unsafe {
-            store::load_u64::<44>(raw) == hop.macs_lo && store::load_u32::<52>(raw) == hop.macs_hi
+            store::load_u64::<MACS>(raw) == hop.macs_lo
+                && store::load_u32::<{ MACS + 8 }>(raw) == hop.macs_hi
         };
     if same {
         if tot_len > c.max_len {
@@ -217,17 +275,20 @@ fn remember_hop(ctx: &XdpContext, backend: u32, dst: &[u32; 4], tot_len: u16, ho
     // The TTL in ticks: at least two, so that the answer serves the packet that asked
     // even if the tick count moves on before `tunnel` reads it.
     let tick = FLOW_TABLE.get(0).map_or(0, |t| t.tick_ns);
-    let ttl = NEXT_HOP_TTL_NS.checked_div(tick).unwrap_or(0).max(2);
-    c.dst = *dst;
-    c.expires = now + ttl;
-    c.arrival = arrival;
-    c.backend = backend.wrapping_add(1);
+    let ttl = NEXT_HOP_TTL_NS
+        .checked_div(tick)
+        .unwrap_or(0)
+        .clamp(2, 1 << 30);
+    c.key = key;
+    c.expires = now.wrapping_add(ttl as u32);
     c.egress = hop.ifindex;
     c.max_len = tot_len;
     c.same_link = hop.same_link as u8;
+    c.dst = *dst;
+    c.src = *src;
     unsafe {
-        store::u64_at::<44>(raw, hop.macs_lo);
-        store::u32_at::<52>(raw, hop.macs_hi);
+        store::u64_at::<MACS>(raw, hop.macs_lo);
+        store::u32_at::<{ MACS + 8 }>(raw, hop.macs_hi);
     }
 }
 
@@ -326,30 +387,21 @@ pub fn flow_label(pkt: &Packet) -> u32 {
     }
 }
 
-/// `tun`: wrap the IP packet in an outer IPv4 or IPv6 header addressed to the backend,
-/// from the node's tunnel source, with Ethernet addresses of the route's next hop.
-/// `label` is the outer IPv6 header's flow label ([`flow_label`]), `id` the backend's.
-/// Only with this CPU's cached next hop: an established flow's packet then costs a MAC
-/// rewrite's path plus `bpf_xdp_adjust_head` and the header's stores. `NO_HOP` (the
-/// frame untouched) without one: the caller has `resolve_hop` ask the FIB, and calls
-/// again. A separate BPF function (own stack frame, small: the FIB's parameters are on
-/// `resolve_hop`'s, called beside it, not under it); the result comes back packed in one
-/// word.
+/// `tun` for the frames `wrap` leaves (tagged ones, and those whose next hop this CPU has
+/// not cached): wrap the IP packet in an outer IPv4 or IPv6 header addressed to backend
+/// `id`, from the node's tunnel source, with Ethernet addresses of the route's next hop.
+/// Only with this CPU's cached next hop; `NO_HOP` (the frame untouched) without one: the
+/// caller has `resolve_hop` ask the FIB, and calls again. A separate BPF function (own
+/// stack frame, small: the FIB's parameters are on `resolve_hop`'s, called beside it,
+/// not under it); the result comes back packed in one word.
 #[inline(never)]
-fn tunnel(
-    raw: *mut aya_ebpf::bindings::xdp_md,
-    pkt: &Packet,
-    backend: &BackendInfo,
-    label: u32,
-    id: u32,
-) -> u32 {
-    Stop::pack(tunnel_inner(
-        &crate::parse::context(raw),
-        pkt,
-        backend,
-        label,
-        id,
-    ))
+fn tunnel(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, id: u32) -> u32 {
+    // The backend by id: passed by reference, the compiler would pass its fields, too
+    // many for a BPF call.
+    let Some(backend) = BACKENDS.get(id) else {
+        return Stop::pack(Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend)));
+    };
+    Stop::pack(tunnel_inner(&crate::parse::context(raw), pkt, backend, id))
 }
 
 #[inline(always)]
@@ -357,7 +409,6 @@ fn tunnel_inner(
     ctx: &XdpContext,
     pkt: &Packet,
     backend: &BackendInfo,
-    label: u32,
     id: u32,
 ) -> Result<u32, Stop> {
     let Some(settings) = crate::maps::SETTINGS.get(0) else {
@@ -371,35 +422,71 @@ fn tunnel_inner(
     if tunnel_source(settings, outer_v4).is_none() {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
     }
-    let hop = cached_hop(id, &backend.addr, outer_len as u16, arrival_mac(ctx));
-    if hop.ifindex == 0 {
+    let Some(hop) = fresh_slot(id, &backend.addr, outer_len, arrival_mac(ctx)) else {
         return Ok(NO_HOP);
-    }
-    encapsulate(ctx, pkt, backend, label, &hop, settings, outer_len)
+    };
+    let vlan = vlan_tag(ctx, pkt);
+    encapsulate(ctx, pkt, outer_v4, hop, outer_len, vlan)
 }
 
-/// `tun`'s whole step for `balance`: `tunnel`, and on a cache miss `resolve_hop` and
-/// `tunnel` again.
+/// The frame's VLAN tag (the 4 bytes after the MACs), if it has one.
+#[inline(always)]
+fn vlan_tag(ctx: &XdpContext, pkt: &Packet) -> Option<u32> {
+    if pkt.l3_off() > ETH_LEN {
+        ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { store::load_u32::<0>(p as *const u8) })
+    } else {
+        None
+    }
+}
+
+/// `tun`'s whole step for `balance`. An untagged frame whose backend's next hop this CPU
+/// has cached is wrapped here, inline (`wrap`): a call costs its arguments' and result's
+/// trips through the stack and a return through the kernel's return thunk, about 5 ns
+/// of a 20 ns step. Otherwise `tunnel` (tagged frames too), and on a cache miss
+/// `resolve_hop` and `tunnel` again.
 #[inline(always)]
 pub fn tunnel_resolving(
-    raw: *mut aya_ebpf::bindings::xdp_md,
+    ctx: &XdpContext,
     pkt: &Packet,
     backend: &BackendInfo,
-    label: u32,
     id: u32,
 ) -> Result<u32, Stop> {
-    let mut sent = tunnel(raw, pkt, backend, label, id);
+    if let Some(sent) = wrap(ctx, pkt, backend, id) {
+        return sent;
+    }
+    let raw = ctx.ctx;
+    let mut sent = tunnel(raw, pkt, id);
     if sent == NO_HOP {
         let resolved = resolve_hop(raw, pkt, backend, id);
         if resolved != RESOLVED {
             return Stop::unpack(resolved);
         }
-        sent = tunnel(raw, pkt, backend, label, id);
+        sent = tunnel(raw, pkt, id);
         if sent == NO_HOP {
             return Err(Stop::counted(xdp_action::XDP_PASS, Reason::FibLookupFailed));
         }
     }
     Stop::unpack(sent)
+}
+
+/// `tunnel`'s common case, inline in the journey: an untagged frame and this CPU's next
+/// hop for the backend cached (with the tunnel source it was asked from). None for
+/// anything else (the frame untouched).
+#[inline(always)]
+fn wrap(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    backend: &BackendInfo,
+    id: u32,
+) -> Option<Result<u32, Stop>> {
+    if pkt.l3_off() != ETH_LEN {
+        return None;
+    }
+    let outer_v4 = backend.family == FAMILY_V4;
+    // The cached route's length limit is below 2^16: no separate check for that.
+    let outer_len = tunnelled_len(pkt, outer_v4);
+    let hop = fresh_slot(id, &backend.addr, outer_len, arrival_mac(ctx))?;
+    Some(encapsulate(ctx, pkt, outer_v4, hop, outer_len, None))
 }
 
 /// `tunnel`'s verdict when this CPU has no next hop cached for the backend (not an XDP
@@ -452,92 +539,91 @@ fn tunnel_source(settings: &Settings, outer_v4: bool) -> Option<[u32; 4]> {
     }
 }
 
-/// Grows the frame by the outer header and writes it, with the Ethernet header of `hop`.
+/// Grows the frame by an outer IPv4 (`outer_v4`) or IPv6 header of `outer_len` bytes in
+/// all and writes it, from the tunnel source to the backend of the cached next hop `hop`,
+/// with that hop's Ethernet header and the frame's VLAN tag `vlan` (read before growing:
+/// it moves with the Ethernet header). What the headers hold is read after growing, from
+/// the slot, not carried across the helper's call (the stack it would take is the
+/// journey's).
 #[inline(always)]
 fn encapsulate(
     ctx: &XdpContext,
     pkt: &Packet,
-    backend: &BackendInfo,
-    label: u32,
-    hop: &Hop,
-    settings: &Settings,
+    outer_v4: bool,
+    hop: &NextHop,
     outer_len: u32,
+    vlan: Option<u32>,
 ) -> Result<u32, Stop> {
-    let outer_v4 = backend.family == FAMILY_V4;
     let grow = if outer_v4 { IPV4_LEN } else { IPV6_LEN };
     let inner_proto = if pkt.family == FAMILY_V4 {
         IPPROTO_IPIP
     } else {
         IPPROTO_IPV6
     };
-    // Keep the VLAN tag (if any) before growing: it moves with the Ethernet header.
-    let vlan = if pkt.l3_off() > 14 {
-        ptr_at::<[u8; 4]>(ctx, 12).map(|p| unsafe { store::load_u32::<0>(p as *const u8) })
-    } else {
-        None
-    };
     if unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as *mut _, -(grow as i32)) } != 0 {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
     }
-    let outer_type = if outer_v4 { ETH_P_IP } else { ETH_P_IPV6 };
-    let Some(eth) = ptr_at::<[u8; 14]>(ctx, 0) else {
-        return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
-    };
-    let eth = eth as *mut u8;
-    unsafe { hop.write_macs(eth) };
-    let type_be = outer_type.to_be();
-    match vlan {
-        Some(tag) => {
-            let Some(rest) = ptr_at::<[u8; 6]>(ctx, 12) else {
-                return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
-            };
-            let rest = rest as *mut u8;
-            unsafe {
-                store::u32_at::<0>(rest, tag);
-                store::u16_at::<4>(rest, type_be);
-            }
-        }
-        None => unsafe { store::u16_at::<12>(eth, type_be) },
-    }
-
+    // One bounds check for the Ethernet header with room for a tag, and the outer header:
+    // a grown frame is longer (it holds an inner IP header too, 20 bytes or more).
+    let l3 = if vlan.is_some() { ETH_LEN + 4 } else { ETH_LEN };
+    let next = Hop::of(hop);
     if outer_v4 {
-        let Some(ip) = ptr_at::<[u8; 20]>(ctx, pkt.l3_off()) else {
+        let Some(frame) = ptr_at::<[u8; ETH_LEN + 4 + IPV4_LEN]>(ctx, 0) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
-        let len = (outer_len as u16).to_be_bytes();
-        // Five native-order words: version/IHL, TOS, length; id and fragment (zero);
-        // TTL, protocol and the checksum (upper half, filled below); source; destination.
+        let frame = frame as *mut u8;
+        unsafe { write_ethernet(frame, &next, vlan, ETH_P_IP.to_be()) };
+        let ip = unsafe { frame.add(l3) };
+        // Five native-order words: version/IHL, TOS, length (one byte swap of the three);
+        // id and fragment (zero); TTL, protocol and the checksum (upper half, filled
+        // below); source; destination.
         let mut h = [
-            u32::from_ne_bytes([0x45, pkt.tos, len[0], len[1]]),
+            (0x4500_0000 | u32::from(pkt.tos) << 16 | (outer_len & 0xffff)).to_be(),
             0,
             u32::from_ne_bytes([TUNNEL_TTL, inner_proto, 0, 0]),
-            settings.tunnel_src_v4,
-            backend.addr[0],
+            hop.src[0],
+            hop.dst[0],
         ];
         h[2] |= u32::from(csum::ipv4_header(&h)) << 16;
-        let ip = ip as *mut u8;
         unsafe {
             store::u64_at::<0>(ip, u64::from(h[0]) | u64::from(h[1]) << 32);
             store::u64_at::<8>(ip, u64::from(h[2]) | u64::from(h[3]) << 32);
             store::u32_at::<16>(ip, h[4]);
         }
     } else {
-        let Some(ip) = ptr_at::<[u8; 40]>(ctx, pkt.l3_off()) else {
+        let Some(frame) = ptr_at::<[u8; ETH_LEN + 4 + IPV6_LEN]>(ctx, 0) else {
             return Err(Stop::counted(xdp_action::XDP_ABORTED, Reason::EncapFailed));
         };
+        let frame = frame as *mut u8;
+        unsafe { write_ethernet(frame, &next, vlan, ETH_P_IPV6.to_be()) };
+        let ip = unsafe { frame.add(l3) };
         // Version 6, the inner traffic class, and a flow label from the flow hash.
-        let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | label;
+        let first = (6u32 << 28) | ((pkt.tos as u32) << 20) | flow_label(pkt);
         let len = pkt.l3_len.to_be_bytes();
         let second = u32::from_ne_bytes([len[0], len[1], inner_proto, TUNNEL_TTL]);
-        let pair = |a: u32, b: u32| u64::from(a) | u64::from(b) << 32;
-        let (s, d, ip) = (&settings.tunnel_src_v6, &backend.addr, ip as *mut u8);
+        let c = hop as *const NextHop as *const u8;
+        // The addresses as the slot's words, in the order they are on the wire.
         unsafe {
-            store::u64_at::<0>(ip, pair(first.to_be(), second));
-            store::u64_at::<8>(ip, pair(s[0], s[1]));
-            store::u64_at::<16>(ip, pair(s[2], s[3]));
-            store::u64_at::<24>(ip, pair(d[0], d[1]));
-            store::u64_at::<32>(ip, pair(d[2], d[3]));
+            store::u64_at::<0>(ip, u64::from(first.to_be()) | u64::from(second) << 32);
+            store::u64_at::<8>(ip, store::load_u64::<SRC>(c));
+            store::u64_at::<16>(ip, store::load_u64::<{ SRC + 8 }>(c));
+            store::u64_at::<24>(ip, store::load_u64::<DST>(c));
+            store::u64_at::<32>(ip, store::load_u64::<{ DST + 8 }>(c));
         }
     }
-    Ok(transmit(hop))
+    Ok(transmit(&next))
+}
+
+/// Writes an Ethernet header at `frame` (bounds-checked by the caller for 18 bytes): the
+/// next hop's MACs, the VLAN tag if any, and the EtherType `type_be` (network order).
+#[inline(always)]
+unsafe fn write_ethernet(frame: *mut u8, next: &Hop, vlan: Option<u32>, type_be: u16) {
+    next.write_macs(frame);
+    match vlan {
+        Some(tag) => {
+            store::u32_at::<12>(frame, tag);
+            store::u16_at::<16>(frame, type_be);
+        }
+        None => store::u16_at::<12>(frame, type_be),
+    }
 }

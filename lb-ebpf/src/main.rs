@@ -142,15 +142,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     count_traffic(service, id, &pkt, target & NEW_FLOW != 0);
     match backend.forward {
         FORWARD_DR => forward::direct(ctx, backend),
-        FORWARD_TUN => {
-            // Only an outer IPv6 header has a flow label (a hash of the flow).
-            let label = if backend.family == FAMILY_V4 {
-                0
-            } else {
-                forward::flow_label(&pkt)
-            };
-            forward::tunnel_resolving(raw, &pkt, backend, label, id)
-        }
+        FORWARD_TUN => forward::tunnel_resolving(ctx, &pkt, backend, id),
         FORWARD_NAT => {
             // ICMP errors were rewritten for the backend by `icmp::handle` already.
             if !pkt.is_icmp() {

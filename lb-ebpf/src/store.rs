@@ -56,4 +56,3 @@ store_fn!(u32_at, u32, 32);
 store_fn!(u16_at, u16, 16);
 load_fn!(load_u64, u64, 64);
 load_fn!(load_u32, u32, 32);
-load_fn!(load_u16, u16, 16);
