@@ -143,13 +143,7 @@ fn balance(ctx: &XdpContext) -> Result<u32, Stop> {
     match backend.forward {
         FORWARD_DR => forward::direct(ctx, backend),
         FORWARD_TUN => forward::tunnel_resolving(ctx, &pkt, backend, id),
-        FORWARD_NAT => {
-            // ICMP errors were rewritten for the backend by `icmp::handle` already.
-            if !pkt.is_icmp() {
-                nat::to_backend(raw, &pkt, backend).map_err(Stop::decode)?;
-            }
-            Stop::unpack(forward::route(raw, &pkt, &backend.addr, id))
-        }
+        FORWARD_NAT => Stop::unpack(nat::forward(raw, &pkt, id)),
         // The node itself serves this flow: up its own stack (the VIP is local to it).
         FORWARD_LOCAL => Ok(xdp_action::XDP_PASS),
         _ => Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend)),

@@ -96,6 +96,27 @@ pub fn rewrite(
     Ok(())
 }
 
+/// `nat`'s whole step for the journey: `to_backend` (unless `pkt` is an ICMP error,
+/// which `icmp::handle` rewrote already), then `forward::route` to backend `id`. One call
+/// from the journey, whose own code for it is then only this call: written there, the
+/// two calls' arguments and results took the journey's registers and stack about 5 ns of
+/// a `nat` packet, with the inline `tun` step beside them. Returns a packed `Stop`.
+#[inline(never)]
+pub fn forward(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, id: u32) -> u32 {
+    let Some(backend) = crate::maps::BACKENDS.get(id) else {
+        return Stop::pack(Err(Stop::counted(
+            aya_ebpf::bindings::xdp_action::XDP_PASS,
+            lb_common::Reason::NoBackend,
+        )));
+    };
+    if !pkt.is_icmp() {
+        if let Err(code) = to_backend(raw, pkt, backend) {
+            return code;
+        }
+    }
+    crate::forward::route(raw, pkt, &backend.addr, id)
+}
+
 /// Forward direction: remember the reply direction, rewrite the destination to the
 /// backend's address and port. The caller routes the packet. A separate BPF function;
 /// `Err` carries a packed `Stop`.
