@@ -105,9 +105,10 @@ pub const UNCACHED: u32 = NO_BACKEND;
 /// The frame's destination MAC (the node's on the link it came in on) as one word: its
 /// first 4 bytes, then the other 2 shifted by 32. What a cached next hop is keyed by in
 /// place of the ingress interface, whose index the verifier turns into three dependent
-/// loads (`rxq->dev->ifindex`). 0 for a frame too short to have one.
+/// loads (`rxq->dev->ifindex`); what the journey compares with the node's MACs. 0 for a
+/// frame too short to have one.
 #[inline(always)]
-fn arrival_mac(ctx: &XdpContext) -> u64 {
+pub fn arrival_mac(ctx: &XdpContext) -> u64 {
     let Some(p) = ptr_at::<[u8; 6]>(ctx, 0) else {
         return 0;
     };

@@ -222,22 +222,7 @@ fn addressed_to_us(ctx: &XdpContext) -> bool {
     let Some(local) = LOCAL_MACS.get(0) else {
         return true;
     };
-    let Some(dst) = parse::ptr_at::<[u8; 6]>(ctx, 0) else {
-        return true;
-    };
-    // One 4-byte and one 2-byte load (`read_unaligned` reads six bytes one by one).
-    let (lo, hi): (u64, u64);
-    unsafe {
-        core::arch::asm!(
-            "{lo} = *(u32 *)({p} + 0)",
-            "{hi} = *(u16 *)({p} + 4)",
-            p = in(reg) dst as *const u8,
-            lo = out(reg) lo,
-            hi = out(reg) hi,
-            options(readonly, nostack, preserves_flags),
-        );
-    }
-    local.accepts(lo | hi << 32)
+    local.accepts(forward::arrival_mac(ctx))
 }
 
 /// The service for (VIP, port, protocol), else the VIP's all-ports service.
