@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     maps::{ACTIVE, BACKENDS, FLOW_BYPASSES, PERSIST, SETTINGS},
-    parse::{Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{Packet, Stop, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sched,
     sets::{self, opaque},
 };
@@ -37,6 +37,19 @@ pub fn key(pkt: &Packet) -> FlowKey {
 pub fn serving(id: u32) -> Option<&'static BackendInfo> {
     let b = BACKENDS.get(id)?;
     (b.flags & BACKEND_ACTIVE != 0).then_some(b)
+}
+
+/// `serving` in a separate BPF function, given the backend's id by the journey (a
+/// reference argument would be passed field by field, more arguments than a BPF call
+/// takes): the backend, or the packed `Stop` to return (passed to the kernel, counted).
+#[inline(always)]
+pub fn serving_by_id(id: u32) -> Result<&'static BackendInfo, u32> {
+    serving(id).ok_or_else(|| {
+        Stop::pack(Err(Stop::counted(
+            aya_ebpf::bindings::xdp_action::XDP_PASS,
+            lb_common::Reason::NoBackend,
+        )))
+    })
 }
 
 #[inline(always)]

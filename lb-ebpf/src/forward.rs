@@ -14,7 +14,7 @@ use lb_common::{
 
 use crate::{
     csum,
-    maps::{BACKENDS, FLOW_TABLE, NEXT_HOPS},
+    maps::{FLOW_TABLE, NEXT_HOPS},
     parse::{ptr_at, Fragment, Packet, Stop, ETH_LEN, IPV4_LEN, IPV6_LEN},
     store,
 };
@@ -77,6 +77,18 @@ impl Hop {
         ifindex: 0,
         same_link: false,
     };
+
+    /// A cached next hop's answer.
+    #[inline(always)]
+    fn of(c: &NextHop) -> Hop {
+        let raw = c as *const NextHop as *const u8;
+        Hop {
+            macs_lo: unsafe { store::load_u64::<MACS>(raw) },
+            macs_hi: unsafe { store::load_u32::<{ MACS + 8 }>(raw) },
+            ifindex: c.egress,
+            same_link: c.same_link != 0,
+        }
+    }
 
     /// Writes the two MACs over the first 12 bytes at `eth` (bounds-checked by the caller).
     #[inline(always)]
@@ -142,6 +154,20 @@ fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
     }
 }
 
+/// The kernel's tick count (`jiffies`), low 32 bits: what a cached next hop's `expires` is
+/// in.
+#[inline(always)]
+fn ticks() -> u32 {
+    unsafe { aya_ebpf::helpers::bpf_jiffies64() as u32 }
+}
+
+/// Whether a cached next hop that `expires` is still fresh at tick `now` (the sign of the
+/// difference: right across the 32-bit wrap, for expiries under 2^31 ticks ahead).
+#[inline(always)]
+fn unexpired(expires: u32, now: u32) -> bool {
+    (now.wrapping_sub(expires) as i32) < 0
+}
+
 /// A cached next hop's `key` for backend `backend` and a frame that arrived as `arrival`.
 #[inline(always)]
 fn hop_key(backend: u32, arrival: u64) -> u64 {
@@ -159,26 +185,11 @@ fn fresh_slot(
     arrival: u64,
 ) -> Option<&'static NextHop> {
     let c = unsafe { &*NEXT_HOPS.get_ptr(backend % NEXT_HOP_SLOTS)? };
-    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
     (c.key == hop_key(backend, arrival)
-        && (now.wrapping_sub(c.expires) as i32) < 0
+        && unexpired(c.expires, ticks())
         && same_addr(&c.dst, dst)
         && tot_len <= u32::from(c.max_len))
     .then_some(c)
-}
-
-impl Hop {
-    /// A cached next hop's answer.
-    #[inline(always)]
-    fn of(c: &NextHop) -> Hop {
-        let raw = c as *const NextHop as *const u8;
-        Hop {
-            macs_lo: unsafe { store::load_u64::<MACS>(raw) },
-            macs_hi: unsafe { store::load_u32::<{ MACS + 8 }>(raw) },
-            ifindex: c.egress,
-            same_link: c.same_link != 0,
-        }
-    }
 }
 
 /// [`fresh_slot`]'s answer as a [`Hop`], or `Hop::UNKNOWN`.
@@ -254,12 +265,12 @@ fn remember_hop(
     let Some(slot) = NEXT_HOPS.get_ptr_mut(backend % NEXT_HOP_SLOTS) else {
         return;
     };
-    let now = unsafe { aya_ebpf::helpers::bpf_jiffies64() } as u32;
+    let now = ticks();
     let key = hop_key(backend, arrival_mac(ctx));
     let raw = slot as *mut u8;
     let c = unsafe { &mut *slot };
     let same = c.key == key
-        && (now.wrapping_sub(c.expires) as i32) < 0
+        && unexpired(c.expires, now)
         && c.dst == *dst
         && c.src == *src
         && c.egress == hop.ifindex
@@ -397,12 +408,10 @@ pub fn flow_label(pkt: &Packet) -> u32 {
 /// not under it); the result comes back packed in one word.
 #[inline(never)]
 fn tunnel(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, id: u32) -> u32 {
-    // The backend by id: passed by reference, the compiler would pass its fields, too
-    // many for a BPF call.
-    let Some(backend) = BACKENDS.get(id) else {
-        return Stop::pack(Err(Stop::counted(xdp_action::XDP_PASS, Reason::NoBackend)));
-    };
-    Stop::pack(tunnel_inner(&crate::parse::context(raw), pkt, backend, id))
+    match crate::flow::serving_by_id(id) {
+        Ok(backend) => Stop::pack(tunnel_inner(&crate::parse::context(raw), pkt, backend, id)),
+        Err(code) => code,
+    }
 }
 
 #[inline(always)]
@@ -412,17 +421,13 @@ fn tunnel_inner(
     backend: &BackendInfo,
     id: u32,
 ) -> Result<u32, Stop> {
-    let Some(settings) = crate::maps::SETTINGS.get(0) else {
-        return Ok(xdp_action::XDP_PASS);
-    };
     let outer_v4 = backend.family == FAMILY_V4;
     let outer_len = tunnelled_len(pkt, outer_v4);
     if outer_len > 0xffff {
         return Err(Stop::counted(xdp_action::XDP_DROP, Reason::EncapFailed));
     }
-    if tunnel_source(settings, outer_v4).is_none() {
-        return Err(Stop::counted(xdp_action::XDP_DROP, Reason::NoTunnelSource));
-    }
+    // The tunnel source is the cached hop's, as in `wrap`: a frame is sent alike tagged
+    // or not. Without a source configured no hop is cached, and `resolve_hop` says so.
     let Some(hop) = fresh_slot(id, &backend.addr, outer_len, arrival_mac(ctx)) else {
         return Ok(NO_HOP);
     };

@@ -103,11 +103,9 @@ pub fn rewrite(
 /// a `nat` packet, with the inline `tun` step beside them. Returns a packed `Stop`.
 #[inline(never)]
 pub fn forward(raw: *mut aya_ebpf::bindings::xdp_md, pkt: &Packet, id: u32) -> u32 {
-    let Some(backend) = crate::maps::BACKENDS.get(id) else {
-        return Stop::pack(Err(Stop::counted(
-            aya_ebpf::bindings::xdp_action::XDP_PASS,
-            lb_common::Reason::NoBackend,
-        )));
+    let backend = match crate::flow::serving_by_id(id) {
+        Ok(backend) => backend,
+        Err(code) => return code,
     };
     if !pkt.is_icmp() {
         if let Err(code) = to_backend(raw, pkt, backend) {

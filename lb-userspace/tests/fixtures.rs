@@ -404,6 +404,24 @@ fn tun_next_hops_follow_the_fib() {
     );
 }
 
+/// Without a tunnel source of the outer family a `tun` frame is dropped, counted, whether
+/// it is tagged (the `tunnel` function) or not (the inline step): no next hop is cached
+/// without a source to cache it with.
+#[test]
+fn tun_without_a_tunnel_source_is_dropped_and_counted() {
+    let mut h = Harness::new(CONFIG);
+    let mut plan = h.plan.clone();
+    plan.settings.tunnel_src_v4 = 0;
+    h.datapath.apply(&plan).expect("program the maps");
+    let plain = Frame::tcp("10.111.0.10", 41000, "10.112.0.101", 443);
+    let tagged = plain.clone().vlan(0x2064);
+    for (name, f) in [("untagged", &plain), ("tagged", &tagged)] {
+        let (verdict, _) = h.run(&f.bytes());
+        assert_eq!(verdict, XDP_DROP, "{name} frame");
+    }
+    assert_eq!(h.datapath.reasons().unwrap()["no_tunnel_source"], 2);
+}
+
 #[test]
 fn same_flow_same_backend_and_counters() {
     let mut h = Harness::new(CONFIG);
