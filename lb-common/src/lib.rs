@@ -6,6 +6,7 @@
 //! appear on the wire (network order, read with native endianness). An IPv4 address
 //! uses word 0 and leaves words 1..3 zero.
 #![cfg_attr(not(feature = "std"), no_std)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod checksum;
 pub mod hash;
