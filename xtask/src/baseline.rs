@@ -84,6 +84,36 @@ pub fn newest_object(build: &std::path::Path) -> Result<PathBuf> {
     }
     match found {
         Some((_, path)) => Ok(path),
-        None => bail!("no XDP object built under {}", build.display()),
+        None => bail!(
+            "no XDP object (lb-userspace-*/out/lb-ebpf) under {}: the build above succeeded \
+             without one, so this revision's build script names or places it elsewhere; \
+             measure against a revision that builds the datapath with lb-userspace's build \
+             script",
+            build.display()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A build directory without the datapath's object says what was looked for and why
+    /// it may be missing; the newest of several objects is the one taken.
+    #[test]
+    fn the_newest_object_or_what_was_looked_for() {
+        let dir = std::env::temp_dir().join(format!("xtask-objects-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("lb-userspace-aaa/out")).unwrap();
+        let err = newest_object(&dir).unwrap_err().to_string();
+        assert!(err.contains("lb-userspace-*/out/lb-ebpf"), "{err}");
+        assert!(err.contains("build script"), "{err}");
+        std::fs::write(dir.join("lb-userspace-aaa/out/lb-ebpf"), b"old").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::create_dir_all(dir.join("lb-userspace-bbb/out")).unwrap();
+        std::fs::write(dir.join("lb-userspace-bbb/out/lb-ebpf"), b"new").unwrap();
+        let found = newest_object(&dir).unwrap();
+        assert_eq!(std::fs::read(found).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
