@@ -232,7 +232,7 @@ pub extern "C" fn record(pkt: *const Packet, target: u64, flags: u32, now: u64, 
         let class = (2 - synced) * (1 - established);
         let classed = (class << CLASS_SHIFT) | (recency >> 2);
         // Both below 2^63: classes 0-2 above 61 bits of recency, or recency alone.
-        recency ^ ((classed ^ recency) & keep_classes)
+        sets::select(keep_classes, recency, classed)
     };
     let opens = pkt.proto != IPPROTO_TCP || bare_syn(pkt);
     let floor = match (protect, opens) {

@@ -141,6 +141,13 @@ pub fn find(place: Place, words: &[u64; 5]) -> Option<(*mut Entry, Entry)> {
     None
 }
 
+/// `b` where `mask` is all ones, `a` where it is 0, without a branch (`mask` is one or
+/// the other).
+#[inline(always)]
+pub fn select(mask: u64, a: u64, b: u64) -> u64 {
+    a ^ ((a ^ b) & mask)
+}
+
 /// 1 if `v` is not 0, else 0, computed without a branch (see `opaque`).
 #[inline(always)]
 pub fn nonzero(v: u64) -> u64 {
@@ -198,7 +205,7 @@ pub fn claim(
         }
         // `free = way` if the tag is 0, without a branch (see `record`).
         let empty = 0u64.wrapping_sub(1 - nonzero(u64::from(tag)));
-        free ^= (free ^ way as u64) & empty;
+        free = select(empty, free, way as u64);
     }
     if free < FLOW_WAYS as u64 {
         return take(place, free as usize, u64::MAX, false);
@@ -213,8 +220,8 @@ pub fn claim(
         let a = age(way_ptr(set, way));
         // All ones when `a` is the greater.
         let greater = (opaque(oldest.wrapping_sub(a)) as i64 >> 63) as u64;
-        oldest ^= (oldest ^ a) & greater;
-        victim ^= (victim ^ way as u64) & greater;
+        oldest = select(greater, oldest, a);
+        victim = select(greater, victim, way as u64);
     }
     // Never true; it bounds `victim` for the verifier.
     if victim >= FLOW_WAYS as u64 {
