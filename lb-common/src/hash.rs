@@ -13,30 +13,14 @@ const SEED: u32 = 0x6261_7363; // "basc"
 /// One round: `rotl13(h ^ k) * 5 + 0xe6546b64`, with `k` mixed by itself first. The rounds
 /// chain through `h`, so its steps are what a new flow waits for: `* 5 + c` is written
 /// `(h << 2) + (h + c)` (two steps deep, where a multiplication and an addition are four
-/// cycles), and kept so (`opaque`), with the same value.
+/// cycles), and kept so (`crate::opaque`: the BPF JIT emits no `lea`), with the same
+/// value.
 #[inline(always)]
 fn mix(h: u32, k: u32) -> u32 {
     let k = k.wrapping_mul(C1).rotate_left(15).wrapping_mul(C2);
     let h = (h ^ k).rotate_left(13);
-    opaque(h << 2).wrapping_add(opaque(h.wrapping_add(0xe654_6b64)))
-}
-
-/// `v`, which the compiler may not see through, on the datapath's target: it would turn
-/// `(h << 2) + h` back into a multiplication (the BPF JIT emits no `lea`). One move
-/// instruction there, nothing elsewhere.
-#[inline(always)]
-fn opaque(v: u32) -> u32 {
-    #[cfg(target_arch = "bpf")]
-    {
-        let mut v = v;
-        // SAFETY: a register moved to itself.
-        unsafe {
-            core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
-        }
-        v
-    }
-    #[cfg(not(target_arch = "bpf"))]
-    v
+    let times_four = crate::opaque(u64::from(h << 2)) as u32;
+    times_four.wrapping_add(crate::opaque(u64::from(h.wrapping_add(0xe654_6b64))) as u32)
 }
 
 #[inline(always)]

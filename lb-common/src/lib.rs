@@ -14,6 +14,25 @@ pub mod icmp;
 #[cfg(feature = "std")]
 pub mod maglev;
 
+/// `v`, which the compiler may not see through, on the datapath's target: it would turn
+/// branch-free arithmetic back into comparisons and branches, or `(h << 2) + h` back into
+/// a multiplication. One move instruction there (an empty `asm!` leaves two lines of BTF
+/// at one instruction, which the kernel refuses); nothing elsewhere.
+#[inline(always)]
+pub fn opaque(v: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut v = v;
+        // SAFETY: a register moved to itself.
+        unsafe {
+            core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
+        }
+        v
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    v
+}
+
 /// Outer size of the Maglev array-of-maps: the most services one node can hold.
 pub const MAX_SERVICES: u32 = 1024;
 /// Entries of the service maps (`SERVICES`, `SERVICES4`): one per (address, port,

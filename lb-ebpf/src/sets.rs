@@ -154,16 +154,7 @@ pub fn nonzero(v: u64) -> u64 {
     opaque(v | v.wrapping_neg()) >> 63
 }
 
-/// `v`, which the compiler may not see through: it would turn branch-free arithmetic back
-/// into comparisons and branches. One move instruction (an empty `asm!` leaves two lines
-/// of BTF at one instruction, which the kernel refuses).
-#[inline(always)]
-pub fn opaque(mut v: u64) -> u64 {
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) v, options(pure, nomem, nostack, preserves_flags));
-    }
-    v
-}
+pub use lb_common::opaque;
 
 /// What `claim` got.
 pub enum Claim {
